@@ -1,0 +1,2 @@
+//! `petrel`: the device agent.
+fn main() {}

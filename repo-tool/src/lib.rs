@@ -1,0 +1,1 @@
+//! `petrel-repo` library: the repository editor behind the CLI.
