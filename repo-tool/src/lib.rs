@@ -1,1 +1,23 @@
 //! `petrel-repo` library: the repository editor behind the CLI.
+//!
+//! * [`workspace`] — the on-disk repository workspace: settings, keys, staged and current metadata.
+//! * [`editor`] — changes to roles: targets, delegations, key rotation.
+//! * [`signing`] — signing staged roles, thresholds, offline signatures.
+//! * [`publish`] — turning staged roles into the static tree, crash-safely.
+//! * [`audit`] — checking a published tree the way a client would, reporting every problem.
+//!
+//! Schema types come from `petrel-client`, so there is one definition of each format.
+#![forbid(unsafe_code)]
+#![warn(missing_docs)]
+
+pub mod audit;
+pub mod duration;
+pub mod editor;
+pub mod error;
+pub mod fsutil;
+pub mod keyfile;
+pub mod publish;
+pub mod signing;
+pub mod workspace;
+
+pub use error::{Error, Result};

@@ -1,1 +1,698 @@
-fn main() {}
+//! `petrel-repo`: the command line over the repository editor (thin; logic lives in the library).
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+
+use clap::{Args, Parser, Subcommand, ValueEnum};
+use petrel_client::tuf::keys::KeySource;
+use petrel_client::tuf::schema::{
+    Key, KeyId, Metadata, Root, Signature, Signed, Targets, Unrecognized,
+};
+use petrel_repo::editor::{
+    self, BinsSpec, DelegationSpec, Editor, InitOptions, KeyType, RoleSpec, RotateSpec,
+};
+use petrel_repo::publish::{self, Refresh};
+use petrel_repo::workspace::{load_private_key, Settings, Workspace};
+use petrel_repo::{audit, duration, fsutil, keyfile, signing, Error, Result};
+
+/// Sign and publish Petrel repositories: keys, roles, delegations, targets, and the static tree.
+#[derive(Parser, Debug)]
+#[command(name = "petrel-repo", version, about, long_about = None, after_help = "\
+Example (a new repository with one file, published to ./demo/tree):
+  petrel-repo --repo demo init
+  petrel-repo --repo demo add ./firmware.bin --prefix apps/acme/fw/1.0
+  petrel-repo --repo demo publish")]
+struct Cli {
+    /// The repository workspace directory.
+    #[arg(
+        long,
+        short = 'r',
+        global = true,
+        env = "PETREL_REPO",
+        default_value = "."
+    )]
+    repo: PathBuf,
+    /// Directory of private keys (default: <repo>/keys).
+    #[arg(long, global = true, env = "PETREL_KEYS_DIR")]
+    keys_dir: Option<PathBuf>,
+    /// An extra private key file to sign with (repeatable), e.g. an offline root key.
+    #[arg(long = "key", global = true)]
+    key: Vec<PathBuf>,
+    /// More logging (-v, -vv).
+    #[arg(long, short, global = true, action = clap::ArgAction::Count)]
+    verbose: u8,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand, Debug)]
+enum Command {
+    /// Create a repository workspace with fresh keys for root, targets, snapshot and timestamp.
+    #[command(
+        after_help = "Example:\n  petrel-repo --repo fleet init --threshold root=2 --keys root=3 --expiry timestamp=6h"
+    )]
+    Init(InitArgs),
+    /// Add files or whole directory trees as targets (copied into the content store and hashed).
+    #[command(
+        after_help = "Examples:\n  petrel-repo add ./build/app.bin --prefix apps/acme/app/2.1\n  petrel-repo add ./release-tree --prefix apps/acme/suite/5.0 --role acme\n  petrel-repo add ./notes.txt --name docs/notes.txt --custom '{\"channel\":\"beta\"}'"
+    )]
+    Add(AddArgs),
+    /// Remove targets from a role.
+    #[command(after_help = "Example:\n  petrel-repo remove apps/acme/app/2.0/app.bin --role acme")]
+    Remove {
+        /// Role listing the targets (or delegating them to hashed bins).
+        #[arg(long, default_value = "targets")]
+        role: String,
+        /// Target paths.
+        #[arg(required = true)]
+        names: Vec<String>,
+    },
+    /// Delegate target paths (or hashed bins) to a new role with its own keys.
+    #[command(
+        after_help = "Examples:\n  petrel-repo delegate --to acme --paths 'apps/acme/*' 'apps/acme/*/*/*' --terminating\n  petrel-repo delegate --to partner --paths 'apps/partner/*' --public-key partner.pub.pem\n  petrel-repo delegate --from acme --to acme-bin --bins 64"
+    )]
+    Delegate(DelegateArgs),
+    /// Sign staged changes and write the static tree (snapshot and timestamp included).
+    #[command(after_help = "Example:\n  petrel-repo publish --key /media/offline/root.pem")]
+    Publish,
+    /// Re-sign the timestamp (and with --snapshot the snapshot) with a new expiry, and publish.
+    #[command(after_help = "Example (cron, hourly):\n  petrel-repo --repo /srv/fleet refresh")]
+    Refresh {
+        /// Re-sign the snapshot too.
+        #[arg(long)]
+        snapshot: bool,
+    },
+    /// Add, remove or replace keys of any role, root included.
+    #[command(
+        after_help = "Examples:\n  petrel-repo rotate timestamp --generate 1 --remove-key 1a2b...\n  petrel-repo rotate root --add-key new-root.pub.pem --threshold 2 --key old-root.pem"
+    )]
+    Rotate(RotateArgs),
+    /// Write a staged role for signing elsewhere (threshold signing with keys kept apart).
+    #[command(after_help = "Example:\n  petrel-repo export root -o root-v2.json")]
+    Export {
+        /// The role.
+        role: String,
+        /// Output file (default: <role>.unsigned.json).
+        #[arg(long, short)]
+        output: Option<PathBuf>,
+    },
+    /// Sign a metadata file with one private key; writes a signature file. Needs no workspace.
+    #[command(
+        after_help = "Example:\n  petrel-repo sign --signing-key root-2.pem root-v2.json -o root-v2.sig.json"
+    )]
+    Sign {
+        /// The private key (PKCS#8 PEM).
+        #[arg(long)]
+        signing_key: PathBuf,
+        /// The metadata file.
+        file: PathBuf,
+        /// Output signature file (default: <file>.sig.json).
+        #[arg(long, short)]
+        output: Option<PathBuf>,
+    },
+    /// Add signatures made elsewhere to a staged role.
+    #[command(after_help = "Example:\n  petrel-repo import-signature root root-v2.sig.json")]
+    ImportSignature {
+        /// The role.
+        role: String,
+        /// Signature files (from `sign`), or metadata files carrying signatures.
+        #[arg(required = true)]
+        files: Vec<PathBuf>,
+    },
+    /// Show staged roles and their signatures against thresholds.
+    Status,
+    /// Check a published tree the way a client would and explain every problem found.
+    #[command(
+        after_help = "Examples:\n  petrel-repo verify --tree ./demo/tree --root trusted-root.json\n  petrel-repo --repo demo verify"
+    )]
+    Verify {
+        /// The tree (default: the workspace's tree).
+        #[arg(long)]
+        tree: Option<PathBuf>,
+        /// The trusted root to start from (default: the tree's 1.root.json, trusted on first use).
+        #[arg(long)]
+        root: Option<PathBuf>,
+    },
+    /// Generate a key or show a key's public part.
+    #[command(subcommand)]
+    Key(KeyCommand),
+}
+
+#[derive(Subcommand, Debug)]
+enum KeyCommand {
+    /// Generate a private key (PKCS#8 PEM, mode 0600).
+    #[command(
+        after_help = "Example:\n  petrel-repo key generate -o partner.pem && petrel-repo key public partner.pem > partner.pub.json"
+    )]
+    Generate {
+        /// Key type.
+        #[arg(long = "type", value_enum, default_value = "ed25519")]
+        key_type: KeyTypeArg,
+        /// Output file.
+        #[arg(long, short)]
+        output: PathBuf,
+    },
+    /// Print the TUF public key object (JSON) and key id of a key file.
+    #[command(after_help = "Example:\n  petrel-repo key public partner.pem")]
+    Public {
+        /// A private key, PEM public key or TUF key JSON.
+        file: PathBuf,
+    },
+}
+
+#[derive(Copy, Clone, Debug, ValueEnum)]
+enum KeyTypeArg {
+    Ed25519,
+    Ecdsa,
+}
+
+impl From<KeyTypeArg> for KeyType {
+    fn from(k: KeyTypeArg) -> Self {
+        match k {
+            KeyTypeArg::Ed25519 => KeyType::Ed25519,
+            KeyTypeArg::Ecdsa => KeyType::EcdsaP256,
+        }
+    }
+}
+
+#[derive(Args, Debug)]
+struct InitArgs {
+    /// Key type for generated keys.
+    #[arg(long = "key-type", value_enum, default_value = "ed25519")]
+    key_type: KeyTypeArg,
+    /// Number of keys for a role, as ROLE=N (repeatable; default 1 each).
+    #[arg(long = "keys", value_parser = parse_role_number)]
+    keys: Vec<(String, u32)>,
+    /// Signature threshold for a role, as ROLE=N (repeatable; default 1 each).
+    #[arg(long = "threshold", value_parser = parse_role_number)]
+    threshold: Vec<(String, u32)>,
+    /// Expiry for a role, as ROLE=DURATION (root, targets, snapshot, timestamp, delegated).
+    #[arg(long = "expiry", value_parser = parse_role_duration)]
+    expiry: Vec<(String, String)>,
+    /// Publish without consistent snapshots (not recommended: clients may see mixed versions).
+    #[arg(long)]
+    no_consistent_snapshot: bool,
+    /// Where to write the static tree, relative to the workspace.
+    #[arg(long, default_value = "tree")]
+    tree: PathBuf,
+}
+
+#[derive(Args, Debug)]
+struct AddArgs {
+    /// Files or directories.
+    #[arg(required = true)]
+    paths: Vec<PathBuf>,
+    /// Role to add to; a role that delegates to hashed bins places each target in its bin.
+    #[arg(long, default_value = "targets")]
+    role: String,
+    /// Path prefix for the target names (e.g. apps/acme/app/1.0).
+    #[arg(long)]
+    prefix: Option<String>,
+    /// Target name for a single file (instead of its file name).
+    #[arg(long)]
+    name: Option<String>,
+    /// Custom metadata, a JSON object recorded with every added target.
+    #[arg(long)]
+    custom: Option<String>,
+}
+
+#[derive(Args, Debug)]
+struct DelegateArgs {
+    /// The delegating role.
+    #[arg(long, default_value = "targets")]
+    from: String,
+    /// The delegated role's name (with --bins: the bins' name prefix).
+    #[arg(long)]
+    to: String,
+    /// Path patterns the role is trusted for (`*` and `?` never match `/`).
+    #[arg(long, num_args = 1.., conflicts_with_all = ["hash_prefixes", "bins"])]
+    paths: Vec<String>,
+    /// Hex prefixes of SHA-256(target path) the role is trusted for.
+    #[arg(long, num_args = 1.., conflicts_with = "bins")]
+    hash_prefixes: Vec<String>,
+    /// Delegate to N hashed bins (a power of two) instead of one role.
+    #[arg(long)]
+    bins: Option<u64>,
+    /// Use these public keys (TUF JSON, PEM public or private key files).
+    #[arg(long = "public-key")]
+    public_keys: Vec<PathBuf>,
+    /// Generate this many new keys (default 1 when no --public-key is given).
+    #[arg(long)]
+    generate: Option<usize>,
+    /// Signatures required.
+    #[arg(long, default_value_t = 1)]
+    threshold: u32,
+    /// Stop the search at this role for paths it matches.
+    #[arg(long)]
+    terminating: bool,
+}
+
+#[derive(Args, Debug)]
+struct RotateArgs {
+    /// The role: root, targets, snapshot, timestamp, a delegated role, or a bins prefix.
+    role: String,
+    /// Authorize these public keys (TUF JSON, PEM public or private key files).
+    #[arg(long = "add-key")]
+    add_key: Vec<PathBuf>,
+    /// Generate and authorize this many new keys.
+    #[arg(long, default_value_t = 0)]
+    generate: usize,
+    /// Revoke the key with this id (repeatable).
+    #[arg(long = "remove-key")]
+    remove_key: Vec<String>,
+    /// New threshold.
+    #[arg(long)]
+    threshold: Option<u32>,
+}
+
+fn parse_role_number(s: &str) -> std::result::Result<(String, u32), String> {
+    let (role, n) = s.split_once('=').ok_or("expected ROLE=N")?;
+    let n = n.parse().map_err(|_| format!("{n:?} is not a number"))?;
+    Ok((role.to_string(), n))
+}
+
+fn parse_role_duration(s: &str) -> std::result::Result<(String, String), String> {
+    let (role, d) = s
+        .split_once('=')
+        .ok_or("expected ROLE=DURATION, e.g. timestamp=6h")?;
+    duration::parse(d)?;
+    Ok((role.to_string(), d.to_string()))
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let level = match cli.verbose {
+        0 => "warn",
+        1 => "info",
+        _ => "debug",
+    };
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env()
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(level)),
+        )
+        .with_writer(std::io::stderr)
+        .init();
+    match run(cli) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("error: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn open(cli: &Cli) -> Result<Workspace> {
+    let mut ws = Workspace::open(&cli.repo)?;
+    if let Some(k) = &cli.keys_dir {
+        ws.set_keys_dir(k.clone());
+    }
+    ws.add_key_files(cli.key.clone());
+    Ok(ws)
+}
+
+fn open_for_edit(cli: &Cli) -> Result<Workspace> {
+    let ws = open(cli)?;
+    publish::ensure_not_interrupted(&ws)?;
+    Ok(ws)
+}
+
+fn generate_keys(ws: &Workspace, n: usize, kt: KeyType) -> Result<Vec<Key>> {
+    (0..n)
+        .map(|_| {
+            let (k, pem) = kt.generate()?;
+            let path = ws.save_private_key(&k, &pem)?;
+            println!("generated key {} ({})", k.key_id(), path.display());
+            Ok(k.public_key().clone())
+        })
+        .collect()
+}
+
+fn run(cli: Cli) -> Result<()> {
+    match &cli.command {
+        Command::Init(a) => {
+            let mut settings = Settings {
+                consistent_snapshot: !a.no_consistent_snapshot,
+                tree: a.tree.clone(),
+                ..Settings::default()
+            };
+            for (role, d) in &a.expiry {
+                let e = &mut settings.expiry;
+                let slot = match role.as_str() {
+                    "root" => &mut e.root,
+                    "targets" => &mut e.targets,
+                    "snapshot" => &mut e.snapshot,
+                    "timestamp" => &mut e.timestamp,
+                    "delegated" => &mut e.delegated,
+                    other => return Err(Error::Usage(format!("--expiry: unknown role {other:?}"))),
+                };
+                *slot = d.clone();
+            }
+            let mut roles: BTreeMap<String, RoleSpec> = BTreeMap::new();
+            for (role, n) in &a.keys {
+                check_top_level(role)?;
+                roles.entry(role.clone()).or_default().keys = *n as usize;
+            }
+            for (role, n) in &a.threshold {
+                check_top_level(role)?;
+                roles.entry(role.clone()).or_default().threshold = *n;
+            }
+            let opts = InitOptions {
+                settings,
+                key_type: a.key_type.into(),
+                roles,
+            };
+            let ws = editor::init(&cli.repo, &opts)?;
+            println!("created repository workspace {}", ws.dir().display());
+            println!(
+                "keys are in {} — move the root keys offline once published",
+                ws.keys_dir().display()
+            );
+            println!("next: `petrel-repo add FILES` then `petrel-repo publish`");
+            Ok(())
+        }
+        Command::Add(a) => {
+            let ws = open_for_edit(&cli)?;
+            let custom = match &a.custom {
+                Some(c) => Some(
+                    serde_json::from_str::<serde_json::Value>(c)
+                        .map_err(|e| Error::Usage(format!("--custom is not JSON: {e}")))?,
+                ),
+                None => None,
+            };
+            let sources =
+                editor::collect_sources(&a.paths, a.prefix.as_deref(), a.name.as_deref())?;
+            if sources.is_empty() {
+                return Err(Error::Usage("no files found to add".into()));
+            }
+            let mut ed = Editor::new(&ws);
+            let added = ed.add_targets(
+                &sources,
+                &editor::AddOptions {
+                    role: Some(a.role.clone()),
+                    custom,
+                },
+            )?;
+            ed.save()?;
+            let (new, replaced): (Vec<_>, Vec<_>) = added.iter().partition(|t| !t.replaced);
+            if added.len() <= 20 {
+                for t in &added {
+                    println!(
+                        "{} {} ({} bytes) in role {}",
+                        if t.replaced { "updated" } else { "added" },
+                        t.name,
+                        t.file.length,
+                        t.role
+                    );
+                }
+            }
+            println!(
+                "{} target(s) added, {} updated; run `petrel-repo publish`",
+                new.len(),
+                replaced.len()
+            );
+            Ok(())
+        }
+        Command::Remove { role, names } => {
+            let ws = open_for_edit(&cli)?;
+            let mut ed = Editor::new(&ws);
+            ed.remove_targets(role, names)?;
+            ed.save()?;
+            println!(
+                "removed {} target(s); run `petrel-repo publish`",
+                names.len()
+            );
+            Ok(())
+        }
+        Command::Delegate(a) => {
+            let ws = open_for_edit(&cli)?;
+            let mut keys: Vec<Key> = a
+                .public_keys
+                .iter()
+                .map(|p| keyfile::public_key_from_file(p))
+                .collect::<Result<_>>()?;
+            let n = a.generate.unwrap_or(if keys.is_empty() { 1 } else { 0 });
+            keys.extend(generate_keys(&ws, n, KeyType::Ed25519)?);
+            let mut ed = Editor::new(&ws);
+            if let Some(bins) = a.bins {
+                ed.delegate_bins(BinsSpec {
+                    from: a.from.clone(),
+                    bins,
+                    name_prefix: a.to.clone(),
+                    keys,
+                    threshold: a.threshold,
+                })?;
+                println!("delegated {} to {bins} hashed bins {}-*", a.from, a.to);
+            } else {
+                ed.delegate(DelegationSpec {
+                    from: a.from.clone(),
+                    name: a.to.clone(),
+                    paths: (!a.paths.is_empty()).then(|| a.paths.clone()),
+                    hash_prefixes: (!a.hash_prefixes.is_empty()).then(|| a.hash_prefixes.clone()),
+                    keys,
+                    threshold: a.threshold,
+                    terminating: a.terminating,
+                    extra: Unrecognized::new(),
+                })?;
+                println!("delegated {} from {}", a.to, a.from);
+            }
+            ed.save()?;
+            println!("run `petrel-repo publish`");
+            Ok(())
+        }
+        Command::Publish => {
+            let ws = open(&cli)?;
+            report(publish::publish(&ws, Refresh::default())?, ws.tree_dir());
+            Ok(())
+        }
+        Command::Refresh { snapshot } => {
+            let ws = open(&cli)?;
+            let r = publish::publish(
+                &ws,
+                Refresh {
+                    timestamp: true,
+                    snapshot: *snapshot,
+                },
+            )?;
+            report(r, ws.tree_dir());
+            Ok(())
+        }
+        Command::Rotate(a) => {
+            let ws = open_for_edit(&cli)?;
+            let mut add: Vec<Key> = a
+                .add_key
+                .iter()
+                .map(|p| keyfile::public_key_from_file(p))
+                .collect::<Result<_>>()?;
+            add.extend(generate_keys(&ws, a.generate, KeyType::Ed25519)?);
+            let mut ed = Editor::new(&ws);
+            ed.rotate(&RotateSpec {
+                role: a.role.clone(),
+                add,
+                remove: a.remove_key.iter().map(|k| KeyId(k.clone())).collect(),
+                threshold: a.threshold,
+            })?;
+            let staged = ed.save()?;
+            println!("staged {}; run `petrel-repo publish`", staged.join(", "));
+            Ok(())
+        }
+        Command::Export { role, output } => {
+            let ws = open_for_edit(&cli)?;
+            let out = output
+                .clone()
+                .unwrap_or_else(|| PathBuf::from(format!("{role}.unsigned.json")));
+            let bytes = export(&ws, role)?;
+            fsutil::write_atomic(&out, &bytes)?;
+            println!(
+                "wrote {}; sign it with `petrel-repo sign --signing-key KEY {}`",
+                out.display(),
+                out.display()
+            );
+            Ok(())
+        }
+        Command::Sign {
+            signing_key,
+            file,
+            output,
+        } => {
+            let key = load_private_key(signing_key)?;
+            let bytes = fsutil::read(file)?;
+            let sig = signing::sign_envelope_bytes(&bytes, &key)?;
+            let out = output.clone().unwrap_or_else(|| {
+                let mut p = file.clone().into_os_string();
+                p.push(".sig.json");
+                PathBuf::from(p)
+            });
+            fsutil::write_atomic(&out, &serde_json::to_vec_pretty(&sig).expect("serializes"))?;
+            println!("signed with key {}; wrote {}", key.key_id(), out.display());
+            Ok(())
+        }
+        Command::ImportSignature { role, files } => {
+            let ws = open_for_edit(&cli)?;
+            let mut sigs = Vec::new();
+            for f in files {
+                sigs.extend(read_signatures(f)?);
+            }
+            let n = if role == "root" {
+                signing::import_signatures::<Root>(&ws, role, sigs)?
+            } else if matches!(role.as_str(), "snapshot" | "timestamp") {
+                return Err(Error::role(
+                    role,
+                    "is signed at publish time with online keys",
+                ));
+            } else {
+                signing::import_signatures::<Targets>(&ws, role, sigs)?
+            };
+            println!("imported {n} signature(s) into staged {role}");
+            Ok(())
+        }
+        Command::Status => {
+            let ws = open(&cli)?;
+            status(&ws)
+        }
+        Command::Verify { tree, root } => {
+            let tree = match tree {
+                Some(t) => t.clone(),
+                None => open(&cli)?.tree_dir(),
+            };
+            let report = audit::audit_tree(&tree, root.as_deref())?;
+            print!("{report}");
+            if report.problems.is_empty() {
+                Ok(())
+            } else {
+                Err(Error::State(format!(
+                    "{} problem(s) found in {}",
+                    report.problems.len(),
+                    tree.display()
+                )))
+            }
+        }
+        Command::Key(KeyCommand::Generate { key_type, output }) => {
+            if output.exists() {
+                return Err(Error::Usage(format!(
+                    "{} exists; refusing to overwrite a key",
+                    output.display()
+                )));
+            }
+            let (k, pem) = KeyType::from(*key_type).generate()?;
+            fsutil::write_atomic(output, pem.as_bytes())?;
+            #[cfg(unix)]
+            {
+                use std::os::unix::fs::PermissionsExt;
+                std::fs::set_permissions(output, std::fs::Permissions::from_mode(0o600))
+                    .map_err(|e| Error::io(output, e))?;
+            }
+            println!("generated key {} in {}", k.key_id(), output.display());
+            Ok(())
+        }
+        Command::Key(KeyCommand::Public { file }) => {
+            let key = keyfile::public_key_from_file(file)?;
+            eprintln!("key id: {}", key.key_id());
+            println!(
+                "{}",
+                serde_json::to_string_pretty(&key).expect("serializes")
+            );
+            Ok(())
+        }
+    }
+}
+
+fn check_top_level(role: &str) -> Result<()> {
+    if petrel_client::tuf::schema::TOP_LEVEL_ROLES.contains(&role) {
+        Ok(())
+    } else {
+        Err(Error::Usage(format!(
+            "{role:?} is not a top-level role (root, targets, snapshot, timestamp)"
+        )))
+    }
+}
+
+fn report(r: publish::PublishReport, tree: PathBuf) {
+    if r.roles.is_empty() {
+        println!("nothing staged; nothing to publish");
+        return;
+    }
+    if r.resumed {
+        println!("finished an interrupted publish");
+    }
+    let roles: Vec<String> = r.roles.iter().map(|(n, v)| format!("{n} v{v}")).collect();
+    println!("published {} to {}", roles.join(", "), tree.display());
+    println!("{} target file(s) written", r.targets_written);
+}
+
+/// Fixes a staged role's bytes for offline signing and returns them.
+fn export(ws: &Workspace, role: &str) -> Result<Vec<u8>> {
+    fn go<T: Metadata>(ws: &Workspace, role: &str) -> Result<Vec<u8>> {
+        let s: Signed<T> = ws
+            .staged(role)?
+            .ok_or_else(|| Error::role(role, "has no staged changes to export"))?;
+        s.to_file_bytes().map_err(|source| Error::Schema {
+            path: ws.staged_path(role),
+            source,
+        })
+    }
+    match role {
+        "root" => go::<Root>(ws, role),
+        "snapshot" | "timestamp" => Err(Error::role(
+            role,
+            "is signed at publish time with online keys",
+        )),
+        _ => go::<Targets>(ws, role),
+    }
+}
+
+fn read_signatures(path: &Path) -> Result<Vec<Signature>> {
+    let bytes = fsutil::read(path)?;
+    let v: serde_json::Value = serde_json::from_slice(&bytes)
+        .map_err(|e| Error::Usage(format!("{}: not JSON: {e}", path.display())))?;
+    if v.get("signatures").is_some() {
+        let env = petrel_client::tuf::schema::RawSigned::from_bytes(&bytes)
+            .map_err(|e| Error::Usage(format!("{}: {e}", path.display())))?;
+        return Ok(env.signatures);
+    }
+    let sig: Signature = serde_json::from_value(v)
+        .map_err(|e| Error::Usage(format!("{}: not a signature file: {e}", path.display())))?;
+    Ok(vec![sig])
+}
+
+fn status(ws: &Workspace) -> Result<()> {
+    let staged = ws.staged_roles()?;
+    if publish::interrupted(ws) {
+        println!("a publish was interrupted: run `petrel-repo publish` to finish it");
+    }
+    if staged.is_empty() {
+        println!("nothing staged");
+        return Ok(());
+    }
+    let mut ed = Editor::new(ws);
+    for role in staged {
+        let line =
+            |ed: &mut Editor<'_>, sigs: usize, version: u64, valid: usize| -> Result<String> {
+                let auths = signing::authorities(ed, &role)?;
+                let need: Vec<String> = auths
+                    .iter()
+                    .map(|a| format!("{} of {}", a.threshold, a.label))
+                    .collect();
+                Ok(format!(
+                    "{role} v{version}: {valid} valid of {sigs} signature(s); needs {}",
+                    need.join(" and ")
+                ))
+            };
+        let text = if role == "root" {
+            let s: Signed<Root> = ws.staged(&role)?.expect("listed");
+            let auths = signing::authorities(&mut ed, &role)?;
+            let valid = signing::valid_signers(&s, &auths)?.len();
+            line(&mut ed, s.signatures.len(), s.signed.version, valid)?
+        } else if matches!(role.as_str(), "snapshot" | "timestamp") {
+            format!("{role}: staged by an unfinished publish")
+        } else {
+            let s: Signed<Targets> = ws.staged(&role)?.expect("listed");
+            let auths = signing::authorities(&mut ed, &role)?;
+            let valid = signing::valid_signers(&s, &auths)?.len();
+            line(&mut ed, s.signatures.len(), s.signed.version, valid)?
+        };
+        println!("{text}");
+    }
+    Ok(())
+}

@@ -303,3 +303,50 @@ impl Delegations {
         Ok(())
     }
 }
+
+/// Checks that a target path is safe to use as a relative file path anywhere: non-empty,
+/// `/`-separated, no empty, `.` or `..` segments, not absolute, no backslashes, no NUL or
+/// other control characters, at most 4096 bytes. Returns the reason when it is not.
+pub fn check_target_path(path: &str) -> Result<(), String> {
+    if path.is_empty() {
+        return Err("empty target path".into());
+    }
+    if path.len() > 4096 {
+        return Err("target path longer than 4096 bytes".into());
+    }
+    if path.starts_with('/') {
+        return Err("absolute target path (starts with /)".into());
+    }
+    if path.contains('\\') {
+        return Err("backslash in target path".into());
+    }
+    if let Some(c) = path.chars().find(|c| c.is_control()) {
+        return Err(format!("control character {c:?} in target path"));
+    }
+    for seg in path.split('/') {
+        match seg {
+            "" => return Err("empty path segment (// or trailing /)".into()),
+            "." | ".." => return Err(format!("{seg:?} segment in target path")),
+            _ => {}
+        }
+    }
+    if path.len() >= 2 && path.as_bytes()[1] == b':' && path.as_bytes()[0].is_ascii_alphabetic() {
+        return Err("drive-letter path".into());
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod path_tests {
+    use super::check_target_path;
+
+    #[test]
+    fn traversal_and_odd_names_are_refused() {
+        for bad in ["", "/etc/passwd", "../x", "a/../b", "a//b", "a/", "./a", "a\\b", "a\u{0}b", "C:x", "a/\nb"] {
+            assert!(check_target_path(bad).is_err(), "{bad:?} accepted");
+        }
+        for good in ["a", "apps/v/app/1.0/app.bin", "..a", "a..", "é/ü.txt", "a b"] {
+            assert!(check_target_path(good).is_ok(), "{good:?} refused");
+        }
+    }
+}

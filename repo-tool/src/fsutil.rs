@@ -1,0 +1,63 @@
+//! Crash-safe file operations: atomic writes (temp file, fsync, rename) and linking.
+
+use std::fs;
+use std::io::Write;
+use std::path::Path;
+
+use crate::error::{Error, Result};
+
+/// Writes `bytes` to `path` atomically: a temporary file in the same directory is written,
+/// synced, and renamed over `path`. On any error `path` is untouched and the temporary
+/// file is removed.
+pub fn write_atomic(path: &Path, bytes: &[u8]) -> Result<()> {
+    let dir = path.parent().unwrap_or(Path::new("."));
+    fs::create_dir_all(dir).map_err(|e| Error::io(dir, e))?;
+    let mut tmp = tempfile::Builder::new()
+        .prefix(".petrel-")
+        .suffix(".tmp")
+        .tempfile_in(dir)
+        .map_err(|e| Error::io(dir, e))?;
+    tmp.write_all(bytes).map_err(|e| Error::io(path, e))?;
+    tmp.as_file().sync_all().map_err(|e| Error::io(path, e))?;
+    tmp.persist(path).map_err(|e| Error::io(path, e.error))?;
+    Ok(())
+}
+
+/// Syncs a directory so renames inside it survive power loss (best effort on platforms
+/// where directories cannot be opened).
+pub fn sync_dir(dir: &Path) -> Result<()> {
+    match fs::File::open(dir) {
+        Ok(f) => f.sync_all().or(Ok(())),
+        Err(e) => Err(Error::io(dir, e)),
+    }
+}
+
+/// Places `src` at `dst` without rewriting an existing `dst`: hard-links when possible,
+/// copies (atomically) otherwise. Returns whether anything was written.
+pub fn link_or_copy(src: &Path, dst: &Path) -> Result<bool> {
+    if dst.exists() {
+        return Ok(false);
+    }
+    let dir = dst.parent().unwrap_or(Path::new("."));
+    fs::create_dir_all(dir).map_err(|e| Error::io(dir, e))?;
+    match fs::hard_link(src, dst) {
+        Ok(()) => Ok(true),
+        Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => Ok(false),
+        Err(_) => {
+            let tmp = tempfile::Builder::new()
+                .prefix(".petrel-")
+                .suffix(".tmp")
+                .tempfile_in(dir)
+                .map_err(|e| Error::io(dir, e))?;
+            fs::copy(src, tmp.path()).map_err(|e| Error::io(dst, e))?;
+            tmp.as_file().sync_all().map_err(|e| Error::io(dst, e))?;
+            tmp.persist(dst).map_err(|e| Error::io(dst, e.error))?;
+            Ok(true)
+        }
+    }
+}
+
+/// Reads a whole file, naming it in the error.
+pub fn read(path: &Path) -> Result<Vec<u8>> {
+    fs::read(path).map_err(|e| Error::io(path, e))
+}

@@ -1,0 +1,400 @@
+//! Publishing: sign staged roles, make snapshot and timestamp, write the static tree.
+//!
+//! Publishing is crash-safe. Every role is first finalized (version, expiry, signatures)
+//! in `staged/`, then a journal names them; only then is the tree written — target files,
+//! versioned metadata, root, and `timestamp.json` last, each file atomically — and finally
+//! the workspace's current metadata is updated and the journal removed. An interrupted
+//! publish is finished by the next `publish`, which rewrites the same bytes. Until the new
+//! `timestamp.json` is renamed into place, clients see the previous repository.
+
+use std::collections::BTreeMap;
+use std::fs;
+use std::path::{Path, PathBuf};
+
+use petrel_client::tuf::schema::{
+    encode_role_name, Expires, Hashes, MetaFile, Metadata, Root, Signed, Snapshot, Targets,
+    Timestamp, Unrecognized, SPEC_VERSION,
+};
+use ring::digest;
+use serde::{Deserialize, Serialize};
+
+use crate::editor::{trunc_seconds, Editor};
+use crate::error::{Error, Result};
+use crate::fsutil;
+use crate::signing;
+use crate::workspace::Workspace;
+
+const JOURNAL: &str = ".publish-journal.json";
+
+/// What a publish did.
+#[derive(Clone, Debug, Default)]
+pub struct PublishReport {
+    /// Roles written, with their new versions, in write order.
+    pub roles: Vec<(String, u64)>,
+    /// Target files newly placed in the tree.
+    pub targets_written: usize,
+    /// Whether this run finished a previously interrupted publish.
+    pub resumed: bool,
+}
+
+/// What to regenerate even if nothing is staged.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct Refresh {
+    /// Re-sign the timestamp with a new expiry.
+    pub timestamp: bool,
+    /// Re-sign the snapshot with a new expiry (implies timestamp).
+    pub snapshot: bool,
+}
+
+#[derive(Serialize, Deserialize)]
+struct Journal {
+    /// Roles to write, in order; their final bytes are in `staged/`.
+    roles: Vec<String>,
+}
+
+fn journal_path(ws: &Workspace) -> PathBuf {
+    ws.staged_dir().join(JOURNAL)
+}
+
+/// Whether a publish was interrupted and must be finished before anything else changes.
+pub fn interrupted(ws: &Workspace) -> bool {
+    journal_path(ws).exists()
+}
+
+/// Refuses to edit while an interrupted publish is pending.
+pub fn ensure_not_interrupted(ws: &Workspace) -> Result<()> {
+    if interrupted(ws) {
+        return Err(Error::State(
+            "a publish was interrupted; run `petrel-repo publish` to finish it before making changes".into(),
+        ));
+    }
+    Ok(())
+}
+
+/// Publishes every staged change (and refreshes what `refresh` asks for).
+pub fn publish(ws: &Workspace, refresh: Refresh) -> Result<PublishReport> {
+    if interrupted(ws) {
+        let mut report = apply_journal(ws)?;
+        report.resumed = true;
+        return Ok(report);
+    }
+    let staged = ws.staged_roles()?;
+    let changed: Vec<String> = staged
+        .iter()
+        .filter(|r| r.as_str() != "snapshot" && r.as_str() != "timestamp")
+        .cloned()
+        .collect();
+    if changed.is_empty() && !refresh.timestamp && !refresh.snapshot {
+        return Ok(PublishReport::default());
+    }
+    let mut ed = Editor::new(ws);
+    let now = ws.now();
+    let mut order = Vec::new();
+
+    // Root first: signed by a threshold of the old and of the new root keys.
+    if changed.iter().any(|r| r == "root") {
+        let mut root = ws.staged::<Root>("root")?.expect("listed as staged");
+        finalize(ws, &mut ed, "root", &mut root)?;
+        ws.stage("root", &root)?;
+        order.push("root".to_string());
+    }
+    let root = ed.root()?.clone();
+
+    // Targets roles, each by its delegator's keys; their content must be available.
+    let mut role_bytes: BTreeMap<String, (u64, Vec<u8>)> = BTreeMap::new();
+    for role in changed.iter().filter(|r| r.as_str() != "root") {
+        let mut t = ws.staged::<Targets>(role)?.expect("listed as staged");
+        finalize(ws, &mut ed, role, &mut t)?;
+        check_content(ws, &root, role, &t.signed)?;
+        let bytes = file_bytes(ws, role, &t)?;
+        ws.stage(role, &t)?;
+        role_bytes.insert(role.clone(), (t.signed.version, bytes));
+        order.push(role.clone());
+    }
+    check_delegated_roles_exist(ws, &mut ed, &changed)?;
+
+    // Snapshot: previous entries carried forward, changed roles updated.
+    let prev_snapshot = ws.published::<Snapshot>("snapshot")?;
+    let make_snapshot = !role_bytes.is_empty()
+        || refresh.snapshot
+        || changed.iter().any(|r| r == "root")
+        || prev_snapshot.is_none();
+    let snapshot_ref: MetaFile = if make_snapshot {
+        let mut meta = prev_snapshot
+            .as_ref()
+            .map(|s| s.signed.meta.clone())
+            .unwrap_or_default();
+        for (role, (version, bytes)) in &role_bytes {
+            meta.insert(format!("{role}.json"), meta_file(*version, bytes));
+        }
+        let snapshot = Snapshot {
+            type_: "snapshot".into(),
+            spec_version: SPEC_VERSION.into(),
+            version: prev_snapshot.as_ref().map_or(1, |s| s.signed.version + 1),
+            expires: Expires(trunc_seconds(now + ws.settings.expiry_for("snapshot")?)),
+            meta,
+            unrecognized: prev_snapshot
+                .as_ref()
+                .map(|s| s.signed.unrecognized.clone())
+                .unwrap_or_default(),
+        };
+        let mut signed = Signed::unsigned(snapshot);
+        signing::sign_role(&mut ed, "snapshot", &mut signed)?;
+        let bytes = file_bytes(ws, "snapshot", &signed)?;
+        ws.stage("snapshot", &signed)?;
+        order.push("snapshot".into());
+        meta_file(signed.signed.version, &bytes)
+    } else {
+        let prev = prev_snapshot.expect("checked above");
+        let bytes = fsutil::read(&ws.current_path("snapshot"))?;
+        meta_file(prev.signed.version, &bytes)
+    };
+
+    let prev_ts = ws.published::<Timestamp>("timestamp")?;
+    let mut tmeta = BTreeMap::new();
+    tmeta.insert("snapshot.json".to_string(), snapshot_ref);
+    let ts = Timestamp {
+        type_: "timestamp".into(),
+        spec_version: SPEC_VERSION.into(),
+        version: prev_ts.as_ref().map_or(1, |t| t.signed.version + 1),
+        expires: Expires(trunc_seconds(now + ws.settings.expiry_for("timestamp")?)),
+        meta: tmeta,
+        unrecognized: prev_ts.map(|t| t.signed.unrecognized).unwrap_or_default(),
+    };
+    let mut signed = Signed::unsigned(ts);
+    signing::sign_role(&mut ed, "timestamp", &mut signed)?;
+    ws.stage("timestamp", &signed)?;
+    order.push("timestamp".into());
+
+    let journal = serde_json::to_vec_pretty(&Journal { roles: order }).expect("journal serializes");
+    fsutil::write_atomic(&journal_path(ws), &journal)?;
+    apply_journal(ws)
+}
+
+/// Sets a fresh expiry unless the role already carries valid signatures (made offline
+/// for exactly these bytes), then signs with available keys and checks thresholds.
+fn finalize<T: Metadata>(
+    ws: &Workspace,
+    ed: &mut Editor<'_>,
+    role: &str,
+    signed: &mut Signed<T>,
+) -> Result<()> {
+    let auths = signing::authorities(ed, role)?;
+    if signing::valid_signers(signed, &auths)?.is_empty() {
+        signed.signed.set_expires(Expires(trunc_seconds(
+            ws.now() + ws.settings.expiry_for(role)?,
+        )));
+        signed.signatures.clear();
+    }
+    signing::sign_role(ed, role, signed)
+}
+
+fn sha256_hex(bytes: &[u8]) -> String {
+    hex::encode(digest::digest(&digest::SHA256, bytes))
+}
+
+fn meta_file(version: u64, bytes: &[u8]) -> MetaFile {
+    let mut hashes = Hashes::new();
+    hashes.insert("sha256".into(), sha256_hex(bytes));
+    MetaFile {
+        version,
+        length: Some(bytes.len() as u64),
+        hashes: Some(hashes),
+        unrecognized: Unrecognized::new(),
+    }
+}
+
+fn file_bytes<T: Metadata>(ws: &Workspace, role: &str, s: &Signed<T>) -> Result<Vec<u8>> {
+    s.to_file_bytes().map_err(|source| Error::Schema {
+        path: ws.staged_path(role),
+        source,
+    })
+}
+
+/// The tree path of a target file.
+pub fn target_tree_path(consistent: bool, name: &str, sha256: &str) -> PathBuf {
+    let mut p = PathBuf::from("targets");
+    if consistent {
+        match name.rsplit_once('/') {
+            Some((dir, base)) => p.push(format!("{dir}/{sha256}.{base}")),
+            None => p.push(format!("{sha256}.{name}")),
+        }
+    } else {
+        p.push(name);
+    }
+    p
+}
+
+/// The tree path of a role's metadata file.
+pub fn metadata_tree_path(consistent: bool, role: &str, version: u64) -> PathBuf {
+    let enc = encode_role_name(role);
+    match role {
+        "timestamp" => PathBuf::from("metadata/timestamp.json"),
+        "root" => PathBuf::from(format!("metadata/{version}.root.json")),
+        _ if consistent => PathBuf::from(format!("metadata/{version}.{enc}.json")),
+        _ => PathBuf::from(format!("metadata/{enc}.json")),
+    }
+}
+
+fn check_content(ws: &Workspace, root: &Root, role: &str, t: &Targets) -> Result<()> {
+    let tree = ws.tree_dir();
+    let content = ws.content_dir();
+    for (name, tf) in &t.targets {
+        let Some(sha) = tf.hashes.get("sha256") else {
+            return Err(Error::target(
+                name,
+                format!("role {role:?} lists it without a sha256 hash"),
+            ));
+        };
+        let in_tree = tree.join(target_tree_path(root.consistent_snapshot(), name, sha));
+        if !in_tree.exists() && !content.join(sha).exists() {
+            return Err(Error::target(
+                name,
+                format!("its content ({sha}) is neither in the content store nor in the tree; add the file again"),
+            ));
+        }
+    }
+    Ok(())
+}
+
+fn check_delegated_roles_exist(
+    ws: &Workspace,
+    ed: &mut Editor<'_>,
+    changed: &[String],
+) -> Result<()> {
+    for role in changed.iter().filter(|r| r.as_str() != "root") {
+        let Some(d) = ed.targets(role)?.delegations.clone() else {
+            continue;
+        };
+        for child in d.role_names() {
+            if !ws.staged_path(&child).exists() && !ws.current_path(&child).exists() {
+                return Err(Error::role(
+                    child,
+                    format!("is delegated by {role:?} but has no metadata"),
+                ));
+            }
+        }
+    }
+    Ok(())
+}
+
+/// Writes the journal's roles to the tree, then commits them to the workspace.
+fn apply_journal(ws: &Workspace) -> Result<PublishReport> {
+    let jpath = journal_path(ws);
+    let journal: Journal = serde_json::from_slice(&fsutil::read(&jpath)?).map_err(|e| {
+        Error::State(format!(
+            "{}: unreadable publish journal: {e}",
+            jpath.display()
+        ))
+    })?;
+    let tree = ws.tree_dir();
+    let read_final = |role: &str| -> Result<Vec<u8>> {
+        let staged = ws.staged_path(role);
+        if staged.exists() {
+            fsutil::read(&staged)
+        } else {
+            // Already committed by the interrupted run.
+            fsutil::read(&ws.current_path(role))
+        }
+    };
+    let root: Signed<Root> = parse(ws, "root", &read_final("root")?)?;
+    let consistent = root.signed.consistent_snapshot();
+    let mut report = PublishReport::default();
+
+    // 1. Target files of every targets role being published.
+    for role in journal
+        .roles
+        .iter()
+        .filter(|r| !matches!(r.as_str(), "root" | "snapshot" | "timestamp"))
+    {
+        let t: Signed<Targets> = parse(ws, role, &read_final(role)?)?;
+        for (name, tf) in &t.signed.targets {
+            let sha = &tf.hashes["sha256"];
+            let dst = tree.join(target_tree_path(consistent, name, sha));
+            let src = ws.content_dir().join(sha);
+            let wrote = if consistent {
+                if dst.exists() {
+                    false
+                } else {
+                    fsutil::link_or_copy(&src, &dst)?
+                }
+            } else {
+                replace_if_different(&src, &dst, tf.length, sha)?
+            };
+            report.targets_written += usize::from(wrote);
+        }
+    }
+    // 2. Metadata in dependency order: targets roles, snapshot, root, timestamp last.
+    let mut ordered: Vec<&String> = journal
+        .roles
+        .iter()
+        .filter(|r| !matches!(r.as_str(), "root" | "timestamp"))
+        .collect();
+    ordered.sort_by_key(|r| r.as_str() == "snapshot");
+    ordered.extend(journal.roles.iter().filter(|r| r.as_str() == "root"));
+    ordered.extend(journal.roles.iter().filter(|r| r.as_str() == "timestamp"));
+    for role in ordered {
+        let bytes = read_final(role)?;
+        let version = version_of(ws, role, &bytes)?;
+        fsutil::write_atomic(
+            &tree.join(metadata_tree_path(consistent, role, version)),
+            &bytes,
+        )?;
+        if role == "root" {
+            fsutil::write_atomic(&tree.join("metadata/root.json"), &bytes)?;
+        }
+        report.roles.push((role.clone(), version));
+    }
+    fsutil::sync_dir(&tree.join("metadata"))?;
+
+    // 3. Commit: staged files become the current metadata.
+    fs::create_dir_all(ws.metadata_dir()).map_err(|e| Error::io(ws.metadata_dir(), e))?;
+    for role in &journal.roles {
+        let from = ws.staged_path(role);
+        if from.exists() {
+            let to = ws.current_path(role);
+            fs::rename(&from, &to).map_err(|e| Error::io(&to, e))?;
+        }
+    }
+    fsutil::sync_dir(&ws.metadata_dir())?;
+    fs::remove_file(&jpath).map_err(|e| Error::io(&jpath, e))?;
+    Ok(report)
+}
+
+fn parse<T: Metadata>(ws: &Workspace, role: &str, bytes: &[u8]) -> Result<Signed<T>> {
+    Signed::<T>::from_bytes(bytes).map_err(|source| Error::Schema {
+        path: ws.staged_path(role),
+        source,
+    })
+}
+
+fn version_of(ws: &Workspace, role: &str, bytes: &[u8]) -> Result<u64> {
+    let raw = petrel_client::tuf::schema::RawSigned::from_bytes(bytes).map_err(|source| {
+        Error::Schema {
+            path: ws.staged_path(role),
+            source,
+        }
+    })?;
+    raw.signed
+        .get("version")
+        .and_then(|v| v.as_u64())
+        .ok_or_else(|| Error::role(role, "metadata has no version"))
+}
+
+/// For trees without consistent snapshots: replaces `dst` atomically when its content
+/// differs from the stored file.
+fn replace_if_different(src: &Path, dst: &Path, length: u64, sha256: &str) -> Result<bool> {
+    if let Ok(m) = fs::metadata(dst) {
+        if m.len() == length && sha256_hex(&fsutil::read(dst)?) == sha256 {
+            return Ok(false);
+        }
+    }
+    let tmp = dst.with_file_name(format!(
+        ".petrel-{}.tmp",
+        dst.file_name().and_then(|f| f.to_str()).unwrap_or("target")
+    ));
+    let _ = fs::remove_file(&tmp);
+    fsutil::link_or_copy(src, &tmp)?;
+    fs::rename(&tmp, dst).map_err(|e| Error::io(dst, e))?;
+    Ok(true)
+}

@@ -1,0 +1,436 @@
+//! The repository workspace on disk: settings, private keys, staged and current metadata,
+//! the content store, and the path of the published tree.
+//!
+//! ```text
+//! <repo>/petrel-repo.toml   settings (expiries, consistent snapshots, tree location)
+//! <repo>/keys/<keyid>.pem   private keys, PKCS#8 PEM (move root keys offline!)
+//! <repo>/metadata/          the current signed metadata of every role (last publish)
+//! <repo>/staged/            roles changed since, waiting to be signed and published
+//! <repo>/content/<sha256>   a copy of every target file, hashed while it was copied
+//! <repo>/tree/              the static tree that clients read (configurable)
+//! ```
+
+use std::collections::BTreeMap;
+use std::fs;
+use std::path::{Path, PathBuf};
+
+use chrono::{DateTime, Duration, Utc};
+use petrel_client::tuf::keys::{KeySource, PrivateKey};
+use petrel_client::tuf::schema::{encode_role_name, KeyId, Metadata, RawSigned, Signed};
+use serde::{Deserialize, Serialize};
+
+use crate::duration;
+use crate::error::{Error, Result};
+use crate::fsutil;
+
+/// Name of the settings file at the root of a workspace.
+pub const SETTINGS_FILE: &str = "petrel-repo.toml";
+
+/// Workspace settings, stored in `petrel-repo.toml`.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Settings {
+    /// How long each role's metadata stays valid after it is signed.
+    #[serde(default)]
+    pub expiry: ExpirySettings,
+    /// Whether clients fetch versioned metadata and hash-prefixed targets.
+    #[serde(default = "yes")]
+    pub consistent_snapshot: bool,
+    /// Where the static tree is written, relative to the workspace.
+    #[serde(default = "default_tree")]
+    pub tree: PathBuf,
+}
+
+fn yes() -> bool {
+    true
+}
+
+fn default_tree() -> PathBuf {
+    PathBuf::from("tree")
+}
+
+/// Expiry durations per role, e.g. `"365d"`.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ExpirySettings {
+    /// Root metadata.
+    pub root: String,
+    /// Top-level targets metadata.
+    pub targets: String,
+    /// Snapshot metadata.
+    pub snapshot: String,
+    /// Timestamp metadata.
+    pub timestamp: String,
+    /// Every delegated targets role.
+    pub delegated: String,
+}
+
+impl Default for ExpirySettings {
+    fn default() -> Self {
+        ExpirySettings {
+            root: "365d".into(),
+            targets: "90d".into(),
+            snapshot: "7d".into(),
+            timestamp: "1d".into(),
+            delegated: "90d".into(),
+        }
+    }
+}
+
+impl Default for Settings {
+    fn default() -> Self {
+        Settings {
+            expiry: ExpirySettings::default(),
+            consistent_snapshot: true,
+            tree: default_tree(),
+        }
+    }
+}
+
+impl Settings {
+    /// The expiry duration for `role`.
+    pub fn expiry_for(&self, role: &str) -> Result<Duration> {
+        let s = match role {
+            "root" => &self.expiry.root,
+            "targets" => &self.expiry.targets,
+            "snapshot" => &self.expiry.snapshot,
+            "timestamp" => &self.expiry.timestamp,
+            _ => &self.expiry.delegated,
+        };
+        duration::parse(s).map_err(|e| Error::Settings {
+            path: PathBuf::from(SETTINGS_FILE),
+            reason: format!("expiry.{role}: {e}"),
+        })
+    }
+
+    fn validate(&self, path: &Path) -> Result<()> {
+        for role in ["root", "targets", "snapshot", "timestamp", "delegated"] {
+            self.expiry_for(role).map_err(|e| Error::Settings {
+                path: path.to_path_buf(),
+                reason: e.to_string(),
+            })?;
+        }
+        Ok(())
+    }
+}
+
+/// An open repository workspace. Holds an exclusive lock for its lifetime, so two
+/// commands never edit the same workspace at once.
+pub struct Workspace {
+    dir: PathBuf,
+    /// The workspace settings.
+    pub settings: Settings,
+    keys_dir: PathBuf,
+    extra_keys: Vec<PathBuf>,
+    now: DateTime<Utc>,
+    _lock: fs::File,
+}
+
+impl std::fmt::Debug for Workspace {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Workspace").field("dir", &self.dir).finish()
+    }
+}
+
+impl Workspace {
+    /// Creates a new, empty workspace in `dir` (which must not already hold one).
+    pub fn create(dir: &Path, settings: Settings) -> Result<Workspace> {
+        let settings_path = dir.join(SETTINGS_FILE);
+        if settings_path.exists() {
+            return Err(Error::State(format!(
+                "{} already holds a repository workspace ({} exists)",
+                dir.display(),
+                settings_path.display()
+            )));
+        }
+        settings.validate(&settings_path)?;
+        for sub in ["keys", "metadata", "staged", "content"] {
+            let p = dir.join(sub);
+            fs::create_dir_all(&p).map_err(|e| Error::io(&p, e))?;
+        }
+        let text = toml::to_string_pretty(&settings).expect("settings serialize");
+        fsutil::write_atomic(&settings_path, text.as_bytes())?;
+        Workspace::open(dir)
+    }
+
+    /// Opens an existing workspace.
+    pub fn open(dir: &Path) -> Result<Workspace> {
+        let settings_path = dir.join(SETTINGS_FILE);
+        let text = fs::read_to_string(&settings_path).map_err(|e| {
+            if e.kind() == std::io::ErrorKind::NotFound {
+                Error::State(format!(
+                    "{} is not a repository workspace (no {SETTINGS_FILE}); create one with `petrel-repo init`",
+                    dir.display()
+                ))
+            } else {
+                Error::io(&settings_path, e)
+            }
+        })?;
+        let settings: Settings = toml::from_str(&text).map_err(|e| Error::Settings {
+            path: settings_path.clone(),
+            reason: e.to_string(),
+        })?;
+        settings.validate(&settings_path)?;
+        let lock_path = dir.join(".lock");
+        let lock = fs::OpenOptions::new()
+            .create(true)
+            .truncate(false)
+            .write(true)
+            .open(&lock_path)
+            .map_err(|e| Error::io(&lock_path, e))?;
+        match lock.try_lock() {
+            Ok(()) => {}
+            Err(fs::TryLockError::WouldBlock) => {
+                return Err(Error::State(format!(
+                    "another petrel-repo command is working on {}; try again when it finishes",
+                    dir.display()
+                )))
+            }
+            Err(fs::TryLockError::Error(e)) => return Err(Error::io(&lock_path, e)),
+        }
+        Ok(Workspace {
+            keys_dir: dir.join("keys"),
+            dir: dir.to_path_buf(),
+            settings,
+            extra_keys: Vec::new(),
+            now: Utc::now(),
+            _lock: lock,
+        })
+    }
+
+    /// The workspace directory.
+    pub fn dir(&self) -> &Path {
+        &self.dir
+    }
+
+    /// The time this command treats as "now" (fixed when the workspace was opened).
+    pub fn now(&self) -> DateTime<Utc> {
+        self.now
+    }
+
+    /// Overrides "now" (deterministic fixtures, tests).
+    pub fn set_now(&mut self, now: DateTime<Utc>) {
+        self.now = now;
+    }
+
+    /// Uses another directory for private keys.
+    pub fn set_keys_dir(&mut self, dir: PathBuf) {
+        self.keys_dir = dir;
+    }
+
+    /// Adds individual private key files to sign with (e.g. an offline root key).
+    pub fn add_key_files(&mut self, files: Vec<PathBuf>) {
+        self.extra_keys.extend(files);
+    }
+
+    /// Where the static tree is written.
+    pub fn tree_dir(&self) -> PathBuf {
+        self.dir.join(&self.settings.tree)
+    }
+
+    /// Directory of current (last published) metadata.
+    pub fn metadata_dir(&self) -> PathBuf {
+        self.dir.join("metadata")
+    }
+
+    /// Directory of staged metadata.
+    pub fn staged_dir(&self) -> PathBuf {
+        self.dir.join("staged")
+    }
+
+    /// Directory of the content store.
+    pub fn content_dir(&self) -> PathBuf {
+        self.dir.join("content")
+    }
+
+    /// The private keys directory.
+    pub fn keys_dir(&self) -> &Path {
+        &self.keys_dir
+    }
+
+    fn role_file(dir: &Path, role: &str) -> PathBuf {
+        dir.join(format!("{}.json", encode_role_name(role)))
+    }
+
+    /// Path of a role's staged file.
+    pub fn staged_path(&self, role: &str) -> PathBuf {
+        Self::role_file(&self.staged_dir(), role)
+    }
+
+    /// Path of a role's current (published) file.
+    pub fn current_path(&self, role: &str) -> PathBuf {
+        Self::role_file(&self.metadata_dir(), role)
+    }
+
+    fn read_role<T: Metadata>(path: &Path) -> Result<Option<Signed<T>>> {
+        match fs::read(path) {
+            Ok(bytes) => RawSigned::from_bytes(&bytes)
+                .and_then(RawSigned::typed::<T>)
+                .map(Some)
+                .map_err(|source| Error::Schema {
+                    path: path.to_path_buf(),
+                    source,
+                }),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
+            Err(e) => Err(Error::io(path, e)),
+        }
+    }
+
+    /// The last published metadata of a role, if it was ever published.
+    pub fn published<T: Metadata>(&self, role: &str) -> Result<Option<Signed<T>>> {
+        Self::read_role(&self.current_path(role))
+    }
+
+    /// The staged metadata of a role, if it has unpublished changes.
+    pub fn staged<T: Metadata>(&self, role: &str) -> Result<Option<Signed<T>>> {
+        Self::read_role(&self.staged_path(role))
+    }
+
+    /// The newest metadata of a role: staged if it has changes, else published.
+    pub fn latest<T: Metadata>(&self, role: &str) -> Result<Option<Signed<T>>> {
+        match self.staged(role)? {
+            Some(s) => Ok(Some(s)),
+            None => self.published(role),
+        }
+    }
+
+    /// Writes a role's staged metadata.
+    pub fn stage<T: Metadata>(&self, role: &str, signed: &Signed<T>) -> Result<()> {
+        let path = self.staged_path(role);
+        let bytes = signed.to_file_bytes().map_err(|source| Error::Schema {
+            path: path.clone(),
+            source,
+        })?;
+        fsutil::write_atomic(&path, &bytes)
+    }
+
+    /// Names of all roles with staged changes.
+    pub fn staged_roles(&self) -> Result<Vec<String>> {
+        list_roles(&self.staged_dir())
+    }
+
+    /// Names of all published roles.
+    pub fn published_roles(&self) -> Result<Vec<String>> {
+        list_roles(&self.metadata_dir())
+    }
+
+    /// Saves a generated private key as `keys/<keyid>.pem` (mode 0600).
+    pub fn save_private_key(&self, key: &PrivateKey, pem: &str) -> Result<PathBuf> {
+        let path = self.keys_dir.join(format!("{}.pem", key.key_id()));
+        fsutil::write_atomic(&path, pem.as_bytes())?;
+        set_private_mode(&path)?;
+        Ok(path)
+    }
+
+    /// Loads every available private key whose id is in `keyids`: from the keys directory
+    /// (`<keyid>.pem`) and from the extra key files given on the command line.
+    pub fn signing_keys(&self, keyids: &[KeyId]) -> Result<Vec<Box<dyn KeySource>>> {
+        let mut out: BTreeMap<KeyId, Box<dyn KeySource>> = BTreeMap::new();
+        for id in keyids {
+            let path = self.keys_dir.join(format!("{id}.pem"));
+            if path.exists() {
+                let k = load_private_key(&path)?;
+                if k.key_id() != id {
+                    return Err(Error::Key {
+                        path,
+                        source: petrel_client::tuf::keys::KeyError::Private(format!(
+                            "file is named for key {id} but holds key {}",
+                            k.key_id()
+                        )),
+                    });
+                }
+                out.insert(id.clone(), Box::new(k));
+            }
+        }
+        for path in &self.extra_keys {
+            let k = load_private_key(path)?;
+            if keyids.contains(k.key_id()) {
+                out.insert(k.key_id().clone(), Box::new(k));
+            }
+        }
+        Ok(out.into_values().collect())
+    }
+}
+
+/// Loads a PKCS#8 PEM private key, naming the file in errors.
+pub fn load_private_key(path: &Path) -> Result<PrivateKey> {
+    let text = fs::read_to_string(path).map_err(|e| Error::io(path, e))?;
+    PrivateKey::from_pem(&text).map_err(|source| Error::Key {
+        path: path.to_path_buf(),
+        source,
+    })
+}
+
+fn list_roles(dir: &Path) -> Result<Vec<String>> {
+    let mut out = Vec::new();
+    let entries = match fs::read_dir(dir) {
+        Ok(e) => e,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(out),
+        Err(e) => return Err(Error::io(dir, e)),
+    };
+    for entry in entries {
+        let entry = entry.map_err(|e| Error::io(dir, e))?;
+        let name = entry.file_name();
+        let Some(name) = name.to_str() else { continue };
+        if let Some(stem) = name.strip_suffix(".json") {
+            if !stem.starts_with('.') {
+                out.push(decode_role_name(stem));
+            }
+        }
+    }
+    out.sort();
+    Ok(out)
+}
+
+/// Reverses [`encode_role_name`].
+pub fn decode_role_name(s: &str) -> String {
+    let b = s.as_bytes();
+    let mut out = Vec::with_capacity(b.len());
+    let mut i = 0;
+    while i < b.len() {
+        if b[i] == b'%' && i + 2 < b.len() {
+            if let Ok(v) = u8::from_str_radix(&s[i + 1..i + 3], 16) {
+                out.push(v);
+                i += 3;
+                continue;
+            }
+        }
+        out.push(b[i]);
+        i += 1;
+    }
+    String::from_utf8_lossy(&out).into_owned()
+}
+
+#[cfg(unix)]
+fn set_private_mode(path: &Path) -> Result<()> {
+    use std::os::unix::fs::PermissionsExt;
+    fs::set_permissions(path, fs::Permissions::from_mode(0o600)).map_err(|e| Error::io(path, e))
+}
+
+#[cfg(not(unix))]
+fn set_private_mode(_path: &Path) -> Result<()> {
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn role_names_round_trip_through_file_names() {
+        for name in ["targets", "bins-0a", "../evil", "a/b", ".x", "ünï"] {
+            assert_eq!(decode_role_name(&encode_role_name(name)), name);
+        }
+    }
+
+    #[test]
+    fn a_second_command_on_the_same_workspace_is_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        let _ws = Workspace::create(dir.path(), Settings::default()).unwrap();
+        let err = Workspace::open(dir.path()).unwrap_err();
+        assert!(
+            err.to_string().contains("another petrel-repo command"),
+            "{err}"
+        );
+    }
+}
