@@ -1,0 +1,68 @@
+#!/usr/bin/env bash
+# The main job on an embedded default: sign a demo repository from examples/demo/content,
+# serve it on loopback with petrel-server, and take a device client through it
+# (trusted root → refresh → verified downloads). Usage: ./demo.sh [WORK_DIR]
+set -euo pipefail
+cd "$(dirname "$0")"
+top=$PWD
+
+echo "==> building"
+cargo build -q --bins
+bin="${CARGO_TARGET_DIR:-$top/target}/debug"
+repo_tool="$bin/petrel-repo"
+server="$bin/petrel-server"
+client="$bin/petrel-conformance"
+
+work="${1:-$(mktemp -d -t petrel-demo.XXXXXX)}"
+mkdir -p "$work"
+repo="$work/repo"
+device="$work/device"
+rm -rf "$repo" "$device"
+content="$top/examples/demo/content"
+
+echo "==> signing a demo repository in $repo"
+"$repo_tool" -r "$repo" init --expiry timestamp=1d
+"$repo_tool" -r "$repo" delegate --to acme --paths 'apps/acme/*/*/*' --terminating
+"$repo_tool" -r "$repo" delegate --to globex --paths 'apps/globex/*/*/*' 'apps/globex/*/*/*/*' --terminating
+"$repo_tool" -r "$repo" delegate --from globex --to globex-bin --bins 4
+"$repo_tool" -r "$repo" add "$content/README.txt"
+"$repo_tool" -r "$repo" add "$content/apps/acme" --prefix apps/acme --role acme
+"$repo_tool" -r "$repo" add "$content/apps/globex" --prefix apps/globex --role globex
+"$repo_tool" -r "$repo" publish
+"$repo_tool" -r "$repo" verify
+
+echo "==> serving $repo/tree on loopback"
+log="$work/server.log"
+"$server" serve --root "$repo/tree" --listen 127.0.0.1:0 --access-log >"$work/server.out" 2>"$log" &
+server_pid=$!
+trap 'kill $server_pid 2>/dev/null || true' EXIT
+url=""
+for _ in $(seq 1 100); do
+  url=$(sed -n 's/^listening on \(http:\/\/[^ ]*\).*/\1/p' "$work/server.out" | head -n1)
+  [ -n "$url" ] && break
+  sleep 0.1
+done
+[ -n "$url" ] || { echo "server did not start; log:"; cat "$log"; exit 1; }
+echo "    $url"
+
+echo "==> device: trust the root, refresh, download verified targets"
+"$client" --metadata-dir "$device/metadata" init "$repo/tree/metadata/1.root.json"
+"$client" --metadata-dir "$device/metadata" --metadata-url "$url/metadata" refresh
+targets=(README.txt apps/acme/thermostat/1.1/firmware.bin apps/globex/kiosk/3.2/kiosk.sh apps/globex/kiosk/3.2/assets/config.json)
+args=()
+for t in "${targets[@]}"; do args+=(--target-name "$t"); done
+"$client" --metadata-dir "$device/metadata" --metadata-url "$url/metadata" \
+  --target-base-url "$url/targets" --target-dir "$device/downloads" "${args[@]}" download
+
+echo "==> checking downloads against the source files"
+for t in "${targets[@]}"; do
+  src="$content/$t"
+  got=$(find "$device/downloads" -type f -newer "$device/metadata/root.json" -print0 | xargs -0 sha256sum | awk '{print $1}' | grep -c "$(sha256sum "$src" | awk '{print $1}')" || true)
+  [ "$got" -ge 1 ] || { echo "missing or wrong: $t"; exit 1; }
+  echo "    ok  $t"
+done
+echo "==> second refresh: nothing changed, one request (timestamp.json)"
+before=$(wc -l <"$log")
+"$client" --metadata-dir "$device/metadata" --metadata-url "$url/metadata" refresh
+echo "    requests: $(( $(wc -l <"$log") - before ))"
+echo "demo complete: repository $repo, device state $device"

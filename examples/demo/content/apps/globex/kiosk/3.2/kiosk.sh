@@ -1,0 +1,2 @@
+#!/bin/sh
+echo "Globex kiosk 3.2"

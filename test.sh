@@ -1,0 +1,12 @@
+#!/usr/bin/env bash
+# Runs the whole Petrel test suite (this is what CI runs). Installs what the tests need:
+# a Python virtual environment with python-tuf for the interop tests.
+set -euo pipefail
+cd "$(dirname "$0")"
+export PETREL_VENV="${PETREL_VENV:-$PWD/.venv}"
+echo "==> python-tuf environment"
+scripts/ensure-venv.sh >/dev/null
+echo "==> formatting"
+cargo fmt --all -- --check
+echo "==> tests"
+cargo test --workspace --all-targets --locked
