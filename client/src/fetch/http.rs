@@ -1,0 +1,325 @@
+//! HTTP(S) transport: hyper 1 on a current-thread tokio runtime owned by the transport.
+//!
+//! HTTPS goes through rustls with the `ring` provider, trusting the operating system's
+//! roots and optionally an extra CA bundle (PEM). Bodies are streamed frame by frame into the
+//! caller's sink with the size limit enforced as they arrive. Transient failures (connect
+//! errors, timeouts, 408/429/5xx) are retried with exponential backoff, but only while no
+//! byte has reached the sink; "not found" and anything the caller rejects are never retried.
+
+use std::io::{self, Write};
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::Bytes;
+use http::header::{CONTENT_LENGTH, LOCATION, USER_AGENT};
+use http::{Request, StatusCode, Uri};
+use http_body_util::{BodyExt, Empty};
+use hyper_rustls::HttpsConnector;
+use hyper_util::client::legacy::connect::HttpConnector;
+use hyper_util::client::legacy::Client;
+use hyper_util::rt::{TokioExecutor, TokioTimer};
+use rustls::pki_types::pem::PemObject;
+use rustls::pki_types::CertificateDer;
+use tracing::{debug, warn};
+
+use super::{error_chain, FetchError, Transport};
+
+/// Settings of the HTTP(S) transport.
+#[derive(Clone, Debug)]
+pub struct HttpConfig {
+    /// Deadline for establishing a TCP connection (default 10 s).
+    pub connect_timeout: Duration,
+    /// Deadline for the response headers and then for each body chunk (default 30 s).
+    pub read_timeout: Duration,
+    /// How many times a transient failure is retried (default 3, so up to 4 attempts).
+    pub retries: u32,
+    /// Delay before the first retry; doubled for each further retry (default 250 ms).
+    pub initial_backoff: Duration,
+    /// Upper bound of the retry delay (default 8 s).
+    pub max_backoff: Duration,
+    /// Whether to trust the operating system's root certificates (default true).
+    pub native_roots: bool,
+    /// An extra PEM file of CA certificates to trust (e.g. a private fleet CA).
+    pub extra_ca_pem: Option<PathBuf>,
+    /// How many redirects to follow (default 5). An `https` → `http` redirect is refused.
+    pub max_redirects: u32,
+    /// The `User-Agent` header.
+    pub user_agent: String,
+}
+
+impl Default for HttpConfig {
+    fn default() -> Self {
+        HttpConfig {
+            connect_timeout: Duration::from_secs(10),
+            read_timeout: Duration::from_secs(30),
+            retries: 3,
+            initial_backoff: Duration::from_millis(250),
+            max_backoff: Duration::from_secs(8),
+            native_roots: true,
+            extra_ca_pem: None,
+            max_redirects: 5,
+            user_agent: concat!("petrel/", env!("CARGO_PKG_VERSION")).to_string(),
+        }
+    }
+}
+
+/// Why the HTTP transport could not be set up.
+#[derive(Debug, thiserror::Error)]
+pub enum HttpSetupError {
+    /// The tokio runtime could not be created.
+    #[error("cannot start the HTTP runtime: {0}")]
+    Runtime(#[source] io::Error),
+    /// The extra CA file cannot be read or holds no usable certificate.
+    #[error("extra CA file {path}: {reason}")]
+    ExtraCa {
+        /// The file.
+        path: PathBuf,
+        /// What is wrong with it.
+        reason: String,
+    },
+    /// rustls refused the configuration.
+    #[error("TLS configuration: {0}")]
+    Tls(String),
+}
+
+type HyperClient = Client<HttpsConnector<HttpConnector>, Empty<Bytes>>;
+
+/// A blocking HTTP(S) transport. It owns a current-thread tokio runtime, so it must not be
+/// called from inside another tokio runtime (use `spawn_blocking` there).
+pub struct HttpTransport {
+    runtime: tokio::runtime::Runtime,
+    client: HyperClient,
+    config: HttpConfig,
+}
+
+impl std::fmt::Debug for HttpTransport {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("HttpTransport")
+            .field("config", &self.config)
+            .finish_non_exhaustive()
+    }
+}
+
+fn tls_config(config: &HttpConfig) -> Result<rustls::ClientConfig, HttpSetupError> {
+    let mut roots = rustls::RootCertStore::empty();
+    if config.native_roots {
+        let native = rustls_native_certs::load_native_certs();
+        for e in &native.errors {
+            debug!("skipping a native root certificate: {e}");
+        }
+        let (added, ignored) = roots.add_parsable_certificates(native.certs);
+        debug!("trusting {added} native root certificates ({ignored} unusable)");
+    }
+    if let Some(path) = &config.extra_ca_pem {
+        let extra = |reason: String| HttpSetupError::ExtraCa {
+            path: path.clone(),
+            reason,
+        };
+        let certs: Vec<CertificateDer<'static>> = CertificateDer::pem_file_iter(path)
+            .map_err(|e| extra(e.to_string()))?
+            .collect::<Result<_, _>>()
+            .map_err(|e| extra(e.to_string()))?;
+        if certs.is_empty() {
+            return Err(extra("no CERTIFICATE block found".into()));
+        }
+        for c in certs {
+            roots.add(c).map_err(|e| extra(e.to_string()))?;
+        }
+    }
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    Ok(rustls::ClientConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()
+        .map_err(|e| HttpSetupError::Tls(e.to_string()))?
+        .with_root_certificates(roots)
+        .with_no_client_auth())
+}
+
+impl HttpTransport {
+    /// Creates the runtime, the TLS configuration and the connection pool.
+    pub fn new(config: HttpConfig) -> Result<Self, HttpSetupError> {
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .enable_io()
+            .enable_time()
+            .build()
+            .map_err(HttpSetupError::Runtime)?;
+        let mut http = HttpConnector::new();
+        http.enforce_http(false);
+        http.set_connect_timeout(Some(config.connect_timeout));
+        http.set_nodelay(true);
+        let https = hyper_rustls::HttpsConnectorBuilder::new()
+            .with_tls_config(tls_config(&config)?)
+            .https_or_http()
+            .enable_http1()
+            .wrap_connector(http);
+        let client = Client::builder(TokioExecutor::new())
+            .timer(TokioTimer::new())
+            .pool_timer(TokioTimer::new())
+            .pool_idle_timeout(Duration::from_secs(30))
+            .pool_max_idle_per_host(2)
+            .build(https);
+        Ok(HttpTransport {
+            runtime,
+            client,
+            config,
+        })
+    }
+
+    /// The configuration in use.
+    pub fn config(&self) -> &HttpConfig {
+        &self.config
+    }
+
+    async fn fetch_once(
+        &self,
+        url: &str,
+        max_len: u64,
+        sink: &mut dyn Write,
+        written: &mut u64,
+    ) -> Result<u64, FetchError> {
+        let mut current = url.to_string();
+        let mut redirects = 0;
+        loop {
+            let uri: Uri = current.parse().map_err(|e| FetchError::BadUrl {
+                url: current.clone(),
+                reason: format!("invalid URL: {e}"),
+            })?;
+            match uri.scheme_str() {
+                Some("http") | Some("https") => {}
+                _ => {
+                    return Err(FetchError::BadUrl {
+                        url: current,
+                        reason: "not an http:// or https:// URL".into(),
+                    })
+                }
+            }
+            let req = Request::get(uri)
+                .header(USER_AGENT, &self.config.user_agent)
+                .body(Empty::<Bytes>::new())
+                .map_err(|e| FetchError::BadUrl {
+                    url: current.clone(),
+                    reason: e.to_string(),
+                })?;
+            let resp = tokio::time::timeout(self.config.read_timeout, self.client.request(req))
+                .await
+                .map_err(|_| FetchError::Timeout {
+                    url: current.clone(),
+                    during: "waiting for response headers",
+                })?
+                .map_err(|e| FetchError::Network {
+                    url: current.clone(),
+                    reason: error_chain(&e),
+                })?;
+            let status = resp.status();
+            if status.is_redirection() && status != StatusCode::NOT_MODIFIED {
+                let location = resp
+                    .headers()
+                    .get(LOCATION)
+                    .and_then(|v| v.to_str().ok())
+                    .ok_or_else(|| FetchError::Status {
+                        url: current.clone(),
+                        status: status.as_u16(),
+                    })?;
+                let next = url::Url::parse(&current)
+                    .and_then(|base| base.join(location))
+                    .map_err(|e| FetchError::BadUrl {
+                        url: current.clone(),
+                        reason: format!("bad redirect location {location:?}: {e}"),
+                    })?;
+                if current.starts_with("https:") && next.scheme() != "https" {
+                    return Err(FetchError::BadUrl {
+                        url: current,
+                        reason: format!("refusing redirect from https to {next}"),
+                    });
+                }
+                redirects += 1;
+                if redirects > self.config.max_redirects {
+                    return Err(FetchError::BadUrl {
+                        url: url.to_string(),
+                        reason: format!("more than {} redirects", self.config.max_redirects),
+                    });
+                }
+                debug!("{current} redirects to {next}");
+                current = next.to_string();
+                continue;
+            }
+            match status.as_u16() {
+                200 => {}
+                403 | 404 | 410 => return Err(FetchError::NotFound { url: current }),
+                s => {
+                    return Err(FetchError::Status {
+                        url: current,
+                        status: s,
+                    })
+                }
+            }
+            let too_large = || FetchError::TooLarge {
+                url: current.clone(),
+                max_len,
+            };
+            if let Some(len) = resp
+                .headers()
+                .get(CONTENT_LENGTH)
+                .and_then(|v| v.to_str().ok())
+                .and_then(|v| v.parse::<u64>().ok())
+            {
+                if len > max_len {
+                    return Err(too_large());
+                }
+            }
+            let mut body = resp.into_body();
+            loop {
+                let frame = tokio::time::timeout(self.config.read_timeout, body.frame())
+                    .await
+                    .map_err(|_| FetchError::Timeout {
+                        url: current.clone(),
+                        during: "reading the body",
+                    })?;
+                let Some(frame) = frame else { break };
+                let frame = frame.map_err(|e| FetchError::Network {
+                    url: current.clone(),
+                    reason: error_chain(&e),
+                })?;
+                let Ok(data) = frame.into_data() else {
+                    continue; // trailers
+                };
+                if *written + data.len() as u64 > max_len {
+                    return Err(too_large());
+                }
+                sink.write_all(&data).map_err(|source| FetchError::Io {
+                    url: current.clone(),
+                    source,
+                })?;
+                *written += data.len() as u64;
+            }
+            return Ok(*written);
+        }
+    }
+}
+
+impl Transport for HttpTransport {
+    fn fetch(&self, url: &str, max_len: u64, sink: &mut dyn Write) -> Result<u64, FetchError> {
+        let mut backoff = self.config.initial_backoff;
+        let mut attempt = 0u32;
+        loop {
+            let mut written = 0u64;
+            let result = self
+                .runtime
+                .block_on(self.fetch_once(url, max_len, sink, &mut written));
+            match result {
+                Err(e) if e.is_transient() && written == 0 && attempt < self.config.retries => {
+                    attempt += 1;
+                    warn!(
+                        "{e}; retrying in {:?} (attempt {} of {})",
+                        backoff,
+                        attempt + 1,
+                        self.config.retries + 1
+                    );
+                    std::thread::sleep(backoff);
+                    backoff = (backoff * 2).min(self.config.max_backoff);
+                }
+                other => return other,
+            }
+        }
+    }
+}

@@ -1,0 +1,611 @@
+//! The trusted metadata set, one type per workflow state: root → timestamp → snapshot → targets.
+//!
+//! Each state can only be built by verifying the next role against the previous state, so
+//! code holding a [`TrustedMetadata`] holds metadata that went through every check of the
+//! spec's detailed client workflow (§5) in order. The functions here are pure: bytes in,
+//! verified metadata out; the updater does the fetching and persisting.
+
+use std::collections::{BTreeMap, BTreeSet};
+
+use chrono::{DateTime, Utc};
+use serde_json::Value;
+
+use super::error::{describe, UpdateError};
+use super::hashes::verify_bytes;
+use crate::tuf::schema::{
+    spec_major, Expires, Key, KeyId, MetaFile, Metadata, RawSigned, Root, Signed, Snapshot,
+    Targets, Timestamp, SUPPORTED_SPEC_MAJOR,
+};
+use crate::tuf::verify::verify_threshold;
+
+/// Metadata that passed every check for its workflow step. Only this module creates one.
+#[derive(Clone, Debug)]
+pub struct Verified<T>(Signed<T>);
+
+impl<T> Verified<T> {
+    /// The verified metadata.
+    pub fn signed(&self) -> &Signed<T> {
+        &self.0
+    }
+}
+
+/// A parsed envelope whose signatures have not been checked yet.
+struct Envelope {
+    raw: RawSigned,
+    canonical: Vec<u8>,
+    what: String,
+}
+
+/// Parses the envelope, checks `_type`, and computes the canonical bytes that signatures
+/// must cover. Nothing inside `signed` is interpreted yet.
+fn parse<T: Metadata>(role: &str, bytes: &[u8]) -> Result<Envelope, UpdateError> {
+    let raw = RawSigned::from_bytes(bytes).map_err(|source| UpdateError::Schema {
+        what: describe(role, None),
+        source,
+    })?;
+    let claimed = raw.signed.get("version").and_then(Value::as_u64);
+    let what = describe(role, claimed);
+    let found = raw.type_field().unwrap_or("");
+    if found != T::TYPE {
+        return Err(UpdateError::Schema {
+            what,
+            source: crate::tuf::schema::SchemaError::WrongType {
+                expected: T::TYPE,
+                found: found.to_string(),
+            },
+        });
+    }
+    let canonical = raw
+        .canonical_signed()
+        .map_err(|source| UpdateError::Schema {
+            what: what.clone(),
+            source,
+        })?;
+    Ok(Envelope {
+        raw,
+        canonical,
+        what,
+    })
+}
+
+impl Envelope {
+    fn check_threshold(
+        &self,
+        whose: &str,
+        keyids: &[KeyId],
+        threshold: u32,
+        keys: &BTreeMap<KeyId, Key>,
+    ) -> Result<(), UpdateError> {
+        verify_threshold(
+            whose,
+            &self.canonical,
+            &self.raw.signatures,
+            keyids,
+            threshold,
+            keys,
+        )
+        .map(|_| ())
+        .map_err(|source| UpdateError::Signature {
+            what: self.what.clone(),
+            source,
+        })
+    }
+
+    /// Interprets the (already signature-checked) signed part and checks the spec version.
+    fn into_typed<T: Metadata>(self) -> Result<(Signed<T>, Vec<u8>), UpdateError> {
+        let what = self.what;
+        let signed = self
+            .raw
+            .typed::<T>()
+            .map_err(|source| UpdateError::Schema {
+                what: what.clone(),
+                source,
+            })?;
+        if spec_major(signed.signed.spec_version()) != Some(SUPPORTED_SPEC_MAJOR) {
+            return Err(UpdateError::UnsupportedSpec {
+                what,
+                spec_version: signed.signed.spec_version().to_string(),
+            });
+        }
+        Ok((signed, self.canonical))
+    }
+}
+
+/// Freeze check: metadata is usable only if it expires strictly after the update start.
+fn check_expiry<T: Metadata>(role: &str, m: &T, now: DateTime<Utc>) -> Result<(), UpdateError> {
+    if m.expires().0 <= now {
+        return Err(UpdateError::Expired {
+            what: describe(role, Some(m.version())),
+            expires: m.expires(),
+            now: Expires(now),
+        });
+    }
+    Ok(())
+}
+
+/// Checks bytes against the length and hashes the referencing metadata pins.
+fn check_meta_file(
+    role: &str,
+    meta: &MetaFile,
+    referrer: &str,
+    bytes: &[u8],
+) -> Result<(), UpdateError> {
+    verify_bytes(bytes, meta.length, meta.hashes.as_ref()).map_err(|reason| {
+        UpdateError::LengthOrHash {
+            what: describe(role, Some(meta.version)),
+            reason: format!("{reason} (as pinned by {referrer})"),
+        }
+    })
+}
+
+/// Step 5.3: the trusted root, updated along the chain of N+1 versions.
+#[derive(Clone, Debug)]
+pub struct TrustedRoot {
+    root: Signed<Root>,
+}
+
+impl TrustedRoot {
+    /// Loads the trusted root (shipped out of band or persisted earlier). It must be signed
+    /// by a threshold of its own root keys; its expiry does not matter here (spec 5.2).
+    pub fn from_trusted_bytes(bytes: &[u8]) -> Result<Self, UpdateError> {
+        let env = parse::<Root>("root", bytes)?;
+        let (root, _) = env_self_signed(env)?;
+        Ok(TrustedRoot { root })
+    }
+
+    /// The trusted root metadata.
+    pub fn root(&self) -> &Signed<Root> {
+        &self.root
+    }
+
+    /// Its version N.
+    pub fn version(&self) -> u64 {
+        self.root.signed.version
+    }
+
+    /// Spec 5.3.4–5.3.7: accepts `bytes` as root N+1 if signed by a threshold of the trusted
+    /// root's keys AND of its own keys, and its version is exactly N+1. On error the trusted
+    /// root is unchanged.
+    pub fn update(&mut self, bytes: &[u8]) -> Result<(), UpdateError> {
+        let n = self.version();
+        let env = parse::<Root>("root", bytes)?;
+        let old = &self.root.signed;
+        let old_role = old.role("root").expect("validated root has a root role");
+        env.check_threshold(
+            &format!("root keys of trusted root v{n}"),
+            &old_role.keyids,
+            old_role.threshold,
+            &old.keys,
+        )?;
+        let (new, canonical) = env.into_typed::<Root>()?;
+        let what = describe("root", Some(new.signed.version));
+        let new_role = new
+            .signed
+            .role("root")
+            .expect("validated root has a root role");
+        verify_threshold(
+            &format!("root keys of new root v{}", new.signed.version),
+            &canonical,
+            &new.signatures,
+            &new_role.keyids,
+            new_role.threshold,
+            &new.signed.keys,
+        )
+        .map_err(|source| UpdateError::Signature {
+            what: what.clone(),
+            source,
+        })?;
+        if new.signed.version != n + 1 {
+            return Err(UpdateError::Version {
+                what,
+                reason: format!("version must be exactly {} (trusted root is v{n})", n + 1),
+            });
+        }
+        self.root = new;
+        Ok(())
+    }
+
+    /// Spec 5.3.10: the final root must not be expired.
+    pub fn check_not_expired(&self, now: DateTime<Utc>) -> Result<(), UpdateError> {
+        check_expiry("root", &self.root.signed, now)
+    }
+
+    /// The sorted key ids and threshold of a top-level role.
+    pub fn role_keys(&self, role: &str) -> (BTreeSet<KeyId>, u32) {
+        let r = self
+            .root
+            .signed
+            .role(role)
+            .expect("validated root has all top-level roles");
+        (r.keyids.iter().cloned().collect(), r.threshold)
+    }
+
+    /// Whether consistent snapshots are on (spec 5.3.12).
+    pub fn consistent_snapshot(&self) -> bool {
+        self.root.signed.consistent_snapshot()
+    }
+
+    /// Parses `bytes` as top-level role `role` and checks the root's threshold for it.
+    fn verify_top_level<T: Metadata>(
+        &self,
+        role: &str,
+        bytes: &[u8],
+    ) -> Result<Signed<T>, UpdateError> {
+        let env = parse::<T>(role, bytes)?;
+        let r = self
+            .root
+            .signed
+            .role(role)
+            .expect("validated root has all top-level roles");
+        env.check_threshold(
+            &format!("{role} keys of root v{}", self.version()),
+            &r.keyids,
+            r.threshold,
+            &self.root.signed.keys,
+        )?;
+        Ok(env.into_typed::<T>()?.0)
+    }
+
+    /// Verifies a locally stored timestamp for use as the rollback reference: signatures and
+    /// schema only (an expired one still protects against rollback).
+    pub fn verify_local_timestamp(&self, bytes: &[u8]) -> Result<Signed<Timestamp>, UpdateError> {
+        self.verify_top_level("timestamp", bytes)
+    }
+
+    /// Spec 5.4: verifies a newly downloaded timestamp against the trusted root and the
+    /// previously trusted timestamp (if any). Returns the next state and whether the new
+    /// timestamp replaced the previous one (false when the versions are equal: the trusted
+    /// one is kept and nothing needs persisting).
+    pub fn update_timestamp(
+        self,
+        previous: Option<Signed<Timestamp>>,
+        bytes: &[u8],
+        now: DateTime<Utc>,
+    ) -> Result<(WithTimestamp, bool), UpdateError> {
+        let new: Signed<Timestamp> = self.verify_top_level("timestamp", bytes)?;
+        let v = new.signed.version;
+        let what = describe("timestamp", Some(v));
+        if let Some(prev) = previous {
+            let pv = prev.signed.version;
+            if v < pv {
+                return Err(UpdateError::Rollback {
+                    what,
+                    reason: format!("version {v} is lower than trusted version {pv}"),
+                });
+            }
+            if v == pv {
+                // Nothing changed. Keep the trusted timestamp; it must still be fresh.
+                check_expiry("timestamp", &prev.signed, now)?;
+                return Ok((
+                    WithTimestamp {
+                        root: self,
+                        timestamp: prev,
+                    },
+                    false,
+                ));
+            }
+            let (new_sv, old_sv) = (
+                new.signed.snapshot_meta().version,
+                prev.signed.snapshot_meta().version,
+            );
+            if new_sv < old_sv {
+                return Err(UpdateError::Rollback {
+                    what,
+                    reason: format!(
+                        "snapshot version {new_sv} is lower than {old_sv} in trusted timestamp v{pv}"
+                    ),
+                });
+            }
+        }
+        check_expiry("timestamp", &new.signed, now)?;
+        Ok((
+            WithTimestamp {
+                root: self,
+                timestamp: new,
+            },
+            true,
+        ))
+    }
+}
+
+/// Checks that a root is signed by a threshold of its own keys and has a supported spec.
+fn env_self_signed(env: Envelope) -> Result<(Signed<Root>, Vec<u8>), UpdateError> {
+    let what = env.what.clone();
+    // The root role's keys are only known after typing; typing before checking signatures
+    // is unavoidable for a self-signed document, and harmless since nothing is acted on.
+    let signatures = env.raw.signatures.clone();
+    let (root, canonical) = env.into_typed::<Root>()?;
+    let r = root
+        .signed
+        .role("root")
+        .expect("validated root has a root role");
+    verify_threshold(
+        &format!("root keys of root v{}", root.signed.version),
+        &canonical,
+        &signatures,
+        &r.keyids,
+        r.threshold,
+        &root.signed.keys,
+    )
+    .map_err(|source| UpdateError::Signature { what, source })?;
+    Ok((root, canonical))
+}
+
+/// After spec 5.4: root and a trusted, unexpired timestamp.
+#[derive(Clone, Debug)]
+pub struct WithTimestamp {
+    root: TrustedRoot,
+    timestamp: Signed<Timestamp>,
+}
+
+impl WithTimestamp {
+    /// The trusted root.
+    pub fn root(&self) -> &TrustedRoot {
+        &self.root
+    }
+
+    /// The trusted timestamp.
+    pub fn timestamp(&self) -> &Signed<Timestamp> {
+        &self.timestamp
+    }
+
+    /// What the timestamp says about the snapshot.
+    pub fn snapshot_meta(&self) -> &MetaFile {
+        self.timestamp.signed.snapshot_meta()
+    }
+
+    /// Verifies a locally stored snapshot for use as the rollback reference (signatures and
+    /// schema only).
+    pub fn verify_local_snapshot(&self, bytes: &[u8]) -> Result<Signed<Snapshot>, UpdateError> {
+        self.root.verify_top_level("snapshot", bytes)
+    }
+
+    /// Spec 5.5.2–5.5.6: verifies snapshot bytes against the timestamp (length, hashes,
+    /// version), the root's snapshot keys, the previously trusted snapshot (no role removed,
+    /// no version lowered), and the clock.
+    pub fn verify_snapshot(
+        &self,
+        previous: Option<&Signed<Snapshot>>,
+        bytes: &[u8],
+        now: DateTime<Utc>,
+    ) -> Result<Verified<Snapshot>, UpdateError> {
+        let meta = self.snapshot_meta();
+        let tsv = self.timestamp.signed.version;
+        check_meta_file("snapshot", meta, &format!("timestamp v{tsv}"), bytes)?;
+        let new: Signed<Snapshot> = self.root.verify_top_level("snapshot", bytes)?;
+        let v = new.signed.version;
+        let what = describe("snapshot", Some(v));
+        if v != meta.version {
+            return Err(UpdateError::Version {
+                what,
+                reason: format!(
+                    "version {} in timestamp v{tsv} does not match",
+                    meta.version
+                ),
+            });
+        }
+        if let Some(prev) = previous {
+            let pv = prev.signed.version;
+            for (name, old) in &prev.signed.meta {
+                match new.signed.meta.get(name) {
+                    None => {
+                        return Err(UpdateError::Rollback {
+                            what,
+                            reason: format!(
+                                "{name} is listed in trusted snapshot v{pv} but missing here"
+                            ),
+                        })
+                    }
+                    Some(m) if m.version < old.version => {
+                        return Err(UpdateError::Rollback {
+                            what,
+                            reason: format!(
+                                "{name} version {} is lower than {} in trusted snapshot v{pv}",
+                                m.version, old.version
+                            ),
+                        })
+                    }
+                    Some(_) => {}
+                }
+            }
+        }
+        check_expiry("snapshot", &new.signed, now)?;
+        Ok(Verified(new))
+    }
+
+    /// Moves to the next state with a verified snapshot.
+    pub fn with_snapshot(self, snapshot: Verified<Snapshot>) -> WithSnapshot {
+        WithSnapshot {
+            root: self.root,
+            timestamp: self.timestamp,
+            snapshot: snapshot.0,
+        }
+    }
+}
+
+/// After spec 5.5: root, timestamp and a trusted, unexpired snapshot.
+#[derive(Clone, Debug)]
+pub struct WithSnapshot {
+    root: TrustedRoot,
+    timestamp: Signed<Timestamp>,
+    snapshot: Signed<Snapshot>,
+}
+
+impl WithSnapshot {
+    /// The trusted snapshot.
+    pub fn snapshot(&self) -> &Signed<Snapshot> {
+        &self.snapshot
+    }
+
+    /// What the snapshot says about a targets role, if it lists it.
+    pub fn role_meta(&self, role: &str) -> Option<&MetaFile> {
+        self.snapshot.signed.role_meta(role)
+    }
+
+    /// Whether consistent snapshots are on.
+    pub fn consistent_snapshot(&self) -> bool {
+        self.root.consistent_snapshot()
+    }
+
+    /// Spec 5.6.2–5.6.5: verifies top-level targets bytes against the snapshot (length,
+    /// hashes, version), the root's targets keys, and the clock.
+    pub fn verify_targets(
+        &self,
+        bytes: &[u8],
+        now: DateTime<Utc>,
+    ) -> Result<Verified<Targets>, UpdateError> {
+        let meta = self
+            .snapshot
+            .signed
+            .role_meta("targets")
+            .expect("validated snapshot lists targets.json");
+        let snapshot_desc = format!("snapshot v{}", self.snapshot.signed.version);
+        check_meta_file("targets", meta, &snapshot_desc, bytes)?;
+        let new: Signed<Targets> = self.root.verify_top_level("targets", bytes)?;
+        check_role_version("targets", &new, meta, &snapshot_desc)?;
+        check_expiry("targets", &new.signed, now)?;
+        Ok(Verified(new))
+    }
+
+    /// Moves to the complete state with verified top-level targets.
+    pub fn with_targets(self, targets: Verified<Targets>, now: DateTime<Utc>) -> TrustedMetadata {
+        let mut roles = BTreeMap::new();
+        roles.insert("targets".to_string(), targets.0);
+        TrustedMetadata {
+            root: self.root,
+            timestamp: self.timestamp,
+            snapshot: self.snapshot,
+            targets: roles,
+            reference_time: now,
+        }
+    }
+}
+
+fn check_role_version(
+    role: &str,
+    new: &Signed<Targets>,
+    meta: &MetaFile,
+    snapshot_desc: &str,
+) -> Result<(), UpdateError> {
+    if new.signed.version != meta.version {
+        return Err(UpdateError::Version {
+            what: describe(role, Some(new.signed.version)),
+            reason: format!("version {} in {snapshot_desc} does not match", meta.version),
+        });
+    }
+    Ok(())
+}
+
+/// A complete refresh: root, timestamp, snapshot, top-level targets, and the delegated
+/// targets roles loaded so far by target searches.
+#[derive(Clone, Debug)]
+pub struct TrustedMetadata {
+    root: TrustedRoot,
+    timestamp: Signed<Timestamp>,
+    snapshot: Signed<Snapshot>,
+    targets: BTreeMap<String, Signed<Targets>>,
+    reference_time: DateTime<Utc>,
+}
+
+impl TrustedMetadata {
+    /// The trusted root.
+    pub fn root(&self) -> &Signed<Root> {
+        self.root.root()
+    }
+
+    /// The trusted timestamp.
+    pub fn timestamp(&self) -> &Signed<Timestamp> {
+        &self.timestamp
+    }
+
+    /// The trusted snapshot.
+    pub fn snapshot(&self) -> &Signed<Snapshot> {
+        &self.snapshot
+    }
+
+    /// The trusted top-level targets.
+    pub fn targets(&self) -> &Signed<Targets> {
+        &self.targets["targets"]
+    }
+
+    /// A trusted targets role (top-level or delegated) if it has been loaded.
+    pub fn role(&self, name: &str) -> Option<&Signed<Targets>> {
+        self.targets.get(name)
+    }
+
+    /// The fixed update start time of the refresh that produced this set.
+    pub fn reference_time(&self) -> DateTime<Utc> {
+        self.reference_time
+    }
+
+    /// Whether consistent snapshots are on.
+    pub fn consistent_snapshot(&self) -> bool {
+        self.root.consistent_snapshot()
+    }
+
+    /// What the snapshot says about a targets role.
+    pub fn role_meta(&self, role: &str) -> Result<&MetaFile, UpdateError> {
+        self.snapshot
+            .signed
+            .role_meta(role)
+            .ok_or_else(|| UpdateError::Invalid {
+                what: describe(role, None),
+                reason: format!("not listed in snapshot v{}", self.snapshot.signed.version),
+            })
+    }
+
+    /// Verifies a delegated targets role `role`, delegated by the loaded role `parent`:
+    /// length, hashes and version from the snapshot, threshold of the keys `parent`
+    /// delegates to it, and the clock (the refresh's fixed start time).
+    pub fn verify_delegated(
+        &self,
+        role: &str,
+        parent: &str,
+        bytes: &[u8],
+    ) -> Result<Verified<Targets>, UpdateError> {
+        let meta = self.role_meta(role)?;
+        let delegator = self
+            .targets
+            .get(parent)
+            .ok_or_else(|| UpdateError::Invalid {
+                what: describe(role, None),
+                reason: format!("delegating role {parent:?} is not loaded"),
+            })?;
+        let delegations = delegator
+            .signed
+            .delegations
+            .as_ref()
+            .ok_or_else(|| not_delegated(role, parent))?;
+        let (keyids, threshold) = delegations
+            .role_keys(role)
+            .ok_or_else(|| not_delegated(role, parent))?;
+        let snapshot_desc = format!("snapshot v{}", self.snapshot.signed.version);
+        check_meta_file(role, meta, &snapshot_desc, bytes)?;
+        let env = parse::<Targets>(role, bytes)?;
+        env.check_threshold(
+            &format!(
+                "keys delegated by {}",
+                describe(parent, Some(delegator.signed.version))
+            ),
+            keyids,
+            threshold,
+            &delegations.keys,
+        )?;
+        let (new, _) = env.into_typed::<Targets>()?;
+        check_role_version(role, &new, meta, &snapshot_desc)?;
+        check_expiry(role, &new.signed, self.reference_time)?;
+        Ok(Verified(new))
+    }
+
+    /// Adds a verified delegated role to the set.
+    pub fn insert_delegated(&mut self, role: &str, verified: Verified<Targets>) {
+        self.targets.insert(role.to_string(), verified.0);
+    }
+}
+
+fn not_delegated(role: &str, parent: &str) -> UpdateError {
+    UpdateError::Invalid {
+        what: describe(role, None),
+        reason: format!("{} does not delegate to it", describe(parent, None)),
+    }
+}
