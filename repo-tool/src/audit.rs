@@ -9,7 +9,7 @@ use std::path::{Path, PathBuf};
 use chrono::Utc;
 use petrel_client::tuf::schema::{
     check_target_path, encode_role_name, DelegatedRole, Hashes, Key, KeyId, MetaFile, Metadata,
-    RawSigned, Root, Signed, Snapshot, Targets, Timestamp,
+    RawSigned, Root, Signed, Snapshot, SuccinctRoles, Targets, Timestamp,
 };
 use petrel_client::tuf::verify::verify_threshold;
 use ring::digest;
@@ -46,6 +46,26 @@ impl fmt::Display for AuditReport {
         }
     }
 }
+
+/// How a role on a delegation chain was delegated.
+#[derive(Clone)]
+enum Link {
+    /// A named delegation with paths or hash prefixes.
+    Named(DelegatedRole),
+    /// One of a set of succinct hashed bins.
+    Bin(SuccinctRoles),
+}
+
+/// A targets role waiting to be checked: its name, the chain of roles and delegations
+/// leading to it, and the keys and threshold its delegator gives it.
+type Pending = (
+    String,
+    Vec<String>,
+    Vec<Link>,
+    Vec<KeyId>,
+    u32,
+    BTreeMap<KeyId, Key>,
+);
 
 struct Auditor {
     tree: PathBuf,
@@ -281,14 +301,7 @@ pub fn audit_tree(tree: &Path, root: Option<&Path>) -> Result<AuditReport> {
 
     // Targets roles, depth-first from targets; each verified with its delegator's keys.
     let tkeys = role_keys("targets");
-    let mut stack: Vec<(
-        String,
-        Vec<String>,
-        Vec<Option<DelegatedRole>>,
-        Vec<KeyId>,
-        u32,
-        BTreeMap<KeyId, Key>,
-    )> = vec![(
+    let mut stack: Vec<Pending> = vec![(
         "targets".into(),
         vec![],
         vec![],
@@ -297,11 +310,14 @@ pub fn audit_tree(tree: &Path, root: Option<&Path>) -> Result<AuditReport> {
         trusted.keys.clone(),
     )];
     let mut seen = BTreeSet::new();
+    // Whether some role could not be checked (so its delegations are unknown).
+    let mut incomplete = false;
     while let Some((role, chain, links, ids, threshold, keys)) = stack.pop() {
         if !seen.insert(role.clone()) {
             continue;
         }
         let Some(meta) = snap.signed.role_meta(&role).cloned() else {
+            incomplete = true;
             a.problem(format!(
                 "role {role:?} is delegated but not listed in snapshot v{}",
                 snap.signed.version
@@ -313,9 +329,13 @@ pub fn audit_tree(tree: &Path, root: Option<&Path>) -> Result<AuditReport> {
         } else {
             format!("metadata/{}.json", encode_role_name(&role))
         };
-        let Some(bytes) = a.read(&rel) else { continue };
+        let Some(bytes) = a.read(&rel) else {
+            incomplete = true;
+            continue;
+        };
         a.check_meta(&rel, &bytes, &meta);
         let Some(t) = a.load::<Targets>(&rel, &role, &bytes, &[(&ids, threshold, &keys)]) else {
+            incomplete = true;
             continue;
         };
         a.report.roles_checked += 1;
@@ -330,16 +350,26 @@ pub fn audit_tree(tree: &Path, root: Option<&Path>) -> Result<AuditReport> {
                 a.problem(format!("target {name:?} in role {role:?}: {e}"));
                 continue;
             }
-            if let Some((i, d)) = links
-                .iter()
-                .enumerate()
-                .find(|(_, l)| l.as_ref().is_some_and(|d| !d.matches(name)))
-            {
-                a.problem(format!(
-                    "target {name:?} in role {role:?} is outside the paths delegated to {:?} ({:?}); clients ignore it",
-                    chain[i],
-                    d.as_ref().and_then(|d| d.paths.clone()).unwrap_or_default()
-                ));
+            for (i, link) in links.iter().enumerate() {
+                match link {
+                    Link::Named(d) if !d.matches(name) => {
+                        a.problem(format!(
+                            "target {name:?} in role {role:?} is outside the paths delegated to {:?} ({:?}); clients ignore it",
+                            chain[i],
+                            d.paths.clone().unwrap_or_default()
+                        ));
+                        break;
+                    }
+                    Link::Bin(s) if s.bin_for_target(name) != chain[i] => {
+                        a.problem(format!(
+                            "target {name:?} in role {role:?} is under hashed bin {:?}, but its path hash puts it in bin {:?}; clients ignore it",
+                            chain[i],
+                            s.bin_for_target(name)
+                        ));
+                        break;
+                    }
+                    _ => {}
+                }
             }
             let trel = match (consistent, tf.hashes.keys().next()) {
                 (true, Some(alg)) => {
@@ -363,26 +393,25 @@ pub fn audit_tree(tree: &Path, root: Option<&Path>) -> Result<AuditReport> {
             a.check_hashes(&trel, &bytes, &tf.hashes);
         }
         if let Some(d) = &t.signed.delegations {
-            let children: Vec<(String, Option<DelegatedRole>, Vec<KeyId>, u32)> =
-                match &d.succinct_roles {
-                    Some(s) => s
-                        .bin_names()
-                        .map(|n| (n, None, s.keyids.clone(), s.threshold))
-                        .collect(),
-                    None => d
-                        .roles
-                        .iter()
-                        .flatten()
-                        .map(|r| {
-                            (
-                                r.name.clone(),
-                                Some(r.clone()),
-                                r.keyids.clone(),
-                                r.threshold,
-                            )
-                        })
-                        .collect(),
-                };
+            let children: Vec<(String, Link, Vec<KeyId>, u32)> = match &d.succinct_roles {
+                Some(s) => s
+                    .bin_names()
+                    .map(|n| (n, Link::Bin(s.clone()), s.keyids.clone(), s.threshold))
+                    .collect(),
+                None => d
+                    .roles
+                    .iter()
+                    .flatten()
+                    .map(|r| {
+                        (
+                            r.name.clone(),
+                            Link::Named(r.clone()),
+                            r.keyids.clone(),
+                            r.threshold,
+                        )
+                    })
+                    .collect(),
+            };
             for (name, link, cids, cthreshold) in children.into_iter().rev() {
                 let mut c = chain.clone();
                 c.push(name.clone());
@@ -394,7 +423,8 @@ pub fn audit_tree(tree: &Path, root: Option<&Path>) -> Result<AuditReport> {
     }
     for name in snap.signed.meta.keys() {
         let role = name.trim_end_matches(".json");
-        if !seen.contains(role) {
+        // A role that could not be checked hides its delegations: do not blame them.
+        if !seen.contains(role) && !incomplete {
             a.problem(format!(
                 "snapshot lists {name} but no role delegates {role:?}"
             ));

@@ -32,6 +32,10 @@ pub fn sync_dir(dir: &Path) -> Result<()> {
     }
 }
 
+/// Test-only: when set, [`link_or_copy`] always copies instead of hard-linking.
+#[doc(hidden)]
+pub const NO_HARDLINKS_ENV: &str = "PETREL_REPO_TEST_NO_HARDLINKS";
+
 /// Places `src` at `dst` without rewriting an existing `dst`: hard-links when possible,
 /// copies (atomically) otherwise. Returns whether anything was written.
 pub fn link_or_copy(src: &Path, dst: &Path) -> Result<bool> {
@@ -40,7 +44,14 @@ pub fn link_or_copy(src: &Path, dst: &Path) -> Result<bool> {
     }
     let dir = dst.parent().unwrap_or(Path::new("."));
     fs::create_dir_all(dir).map_err(|e| Error::io(dir, e))?;
-    match fs::hard_link(src, dst) {
+    // Test hook: force the copy path (hard links cannot hit a file-size limit, so tests
+    // that simulate a full disk with `ulimit -f` set this).
+    let linked = if std::env::var_os(NO_HARDLINKS_ENV).is_some() {
+        Err(std::io::Error::other("hard links disabled"))
+    } else {
+        fs::hard_link(src, dst)
+    };
+    match linked {
         Ok(()) => Ok(true),
         Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => Ok(false),
         Err(_) => {

@@ -5,6 +5,7 @@
 //! * [`signing`] — signing staged roles, thresholds, offline signatures.
 //! * [`publish`] — turning staged roles into the static tree, crash-safely.
 //! * [`audit`] — checking a published tree the way a client would, reporting every problem.
+//! * [`fixtures`] — deterministic good and attack repositories for tests and offline CI.
 //!
 //! Schema types come from `petrel-client`, so there is one definition of each format.
 #![forbid(unsafe_code)]
@@ -14,6 +15,7 @@ pub mod audit;
 pub mod duration;
 pub mod editor;
 pub mod error;
+pub mod fixtures;
 pub mod fsutil;
 pub mod keyfile;
 pub mod publish;

@@ -5,7 +5,7 @@ use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
 use clap::{Args, Parser, Subcommand, ValueEnum};
-use petrel_client::tuf::keys::KeySource;
+use petrel_client::tuf::keys::{KeySource, PrivateKey};
 use petrel_client::tuf::schema::{
     Key, KeyId, Metadata, Root, Signature, Signed, Targets, Unrecognized,
 };
@@ -14,7 +14,7 @@ use petrel_repo::editor::{
 };
 use petrel_repo::publish::{self, Refresh};
 use petrel_repo::workspace::{load_private_key, Settings, Workspace};
-use petrel_repo::{audit, duration, fsutil, keyfile, signing, Error, Result};
+use petrel_repo::{audit, duration, fixtures, fsutil, keyfile, signing, Error, Result};
 
 /// Sign and publish Petrel repositories: keys, roles, delegations, targets, and the static tree.
 #[derive(Parser, Debug)]
@@ -137,6 +137,32 @@ enum Command {
     /// Generate a key or show a key's public part.
     #[command(subcommand)]
     Key(KeyCommand),
+    /// Write deterministic fixture repositories: a good one and, with --attacks, one per attack.
+    #[command(after_help = "\
+Writes DIR/good/ (repo/: the static tree to serve or read from file://; trusted/root.json:
+the root to provision a test device with; fixture.json: what to download and expect) and,
+with --attacks, DIR/attacks/<name>/ for each attack in the TUF threat list (rollback,
+freeze, endless data, mix-and-match, fast-forward, bad signatures, path traversal, ...),
+plus DIR/README.md describing every fixture and its expected outcome. Fixed keys and a
+fixed clock make the output byte-identical on every run, so device makers can commit it
+and test their update client in offline CI. The keys are public: test use only.
+
+Examples:
+  petrel-repo fixture --out fixtures --attacks
+  petrel-repo fixture --out ci/tuf-fixtures --content ./firmware-drop")]
+    Fixture {
+        /// Output directory (its good/, attacks/ and README.md are replaced).
+        #[arg(long)]
+        out: PathBuf,
+        /// Use these files as the good repository's targets (routed by path: apps/acme/*/*/*
+        /// to role acme, apps/globex/*/*/* to globex, assign/* to hashed bins, the rest to
+        /// targets). Attack fixtures always use the built-in content.
+        #[arg(long)]
+        content: Option<PathBuf>,
+        /// Also write one fixture per attack.
+        #[arg(long)]
+        attacks: bool,
+    },
 }
 
 #[derive(Subcommand, Debug)]
@@ -318,15 +344,18 @@ fn open_for_edit(cli: &Cli) -> Result<Workspace> {
     Ok(ws)
 }
 
-fn generate_keys(ws: &Workspace, n: usize, kt: KeyType) -> Result<Vec<Key>> {
-    (0..n)
-        .map(|_| {
-            let (k, pem) = kt.generate()?;
-            let path = ws.save_private_key(&k, &pem)?;
-            println!("generated key {} ({})", k.key_id(), path.display());
-            Ok(k.public_key().clone())
-        })
-        .collect()
+/// Generates `n` keys in memory; they are saved by [`save_keys`] only once the edit that
+/// uses them has succeeded, so a refused edit leaves no stray key files.
+fn generate_keys(n: usize, kt: KeyType) -> Result<Vec<(PrivateKey, String)>> {
+    (0..n).map(|_| kt.generate()).collect()
+}
+
+fn save_keys(ws: &Workspace, keys: &[(PrivateKey, String)]) -> Result<()> {
+    for (k, pem) in keys {
+        let path = ws.save_private_key(k, pem)?;
+        println!("generated key {} ({})", k.key_id(), path.display());
+    }
+    Ok(())
 }
 
 fn run(cli: Cli) -> Result<()> {
@@ -433,7 +462,8 @@ fn run(cli: Cli) -> Result<()> {
                 .map(|p| keyfile::public_key_from_file(p))
                 .collect::<Result<_>>()?;
             let n = a.generate.unwrap_or(if keys.is_empty() { 1 } else { 0 });
-            keys.extend(generate_keys(&ws, n, KeyType::Ed25519)?);
+            let generated = generate_keys(n, KeyType::Ed25519)?;
+            keys.extend(generated.iter().map(|(k, _)| k.public_key().clone()));
             let mut ed = Editor::new(&ws);
             if let Some(bins) = a.bins {
                 ed.delegate_bins(BinsSpec {
@@ -457,6 +487,7 @@ fn run(cli: Cli) -> Result<()> {
                 })?;
                 println!("delegated {} from {}", a.to, a.from);
             }
+            save_keys(&ws, &generated)?;
             ed.save()?;
             println!("run `petrel-repo publish`");
             Ok(())
@@ -468,14 +499,18 @@ fn run(cli: Cli) -> Result<()> {
         }
         Command::Refresh { snapshot } => {
             let ws = open(&cli)?;
-            let r = publish::publish(
-                &ws,
-                Refresh {
-                    timestamp: true,
-                    snapshot: *snapshot,
-                },
-            )?;
+            let refresh = Refresh {
+                timestamp: true,
+                snapshot: *snapshot,
+            };
+            let r = publish::publish(&ws, refresh)?;
+            let resumed = r.resumed;
             report(r, ws.tree_dir());
+            if resumed {
+                // The finished publish carries the timestamp signed when it began, which
+                // may be old by now: refresh as asked.
+                report(publish::publish(&ws, refresh)?, ws.tree_dir());
+            }
             Ok(())
         }
         Command::Rotate(a) => {
@@ -485,7 +520,8 @@ fn run(cli: Cli) -> Result<()> {
                 .iter()
                 .map(|p| keyfile::public_key_from_file(p))
                 .collect::<Result<_>>()?;
-            add.extend(generate_keys(&ws, a.generate, KeyType::Ed25519)?);
+            let generated = generate_keys(a.generate, KeyType::Ed25519)?;
+            add.extend(generated.iter().map(|(k, _)| k.public_key().clone()));
             let mut ed = Editor::new(&ws);
             ed.rotate(&RotateSpec {
                 role: a.role.clone(),
@@ -493,6 +529,7 @@ fn run(cli: Cli) -> Result<()> {
                 remove: a.remove_key.iter().map(|k| KeyId(k.clone())).collect(),
                 threshold: a.threshold,
             })?;
+            save_keys(&ws, &generated)?;
             let staged = ed.save()?;
             println!("staged {}; run `petrel-repo publish`", staged.join(", "));
             Ok(())
@@ -584,6 +621,28 @@ fn run(cli: Cli) -> Result<()> {
                     .map_err(|e| Error::io(output, e))?;
             }
             println!("generated key {} in {}", k.key_id(), output.display());
+            Ok(())
+        }
+        Command::Fixture {
+            out,
+            content,
+            attacks,
+        } => {
+            let r = fixtures::generate(
+                out,
+                &fixtures::FixtureOptions {
+                    content: content.clone(),
+                    attacks: *attacks,
+                },
+            )?;
+            println!(
+                "wrote {} fixture(s), {} files ({} bytes) to {}; see {}",
+                r.fixtures.len(),
+                r.files,
+                r.bytes,
+                out.display(),
+                out.join("README.md").display()
+            );
             Ok(())
         }
         Command::Key(KeyCommand::Public { file }) => {

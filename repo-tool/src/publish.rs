@@ -90,12 +90,15 @@ pub fn publish(ws: &Workspace, refresh: Refresh) -> Result<PublishReport> {
     let mut ed = Editor::new(ws);
     let now = ws.now();
     let mut order = Vec::new();
+    // Final bytes of every role, staged only once all of them are signed, so a publish
+    // that fails (threshold not met, unusable key, missing content) changes nothing.
+    let mut finished: Vec<(String, Vec<u8>)> = Vec::new();
 
     // Root first: signed by a threshold of the old and of the new root keys.
     if changed.iter().any(|r| r == "root") {
         let mut root = ws.staged::<Root>("root")?.expect("listed as staged");
         finalize(ws, &mut ed, "root", &mut root)?;
-        ws.stage("root", &root)?;
+        finished.push(("root".into(), file_bytes(ws, "root", &root)?));
         order.push("root".to_string());
     }
     let root = ed.root()?.clone();
@@ -107,7 +110,7 @@ pub fn publish(ws: &Workspace, refresh: Refresh) -> Result<PublishReport> {
         finalize(ws, &mut ed, role, &mut t)?;
         check_content(ws, &root, role, &t.signed)?;
         let bytes = file_bytes(ws, role, &t)?;
-        ws.stage(role, &t)?;
+        finished.push((role.clone(), bytes.clone()));
         role_bytes.insert(role.clone(), (t.signed.version, bytes));
         order.push(role.clone());
     }
@@ -141,7 +144,7 @@ pub fn publish(ws: &Workspace, refresh: Refresh) -> Result<PublishReport> {
         let mut signed = Signed::unsigned(snapshot);
         signing::sign_role(&mut ed, "snapshot", &mut signed)?;
         let bytes = file_bytes(ws, "snapshot", &signed)?;
-        ws.stage("snapshot", &signed)?;
+        finished.push(("snapshot".into(), bytes.clone()));
         order.push("snapshot".into());
         meta_file(signed.signed.version, &bytes)
     } else {
@@ -163,8 +166,12 @@ pub fn publish(ws: &Workspace, refresh: Refresh) -> Result<PublishReport> {
     };
     let mut signed = Signed::unsigned(ts);
     signing::sign_role(&mut ed, "timestamp", &mut signed)?;
-    ws.stage("timestamp", &signed)?;
+    finished.push(("timestamp".into(), file_bytes(ws, "timestamp", &signed)?));
     order.push("timestamp".into());
+
+    for (role, bytes) in &finished {
+        fsutil::write_atomic(&ws.staged_path(role), bytes)?;
+    }
 
     let journal = serde_json::to_vec_pretty(&Journal { roles: order }).expect("journal serializes");
     fsutil::write_atomic(&journal_path(ws), &journal)?;

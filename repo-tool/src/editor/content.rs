@@ -23,6 +23,17 @@ pub struct StoredFile {
 /// hashes describe exactly the stored copy. Refuses symlinks and special files, and fails
 /// if the source changes (size or modification time) while it is being read.
 pub fn hash_into_store(src: &Path, content_dir: &Path) -> Result<StoredFile> {
+    hash_into_store_with_hook(src, content_dir, || {})
+}
+
+/// [`hash_into_store`] with a hook called after the last byte was read and before the
+/// source is checked for changes (lets tests change the file at the worst moment).
+#[doc(hidden)]
+pub fn hash_into_store_with_hook(
+    src: &Path,
+    content_dir: &Path,
+    after_read: impl FnOnce(),
+) -> Result<StoredFile> {
     let name = src.display().to_string();
     let before = fs::symlink_metadata(src).map_err(|e| Error::io(src, e))?;
     if before.file_type().is_symlink() {
@@ -54,6 +65,7 @@ pub fn hash_into_store(src: &Path, content_dir: &Path) -> Result<StoredFile> {
             .map_err(|e| Error::io(tmp.path(), e))?;
         length += n as u64;
     }
+    after_read();
     let after = fs::metadata(src).map_err(|e| Error::io(src, e))?;
     if after.len() != before.len()
         || after.modified().ok() != before.modified().ok()

@@ -214,6 +214,7 @@ impl Editor<'_> {
         let loc = self.locate(&role)?;
         for s in sources {
             check_path_authorized(&loc, &s.name)?;
+            self.check_bins_authorized(&loc, &s.name)?;
         }
         let content_dir = self.workspace().content_dir();
         std::fs::create_dir_all(&content_dir).map_err(|e| Error::io(&content_dir, e))?;
@@ -242,6 +243,36 @@ impl Editor<'_> {
             });
         }
         Ok(added)
+    }
+
+    /// Checks that every hashed bin on the chain to a role is the bin `name` hashes to:
+    /// clients look for a target only in its own bin.
+    fn check_bins_authorized(&mut self, loc: &RoleLocation, name: &str) -> Result<()> {
+        for (i, link) in loc.links.iter().enumerate() {
+            if link.is_some() {
+                continue;
+            }
+            let bin = &loc.chain[i];
+            let delegator = if i == 0 { "targets" } else { &loc.chain[i - 1] };
+            let succinct = self
+                .targets(delegator)?
+                .delegations
+                .as_ref()
+                .and_then(|d| d.succinct_roles.clone());
+            if let Some(s) = succinct {
+                let want = s.bin_for_target(name);
+                if &want != bin {
+                    return Err(Error::target(
+                        name,
+                        format!(
+                            "belongs in hashed bin {want:?} by its path hash, not {bin:?}; clients \
+                             would never look for it there (add it with --role {delegator} instead)"
+                        ),
+                    ));
+                }
+            }
+        }
+        Ok(())
     }
 
     /// Removes targets from `role` (or from the hashed bins it delegates to).
