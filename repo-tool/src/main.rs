@@ -152,12 +152,12 @@ Examples:
   petrel-repo fixture --out ci/tuf-fixtures --content ./firmware-drop")]
     Fixture {
         /// Output directory (its good/, attacks/ and README.md are replaced).
-        #[arg(long)]
+        #[arg(long, value_name = "DIR")]
         out: PathBuf,
         /// Use these files as the good repository's targets (routed by path: apps/acme/*/*/*
         /// to role acme, apps/globex/*/*/* to globex, assign/* to hashed bins, the rest to
         /// targets). Attack fixtures always use the built-in content.
-        #[arg(long)]
+        #[arg(long, value_name = "DIR")]
         content: Option<PathBuf>,
         /// Also write one fixture per attack.
         #[arg(long)]

@@ -96,7 +96,10 @@ fn every_fixture_json_is_well_formed_and_documented() {
     let mut dirs = vec![root.join("good")];
     let mut names = BTreeSet::new();
     for entry in std::fs::read_dir(root.join("attacks")).unwrap() {
-        dirs.push(entry.unwrap().path());
+        let path = entry.unwrap().path();
+        if path.is_dir() {
+            dirs.push(path);
+        }
     }
     assert!(dirs.len() > 25, "expected one fixture per attack");
     for dir in dirs {
@@ -154,6 +157,9 @@ fn every_attack_changes_something() {
     let good_trusted = read_tree(&root.join("good/trusted"));
     for entry in std::fs::read_dir(root.join("attacks")).unwrap() {
         let dir = entry.unwrap().path();
+        if !dir.is_dir() {
+            continue;
+        }
         let same = read_tree(&dir.join("repo")) == good_repo
             && read_tree(&dir.join("trusted")) == good_trusted;
         let slow = dir.ends_with("slow-retrieval");
@@ -225,5 +231,22 @@ fn foreign_directories_are_never_replaced() {
     assert_eq!(
         std::fs::read_to_string(tmp.path().join("README.md")).unwrap(),
         "# my project\n"
+    );
+}
+
+#[test]
+fn the_cli_writes_the_same_good_fixture() {
+    let tmp = tempfile::tempdir().unwrap();
+    let out = tmp.path().join("out");
+    let status = std::process::Command::new(env!("CARGO_BIN_EXE_petrel-repo"))
+        .args(["fixture", "--out"])
+        .arg(&out)
+        .status()
+        .unwrap();
+    assert!(status.success());
+    assert!(!out.join("attacks").exists());
+    assert_eq!(
+        read_tree(&out.join("good")),
+        read_tree(&committed().join("good"))
     );
 }
