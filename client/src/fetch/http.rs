@@ -2,9 +2,10 @@
 //!
 //! HTTPS goes through rustls with the `ring` provider, trusting the operating system's
 //! roots and optionally an extra CA bundle (PEM). Bodies are streamed frame by frame into the
-//! caller's sink with the size limit enforced as they arrive. Transient failures (connect
-//! errors, timeouts, 408/429/5xx) are retried with exponential backoff, but only while no
-//! byte has reached the sink; "not found" and anything the caller rejects are never retried.
+//! caller's sink with the size limit enforced as they arrive, and must keep up a minimum
+//! average speed (slow retrieval). Transient failures (connect errors, timeouts,
+//! 408/429/5xx) are retried with exponential backoff, but only while no byte has reached the
+//! sink; "not found" and anything the caller rejects are never retried.
 
 use std::io::{self, Write};
 use std::path::PathBuf;
@@ -32,6 +33,12 @@ pub struct HttpConfig {
     pub connect_timeout: Duration,
     /// Deadline for the response headers and then for each body chunk (default 30 s).
     pub read_timeout: Duration,
+    /// Slowest accepted average body speed, in bytes per second (default 1024; 0 turns the
+    /// check off). Once `read_timeout` has passed since the response headers arrived, the
+    /// body must have arrived at this average rate, which is measured from the headers on.
+    /// This is the defence against slow retrieval: a server that drips bytes just often
+    /// enough to beat `read_timeout` is cut off instead of holding the update indefinitely.
+    pub min_average_speed: u64,
     /// How many times a transient failure is retried (default 3, so up to 4 attempts).
     pub retries: u32,
     /// Delay before the first retry; doubled for each further retry (default 250 ms).
@@ -53,6 +60,7 @@ impl Default for HttpConfig {
         HttpConfig {
             connect_timeout: Duration::from_secs(10),
             read_timeout: Duration::from_secs(30),
+            min_average_speed: 1024,
             retries: 3,
             initial_backoff: Duration::from_millis(250),
             max_backoff: Duration::from_secs(8),
@@ -170,6 +178,23 @@ impl HttpTransport {
         &self.config
     }
 
+    /// When the body, `received` bytes into it, falls below `min_average_speed`: after a
+    /// grace of `read_timeout`, `received` bytes buy `received / min_average_speed` seconds.
+    /// `None` when the check is off.
+    fn speed_deadline(
+        &self,
+        body_start: tokio::time::Instant,
+        received: u64,
+    ) -> Option<tokio::time::Instant> {
+        let speed = self.config.min_average_speed;
+        if speed == 0 {
+            return None;
+        }
+        let nanos = u128::from(received) * 1_000_000_000 / u128::from(speed);
+        let earned = Duration::from_nanos(u64::try_from(nanos).ok()?);
+        body_start.checked_add(self.config.read_timeout.checked_add(earned)?)
+    }
+
     async fn fetch_once(
         &self,
         url: &str,
@@ -268,12 +293,22 @@ impl HttpTransport {
                 }
             }
             let mut body = resp.into_body();
+            let body_start = tokio::time::Instant::now();
+            let mut body_bytes = 0u64;
             loop {
-                let frame = tokio::time::timeout(self.config.read_timeout, body.frame())
+                let chunk_deadline = tokio::time::Instant::now() + self.config.read_timeout;
+                let speed_deadline = self.speed_deadline(body_start, body_bytes);
+                let (deadline, during) = match speed_deadline {
+                    Some(d) if d < chunk_deadline => {
+                        (d, "reading the body: slower than the minimum average speed")
+                    }
+                    _ => (chunk_deadline, "reading the body"),
+                };
+                let frame = tokio::time::timeout_at(deadline, body.frame())
                     .await
                     .map_err(|_| FetchError::Timeout {
                         url: current.clone(),
-                        during: "reading the body",
+                        during,
                     })?;
                 let Some(frame) = frame else { break };
                 let frame = frame.map_err(|e| FetchError::Network {
@@ -291,6 +326,7 @@ impl HttpTransport {
                     source,
                 })?;
                 *written += data.len() as u64;
+                body_bytes += data.len() as u64;
             }
             return Ok(*written);
         }
@@ -321,5 +357,39 @@ impl Transport for HttpTransport {
                 other => return other,
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn speed_deadline_grants_a_grace_then_time_in_proportion_to_the_bytes() {
+        let t = HttpTransport::new(HttpConfig {
+            read_timeout: Duration::from_secs(2),
+            min_average_speed: 100,
+            native_roots: false,
+            ..HttpConfig::default()
+        })
+        .unwrap();
+        let start = tokio::time::Instant::now();
+        assert_eq!(
+            t.speed_deadline(start, 0),
+            Some(start + Duration::from_secs(2))
+        );
+        assert_eq!(
+            t.speed_deadline(start, 150),
+            Some(start + Duration::from_millis(3500))
+        );
+        // No overflow for absurd byte counts: the deadline is just very far away or absent.
+        let _ = t.speed_deadline(start, u64::MAX);
+        let off = HttpTransport::new(HttpConfig {
+            min_average_speed: 0,
+            native_roots: false,
+            ..HttpConfig::default()
+        })
+        .unwrap();
+        assert_eq!(off.speed_deadline(start, 0), None);
     }
 }

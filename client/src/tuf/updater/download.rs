@@ -213,6 +213,94 @@ mod tests {
         check_target_path("..foo").unwrap();
     }
 
+    /// A target path with `..` (or otherwise unsafe) is refused before any request and
+    /// before anything is written, not even the destination's directory. Uses the committed
+    /// good fixture repository for a real trusted set; the path-traversal attack fixture
+    /// covers the same end to end (client/tests/attack_fixtures.rs).
+    #[test]
+    fn dot_dot_target_path_is_refused_before_any_request_or_file() {
+        use crate::fetch::{FetchError, FileTransport, Transport};
+        use crate::tuf::schema::TargetFile;
+        use crate::tuf::updater::UpdaterConfig;
+        use std::sync::{Arc, Mutex};
+
+        struct Recording(FileTransport, Arc<Mutex<Vec<String>>>);
+        impl Transport for Recording {
+            fn fetch(&self, url: &str, max: u64, sink: &mut dyn Write) -> Result<u64, FetchError> {
+                self.1.lock().unwrap().push(url.to_string());
+                self.0.fetch(url, max, sink)
+            }
+        }
+
+        let good = Path::new(env!("CARGO_MANIFEST_DIR"))
+            .join("../fixtures/good")
+            .canonicalize()
+            .unwrap();
+        let mut url = "file://".to_string();
+        for seg in good.join("repo").iter().skip(1) {
+            url.push('/');
+            url.push_str(&encode_path_segment(seg.to_str().unwrap()));
+        }
+        let work = tempfile::tempdir().unwrap();
+        let md = work.path().join("metadata");
+        let root = fs::read(good.join("trusted/root.json")).unwrap();
+        Updater::init_trusted_root(&md, &root).unwrap();
+        let log = Arc::new(Mutex::new(Vec::new()));
+        let config = UpdaterConfig::new(format!("{url}/metadata"))
+            .with_target_base_url(format!("{url}/targets"));
+        let mut updater =
+            Updater::new(config, Recording(FileTransport::new(), log.clone()), &md).unwrap();
+        updater.refresh().unwrap();
+        let genuine = updater.get_target_info("README.txt").unwrap().unwrap();
+        let md_files = |dir: &Path| {
+            let mut v: Vec<_> = fs::read_dir(dir)
+                .unwrap()
+                .map(|e| e.unwrap().file_name())
+                .collect();
+            v.sort();
+            v
+        };
+        let md_before = md_files(&md);
+
+        let staging = work.path().join("staging");
+        for path in [
+            "../../etc/passwd",
+            "../x",
+            "a/../../x",
+            "..",
+            "a/..",
+            "/etc/passwd",
+        ] {
+            log.lock().unwrap().clear();
+            let info = TargetInfo {
+                path: path.to_string(),
+                file: TargetFile {
+                    length: genuine.file.length,
+                    hashes: genuine.file.hashes.clone(),
+                    custom: None,
+                    unrecognized: Default::default(),
+                },
+                role: "targets".into(),
+                delegation_chain: vec!["targets".into()],
+            };
+            let dest = staging.join("out").join("f");
+            let err = updater.download_target(&info, &dest).unwrap_err();
+            assert!(matches!(err, UpdateError::Target { .. }), "{path}: {err}");
+            assert!(
+                err.to_string().contains("unsafe target path"),
+                "{path}: {err}"
+            );
+            assert!(log.lock().unwrap().is_empty(), "{path}: a request was made");
+            assert!(!staging.exists(), "{path}: something was created");
+        }
+        assert_eq!(md_files(&md), md_before, "trusted metadata untouched");
+        let entries: Vec<_> = fs::read_dir(work.path())
+            .unwrap()
+            .map(|e| e.unwrap().file_name())
+            .collect();
+        assert_eq!(entries, ["metadata"], "nothing written beside the metadata");
+    }
+
     #[test]
     fn consistent_target_url_uses_first_sorted_hash() {
         let mut h = Hashes::new();

@@ -1,0 +1,256 @@
+//! Response bodies: in-memory bytes, or a byte range streamed from an already-open file,
+//! plus the access-log record written when a response body is finished or dropped.
+//!
+//! A streamed file is read with positional reads (`pread`) on the one handle that was
+//! opened for the request, in [`CHUNK_SIZE`] chunks on tokio's blocking pool, one
+//! chunk ahead of the socket. The path is never re-opened, so a file replaced by
+//! atomic rename mid-download keeps streaming the old, consistent content.
+
+use std::fs::File;
+use std::future::Future;
+use std::io;
+use std::os::unix::fs::FileExt;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::task::{Context, Poll};
+use std::time::Instant;
+
+use bytes::Bytes;
+use http::{Method, StatusCode};
+use hyper::body::{Body, Frame, SizeHint};
+use tokio::task::JoinHandle;
+
+/// Size of each read when streaming a file.
+pub const CHUNK_SIZE: usize = 256 * 1024;
+
+/// The body type of every response this server sends.
+#[derive(Debug)]
+pub struct ResponseBody {
+    inner: Inner,
+    sent: u64,
+    log: Option<AccessRecord>,
+}
+
+#[derive(Debug)]
+enum Inner {
+    Bytes(Option<Bytes>),
+    File(FileChunks),
+}
+
+impl ResponseBody {
+    /// An empty body (HEAD, 304, 416 …).
+    pub fn empty() -> Self {
+        Self::bytes(Bytes::new())
+    }
+
+    /// A body held fully in memory.
+    pub fn bytes(b: impl Into<Bytes>) -> Self {
+        let b = b.into();
+        ResponseBody {
+            inner: Inner::Bytes((!b.is_empty()).then_some(b)),
+            sent: 0,
+            log: None,
+        }
+    }
+
+    /// A body streaming bytes `start..start+len` of `file`.
+    pub fn file_range(file: Arc<File>, start: u64, len: u64) -> Self {
+        ResponseBody {
+            inner: Inner::File(FileChunks::new(file, start, start + len)),
+            sent: 0,
+            log: None,
+        }
+    }
+
+    /// Attach an access-log record, emitted when this body is dropped.
+    pub fn with_access_log(mut self, record: AccessRecord) -> Self {
+        self.log = Some(record);
+        self
+    }
+}
+
+impl Drop for ResponseBody {
+    fn drop(&mut self) {
+        if let Some(rec) = self.log.take() {
+            rec.emit(self.sent);
+        }
+    }
+}
+
+impl Body for ResponseBody {
+    type Data = Bytes;
+    type Error = io::Error;
+
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, io::Error>>> {
+        let this = &mut *self;
+        let res = match &mut this.inner {
+            Inner::Bytes(b) => Poll::Ready(b.take().map(|b| Ok(Frame::data(b)))),
+            Inner::File(f) => f.poll_chunk(cx).map(|o| o.map(|r| r.map(Frame::data))),
+        };
+        if let Poll::Ready(Some(Ok(frame))) = &res {
+            if let Some(d) = frame.data_ref() {
+                this.sent += d.len() as u64;
+            }
+        }
+        res
+    }
+
+    fn is_end_stream(&self) -> bool {
+        match &self.inner {
+            Inner::Bytes(b) => b.is_none(),
+            Inner::File(f) => f.remaining() == 0,
+        }
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        match &self.inner {
+            Inner::Bytes(b) => SizeHint::with_exact(b.as_ref().map_or(0, |b| b.len() as u64)),
+            Inner::File(f) => SizeHint::with_exact(f.remaining()),
+        }
+    }
+}
+
+/// Streams a byte range of an open file with one read in flight ahead of the consumer.
+#[derive(Debug)]
+struct FileChunks {
+    file: Arc<File>,
+    /// Offset of the next byte to hand to hyper.
+    next_yield: u64,
+    /// Offset where the next read starts (ahead of `next_yield` while a read is in flight).
+    next_read: u64,
+    /// End of the range (exclusive).
+    end: u64,
+    /// The read in flight, covering `next_yield..next_read`.
+    pending: Option<JoinHandle<io::Result<Bytes>>>,
+}
+
+impl FileChunks {
+    fn new(file: Arc<File>, start: u64, end: u64) -> Self {
+        FileChunks {
+            file,
+            next_yield: start,
+            next_read: start,
+            end,
+            pending: None,
+        }
+    }
+
+    /// Bytes not yet handed to hyper.
+    fn remaining(&self) -> u64 {
+        self.end - self.next_yield
+    }
+
+    fn start_read(&mut self) {
+        if self.next_read >= self.end {
+            return;
+        }
+        let len = (self.end - self.next_read).min(CHUNK_SIZE as u64) as usize;
+        let offset = self.next_read;
+        let file = Arc::clone(&self.file);
+        self.pending = Some(tokio::task::spawn_blocking(move || {
+            read_exact_at(&file, offset, len)
+        }));
+        self.next_read += len as u64;
+    }
+
+    fn fail(&mut self, e: io::Error) -> Poll<Option<io::Result<Bytes>>> {
+        self.next_yield = self.end;
+        self.next_read = self.end;
+        Poll::Ready(Some(Err(e)))
+    }
+
+    fn poll_chunk(&mut self, cx: &mut Context<'_>) -> Poll<Option<io::Result<Bytes>>> {
+        if self.pending.is_none() {
+            if self.next_yield >= self.end {
+                return Poll::Ready(None);
+            }
+            self.start_read();
+        }
+        let Some(handle) = self.pending.as_mut() else {
+            return Poll::Ready(None);
+        };
+        let joined = match Pin::new(handle).poll(cx) {
+            Poll::Pending => return Poll::Pending,
+            Poll::Ready(j) => j,
+        };
+        self.pending = None;
+        let chunk = match joined {
+            Ok(Ok(chunk)) => chunk,
+            Ok(Err(e)) => return self.fail(e),
+            Err(join_err) => return self.fail(io::Error::other(join_err)),
+        };
+        self.next_yield += chunk.len() as u64;
+        // Read ahead while hyper writes this chunk to the socket.
+        self.start_read();
+        Poll::Ready(Some(Ok(chunk)))
+    }
+}
+
+impl Drop for FileChunks {
+    fn drop(&mut self) {
+        if let Some(h) = self.pending.take() {
+            h.abort();
+        }
+    }
+}
+
+/// Read exactly `len` bytes at `offset`. A file that became shorter than the length
+/// announced in `Content-Length` is an error (the response is then cut off, which the
+/// client detects), never silently short or padded data.
+pub(crate) fn read_exact_at(file: &File, offset: u64, len: usize) -> io::Result<Bytes> {
+    let mut buf = vec![0u8; len];
+    let mut filled = 0;
+    while filled < len {
+        match file.read_at(&mut buf[filled..], offset + filled as u64) {
+            Ok(0) => {
+                return Err(io::Error::new(
+                    io::ErrorKind::UnexpectedEof,
+                    "file shrank while being served",
+                ))
+            }
+            Ok(n) => filled += n,
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+            Err(e) => return Err(e),
+        }
+    }
+    Ok(Bytes::from(buf))
+}
+
+/// One request's access-log data; logged (target `petrel_server::access`) on drop of the
+/// response body, i.e. when the response finished or the connection went away.
+#[derive(Debug)]
+pub struct AccessRecord {
+    method: Method,
+    path: String,
+    status: StatusCode,
+    started: Instant,
+}
+
+impl AccessRecord {
+    /// Start a record for a request received at `started`.
+    pub fn new(method: Method, path: String, status: StatusCode, started: Instant) -> Self {
+        AccessRecord {
+            method,
+            path,
+            status,
+            started,
+        }
+    }
+
+    fn emit(self, bytes: u64) {
+        let micros = self.started.elapsed().as_micros();
+        tracing::info!(
+            target: "petrel_server::access",
+            "{} {} {} {} {}.{:03}ms",
+            self.method,
+            self.path,
+            self.status.as_u16(),
+            bytes,
+            micros / 1000,
+            micros % 1000
+        );
+    }
+}

@@ -1,0 +1,133 @@
+//! Server configuration: what to serve, where to listen, and the robustness limits.
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+/// Smallest header limit accepted (hyper cannot buffer less than 8 KiB per read, and a
+/// header limit far below that would reject ordinary clients).
+pub const MIN_MAX_HEADER_BYTES: usize = 1024;
+
+/// Resource limits that keep slow or hostile clients from exhausting the server.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Limits {
+    /// Connections served at once. Further connections wait in the kernel's listen
+    /// backlog (they are *queued*, not refused) until a slot frees up.
+    pub max_connections: usize,
+    /// Largest request head (request line + headers) accepted; larger gets 431 and the
+    /// connection is closed.
+    pub max_header_bytes: usize,
+    /// Time a client has to deliver a complete request head, counted from when the
+    /// server starts waiting for it (also between requests on a kept-alive connection).
+    pub header_read_timeout: Duration,
+    /// A connection on which no byte moved in either direction for this long is closed
+    /// (idle keep-alive connections and clients that stopped reading a download).
+    pub idle_timeout: Duration,
+    /// On shutdown, how long in-flight requests may take to finish before their
+    /// connections are dropped.
+    pub shutdown_grace: Duration,
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Limits {
+            max_connections: 1024,
+            max_header_bytes: 16 * 1024,
+            header_read_timeout: Duration::from_secs(10),
+            idle_timeout: Duration::from_secs(30),
+            shutdown_grace: Duration::from_secs(10),
+        }
+    }
+}
+
+impl Limits {
+    /// Check the limits are usable; returns a human-readable reason otherwise.
+    pub fn validate(&self) -> Result<(), String> {
+        if self.max_connections == 0 {
+            return Err("max connections must be at least 1".into());
+        }
+        if self.max_header_bytes < MIN_MAX_HEADER_BYTES {
+            return Err(format!(
+                "max header bytes must be at least {MIN_MAX_HEADER_BYTES}"
+            ));
+        }
+        if self.header_read_timeout.is_zero() || self.idle_timeout.is_zero() {
+            return Err("timeouts must be greater than zero".into());
+        }
+        Ok(())
+    }
+}
+
+/// Everything the server needs to run.
+#[derive(Debug, Clone)]
+pub struct ServerConfig {
+    /// Root of the Petrel tree (the directory holding `metadata/` and `targets/`).
+    pub root: PathBuf,
+    /// Address to listen on; port 0 picks a free port.
+    pub listen: SocketAddr,
+    /// Emit one access-log line per request through `tracing` (target
+    /// `petrel_server::access`).
+    pub access_log: bool,
+    /// Robustness limits.
+    pub limits: Limits,
+}
+
+impl ServerConfig {
+    /// A configuration with default limits and no access log.
+    pub fn new(root: impl AsRef<Path>, listen: SocketAddr) -> Self {
+        ServerConfig {
+            root: root.as_ref().to_path_buf(),
+            listen,
+            access_log: false,
+            limits: Limits::default(),
+        }
+    }
+}
+
+/// Parse a duration such as `10s`, `500ms`, `2m` or a bare number of seconds (`1.5`).
+pub fn parse_duration(s: &str) -> Result<Duration, String> {
+    let s = s.trim();
+    let (number, unit_secs) = if let Some(n) = s.strip_suffix("ms") {
+        (n, 0.001)
+    } else if let Some(n) = s.strip_suffix('s') {
+        (n, 1.0)
+    } else if let Some(n) = s.strip_suffix('m') {
+        (n, 60.0)
+    } else {
+        (s, 1.0)
+    };
+    let value: f64 = number
+        .trim()
+        .parse()
+        .map_err(|_| format!("invalid duration {s:?} (examples: 10s, 500ms, 2m)"))?;
+    if !value.is_finite() || value < 0.0 {
+        return Err(format!("invalid duration {s:?}"));
+    }
+    Duration::try_from_secs_f64(value * unit_secs)
+        .map_err(|e| format!("invalid duration {s:?}: {e}"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn durations() {
+        assert_eq!(parse_duration("10s"), Ok(Duration::from_secs(10)));
+        assert_eq!(parse_duration("500ms"), Ok(Duration::from_millis(500)));
+        assert_eq!(parse_duration("2m"), Ok(Duration::from_secs(120)));
+        assert_eq!(parse_duration("1.5"), Ok(Duration::from_millis(1500)));
+        assert!(parse_duration("x").is_err());
+        assert!(parse_duration("-1s").is_err());
+    }
+
+    #[test]
+    fn limits_validate() {
+        assert!(Limits::default().validate().is_ok());
+        let l = Limits {
+            max_connections: 0,
+            ..Limits::default()
+        };
+        assert!(l.validate().is_err());
+    }
+}
