@@ -391,6 +391,22 @@ pub fn audit_tree(tree: &Path, root: Option<&Path>) -> Result<AuditReport> {
                 ));
             }
             a.check_hashes(&trel, &bytes, &tf.hashes);
+            if consistent {
+                // One copy per listed hash: a client may name the file by any of them.
+                for (alg, h) in tf.hashes.iter().skip(1) {
+                    let other = match name.rsplit_once('/') {
+                        Some((dir, base)) => format!("targets/{dir}/{h}.{base}"),
+                        None => format!("targets/{h}.{name}"),
+                    };
+                    match std::fs::metadata(a.tree.join(&other)) {
+                        Ok(m) if m.len() == tf.length => {}
+                        Ok(m) => a.problem(format!("{other}: {} bytes, metadata says {}", m.len(), tf.length)),
+                        Err(_) => a.problem(format!(
+                            "{other}: missing; clients that name targets by their {alg} hash get 404"
+                        )),
+                    }
+                }
+            }
         }
         if let Some(d) = &t.signed.delegations {
             let children: Vec<(String, Link, Vec<KeyId>, u32)> = match &d.succinct_roles {

@@ -317,18 +317,25 @@ fn apply_journal(ws: &Workspace) -> Result<PublishReport> {
         let t: Signed<Targets> = parse(ws, role, &read_final(role)?)?;
         for (name, tf) in &t.signed.targets {
             let sha = &tf.hashes["sha256"];
-            let dst = tree.join(target_tree_path(consistent, name, sha));
-            let src = ws.content_dir().join(sha);
-            let wrote = if consistent {
-                if dst.exists() {
-                    false
-                } else {
-                    fsutil::link_or_copy(&src, &dst)?
+            let mut src = ws.content_dir().join(sha);
+            if !consistent {
+                let dst = tree.join(target_tree_path(false, name, sha));
+                report.targets_written +=
+                    usize::from(replace_if_different(&src, &dst, tf.length, sha)?);
+                continue;
+            }
+            if !src.exists() {
+                // Published before and no longer in the content store: the tree holds it.
+                src = tree.join(target_tree_path(true, name, sha));
+            }
+            // The specification asks for one copy per listed hash (clients may build the
+            // name from any of them); hard links make the extra names free.
+            for digest in tf.hashes.values() {
+                let dst = tree.join(target_tree_path(true, name, digest));
+                if !dst.exists() {
+                    report.targets_written += usize::from(fsutil::link_or_copy(&src, &dst)?);
                 }
-            } else {
-                replace_if_different(&src, &dst, tf.length, sha)?
-            };
-            report.targets_written += usize::from(wrote);
+            }
         }
     }
     // 2. Metadata in dependency order: targets roles, snapshot, root, timestamp last.

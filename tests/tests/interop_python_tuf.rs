@@ -9,8 +9,8 @@
 //!   RSA-PSS keys, succinct hashed bins) and `petrel-repo verify` accepts it, and reports
 //!   problems in tampered copies.
 //!
-//! `petrel_tree_has_a_target_copy_per_listed_hash` is ignored: it shows a petrel-repo
-//! publish bug (one copy per target instead of one per listed hash); un-ignore it with the fix.
+//! `petrel_tree_has_a_target_copy_per_listed_hash`: a consistent-snapshot tree holds one
+//! copy of each target per listed hash, as the specification asks.
 //!
 //! The venv comes from `scripts/ensure-venv.sh` (see `petrel_tests::python`); if it cannot
 //! be made these tests fail rather than skip.
@@ -520,7 +520,6 @@ fn petrel_verify_accepts_python_tuf_tree_without_consistent_snapshots() {
 /// be stored as N identical copies, `<dir>/<HASH>.<name>` for each digest (python-tuf's
 /// make_repo.py does this). A client may pick any listed hash to build the URL.
 #[test]
-#[ignore = "petrel-repo bug: publish stores only the <sha256>.<name> copy although targets list sha256 and sha512"]
 fn petrel_tree_has_a_target_copy_per_listed_hash() {
     let tmp = tempfile::tempdir().unwrap();
     let repo = petrel_sample(tmp.path(), true);
