@@ -342,10 +342,29 @@ mod path_tests {
 
     #[test]
     fn traversal_and_odd_names_are_refused() {
-        for bad in ["", "/etc/passwd", "../x", "a/../b", "a//b", "a/", "./a", "a\\b", "a\u{0}b", "C:x", "a/\nb"] {
+        for bad in [
+            "",
+            "/etc/passwd",
+            "../x",
+            "a/../b",
+            "a//b",
+            "a/",
+            "./a",
+            "a\\b",
+            "a\u{0}b",
+            "C:x",
+            "a/\nb",
+        ] {
             assert!(check_target_path(bad).is_err(), "{bad:?} accepted");
         }
-        for good in ["a", "apps/v/app/1.0/app.bin", "..a", "a..", "é/ü.txt", "a b"] {
+        for good in [
+            "a",
+            "apps/v/app/1.0/app.bin",
+            "..a",
+            "a..",
+            "é/ü.txt",
+            "a b",
+        ] {
             assert!(check_target_path(good).is_ok(), "{good:?} refused");
         }
     }
