@@ -480,7 +480,11 @@ fn unchanged_targets_are_not_rewritten(init_args: &[&str]) {
     r.ok(&["add", path(&a), path(&b), "--prefix", "apps/x/y/1.0"]);
     r.ok(&["publish"]);
     // Consistent snapshots store one copy per listed hash (sha256 and sha512).
-    let copies = if init_args.contains(&"--no-consistent-snapshot") { 1 } else { 2 };
+    let copies = if init_args.contains(&"--no-consistent-snapshot") {
+        1
+    } else {
+        2
+    };
     let first = target_stats(&r.tree());
     assert_eq!(first.len(), 2 * copies);
     // Re-add the same bytes, add a new file, publish twice more.
