@@ -121,6 +121,7 @@ enum Command {
         files: Vec<PathBuf>,
     },
     /// Show staged roles and their signatures against thresholds.
+    #[command(after_help = "Example:\n  petrel-repo --repo fleet status")]
     Status,
     /// Check a published tree the way a client would and explain every problem found.
     #[command(

@@ -851,3 +851,38 @@ fn usage_errors_exit_with_code_2() {
     });
     assert_eq!(o.status.code(), Some(2), "--paths and --bins conflict");
 }
+
+#[test]
+fn every_command_has_help_with_an_example() {
+    let commands: &[&[&str]] = &[
+        &[],
+        &["init"],
+        &["add"],
+        &["remove"],
+        &["delegate"],
+        &["publish"],
+        &["refresh"],
+        &["rotate"],
+        &["export"],
+        &["sign"],
+        &["import-signature"],
+        &["status"],
+        &["verify"],
+        &["fixture"],
+        &["key", "generate"],
+        &["key", "public"],
+    ];
+    for cmd in commands {
+        let out = std::process::Command::new(env!("CARGO_BIN_EXE_petrel-repo"))
+            .args(*cmd)
+            .arg("--help")
+            .output()
+            .unwrap();
+        assert!(out.status.success(), "{cmd:?} --help failed");
+        let text = String::from_utf8_lossy(&out.stdout);
+        assert!(
+            text.contains("Example"),
+            "{cmd:?} --help has no example:\n{text}"
+        );
+    }
+}
