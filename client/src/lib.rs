@@ -3,11 +3,20 @@
 //! * [`tuf`] — the TUF metadata model, canonical JSON, keys and signature verification,
 //!   and the spec's detailed client workflow ([`tuf::updater`]).
 //! * [`fetch`] — transports (HTTP(S), `file://`, in memory) behind one blocking trait.
+//! * [`manifest`] — Petrel's own formats: group manifests, campaign manifests, assignment
+//!   bins, and the capabilities (scoped keys) delegations carry (`docs/formats.md`).
+//! * [`decide`] — the decision engine: a pure function from verified manifests, the device
+//!   profile and inventory, and local state to what happens to the device, and why.
+//! * [`consent`] — the consent store (hash-chained log), consent rules and administrator
+//!   consent tokens.
 //!
 //! The repo tool (`petrel-repo`) depends on this crate for the formats, so each format has
 //! exactly one definition.
 #![forbid(unsafe_code)]
 #![warn(missing_docs)]
 
+pub mod consent;
+pub mod decide;
 pub mod fetch;
+pub mod manifest;
 pub mod tuf;

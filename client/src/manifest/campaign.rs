@@ -1,0 +1,871 @@
+//! Campaign manifests: what is rolled out, to which devices, when, and with whose consent
+//! (`campaigns/<campaign>.json`).
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::fmt;
+
+use serde::{Deserialize, Serialize};
+
+use super::common::*;
+use super::{Manifest, ManifestKind, Problems, ValidationError};
+use crate::tuf::schema::{Key, KeyId};
+
+/// A campaign: a notice, a consent policy, applicability, a payload, a schedule and a
+/// rollout plan.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CampaignManifest {
+    /// Always [`ManifestKind::Campaign`].
+    pub kind: ManifestKind,
+    /// Always [`super::SCHEMA_VERSION`].
+    pub schema_version: u32,
+    /// The campaign's identifier; published as `campaigns/<id>.json`.
+    pub id: String,
+    /// Starts at 1 and only grows with every change (a halt is a new revision).
+    pub revision: u64,
+    /// Active, halted (paused: nothing new is downloaded or installed) or cancelled.
+    pub state: CampaignState,
+    /// `normal` (eligible devices) or `forced` (with [`CampaignManifest::forced_from`]).
+    #[serde(default)]
+    pub method: Method,
+    /// Forced campaigns only: application id → the exact set of installed versions that may
+    /// be updated. A device whose installed version is not in the set (or that lacks the
+    /// application) reports an error and installs nothing.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub forced_from: BTreeMap<String, BTreeSet<String>>,
+    /// The locale the device falls back to when it has no notice in its own locale.
+    /// Absent: `en` if present, else the first locale in order.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub default_locale: Option<String>,
+    /// Locale (`en`, `de-AT`, …) → notice shown to the device's user or administrator.
+    pub notice: BTreeMap<String, Notice>,
+    /// What agreement is needed, and when.
+    pub consent: ConsentRule,
+    /// Which devices the campaign is for. Every selector given must match.
+    #[serde(default, skip_serializing_if = "Selectors::is_empty")]
+    pub applies_to: Selectors,
+    /// What the campaign delivers.
+    pub payload: Payload,
+    /// When it may run.
+    #[serde(default, skip_serializing_if = "Schedule::is_empty")]
+    pub schedule: Schedule,
+    /// In which order devices get it.
+    #[serde(default, skip_serializing_if = "Rollout::is_empty")]
+    pub rollout: Rollout,
+    /// Overrides the group's post-install state of every application the campaign changes.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub post_install: Option<PostInstall>,
+}
+
+/// The life-cycle state set by the release engineer.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum CampaignState {
+    /// Running.
+    Active,
+    /// Paused: nothing is downloaded or installed; staged items are kept.
+    Halted,
+    /// Over: nothing is downloaded or installed; staged items may be discarded.
+    Cancelled,
+}
+
+impl fmt::Display for CampaignState {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            CampaignState::Active => "active",
+            CampaignState::Halted => "halted",
+            CampaignState::Cancelled => "cancelled",
+        })
+    }
+}
+
+/// How devices are chosen.
+#[derive(
+    Clone, Copy, Debug, Default, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize,
+)]
+#[serde(rename_all = "lowercase")]
+pub enum Method {
+    /// Devices matching the selectors.
+    #[default]
+    Normal,
+    /// Devices matching the selectors whose installed versions are in `forced_from`;
+    /// any other matching device reports an error and installs nothing.
+    Forced,
+}
+
+impl Method {
+    /// The wire name.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Method::Normal => "normal",
+            Method::Forced => "forced",
+        }
+    }
+}
+
+impl fmt::Display for Method {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// Text shown for a campaign in one locale.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Notice {
+    /// A one-line title.
+    pub title: String,
+    /// The body (plain text).
+    pub body: String,
+    /// How important the update is.
+    pub severity: Severity,
+}
+
+/// How important a campaign is, for the notice.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Severity {
+    /// Informational.
+    Info,
+    /// Recommended.
+    Recommended,
+    /// Important.
+    Important,
+    /// Critical (safety or security).
+    Critical,
+}
+
+impl fmt::Display for Severity {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            Severity::Info => "info",
+            Severity::Recommended => "recommended",
+            Severity::Important => "important",
+            Severity::Critical => "critical",
+        })
+    }
+}
+
+/// Whose agreement a campaign needs.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum ConsentPolicy {
+    /// Explicit agreement by the device's user; the user may decline.
+    Required,
+    /// The user is informed and acknowledges; the user may postpone (within the bound)
+    /// but not decline, and once the deadline passes the update proceeds.
+    Acknowledge,
+    /// A consent token signed by one of the campaign's administrator keys, given to the
+    /// device out of band.
+    Administrator,
+    /// No agreement (safety or security fixes).
+    None,
+}
+
+impl ConsentPolicy {
+    /// The wire name.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ConsentPolicy::Required => "required",
+            ConsentPolicy::Acknowledge => "acknowledge",
+            ConsentPolicy::Administrator => "administrator",
+            ConsentPolicy::None => "none",
+        }
+    }
+
+    /// Whether the device's user is asked (and may postpone).
+    pub fn asks_user(self) -> bool {
+        matches!(self, ConsentPolicy::Required | ConsentPolicy::Acknowledge)
+    }
+}
+
+impl fmt::Display for ConsentPolicy {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// When consent is needed.
+#[derive(
+    Clone, Copy, Debug, Default, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize,
+)]
+#[serde(rename_all = "lowercase")]
+pub enum ConsentStage {
+    /// Before anything is downloaded.
+    #[default]
+    Download,
+    /// Downloads may happen first; consent is needed before installing.
+    Install,
+}
+
+impl fmt::Display for ConsentStage {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            ConsentStage::Download => "before download",
+            ConsentStage::Install => "before install",
+        })
+    }
+}
+
+/// The consent part of a campaign.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ConsentRule {
+    /// Whose agreement is needed.
+    pub policy: ConsentPolicy,
+    /// Before download (default) or before install.
+    #[serde(default)]
+    pub stage: ConsentStage,
+    /// The last instant consent can be given. After it, `required` and `administrator`
+    /// campaigns expire for a device that has not agreed; `acknowledge` campaigns proceed.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub deadline: Option<UtcTime>,
+    /// How many times the user may postpone (per campaign, across revisions). 0 (the
+    /// default) means postponing is not offered.
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub max_postpones: u32,
+    /// `administrator` only: the keys that may sign consent tokens, by key id.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub administrator_keys: BTreeMap<KeyId, Key>,
+    /// `administrator` only: how many distinct administrator keys must sign a token
+    /// (default 1).
+    #[serde(default = "one", skip_serializing_if = "is_one")]
+    pub administrator_threshold: u32,
+}
+
+fn is_zero(n: &u32) -> bool {
+    *n == 0
+}
+fn one() -> u32 {
+    1
+}
+fn is_one(n: &u32) -> bool {
+    *n == 1
+}
+
+/// Applicability: which devices a campaign (or an administrator token) is for. Every
+/// non-empty selector must match; inside one list any value matches (except
+/// `hardware_all`). An empty selector places no constraint.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Selectors {
+    /// Device types (`kiosk`, `printer`, …): the device's type must be one of them.
+    #[serde(default, skip_serializing_if = "BTreeSet::is_empty")]
+    pub device_types: BTreeSet<String>,
+    /// Device classes.
+    #[serde(default, skip_serializing_if = "BTreeSet::is_empty")]
+    pub device_classes: BTreeSet<String>,
+    /// Hardware vendors.
+    #[serde(default, skip_serializing_if = "BTreeSet::is_empty")]
+    pub vendors: BTreeSet<String>,
+    /// Hardware components the device must have, all of them.
+    #[serde(default, skip_serializing_if = "BTreeSet::is_empty")]
+    pub hardware_all: BTreeSet<String>,
+    /// Hardware components of which the device must have at least one.
+    #[serde(default, skip_serializing_if = "BTreeSet::is_empty")]
+    pub hardware_any: BTreeSet<String>,
+    /// Regions.
+    #[serde(default, skip_serializing_if = "BTreeSet::is_empty")]
+    pub regions: BTreeSet<String>,
+    /// Channels (`stable`, `beta`, …).
+    #[serde(default, skip_serializing_if = "BTreeSet::is_empty")]
+    pub channels: BTreeSet<String>,
+    /// Licences or products; the device must hold at least one.
+    #[serde(default, skip_serializing_if = "BTreeSet::is_empty")]
+    pub licences: BTreeSet<String>,
+    /// Groups (from the device's assignment).
+    #[serde(default, skip_serializing_if = "BTreeSet::is_empty")]
+    pub groups: BTreeSet<String>,
+    /// Application id → versions: the device must have each application installed, in
+    /// one of the versions (an empty list means any version).
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub installed: BTreeMap<String, BTreeSet<String>>,
+    /// Applications the device must not have installed.
+    #[serde(default, skip_serializing_if = "BTreeSet::is_empty")]
+    pub not_installed: BTreeSet<String>,
+    /// Only devices whose assignment bin entry names this campaign (explicit devices).
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub assigned_only: bool,
+}
+
+impl Selectors {
+    /// Whether no selector is set (every device matches).
+    pub fn is_empty(&self) -> bool {
+        *self == Selectors::default()
+    }
+
+    /// The plain value lists, by field name, for validation and capability checks.
+    pub fn label_lists(&self) -> [(&'static str, &BTreeSet<String>); 8] {
+        [
+            ("device_types", &self.device_types),
+            ("device_classes", &self.device_classes),
+            ("vendors", &self.vendors),
+            ("hardware_all", &self.hardware_all),
+            ("hardware_any", &self.hardware_any),
+            ("regions", &self.regions),
+            ("channels", &self.channels),
+            ("licences", &self.licences),
+        ]
+    }
+
+    pub(crate) fn validate_into(&self, prefix: &str, p: &mut Problems) {
+        for (name, list) in self.label_lists() {
+            for v in list {
+                p.check(format!("{prefix}.{name}"), check_label(v));
+            }
+        }
+        for g in &self.groups {
+            p.check(format!("{prefix}.groups"), check_id(g));
+        }
+        for (app, versions) in &self.installed {
+            let f = format!("{prefix}.installed.{}", key(app));
+            p.check(&f, check_id(app));
+            for v in versions {
+                p.check(&f, check_version(v));
+            }
+            if self.not_installed.contains(app) {
+                p.push(
+                    &f,
+                    format!("{app:?} is also in not_installed; no device can match"),
+                );
+            }
+        }
+        for app in &self.not_installed {
+            p.check(format!("{prefix}.not_installed"), check_id(app));
+        }
+    }
+}
+
+/// What a campaign delivers: a group revision, or application versions (with removals).
+/// Either way the device converges to its group; the payload says which changes this
+/// campaign authorises.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Payload {
+    /// Deliver this revision of this group: every change that brings a device of the group
+    /// to exactly that group manifest.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub group: Option<GroupRef>,
+    /// Deliver these application versions (each must be the version the device's group
+    /// lists).
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub apps: BTreeMap<String, String>,
+    /// Remove these applications (the device's group must not list them).
+    #[serde(default, skip_serializing_if = "BTreeSet::is_empty")]
+    pub remove: BTreeSet<String>,
+}
+
+/// A group and one of its revisions.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct GroupRef {
+    /// The group id.
+    pub id: String,
+    /// The exact revision delivered.
+    pub revision: u64,
+}
+
+/// When a campaign may run.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Schedule {
+    /// Nothing happens before this instant.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub not_before: Option<UtcTime>,
+    /// Nothing happens at or after this instant (the campaign expires).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub not_after: Option<UtcTime>,
+    /// Daily download window in device-local time (absent: any time).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub download_window: Option<DailyWindow>,
+    /// Daily apply window in device-local time (absent: any time).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub apply_window: Option<DailyWindow>,
+}
+
+impl Schedule {
+    /// Whether nothing is set.
+    pub fn is_empty(&self) -> bool {
+        *self == Schedule::default()
+    }
+}
+
+/// Phased rollout: canary devices first, then waves by share of the fleet.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Rollout {
+    /// Canary devices (assignment entry `canary = true`) get the campaign first.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub canary: bool,
+    /// Set (in a new revision) once the canaries report healthy: only then do the waves
+    /// open for everyone else.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub canary_passed: bool,
+    /// Waves in order. Absent: every device at once.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub waves: Vec<Wave>,
+}
+
+impl Rollout {
+    /// Whether nothing is set.
+    pub fn is_empty(&self) -> bool {
+        *self == Rollout::default()
+    }
+}
+
+/// Basis points in a whole fleet (100 % = 10 000 bp).
+pub const FLEET_BP: u32 = 10_000;
+
+/// One wave: devices whose seed falls below `share_bp` (and not in an earlier wave) may
+/// start at `start`.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Wave {
+    /// The cumulative share of the fleet reached by the end of this wave, in basis points
+    /// (100 = 1 %, 10 000 = every device).
+    pub share_bp: u32,
+    /// When the wave opens.
+    pub start: UtcTime,
+}
+
+impl CampaignManifest {
+    /// The target path this manifest is published under.
+    pub fn target_path(&self) -> String {
+        campaign_target_path(&self.id)
+    }
+
+    /// The notice for `locale`: the exact locale, then its language (`de` for `de-AT`),
+    /// then the default locale, then `en`, then the first one. Returns the locale used.
+    pub fn notice_for(&self, locale: Option<&str>) -> Option<(&str, &Notice)> {
+        let mut tries: Vec<&str> = Vec::new();
+        if let Some(l) = locale {
+            tries.push(l);
+            if let Some((lang, _)) = l.split_once(['-', '_']) {
+                tries.push(lang);
+            }
+        }
+        if let Some(d) = &self.default_locale {
+            tries.push(d);
+        }
+        tries.push("en");
+        for t in tries {
+            if let Some((k, n)) = self.notice.get_key_value(t) {
+                return Some((k.as_str(), n));
+            }
+        }
+        self.notice.iter().next().map(|(k, n)| (k.as_str(), n))
+    }
+
+    /// The groups this campaign can reach: the payload's group and/or the `groups`
+    /// selector. `None` means every group.
+    pub fn target_groups(&self) -> Option<BTreeSet<String>> {
+        let mut groups = self
+            .payload
+            .group
+            .as_ref()
+            .map(|g| BTreeSet::from([g.id.clone()]));
+        if !self.applies_to.groups.is_empty() {
+            groups = Some(match groups {
+                Some(g) => g.intersection(&self.applies_to.groups).cloned().collect(),
+                None => self.applies_to.groups.clone(),
+            });
+        }
+        groups
+    }
+}
+
+/// `campaigns/<id>.json`.
+pub fn campaign_target_path(id: &str) -> String {
+    format!("campaigns/{id}.json")
+}
+
+impl Manifest for CampaignManifest {
+    const KIND: ManifestKind = ManifestKind::Campaign;
+
+    fn validate(&self) -> Result<(), ValidationError> {
+        let mut p = Problems::new();
+        if self.kind != ManifestKind::Campaign {
+            p.push(
+                "kind",
+                format!("is {:?}, expected \"campaign\"", self.kind.as_str()),
+            );
+        }
+        if self.schema_version != super::SCHEMA_VERSION {
+            p.push(
+                "schema_version",
+                format!("unknown schema version {}", self.schema_version),
+            );
+        }
+        p.check("id", check_id(&self.id));
+        if self.revision == 0 {
+            p.push("revision", "must be at least 1");
+        }
+
+        // Method.
+        match self.method {
+            Method::Forced if self.forced_from.is_empty() => p.push(
+                "forced_from",
+                "a forced campaign must list the installed versions it may update",
+            ),
+            Method::Normal if !self.forced_from.is_empty() => p.push(
+                "forced_from",
+                "only a forced campaign carries forced_from (set method = \"forced\")",
+            ),
+            _ => {}
+        }
+        for (app, versions) in &self.forced_from {
+            let f = format!("forced_from.{}", key(app));
+            p.check(&f, check_id(app));
+            if versions.is_empty() {
+                p.push(&f, "an empty set would make every device fail; list the versions that may be updated");
+            }
+            for v in versions {
+                p.check(&f, check_version(v));
+            }
+        }
+
+        // Notice.
+        if self.notice.is_empty() {
+            p.push("notice", "at least one locale is needed");
+        }
+        for (locale, n) in &self.notice {
+            let f = format!("notice.{}", key(locale));
+            p.check(&f, check_locale(locale));
+            if n.title.trim().is_empty() {
+                p.push(format!("{f}.title"), "must not be empty");
+            } else if n.title.len() > 200 || n.title.contains('\n') {
+                p.push(
+                    format!("{f}.title"),
+                    "must be one line of at most 200 bytes",
+                );
+            }
+            if n.body.len() > 16 * 1024 {
+                p.push(format!("{f}.body"), "longer than 16 KiB");
+            }
+        }
+        if let Some(d) = &self.default_locale {
+            if !self.notice.contains_key(d) {
+                p.push("default_locale", format!("{d:?} has no notice"));
+            }
+        }
+
+        // Consent.
+        let c = &self.consent;
+        match c.policy {
+            ConsentPolicy::Administrator => {
+                if c.administrator_keys.is_empty() {
+                    p.push(
+                        "consent.administrator_keys",
+                        "an administrator policy needs at least one key",
+                    );
+                }
+                if c.administrator_threshold == 0
+                    || c.administrator_threshold as usize > c.administrator_keys.len().max(1)
+                {
+                    p.push(
+                        "consent.administrator_threshold",
+                        format!(
+                            "{} is impossible with {} key(s)",
+                            c.administrator_threshold,
+                            c.administrator_keys.len()
+                        ),
+                    );
+                }
+            }
+            _ => {
+                if !c.administrator_keys.is_empty() {
+                    p.push(
+                        "consent.administrator_keys",
+                        "only an administrator policy names keys",
+                    );
+                }
+                if c.administrator_threshold != 1 {
+                    p.push(
+                        "consent.administrator_threshold",
+                        "only an administrator policy has a threshold",
+                    );
+                }
+            }
+        }
+        for (id, k) in &c.administrator_keys {
+            let f = format!("consent.administrator_keys.{}", key(&id.0));
+            if !k.is_supported() {
+                p.push(
+                    &f,
+                    format!(
+                        "unsupported key type {:?} / scheme {:?}",
+                        k.keytype, k.scheme
+                    ),
+                );
+            } else if k.key_id() != *id {
+                p.push(&f, format!("the key's id is {}, not {id}", k.key_id()));
+            }
+        }
+        if !c.policy.asks_user() && c.max_postpones > 0 {
+            p.push(
+                "consent.max_postpones",
+                format!(
+                    "a {:?} policy does not ask the device's user, so nothing can be postponed",
+                    c.policy.as_str()
+                ),
+            );
+        }
+        if c.policy == ConsentPolicy::None && c.deadline.is_some() {
+            p.push(
+                "consent.deadline",
+                "a campaign that needs no consent has no consent deadline",
+            );
+        }
+        if c.max_postpones > 1000 {
+            p.push("consent.max_postpones", "more than 1000");
+        }
+
+        // Applicability and payload.
+        self.applies_to.validate_into("applies_to", &mut p);
+        let pl = &self.payload;
+        match (&pl.group, pl.apps.is_empty() && pl.remove.is_empty()) {
+            (None, true) => p.push("payload", "needs a group revision or application versions"),
+            (Some(_), false) => {
+                p.push("payload", "a group payload cannot also list apps or remove")
+            }
+            _ => {}
+        }
+        if let Some(g) = &pl.group {
+            p.check("payload.group.id", check_id(&g.id));
+            if g.revision == 0 {
+                p.push("payload.group.revision", "must be at least 1");
+            }
+            if !self.applies_to.groups.is_empty() && !self.applies_to.groups.contains(&g.id) {
+                p.push(
+                    "applies_to.groups",
+                    format!(
+                        "does not include the payload's group {:?}; no device could match",
+                        g.id
+                    ),
+                );
+            }
+        }
+        for (app, v) in &pl.apps {
+            let f = format!("payload.apps.{}", key(app));
+            p.check(&f, check_id(app));
+            p.check(&f, check_version(v));
+            if pl.remove.contains(app) {
+                p.push(&f, "is also in payload.remove");
+            }
+        }
+        for app in &pl.remove {
+            p.check("payload.remove", check_id(app));
+        }
+
+        // Schedule.
+        let s = &self.schedule;
+        if let (Some(a), Some(b)) = (s.not_before, s.not_after) {
+            if a >= b {
+                p.push(
+                    "schedule.not_after",
+                    format!("{b} is not after not_before {a}"),
+                );
+            }
+        }
+        p.check(
+            "schedule.download_window",
+            validate_window(&s.download_window),
+        );
+        p.check("schedule.apply_window", validate_window(&s.apply_window));
+        if let (Some(d), Some(na)) = (c.deadline, s.not_after) {
+            if d > na {
+                p.push(
+                    "consent.deadline",
+                    format!("{d} is after the campaign ends (schedule.not_after {na})"),
+                );
+            }
+        }
+
+        // Rollout.
+        let r = &self.rollout;
+        if r.canary_passed && !r.canary {
+            p.push(
+                "rollout.canary_passed",
+                "set without a canary stage (rollout.canary)",
+            );
+        }
+        let mut prev: Option<&Wave> = None;
+        for (i, w) in r.waves.iter().enumerate() {
+            let f = format!("rollout.waves[{i}]");
+            if w.share_bp == 0 || w.share_bp > FLEET_BP {
+                p.push(
+                    format!("{f}.share_bp"),
+                    format!(
+                        "{} is not in 1..=10000 (basis points of the fleet)",
+                        w.share_bp
+                    ),
+                );
+            }
+            if let Some(prev) = prev {
+                if w.share_bp <= prev.share_bp {
+                    p.push(
+                        format!("{f}.share_bp"),
+                        format!(
+                            "{} must be larger than the previous wave's {} (shares are cumulative)",
+                            w.share_bp, prev.share_bp
+                        ),
+                    );
+                }
+                if w.start < prev.start {
+                    p.push(
+                        format!("{f}.start"),
+                        format!(
+                            "{} is before the previous wave's start {}",
+                            w.start, prev.start
+                        ),
+                    );
+                }
+            }
+            prev = Some(w);
+        }
+        if r.waves.len() > 100 {
+            p.push("rollout.waves", "more than 100 waves");
+        }
+        p.finish("campaign manifest")
+    }
+}
+
+/// Checks a locale tag: a 2–3 letter language, optionally `-` and a region or script
+/// (`en`, `de-AT`, `zh-Hant`).
+pub fn check_locale(s: &str) -> Result<(), String> {
+    let ok = |part: &str, min, max| {
+        (min..=max).contains(&part.len()) && part.bytes().all(|b| b.is_ascii_alphanumeric())
+    };
+    let mut parts = s.split('-');
+    let lang = parts.next().unwrap_or("");
+    let valid = ok(lang, 2, 3)
+        && lang.bytes().all(|b| b.is_ascii_alphabetic())
+        && parts.all(|p| ok(p, 2, 8));
+    if !valid {
+        return Err(format!("{s:?} is not a locale such as \"en\" or \"de-AT\""));
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    pub(crate) const GOOD: &str = r#"
+kind = "campaign"
+schema_version = 1
+id = "player-2.1"
+revision = 3
+state = "active"
+
+[notice.en]
+title = "Player 2.1"
+body = "Faster start-up."
+severity = "recommended"
+
+[notice.de]
+title = "Player 2.1"
+body = "Schnellerer Start."
+severity = "recommended"
+
+[consent]
+policy = "required"
+stage = "install"
+deadline = 2030-04-01T00:00:00Z
+max_postpones = 3
+
+[applies_to]
+device_types = ["kiosk"]
+hardware_all = ["display:1080p"]
+installed = { "acme.player" = ["2.0.0", "2.0.1"] }
+
+[payload]
+group = { id = "kiosk-eu", revision = 8 }
+
+[schedule]
+not_before = "2030-03-01T00:00:00Z"
+not_after = "2030-05-01T00:00:00Z"
+download_window = { start = "01:00", end = "05:00" }
+apply_window = { start = "23:30", end = "00:30" }
+
+[rollout]
+canary = true
+canary_passed = true
+waves = [
+  { share_bp = 100, start = "2030-03-02T00:00:00Z" },
+  { share_bp = 10000, start = "2030-03-09T00:00:00Z" },
+]
+"#;
+
+    #[test]
+    fn parses_and_round_trips() {
+        let c = CampaignManifest::from_toml(GOOD).unwrap();
+        assert_eq!(c.consent.stage, ConsentStage::Install);
+        assert!(c.schedule.apply_window.unwrap().wraps_midnight());
+        let json = c.to_canonical_json().unwrap();
+        let again = CampaignManifest::from_json(&json).unwrap();
+        assert_eq!(again, c);
+        assert_eq!(again.to_canonical_json().unwrap(), json);
+        assert_eq!(c.notice_for(Some("de-AT")).unwrap().0, "de");
+        assert_eq!(c.notice_for(Some("fr")).unwrap().0, "en");
+    }
+
+    #[test]
+    fn forced_needs_its_set_and_normal_refuses_one() {
+        let forced = GOOD.replace(
+            "state = \"active\"",
+            "state = \"active\"\nmethod = \"forced\"",
+        );
+        let e = CampaignManifest::from_toml(&forced).unwrap_err();
+        assert!(e.has_field("forced_from"), "{e}");
+        let ok = forced.replace(
+            "[notice.en]",
+            "[forced_from]\n\"acme.player\" = [\"2.0.0\"]\n\n[notice.en]",
+        );
+        CampaignManifest::from_toml(&ok).unwrap();
+        let normal = GOOD.replace(
+            "[notice.en]",
+            "[forced_from]\n\"acme.player\" = [\"2.0.0\"]\n\n[notice.en]",
+        );
+        assert!(CampaignManifest::from_toml(&normal)
+            .unwrap_err()
+            .has_field("forced_from"));
+    }
+
+    #[test]
+    fn local_datetimes_are_refused() {
+        let bad = GOOD.replace("2030-04-01T00:00:00Z", "2030-04-01T00:00:00");
+        let e = CampaignManifest::from_toml(&bad).unwrap_err();
+        assert!(e.to_string().contains("no UTC offset"), "{e}");
+    }
+
+    #[test]
+    fn wave_rules() {
+        let bad = GOOD.replace("share_bp = 10000", "share_bp = 50");
+        assert!(CampaignManifest::from_toml(&bad)
+            .unwrap_err()
+            .has_field("rollout.waves[1].share_bp"));
+        let bad = GOOD.replace("2030-03-09T00:00:00Z", "2030-03-01T00:00:00Z");
+        assert!(CampaignManifest::from_toml(&bad)
+            .unwrap_err()
+            .has_field("rollout.waves[1].start"));
+    }
+
+    #[test]
+    fn postpones_need_a_user_to_ask() {
+        let bad = GOOD.replace("policy = \"required\"", "policy = \"none\"");
+        let e = CampaignManifest::from_toml(&bad).unwrap_err();
+        assert!(e.has_field("consent.max_postpones"), "{e}");
+        assert!(e.has_field("consent.deadline"), "{e}");
+    }
+
+    #[test]
+    fn locales() {
+        for good in ["en", "de-AT", "zh-Hant", "es-419"] {
+            check_locale(good).unwrap();
+        }
+        for bad in ["", "e", "english", "en_US", "de-"] {
+            assert!(check_locale(bad).is_err(), "{bad}");
+        }
+    }
+}
