@@ -9,12 +9,15 @@
 //!   profile and inventory, and local state to what happens to the device, and why.
 //! * [`consent`] — the consent store (hash-chained log), consent rules and administrator
 //!   consent tokens.
+//! * [`agent`] — the device agent's I/O shell around the engine (configuration, inventory,
+//!   state directory, consent answers); the `petrel` binary is a thin CLI over it.
 //!
 //! The repo tool (`petrel-repo`) depends on this crate for the formats, so each format has
 //! exactly one definition.
 #![forbid(unsafe_code)]
 #![warn(missing_docs)]
 
+pub mod agent;
 pub mod consent;
 pub mod decide;
 pub mod fetch;

@@ -13,7 +13,8 @@ use super::store::role_file_name;
 use super::trusted::TrustedMetadata;
 use super::{UpdateError, Updater};
 use crate::fetch::fetch_to_vec;
-use crate::tuf::schema::{Hashes, TargetFile};
+use crate::tuf::pattern;
+use crate::tuf::schema::{DelegatedRole, Hashes, TargetFile};
 
 /// A target found in trusted metadata.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -63,6 +64,87 @@ impl Updater {
         let result = self.preorder_search(&mut trusted, target_path);
         self.trusted = Some(trusted);
         result
+    }
+
+    /// Every target whose path matches `pattern` (TUF `paths` syntax: `*` never crosses
+    /// `/`, e.g. `campaigns/*.json`), each as [`Updater::get_target_info`] finds it. Runs
+    /// [`Updater::refresh`] first if no refresh has succeeded yet.
+    ///
+    /// Two steps. First the names: the roles whose delegations could cover such a path are
+    /// loaded (fetched and verified like in a search; roles delegated only for other paths,
+    /// e.g. `assign/*`, are not touched) and the matching names they list are collected.
+    /// Then each name goes through the spec's search, so the listing only *proposes* names:
+    /// a role listing a target outside the paths delegated to it, or behind a terminating
+    /// delegation of an earlier role, does not count, exactly as in a single lookup.
+    ///
+    /// At most [`super::Limits::max_delegations`] delegated roles are loaded for the names;
+    /// a repository that needs more (for example hashed bins under the listed prefix) gets an
+    /// error rather than a silently partial list.
+    pub fn list_targets(&mut self, pattern: &str) -> Result<Vec<TargetInfo>, UpdateError> {
+        if self.trusted.is_none() {
+            self.refresh()?;
+        }
+        let mut trusted = self.trusted.take().ok_or(UpdateError::NotRefreshed)?;
+        let names = self.candidate_names(&mut trusted, pattern);
+        self.trusted = Some(trusted);
+        let mut out = Vec::new();
+        for name in names? {
+            match self.get_target_info(&name)? {
+                Some(info) => out.push(info),
+                None => debug!("{name:?} is listed, but not by a role the search trusts for it"),
+            }
+        }
+        Ok(out)
+    }
+
+    fn candidate_names(
+        &self,
+        trusted: &mut TrustedMetadata,
+        pattern: &str,
+    ) -> Result<BTreeSet<String>, UpdateError> {
+        let max = self.config.limits.max_delegations as usize;
+        let mut to_visit: Vec<(String, Option<String>)> = vec![("targets".to_string(), None)];
+        let mut visited: BTreeSet<String> = BTreeSet::new();
+        let mut names = BTreeSet::new();
+        while let Some((role, parent)) = to_visit.pop() {
+            if visited.contains(&role) {
+                continue;
+            }
+            // `visited` includes top-level targets.
+            if visited.len() > max {
+                return Err(UpdateError::Invalid {
+                    what: format!("the list of targets matching {pattern:?}"),
+                    reason: format!(
+                        "more than {max} delegated roles may list such targets (max_delegations)"
+                    ),
+                });
+            }
+            self.load_role(trusted, &role, parent.as_deref())?;
+            let targets = &trusted.role(&role).expect("role was just loaded").signed;
+            names.extend(
+                targets
+                    .targets
+                    .keys()
+                    .filter(|p| pattern::matches(pattern, p))
+                    .cloned(),
+            );
+            visited.insert(role.clone());
+            if let Some(d) = &targets.delegations {
+                let children: Vec<String> = match &d.succinct_roles {
+                    // Any bin may hold a matching name; more than the bound is an error above.
+                    Some(s) => s.bin_names().take(max + 1).collect(),
+                    None => d
+                        .roles
+                        .iter()
+                        .flatten()
+                        .filter(|r| may_cover(r, pattern))
+                        .map(|r| r.name.clone())
+                        .collect(),
+                };
+                to_visit.extend(children.into_iter().rev().map(|c| (c, Some(role.clone()))));
+            }
+        }
+        Ok(names)
     }
 
     fn preorder_search(
@@ -179,5 +261,62 @@ impl Updater {
         info!("loaded {}", describe(role, Some(meta.version)));
         trusted.insert_delegated(role, verified);
         Ok(())
+    }
+}
+
+/// Whether a delegation could cover some path matching `pattern` (conservative: `true` when
+/// unsure, e.g. for hash-prefix delegations).
+fn may_cover(role: &DelegatedRole, pattern: &str) -> bool {
+    match &role.paths {
+        Some(paths) => paths.iter().any(|p| patterns_may_overlap(p, pattern)),
+        None => role.path_hash_prefixes.is_some(),
+    }
+}
+
+/// Whether two `paths` patterns could match a common path: the same number of segments, and
+/// segment by segment either equal literals, a pattern matching the other literal, or two
+/// patterns whose literal heads and tails are compatible.
+fn patterns_may_overlap(a: &str, b: &str) -> bool {
+    let wild = |s: &str| s.contains(['*', '?', '[']);
+    let (sa, sb): (Vec<&str>, Vec<&str>) = (a.split('/').collect(), b.split('/').collect());
+    sa.len() == sb.len()
+        && sa.iter().zip(&sb).all(|(x, y)| match (wild(x), wild(y)) {
+            (false, false) => x == y,
+            (true, false) => pattern::matches(x, y),
+            (false, true) => pattern::matches(y, x),
+            (true, true) => {
+                let head = |s: &str| s[..s.find(['*', '?', '[']).unwrap_or(s.len())].to_string();
+                let tail = |s: &str| s[s.rfind(['*', '?', ']']).map_or(0, |i| i + 1)..].to_string();
+                let (hx, hy, tx, ty) = (head(x), head(y), tail(x), tail(y));
+                (hx.starts_with(&hy) || hy.starts_with(&hx))
+                    && (tx.ends_with(&ty) || ty.ends_with(&tx))
+            }
+        })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::patterns_may_overlap;
+
+    #[test]
+    fn overlapping_patterns() {
+        assert!(patterns_may_overlap("campaigns/*", "campaigns/*.json"));
+        assert!(patterns_may_overlap("campaigns/acme-*", "campaigns/*.json"));
+        assert!(patterns_may_overlap("*", "*"));
+        assert!(patterns_may_overlap(
+            "campaigns/acme.json",
+            "campaigns/*.json"
+        ));
+        assert!(!patterns_may_overlap("assign/*", "campaigns/*.json"));
+        assert!(!patterns_may_overlap("campaigns/*/*", "campaigns/*.json"));
+        assert!(!patterns_may_overlap(
+            "campaigns/*.toml",
+            "campaigns/*.json"
+        ));
+        assert!(!patterns_may_overlap(
+            "campaigns/acme.toml",
+            "campaigns/*.json"
+        ));
+        assert!(!patterns_may_overlap("groups/*", "campaigns/*.json"));
     }
 }

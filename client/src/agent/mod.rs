@@ -1,0 +1,530 @@
+//! The device agent: the I/O shell around the pure decision engine.
+//!
+//! The engine ([`crate::decide::decide`]) does no I/O. The agent does all of it:
+//!
+//! 1. reads the device configuration ([`config::AgentConfig`]), the device profile, and the
+//!    **actual** installed inventory from the device ([`inventory`]);
+//! 2. refreshes the TUF metadata and fetches, verified, this device's assignment bin (only
+//!    its own), its group manifest, every campaign manifest and the group's artifact target
+//!    infos ([`repo::gather`]);
+//! 3. reads its memory: the consent log ([`crate::consent::ConsentStore`]) and `state.json`
+//!    ([`state::AgentState`]);
+//! 4. calls `decide` with the current time, and persists the revisions observed
+//!    (rollback protection) and a summary of the result;
+//! 5. records consent answers bound to the exact manifest bytes shown.
+//!
+//! Downloading into staging, applying and reporting are later steps: the agent computes
+//! and shows them (`ready to download`, `ready to install`, reports due) but does not do
+//! them yet.
+//!
+//! The `petrel` binary (`client/src/bin/petrel.rs`) is a thin command line over this
+//! module; `docs/device.md` describes the files and the commands.
+
+pub mod config;
+pub mod inventory;
+pub mod render;
+pub mod repo;
+pub mod state;
+
+use std::fs::File;
+use std::path::PathBuf;
+
+use chrono::{DateTime, Utc};
+
+use crate::consent::{
+    self, AdminConsentToken, ConsentError, ConsentEvent, ConsentState, ConsentStore,
+};
+use crate::decide::{decide, CampaignEntry, Decision, DeviceProfile, RepositoryView, Status};
+use crate::fetch::{AutoTransport, HttpConfig};
+use crate::manifest::{check_locale, Assignment, ConsentPolicy, ConsentStage, Severity};
+use crate::tuf::updater::{UpdateError, Updater, UpdaterConfig};
+pub use config::{AgentConfig, InventorySource, UtcOffsetSource};
+pub use repo::MetadataVersions;
+pub use state::{AgentState, LastCheck, StatePaths};
+
+/// Everything that can go wrong in the agent, with a message that says what to do.
+#[derive(Debug, thiserror::Error)]
+pub enum AgentError {
+    /// The configuration file is missing or invalid.
+    #[error("configuration {path}: {reason}")]
+    Config {
+        /// The file.
+        path: PathBuf,
+        /// What is wrong.
+        reason: String,
+    },
+    /// The device profile is missing or invalid.
+    #[error("device profile {path}: {reason}")]
+    Profile {
+        /// The file.
+        path: PathBuf,
+        /// What is wrong.
+        reason: String,
+    },
+    /// The inventory could not be read.
+    #[error("inventory ({from}): {reason}")]
+    Inventory {
+        /// The configured source.
+        from: String,
+        /// What is wrong.
+        reason: String,
+    },
+    /// A file of the state directory is unusable.
+    #[error("state {path}: {reason}")]
+    State {
+        /// The file or directory.
+        path: PathBuf,
+        /// What is wrong.
+        reason: String,
+    },
+    /// No trusted root yet.
+    #[error("the device is not provisioned: {dir} has no trusted root; run `petrel init --root ROOT.json` first")]
+    NotProvisioned {
+        /// The metadata directory.
+        dir: PathBuf,
+    },
+    /// `init` on a provisioned device.
+    #[error(
+        "{path} already holds a trusted root; use --force to replace it (re-provisioning only)"
+    )]
+    AlreadyProvisioned {
+        /// The trusted root file.
+        path: PathBuf,
+    },
+    /// The TUF client failed (nothing is decided on unverified metadata).
+    #[error("cannot refresh the repository's signed metadata: {0}")]
+    Update(#[from] UpdateError),
+    /// The consent store failed or refused.
+    #[error("{0}")]
+    Consent(#[from] ConsentError),
+    /// No such campaign in the repository.
+    #[error("no campaign {id:?} in the repository{}", known_list(.known))]
+    UnknownCampaign {
+        /// The id asked for.
+        id: String,
+        /// The campaigns there are.
+        known: Vec<String>,
+    },
+    /// The request does not make sense now (with the reason).
+    #[error("{0}")]
+    Refused(String),
+}
+
+fn known_list(known: &[String]) -> String {
+    if known.is_empty() {
+        " (it publishes none)".to_string()
+    } else {
+        format!(" (campaigns: {})", known.join(", "))
+    }
+}
+
+/// The device agent, holding the state directory's lock while it lives.
+#[derive(Debug)]
+pub struct Agent {
+    config: AgentConfig,
+    paths: StatePaths,
+    profile: DeviceProfile,
+    _lock: File,
+}
+
+/// What `init` did.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct InitReport {
+    /// The state directory.
+    pub state_dir: PathBuf,
+    /// The version of the installed root.
+    pub root_version: u64,
+    /// Whether an existing root was replaced.
+    pub replaced: bool,
+}
+
+/// One evaluation: the verified repository view, the device's memory, and the decision.
+#[derive(Debug)]
+pub struct Evaluation {
+    /// The instant decided at.
+    pub now: DateTime<Utc>,
+    /// The verified manifests.
+    pub view: RepositoryView,
+    /// The trusted metadata versions.
+    pub versions: MetadataVersions,
+    /// `state.json` (already updated with the observed revisions).
+    pub state: AgentState,
+    /// The consent store, held open (locked) for answers.
+    pub consent: ConsentStore,
+    /// The decision.
+    pub decision: Decision,
+}
+
+/// A consent answer.
+#[derive(Clone, Debug)]
+pub enum Answer {
+    /// Explicit agreement (`required` and `acknowledge`).
+    Accept,
+    /// Acknowledgement (`acknowledge`).
+    Acknowledge,
+    /// Refusal (`required`).
+    Decline,
+    /// Ask again at this instant.
+    Postpone {
+        /// When.
+        until: DateTime<Utc>,
+    },
+    /// An administrator consent token (`administrator`).
+    Token(Box<AdminConsentToken>),
+}
+
+impl Agent {
+    /// Provisions the trusted root into `<state_dir>/metadata` and creates the state
+    /// directory layout. Refuses to replace an existing root unless `force`.
+    pub fn init(config: &AgentConfig, root: &[u8], force: bool) -> Result<InitReport, AgentError> {
+        let paths = StatePaths::new(&config.state_dir);
+        paths.create_dirs()?;
+        let _lock = paths.lock()?;
+        let root_file = paths.metadata().join("root.json");
+        let replaced = root_file.exists();
+        if replaced && !force {
+            return Err(AgentError::AlreadyProvisioned { path: root_file });
+        }
+        let version = crate::tuf::updater::TrustedRoot::from_trusted_bytes(root)?.version();
+        Updater::init_trusted_root(paths.metadata(), root)?;
+        let state_file = paths.state_file();
+        if !state_file.exists() {
+            AgentState::load(&state_file)?.save(&state_file)?;
+        }
+        Ok(InitReport {
+            state_dir: paths.root.clone(),
+            root_version: version,
+            replaced,
+        })
+    }
+
+    /// Opens the agent: takes the lock, checks the device is provisioned, reads the
+    /// profile and the actual inventory.
+    pub fn open(config: AgentConfig) -> Result<Agent, AgentError> {
+        let paths = StatePaths::new(&config.state_dir);
+        if !paths.is_provisioned() {
+            return Err(AgentError::NotProvisioned {
+                dir: paths.metadata(),
+            });
+        }
+        paths.create_dirs()?;
+        let lock = paths.lock()?;
+        let profile = load_profile(&config)?;
+        Ok(Agent {
+            config,
+            paths,
+            profile,
+            _lock: lock,
+        })
+    }
+
+    /// The configuration.
+    pub fn config(&self) -> &AgentConfig {
+        &self.config
+    }
+
+    /// The state directory layout.
+    pub fn paths(&self) -> &StatePaths {
+        &self.paths
+    }
+
+    /// The device profile, with the actual inventory.
+    pub fn profile(&self) -> &DeviceProfile {
+        &self.profile
+    }
+
+    /// Shows notices in `locale` instead of the profile's.
+    pub fn set_locale(&mut self, locale: &str) -> Result<(), AgentError> {
+        check_locale(locale).map_err(|e| AgentError::Refused(format!("--locale: {e}")))?;
+        self.profile.locale = Some(locale.to_string());
+        Ok(())
+    }
+
+    /// A TUF updater for the configured repository and the trusted metadata directory.
+    pub fn updater(&self) -> Result<Updater, AgentError> {
+        let repo = &self.config.repository;
+        let http = HttpConfig {
+            extra_ca_pem: repo.extra_ca.clone(),
+            ..HttpConfig::default()
+        };
+        let config = UpdaterConfig::new(repo.metadata_url.clone())
+            .with_target_base_url(repo.targets_url.clone());
+        Ok(Updater::new(
+            config,
+            AutoTransport::new(http),
+            self.paths.metadata(),
+        )?)
+    }
+
+    /// Refreshes, fetches the verified manifests, reads the consent log and the state file,
+    /// and decides at `at` (default: now). Persists the revisions observed (they only grow)
+    /// and a summary of the decision in `state.json`.
+    pub fn evaluate(&self, at: Option<DateTime<Utc>>) -> Result<Evaluation, AgentError> {
+        let started = now_seconds();
+        let now = at.unwrap_or(started);
+        let (consent, report) = ConsentStore::open(self.paths.consent_log())?;
+        if let Some(n) = report.dropped_torn_tail {
+            tracing::warn!(
+                "consent log: cut off an incomplete last line ({n} bytes) left by an interrupted write"
+            );
+        }
+        let mut state = AgentState::load(&self.paths.state_file())?;
+        let mut updater = self.updater()?;
+        let gathered = repo::gather(
+            &mut updater,
+            &self.profile.id,
+            self.config.repository.assign_bin_digits,
+            &self.paths.manifests(),
+        )?;
+        let local = state.local_state(consent.records().clone());
+        let decision = decide(&gathered.view, &self.profile, &local, now);
+        state.remember(&decision.observed);
+        state.last_check = Some(LastCheck {
+            at: started,
+            decided_at: now,
+            group: decision.group.clone().ok(),
+            campaigns: decision
+                .campaigns
+                .iter()
+                .map(|c| (c.id.clone(), c.status.kind().to_string()))
+                .collect(),
+            wake_at: decision.wake_at,
+        });
+        state.save(&self.paths.state_file())?;
+        Ok(Evaluation {
+            now,
+            view: gathered.view,
+            versions: gathered.versions,
+            state,
+            consent,
+            decision,
+        })
+    }
+
+    /// Records a consent answer for `campaign`, bound to the hash of the exact manifest
+    /// bytes fetched (and verified) in `ev`. With `expected_sha256` (the full hash or a
+    /// prefix of at least 8 hex digits, as `petrel consent show` prints it), the answer is
+    /// refused if the campaign changed since it was shown. Decides again afterwards.
+    pub fn answer(
+        &self,
+        ev: &mut Evaluation,
+        campaign: &str,
+        expected_sha256: Option<&str>,
+        answer: Answer,
+    ) -> Result<ConsentEvent, AgentError> {
+        let entry = ev.entry(campaign)?.clone();
+        if let Some(want) = expected_sha256 {
+            let want = want.trim().to_ascii_lowercase();
+            if want.len() < 8 || !want.bytes().all(|b| b.is_ascii_hexdigit()) {
+                return Err(AgentError::Refused(format!(
+                    "--sha256 {want:?}: give the manifest hash `petrel consent show` printed (at least 8 hex digits)"
+                )));
+            }
+            if !entry.sha256.0.starts_with(&want) {
+                return Err(AgentError::Refused(format!(
+                    "campaign {campaign} changed since it was shown: its manifest is now sha256 {} (revision {}), not {want}; nothing recorded. Show it again: petrel consent show {campaign}",
+                    entry.sha256, entry.manifest.revision
+                )));
+            }
+        }
+        if let Some(d) = ev.decision.campaign(campaign) {
+            if let Status::Rejected { reason } | Status::NotApplicable { reason } = &d.status {
+                return Err(AgentError::Refused(format!(
+                    "campaign {campaign} is {} for this device ({reason}); nothing recorded",
+                    d.status.kind().replace('_', " ")
+                )));
+            }
+        }
+        let locale = entry
+            .manifest
+            .notice_for(self.profile.locale.as_deref())
+            .map(|(l, _)| l.to_string());
+        let now = now_seconds();
+        let assignment = ev.assignment().cloned();
+        let event = match answer {
+            Answer::Accept => ev.consent.accept(&entry, now, locale.as_deref())?,
+            Answer::Acknowledge => ev.consent.acknowledge(&entry, now, locale.as_deref())?,
+            Answer::Decline => ev.consent.decline(&entry, now, locale.as_deref())?,
+            Answer::Postpone { until } => ev.consent.postpone(&entry, until, now)?,
+            Answer::Token(t) => {
+                ev.consent
+                    .add_admin_token(&entry, *t, &self.profile, assignment.as_ref(), now)?
+            }
+        }
+        .clone();
+        self.redecide(ev, ev.now.max(now))?;
+        Ok(event)
+    }
+
+    /// Decides again from the same verified view (after a consent answer).
+    fn redecide(&self, ev: &mut Evaluation, now: DateTime<Utc>) -> Result<(), AgentError> {
+        let local = ev.state.local_state(ev.consent.records().clone());
+        ev.decision = decide(&ev.view, &self.profile, &local, now);
+        ev.now = now;
+        ev.state.remember(&ev.decision.observed);
+        ev.state.save(&self.paths.state_file())
+    }
+
+    /// The consent requests waiting for an answer, in campaign order.
+    pub fn pending_consent(&self, ev: &Evaluation) -> Vec<ConsentRequest> {
+        ev.decision
+            .campaigns
+            .iter()
+            .filter_map(|d| {
+                let entry = ev
+                    .view
+                    .campaigns
+                    .iter()
+                    .find(|e| e.target_path == d.target_path)?;
+                let waiting = match &d.status {
+                    Status::WaitingForConsent { .. } | Status::Postponed { .. } => true,
+                    // Consent before install: downloads go ahead, the question is open.
+                    Status::ReadyToDownload { .. } | Status::WaitingForDownloadWindow { .. } => {
+                        !ev.consent_state(entry, &self.profile).0.is_granted()
+                    }
+                    _ => false,
+                };
+                waiting.then(|| self.consent_request(ev, entry))
+            })
+            .collect()
+    }
+
+    /// What the device's user is asked about `entry`, in the device's locale.
+    pub fn consent_request(&self, ev: &Evaluation, entry: &CampaignEntry) -> ConsentRequest {
+        let c = &entry.manifest;
+        let (locale, notice) = match c.notice_for(self.profile.locale.as_deref()) {
+            Some((l, n)) => (l.to_string(), Some(n)),
+            None => (String::new(), None),
+        };
+        let (state, notes) = ev.consent_state(entry, &self.profile);
+        ConsentRequest {
+            campaign: c.id.clone(),
+            revision: c.revision,
+            manifest_sha256: entry.sha256.0.clone(),
+            locale,
+            title: notice.map(|n| n.title.clone()).unwrap_or_default(),
+            body: notice.map(|n| n.body.clone()).unwrap_or_default(),
+            severity: notice.map_or(Severity::Info, |n| n.severity),
+            policy: c.consent.policy,
+            stage: c.consent.stage,
+            deadline: c.consent.deadline.map(|d| d.0),
+            max_postpones: c.consent.max_postpones,
+            state,
+            notes,
+        }
+    }
+}
+
+/// A consent question as shown to the device's user.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ConsentRequest {
+    /// The campaign.
+    pub campaign: String,
+    /// Its revision.
+    pub revision: u64,
+    /// SHA-256 of the exact manifest bytes (the answer is bound to it).
+    pub manifest_sha256: String,
+    /// The locale of the notice shown.
+    pub locale: String,
+    /// Notice title.
+    pub title: String,
+    /// Notice body.
+    pub body: String,
+    /// Notice severity.
+    pub severity: Severity,
+    /// Consent policy.
+    pub policy: ConsentPolicy,
+    /// Before download or before install.
+    pub stage: ConsentStage,
+    /// Until when an answer counts.
+    pub deadline: Option<DateTime<Utc>>,
+    /// Postponements the campaign allows in all.
+    pub max_postpones: u32,
+    /// Where consent stands.
+    pub state: ConsentState,
+    /// Records that did not count, and why.
+    pub notes: Vec<String>,
+}
+
+impl Evaluation {
+    /// The verified campaign manifest `id`.
+    pub fn entry(&self, id: &str) -> Result<&CampaignEntry, AgentError> {
+        self.view
+            .campaigns
+            .iter()
+            .find(|e| e.manifest.id == id)
+            .ok_or_else(|| AgentError::UnknownCampaign {
+                id: id.to_string(),
+                known: self
+                    .view
+                    .campaigns
+                    .iter()
+                    .map(|e| e.manifest.id.clone())
+                    .collect(),
+            })
+    }
+
+    /// The device's assignment, when the engine accepted the bin.
+    pub fn assignment(&self) -> Option<&Assignment> {
+        match &self.decision.assignment {
+            crate::decide::AssignmentOutcome::Assigned { .. } => self
+                .view
+                .assignment
+                .as_ref()
+                .and_then(|e| e.manifest.lookup(&self.decision.device_id)),
+            _ => None,
+        }
+    }
+
+    /// Where consent stands for a campaign (the engine's rule), with notes.
+    pub fn consent_state(
+        &self,
+        entry: &CampaignEntry,
+        profile: &DeviceProfile,
+    ) -> (ConsentState, Vec<String>) {
+        consent::evaluate(
+            self.consent.records(),
+            &entry.manifest,
+            &entry.sha256,
+            profile,
+            self.assignment(),
+            self.now,
+        )
+    }
+}
+
+/// The current instant, whole seconds (what manifests and records can express).
+pub fn now_seconds() -> DateTime<Utc> {
+    let t = Utc::now();
+    DateTime::from_timestamp(t.timestamp(), 0).unwrap_or(t)
+}
+
+/// Reads the profile and fills in the actual inventory and, if so configured, the system's
+/// UTC offset.
+pub fn load_profile(config: &AgentConfig) -> Result<DeviceProfile, AgentError> {
+    let path = &config.profile;
+    let err = |reason: String| AgentError::Profile {
+        path: path.clone(),
+        reason,
+    };
+    let text = std::fs::read_to_string(path).map_err(|e| {
+        err(if e.kind() == std::io::ErrorKind::NotFound {
+            "not found (set `profile` in the configuration)".into()
+        } else {
+            e.to_string()
+        })
+    })?;
+    let mut profile = DeviceProfile::from_toml(&text).map_err(|e| err(e.to_string()))?;
+    if !profile.inventory.is_empty() {
+        return Err(err(format!(
+            "lists an inventory; the agent reads the installed inventory from the device ({}), so remove the [inventory.*] tables from the profile",
+            config.inventory
+        )));
+    }
+    profile.inventory = inventory::read_inventory(&config.inventory)?;
+    if config.utc_offset == UtcOffsetSource::System {
+        let secs = chrono::Local::now().offset().local_minus_utc();
+        profile.utc_offset_minutes = (secs / 60).clamp(-840, 840);
+    }
+    Ok(profile)
+}

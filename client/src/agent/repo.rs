@@ -1,0 +1,196 @@
+//! From the TUF updater to the engine's [`RepositoryView`]: the device's own assignment
+//! bin, its group manifest, every campaign manifest, and the signed lengths and hashes of
+//! the group's artifacts. Every manifest is fetched through the updater (so it is verified
+//! against the signed length and hashes before anything reads it) and parsed strictly.
+//!
+//! What could not be used goes to [`RepositoryView::unusable`] with the reason, and the
+//! engine explains it; only a failed TUF refresh stops everything.
+
+use std::collections::BTreeSet;
+use std::fs;
+use std::path::{Path, PathBuf};
+
+use serde::Serialize;
+
+use crate::decide::{ArtifactInfo, Entry, Named, RepositoryView};
+use crate::manifest::{
+    assign_target_path, AssignmentBin, CampaignManifest, GroupManifest, Manifest,
+    MAX_MANIFEST_BYTES,
+};
+use crate::tuf::updater::{local_target_file_name, UpdateError, Updater};
+
+/// The pattern of campaign manifest targets.
+pub const CAMPAIGNS_PATTERN: &str = "campaigns/*.json";
+
+/// The versions of the trusted top-level metadata after a refresh.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize)]
+pub struct MetadataVersions {
+    /// Root.
+    pub root: u64,
+    /// Timestamp.
+    pub timestamp: u64,
+    /// Snapshot.
+    pub snapshot: u64,
+    /// Top-level targets.
+    pub targets: u64,
+}
+
+/// What [`gather`] found.
+#[derive(Debug)]
+pub struct Gathered {
+    /// The view for the engine.
+    pub view: RepositoryView,
+    /// The trusted metadata versions.
+    pub versions: MetadataVersions,
+}
+
+/// Refreshes the updater and builds the device's view of the repository. Fetches only this
+/// device's assignment bin (`assign/<bin>.json`, `digits` hex digits), its group's
+/// manifest, the campaign manifests ([`CAMPAIGNS_PATTERN`], from the verified targets
+/// metadata) and the target infos of the group's artifacts; no artifact is downloaded.
+/// Manifest bytes are kept in `cache_dir` (re-used when they still match the signed hashes;
+/// files no longer needed are removed).
+pub fn gather(
+    updater: &mut Updater,
+    device_id: &str,
+    digits: usize,
+    cache_dir: &Path,
+) -> Result<Gathered, UpdateError> {
+    updater.refresh()?;
+    let versions = {
+        let t = updater.trusted().ok_or(UpdateError::NotRefreshed)?;
+        MetadataVersions {
+            root: t.root().signed.version,
+            timestamp: t.timestamp().signed.version,
+            snapshot: t.snapshot().signed.version,
+            targets: t.targets().signed.version,
+        }
+    };
+    let mut fetcher = Fetcher {
+        updater,
+        cache_dir: cache_dir.to_path_buf(),
+        used: BTreeSet::new(),
+    };
+    let mut view = RepositoryView::default();
+
+    // The device's own assignment bin, and nothing else under assign/.
+    let bin_path = assign_target_path(device_id, digits);
+    match fetcher.manifest::<AssignmentBin>(&bin_path) {
+        Ok(Some(e)) => view.assignment = Some(e),
+        Ok(None) => view.unusable.push((
+            bin_path.clone(),
+            "not in the repository's signed metadata (is repository.assign_bin_digits right?)"
+                .into(),
+        )),
+        Err(why) => view.unusable.push((bin_path.clone(), why)),
+    }
+
+    // Its group.
+    let group_id = view
+        .assignment
+        .as_ref()
+        .and_then(|e| e.manifest.lookup(device_id))
+        .map(|a| a.group.clone());
+    if let Some(g) = group_id {
+        let path = format!("groups/{g}.json");
+        match fetcher.manifest::<GroupManifest>(&path) {
+            Ok(Some(e)) => view.group = Some(e),
+            Ok(None) => view
+                .unusable
+                .push((path, "not in the repository's signed metadata".into())),
+            Err(why) => view.unusable.push((path, why)),
+        }
+    }
+
+    // Every campaign.
+    match fetcher.updater.list_targets(CAMPAIGNS_PATTERN) {
+        Ok(infos) => {
+            for info in infos {
+                match fetcher.manifest::<CampaignManifest>(&info.path) {
+                    Ok(Some(e)) => view.campaigns.push(e),
+                    Ok(None) => {}
+                    Err(why) => view.unusable.push((info.path.clone(), why)),
+                }
+            }
+        }
+        Err(e) => view
+            .unusable
+            .push((CAMPAIGNS_PATTERN.to_string(), format!("cannot list: {e}"))),
+    }
+
+    // The signed lengths and hashes of the group's artifacts.
+    if let Some(g) = &view.group {
+        for app in g.manifest.apps.values() {
+            match fetcher.updater.get_target_info(&app.target) {
+                Ok(Some(info)) => match ArtifactInfo::from_target(&info) {
+                    Some(a) => {
+                        view.artifacts.insert(app.target.clone(), a);
+                    }
+                    None => view
+                        .unusable
+                        .push((app.target.clone(), "the target has no signed sha256".into())),
+                },
+                Ok(None) => {}
+                Err(e) => view.unusable.push((app.target.clone(), e.to_string())),
+            }
+        }
+    }
+    fetcher.prune();
+    Ok(Gathered { view, versions })
+}
+
+struct Fetcher<'a> {
+    updater: &'a mut Updater,
+    cache_dir: PathBuf,
+    used: BTreeSet<String>,
+}
+
+impl Fetcher<'_> {
+    /// `Ok(None)`: no role on the search path lists the target.
+    fn manifest<T: Manifest + Named>(&mut self, path: &str) -> Result<Option<Entry<T>>, String> {
+        let Some(info) = self
+            .updater
+            .get_target_info(path)
+            .map_err(|e| e.to_string())?
+        else {
+            return Ok(None);
+        };
+        if info.length() > MAX_MANIFEST_BYTES as u64 {
+            return Err(format!(
+                "{} bytes is more than the {MAX_MANIFEST_BYTES}-byte manifest limit",
+                info.length()
+            ));
+        }
+        let name = local_target_file_name(path).map_err(|e| e.to_string())?;
+        let dest = self.cache_dir.join(&name);
+        self.used.insert(name);
+        if !self
+            .updater
+            .find_cached_target(&info, &dest)
+            .map_err(|e| e.to_string())?
+        {
+            self.updater
+                .download_target(&info, &dest)
+                .map_err(|e| e.to_string())?;
+        }
+        let bytes = fs::read(&dest).map_err(|e| format!("{}: {e}", dest.display()))?;
+        let trusted = self
+            .updater
+            .trusted()
+            .ok_or_else(|| UpdateError::NotRefreshed.to_string())?;
+        Entry::from_target(&info, &bytes, trusted).map(Some)
+    }
+
+    /// Removes cached manifests this run did not use.
+    fn prune(&self) {
+        let Ok(entries) = fs::read_dir(&self.cache_dir) else {
+            return;
+        };
+        for e in entries.flatten() {
+            let name = e.file_name().to_string_lossy().into_owned();
+            if !self.used.contains(&name) && e.path().is_file() {
+                let _ = fs::remove_file(e.path());
+            }
+        }
+    }
+}
