@@ -65,6 +65,15 @@ pub enum Error {
     /// A user-supplied argument is invalid.
     #[error("{0}")]
     Usage(String),
+    /// A manifest or capabilities file cannot be published: it is invalid, its revision
+    /// does not grow, or its signing role may not sign it. `reason` names the field.
+    #[error("{path}: {reason}")]
+    Manifest {
+        /// The file given on the command line.
+        path: PathBuf,
+        /// What is wrong (field path first where there is one).
+        reason: String,
+    },
 }
 
 impl Error {
@@ -80,6 +89,14 @@ impl Error {
     pub fn role(role: impl Into<String>, reason: impl Into<String>) -> Self {
         Error::Role {
             role: role.into(),
+            reason: reason.into(),
+        }
+    }
+
+    /// A manifest file error.
+    pub fn manifest(path: impl Into<PathBuf>, reason: impl Into<String>) -> Self {
+        Error::Manifest {
+            path: path.into(),
             reason: reason.into(),
         }
     }

@@ -263,6 +263,7 @@ fn build_repo(content: &Content) -> Result<Tree> {
         },
         consistent_snapshot: true,
         tree: PathBuf::from("tree"),
+        ..Settings::default()
     };
     let tmp = tempfile::tempdir().map_err(|e| Error::io(std::env::temp_dir(), e))?;
     let ws_dir = tmp.path().join("workspace");

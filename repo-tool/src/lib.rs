@@ -5,6 +5,8 @@
 //! * [`signing`] — signing staged roles, thresholds, offline signatures.
 //! * [`publish`] — turning staged roles into the static tree, crash-safely.
 //! * [`audit`] — checking a published tree the way a client would, reporting every problem.
+//! * [`manifests`] — group manifests, assignment bins and campaigns as targets of their own
+//!   roles, checked against the capabilities of the role that signs them.
 //! * [`fixtures`] — deterministic good and attack repositories for tests and offline CI.
 //!
 //! Schema types come from `petrel-client`, so there is one definition of each format.
@@ -18,6 +20,7 @@ pub mod error;
 pub mod fixtures;
 pub mod fsutil;
 pub mod keyfile;
+pub mod manifests;
 pub mod publish;
 pub mod signing;
 pub mod workspace;

@@ -12,6 +12,7 @@ use petrel_client::tuf::schema::{
 use petrel_repo::editor::{
     self, BinsSpec, DelegationSpec, Editor, InitOptions, KeyType, RoleSpec, RotateSpec,
 };
+use petrel_repo::manifests::{self, AssignOptions, StateChange};
 use petrel_repo::publish::{self, Refresh};
 use petrel_repo::workspace::{load_private_key, Settings, Workspace};
 use petrel_repo::{audit, duration, fixtures, fsutil, keyfile, signing, Error, Result};
@@ -70,7 +71,7 @@ enum Command {
     },
     /// Delegate target paths (or hashed bins) to a new role with its own keys.
     #[command(
-        after_help = "Examples:\n  petrel-repo delegate --to acme --paths 'apps/acme/*' 'apps/acme/*/*/*' --terminating\n  petrel-repo delegate --to partner --paths 'apps/partner/*' --public-key partner.pub.pem\n  petrel-repo delegate --from acme --to acme-bin --bins 64"
+        after_help = "Examples:\n  petrel-repo delegate --to acme --paths 'apps/acme/*' 'apps/acme/*/*/*' --terminating\n  petrel-repo delegate --to partner --paths 'apps/partner/*' --public-key partner.pub.pem\n  petrel-repo delegate --from acme --to acme-bin --bins 64\n  petrel-repo delegate --from campaigns --to partner-acme --paths 'campaigns/acme-*' --public-key acme.pub.json --capabilities acme.toml"
     )]
     Delegate(DelegateArgs),
     /// Sign staged changes and write the static tree (snapshot and timestamp included).
@@ -135,6 +136,27 @@ enum Command {
         #[arg(long)]
         root: Option<PathBuf>,
     },
+    /// Group manifests: the tested combinations of applications devices converge to.
+    #[command(after_help = "\
+Example (kiosk-eu.toml holds kind = \"group\", id, revision and [apps.\"<app>\"] tables):
+  petrel-repo group set kiosk-eu.toml && petrel-repo publish")]
+    Group(GroupArgs),
+    /// Assign devices to a group, through the hashed assignment bins (ids are never published).
+    #[command(after_help = "\
+FILE holds one device id per line (blank lines and # comments are skipped). Only salted
+hashes of the ids are written; the ids themselves appear nowhere in the workspace or tree.
+
+Examples:
+  petrel-repo assign --group kiosk-eu --devices kiosks-eu.txt
+  petrel-repo assign --group kiosk-eu --devices lab.txt --canary --campaign fleet-owner-upgrade")]
+    Assign(AssignArgs),
+    /// Campaigns: create, update, halt, resume, cancel, list and show campaign manifests.
+    #[command(after_help = "\
+Examples:
+  petrel-repo campaign create player-2.1.toml && petrel-repo publish
+  petrel-repo campaign halt player-2.1 && petrel-repo publish
+  petrel-repo campaign list")]
+    Campaign(CampaignArgs),
     /// Generate a key or show a key's public part.
     #[command(subcommand)]
     Key(KeyCommand),
@@ -185,6 +207,130 @@ enum KeyCommand {
     Public {
         /// A private key, PEM public key or TUF key JSON.
         file: PathBuf,
+    },
+}
+
+#[derive(Args, Debug)]
+struct GroupArgs {
+    #[command(subcommand)]
+    command: GroupCommand,
+}
+
+#[derive(Subcommand, Debug)]
+enum GroupCommand {
+    /// Validate a group manifest (TOML) and stage it as groups/<group>.json.
+    #[command(after_help = "\
+The revision must be greater than the current one, and every artifact (apps.<app>.target)
+must already be a target of the repository. The manifest is signed by the role that
+lists groups/<group>.json, else --role, else the role `groups` (created on first use,
+paths groups/*, with a new key), within that role's capabilities.
+
+Example:
+  petrel-repo group set kiosk-eu.toml && petrel-repo publish")]
+    Set {
+        /// The group manifest (TOML; see docs/formats.md).
+        file: PathBuf,
+        /// The role to list a new group in (default `groups`).
+        #[arg(long)]
+        role: Option<String>,
+    },
+}
+
+#[derive(Args, Debug)]
+struct AssignArgs {
+    /// The group (it must exist: `petrel-repo group set`).
+    #[arg(long)]
+    group: String,
+    /// A file with one device id per line.
+    #[arg(long, value_name = "FILE")]
+    devices: PathBuf,
+    /// Mark the devices as canaries (they get campaigns with a canary stage first).
+    #[arg(long)]
+    canary: bool,
+    /// Enrol the devices explicitly in this campaign (for applies_to.assigned_only); repeatable.
+    #[arg(long = "campaign", value_name = "ID")]
+    campaigns: Vec<String>,
+    /// The role to list new bins in (default `assign`; a role with hashed bins places each bin).
+    #[arg(long)]
+    role: Option<String>,
+}
+
+#[derive(Args, Debug)]
+struct CampaignArgs {
+    #[command(subcommand)]
+    command: CampaignCommand,
+}
+
+#[derive(Subcommand, Debug)]
+enum CampaignCommand {
+    /// Validate a new campaign (TOML) and stage it as campaigns/<id>.json.
+    #[command(after_help = "\
+The campaign is checked against the capabilities of the role that will sign it (every
+delegation from targets to it) before anything is staged. Default role: `campaigns`
+(created on first use, paths campaigns/*, with a new key). A group payload must name
+the group's current revision.
+
+Examples:
+  petrel-repo campaign create player-2.1.toml
+  petrel-repo campaign create acme-kiosk.toml --role partner-acme --key acme.pem")]
+    Create {
+        /// The campaign manifest (TOML; see docs/formats.md).
+        file: PathBuf,
+        /// The role to list and sign it (default `campaigns`).
+        #[arg(long)]
+        role: Option<String>,
+    },
+    /// Stage a new revision of a campaign from its TOML (the revision must grow).
+    #[command(after_help = "\
+Any change is a new manifest hash, so devices ask for consent again. A cancelled campaign
+stays cancelled.
+
+Example:
+  petrel-repo campaign update player-2.1.toml && petrel-repo publish")]
+    Update {
+        /// The campaign manifest (TOML).
+        file: PathBuf,
+        /// The role that lists it (default: the role that lists it now).
+        #[arg(long)]
+        role: Option<String>,
+    },
+    /// Halt a campaign: a new revision with state = "halted" (devices re-check before installing).
+    #[command(
+        after_help = "Example:\n  petrel-repo campaign halt player-2.1 && petrel-repo publish"
+    )]
+    Halt {
+        /// The campaign id.
+        id: String,
+    },
+    /// Resume a halted campaign: a new revision with state = "active".
+    #[command(
+        after_help = "Example:\n  petrel-repo campaign resume player-2.1 && petrel-repo publish"
+    )]
+    Resume {
+        /// The campaign id.
+        id: String,
+    },
+    /// Cancel a campaign for good: a new revision with state = "cancelled".
+    #[command(
+        after_help = "Example:\n  petrel-repo campaign cancel player-2.1 && petrel-repo publish"
+    )]
+    Cancel {
+        /// The campaign id.
+        id: String,
+    },
+    /// List campaigns: id, revision, state, consent policy, method, waves, role.
+    #[command(after_help = "Example:\n  petrel-repo --repo fleet campaign list")]
+    List,
+    /// Show one campaign: a summary and its manifest as indented JSON.
+    #[command(
+        after_help = "Examples:\n  petrel-repo campaign show player-2.1\n  petrel-repo campaign show player-2.1 --json | jq .rollout"
+    )]
+    Show {
+        /// The campaign id.
+        id: String,
+        /// Print only the manifest JSON.
+        #[arg(long)]
+        json: bool,
     },
 }
 
@@ -273,6 +419,13 @@ struct DelegateArgs {
     /// Stop the search at this role for paths it matches.
     #[arg(long)]
     terminating: bool,
+    /// Capabilities (TOML, docs/formats.md) restricting what the role may sign, stored as
+    /// `petrel_capabilities` in the delegation. Without it, a re-delegation keeps them.
+    #[arg(long, value_name = "FILE", conflicts_with = "clear_capabilities")]
+    capabilities: Option<PathBuf>,
+    /// Remove the delegation's capabilities.
+    #[arg(long)]
+    clear_capabilities: bool,
 }
 
 #[derive(Args, Debug)]
@@ -457,6 +610,11 @@ fn run(cli: Cli) -> Result<()> {
         }
         Command::Delegate(a) => {
             let ws = open_for_edit(&cli)?;
+            let caps = a
+                .capabilities
+                .as_deref()
+                .map(manifests::read_capabilities)
+                .transpose()?;
             let mut keys: Vec<Key> = a
                 .public_keys
                 .iter()
@@ -466,6 +624,7 @@ fn run(cli: Cli) -> Result<()> {
             let generated = generate_keys(n, KeyType::Ed25519)?;
             keys.extend(generated.iter().map(|(k, _)| k.public_key().clone()));
             let mut ed = Editor::new(&ws);
+            let mut lines = Vec::new();
             if let Some(bins) = a.bins {
                 ed.delegate_bins(BinsSpec {
                     from: a.from.clone(),
@@ -474,8 +633,17 @@ fn run(cli: Cli) -> Result<()> {
                     keys,
                     threshold: a.threshold,
                 })?;
-                println!("delegated {} to {bins} hashed bins {}-*", a.from, a.to);
+                lines.push(format!(
+                    "delegated {} to {bins} hashed bins {}-*",
+                    a.from, a.to
+                ));
             } else {
+                // A re-delegation (new keys, paths) keeps the fields the delegation carries,
+                // capabilities included, unless told otherwise: dropping a restriction
+                // silently would widen what the role may sign.
+                let extra = manifests::existing_delegation(&mut ed, &a.from, &a.to)?
+                    .map(|d| d.unrecognized)
+                    .unwrap_or_else(Unrecognized::new);
                 ed.delegate(DelegationSpec {
                     from: a.from.clone(),
                     name: a.to.clone(),
@@ -484,15 +652,108 @@ fn run(cli: Cli) -> Result<()> {
                     keys,
                     threshold: a.threshold,
                     terminating: a.terminating,
-                    extra: Unrecognized::new(),
+                    extra,
                 })?;
-                println!("delegated {} from {}", a.to, a.from);
+                lines.push(format!("delegated {} from {}", a.to, a.from));
+            }
+            if caps.is_some() || a.clear_capabilities {
+                manifests::set_delegation_capabilities(
+                    &mut ed,
+                    &a.from,
+                    &a.to,
+                    a.bins.is_some(),
+                    caps.as_ref(),
+                )?;
+            }
+            let role = match a.bins {
+                Some(_) => None,
+                None => Some(a.to.as_str()),
+            };
+            if let Some(role) = role {
+                let loc = ed.locate(role)?;
+                let chain: Vec<String> = std::iter::once("targets".to_string())
+                    .chain(loc.chain.iter().cloned())
+                    .collect();
+                let chain = manifests::lookup::capability_chain(&mut ed, &chain)?;
+                lines.push(format!(
+                    "capabilities along the chain: {}",
+                    chain.describe()
+                ));
+                for w in manifests::check_role_manifests(&mut ed, role, ws.now())? {
+                    lines.push(format!("warning: devices will reject {w}"));
+                }
+            } else if let Some(c) = &caps {
+                lines.push(format!("capabilities of every bin: {}", c.summary()));
             }
             save_keys(&ws, &generated)?;
             ed.save()?;
+            for l in lines {
+                println!("{l}");
+            }
             println!("run `petrel-repo publish`");
             Ok(())
         }
+        Command::Group(GroupArgs {
+            command: GroupCommand::Set { file, role },
+        }) => {
+            let ws = open_for_edit(&cli)?;
+            let r = manifests::set_group(&ws, file, role.as_deref())?;
+            if r.unchanged {
+                println!(
+                    "{} is unchanged (revision {}); nothing staged",
+                    r.target, r.revision
+                );
+                return Ok(());
+            }
+            for n in &r.notes {
+                println!("{n}");
+            }
+            let was = r
+                .previous
+                .map(|p| format!(" (was {p})"))
+                .unwrap_or_else(|| " (new group)".into());
+            println!(
+                "staged {} revision {}{was} in role {}; sha256 {}",
+                r.target, r.revision, r.role, r.sha256
+            );
+            println!("run `petrel-repo publish`");
+            Ok(())
+        }
+        Command::Assign(a) => {
+            let ws = open_for_edit(&cli)?;
+            let r = manifests::assign_devices(
+                &ws,
+                &a.devices,
+                &AssignOptions {
+                    group: a.group.clone(),
+                    role: a.role.clone(),
+                    canary: a.canary,
+                    campaigns: a.campaigns.iter().cloned().collect(),
+                },
+            )?;
+            for n in &r.notes {
+                println!("{n}");
+            }
+            println!(
+                "{} device(s) for group {}: {} new, {} moved from another group, {} updated, {} unchanged",
+                r.devices, a.group, r.added, r.moved, r.updated, r.unchanged
+            );
+            if r.bins.is_empty() {
+                println!("no assignment bin changed; nothing staged");
+                return Ok(());
+            }
+            if r.bins.len() <= 20 {
+                for (name, role, revision) in &r.bins {
+                    println!("staged {name} revision {revision} in role {role}");
+                }
+            }
+            println!(
+                "{} assignment bin(s) staged; run `petrel-repo publish`",
+                r.bins.len()
+            );
+            Ok(())
+        }
+        Command::Campaign(CampaignArgs { command }) => campaign(&cli, command),
         Command::Publish => {
             let ws = open(&cli)?;
             report(publish::publish(&ws, Refresh::default())?, ws.tree_dir());
@@ -656,6 +917,148 @@ fn run(cli: Cli) -> Result<()> {
             Ok(())
         }
     }
+}
+
+fn campaign(cli: &Cli, command: &CampaignCommand) -> Result<()> {
+    let staged = |r: &manifests::CampaignReport, verb: &str| {
+        for n in &r.notes {
+            println!("{n}");
+        }
+        if r.unchanged {
+            println!(
+                "{} is unchanged (revision {}); nothing staged",
+                r.target, r.revision
+            );
+            return;
+        }
+        let was = match r.previous {
+            Some((rev, state)) => format!(" (was revision {rev}, {state})"),
+            None => String::new(),
+        };
+        println!(
+            "{verb} campaign {}: revision {}, {}{was}; staged {} in role {}",
+            r.id, r.revision, r.state, r.target, r.role
+        );
+        match &r.previous_sha256 {
+            Some(old)
+                if verb == "updated"
+                    && r.policy != petrel_client::manifest::ConsentPolicy::None =>
+            {
+                println!(
+                    "manifest sha256 {} (was {}): devices ask for consent again",
+                    r.sha256,
+                    old.short()
+                )
+            }
+            _ => println!("manifest sha256 {}", r.sha256),
+        }
+    };
+    match command {
+        CampaignCommand::Create { file, role } => {
+            let ws = open_for_edit(cli)?;
+            let r = manifests::create_campaign(&ws, file, role.as_deref())?;
+            staged(&r, "created");
+        }
+        CampaignCommand::Update { file, role } => {
+            let ws = open_for_edit(cli)?;
+            let r = manifests::update_campaign(&ws, file, role.as_deref())?;
+            staged(&r, "updated");
+            if r.unchanged {
+                return Ok(());
+            }
+        }
+        CampaignCommand::Halt { id }
+        | CampaignCommand::Resume { id }
+        | CampaignCommand::Cancel { id } => {
+            let (change, verb) = match command {
+                CampaignCommand::Halt { .. } => (StateChange::Halt, "halted"),
+                CampaignCommand::Resume { .. } => (StateChange::Resume, "resumed"),
+                _ => (StateChange::Cancel, "cancelled"),
+            };
+            let ws = open_for_edit(cli)?;
+            let r = manifests::change_campaign_state(&ws, id, change)?;
+            staged(&r, verb);
+            println!(
+                "(a campaign file edited from now on needs revision {} or more)",
+                r.revision + 1
+            );
+        }
+        CampaignCommand::List => {
+            let ws = open(cli)?;
+            let manifests::CampaignList {
+                campaigns: list,
+                unusable,
+            } = manifests::list_campaigns(&ws)?;
+            if list.is_empty() && unusable.is_empty() {
+                println!("no campaigns");
+                return Ok(());
+            }
+            let rows: Vec<[String; 8]> = list
+                .iter()
+                .map(|c| {
+                    [
+                        c.id.clone(),
+                        c.revision.to_string(),
+                        c.state.to_string(),
+                        c.policy.to_string(),
+                        c.method.to_string(),
+                        c.waves.clone(),
+                        c.role.clone(),
+                        match c.publication {
+                            manifests::Publication::Published => "published".into(),
+                            manifests::Publication::Staged => "staged".into(),
+                        },
+                    ]
+                })
+                .collect();
+            let header = [
+                "ID", "REVISION", "STATE", "POLICY", "METHOD", "WAVES", "ROLE", "TREE",
+            ];
+            let mut width = header.map(str::len);
+            for r in &rows {
+                for (w, cell) in width.iter_mut().zip(r) {
+                    *w = (*w).max(cell.len());
+                }
+            }
+            let line = |cells: Vec<&str>| {
+                let mut out = String::new();
+                for (i, (c, w)) in cells.iter().zip(width).enumerate() {
+                    if i + 1 == cells.len() {
+                        out.push_str(c);
+                    } else {
+                        out.push_str(&format!("{c:<w$}  "));
+                    }
+                }
+                println!("{}", out.trim_end());
+            };
+            line(header.to_vec());
+            for r in &rows {
+                line(r.iter().map(String::as_str).collect());
+            }
+            for c in list.iter().filter(|c| c.refused.is_some()) {
+                println!(
+                    "warning: devices will reject campaign {}: {}",
+                    c.id,
+                    c.refused.as_deref().unwrap_or_default()
+                );
+            }
+            for (name, why) in &unusable {
+                println!("warning: {name} is not a usable campaign: {why}");
+            }
+            return Ok(());
+        }
+        CampaignCommand::Show { id, json } => {
+            let ws = open(cli)?;
+            let d = manifests::campaign_details(&ws, id)?;
+            if !*json {
+                println!("{}", d.summary());
+            }
+            println!("{}", d.pretty_json());
+            return Ok(());
+        }
+    }
+    println!("run `petrel-repo publish`");
+    Ok(())
 }
 
 fn check_top_level(role: &str) -> Result<()> {

@@ -39,6 +39,21 @@ pub struct Settings {
     /// Where the static tree is written, relative to the workspace.
     #[serde(default = "default_tree")]
     pub tree: PathBuf,
+    /// Hex digits of assignment bin names (`assign/<bin>.json`): 1 to 6, default 2 (256
+    /// bins). Chosen once per repository; devices must be configured with the same value.
+    #[serde(
+        default = "default_assign_bin_digits",
+        skip_serializing_if = "is_default_assign_bin_digits"
+    )]
+    pub assign_bin_digits: usize,
+}
+
+fn default_assign_bin_digits() -> usize {
+    petrel_client::manifest::DEFAULT_BIN_DIGITS
+}
+
+fn is_default_assign_bin_digits(d: &usize) -> bool {
+    *d == default_assign_bin_digits()
 }
 
 fn yes() -> bool {
@@ -83,6 +98,7 @@ impl Default for Settings {
             expiry: ExpirySettings::default(),
             consistent_snapshot: true,
             tree: default_tree(),
+            assign_bin_digits: default_assign_bin_digits(),
         }
     }
 }
@@ -104,6 +120,16 @@ impl Settings {
     }
 
     fn validate(&self, path: &Path) -> Result<()> {
+        if !(1..=petrel_client::manifest::MAX_BIN_DIGITS).contains(&self.assign_bin_digits) {
+            return Err(Error::Settings {
+                path: path.to_path_buf(),
+                reason: format!(
+                    "assign_bin_digits: {} is not between 1 and {}",
+                    self.assign_bin_digits,
+                    petrel_client::manifest::MAX_BIN_DIGITS
+                ),
+            });
+        }
         for role in ["root", "targets", "snapshot", "timestamp", "delegated"] {
             self.expiry_for(role).map_err(|e| Error::Settings {
                 path: path.to_path_buf(),

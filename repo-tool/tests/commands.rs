@@ -871,6 +871,17 @@ fn every_command_has_help_with_an_example() {
         &["fixture"],
         &["key", "generate"],
         &["key", "public"],
+        &["group"],
+        &["group", "set"],
+        &["assign"],
+        &["campaign"],
+        &["campaign", "create"],
+        &["campaign", "update"],
+        &["campaign", "halt"],
+        &["campaign", "resume"],
+        &["campaign", "cancel"],
+        &["campaign", "list"],
+        &["campaign", "show"],
     ];
     for cmd in commands {
         let out = std::process::Command::new(env!("CARGO_BIN_EXE_petrel-repo"))
