@@ -1,7 +1,9 @@
 #!/usr/bin/env bash
-# The main job on an embedded default: sign a demo repository from examples/demo/content,
-# serve it on loopback with petrel-server, and take a device client through it
-# (trusted root → refresh → verified downloads). Usage: ./demo.sh [WORK_DIR]
+# The main job on an embedded default: sign a demo repository from examples/demo (content,
+# a tested group, a campaign that needs consent, the device's assignment), serve it on
+# loopback with petrel-server, and take a device through it: the TUF client's verified
+# downloads, then the device agent deciding, asking for consent, and becoming ready.
+# Usage: ./demo.sh [WORK_DIR]
 set -euo pipefail
 cd "$(dirname "$0")"
 top=$PWD
@@ -12,13 +14,15 @@ bin="${CARGO_TARGET_DIR:-$top/target}/debug"
 repo_tool="$bin/petrel-repo"
 server="$bin/petrel-server"
 client="$bin/petrel-conformance"
+agent="$bin/petrel"
 
 work="${1:-$(mktemp -d -t petrel-demo.XXXXXX)}"
 mkdir -p "$work"
 repo="$work/repo"
 device="$work/device"
 rm -rf "$repo" "$device"
-content="$top/examples/demo/content"
+demo="$top/examples/demo"
+content="$demo/content"
 
 echo "==> signing a demo repository in $repo"
 "$repo_tool" -r "$repo" init --expiry timestamp=1d
@@ -28,6 +32,11 @@ echo "==> signing a demo repository in $repo"
 "$repo_tool" -r "$repo" add "$content/README.txt"
 "$repo_tool" -r "$repo" add "$content/apps/acme" --prefix apps/acme --role acme
 "$repo_tool" -r "$repo" add "$content/apps/globex" --prefix apps/globex --role globex
+"$repo_tool" -r "$repo" publish
+echo "==> a tested group, the device's assignment (hashed id only) and a campaign"
+"$repo_tool" -r "$repo" group set "$demo/group-thermostats.toml"
+"$repo_tool" -r "$repo" assign --group thermostats --devices "$demo/devices.txt"
+"$repo_tool" -r "$repo" campaign create "$demo/campaign-thermostat-1.1.toml"
 "$repo_tool" -r "$repo" publish
 "$repo_tool" -r "$repo" verify
 
@@ -64,4 +73,25 @@ echo "==> second refresh: nothing changed, so only the next-root probe and times
 before=$(wc -l <"$log")
 "$client" --metadata-dir "$device/metadata" --metadata-url "$url/metadata" refresh
 echo "    requests: $(( $(wc -l <"$log") - before ))"
+echo "==> the device agent: firmware 1.0 installed, what will happen and why?"
+mkdir -p "$device/apps/acme.thermostat" "$device/state"
+cp "$content/apps/acme/thermostat/1.0/firmware.bin" "$device/apps/acme.thermostat/"
+echo 1.0 >"$device/apps/acme.thermostat/VERSION"
+cat >"$device/device.toml" <<TOML
+state_dir = "$device/state"
+profile = "$demo/device/profile.toml"
+[repository]
+metadata_url = "$url/metadata"
+targets_url = "$url/targets"
+[inventory]
+dir = "$device/apps"
+TOML
+export PETREL_CONFIG="$device/device.toml"
+"$agent" init --root "$repo/tree/metadata/1.root.json"
+"$agent" check --explain
+echo "==> the user reads the notice and agrees"
+"$agent" consent show thermostat-1.1
+"$agent" consent accept thermostat-1.1
+"$agent" check
+"$agent" status
 echo "demo complete: repository $repo, device state $device"
