@@ -875,13 +875,7 @@ fn run(cli: Cli) -> Result<()> {
                 )));
             }
             let (k, pem) = KeyType::from(*key_type).generate()?;
-            fsutil::write_atomic(output, pem.as_bytes())?;
-            #[cfg(unix)]
-            {
-                use std::os::unix::fs::PermissionsExt;
-                std::fs::set_permissions(output, std::fs::Permissions::from_mode(0o600))
-                    .map_err(|e| Error::io(output, e))?;
-            }
+            fsutil::write_atomic_mode(output, pem.as_bytes(), fsutil::PRIVATE_MODE)?;
             println!("generated key {} in {}", k.key_id(), output.display());
             Ok(())
         }

@@ -105,16 +105,21 @@ pub fn publish(ws: &Workspace, refresh: Refresh) -> Result<PublishReport> {
 
     // Targets roles, each by its delegator's keys; their content must be available.
     let mut role_bytes: BTreeMap<String, (u64, Vec<u8>)> = BTreeMap::new();
+    // Each changed role's delegated roles, checked below (kept here so no role is parsed twice).
+    let mut delegated: Vec<(String, Vec<String>)> = Vec::new();
     for role in changed.iter().filter(|r| r.as_str() != "root") {
         let mut t = ws.staged::<Targets>(role)?.expect("listed as staged");
         finalize(ws, &mut ed, role, &mut t)?;
         check_content(ws, &root, role, &t.signed)?;
+        if let Some(d) = &t.signed.delegations {
+            delegated.push((role.clone(), d.role_names()));
+        }
         let bytes = file_bytes(ws, role, &t)?;
         finished.push((role.clone(), bytes.clone()));
         role_bytes.insert(role.clone(), (t.signed.version, bytes));
         order.push(role.clone());
     }
-    check_delegated_roles_exist(ws, &mut ed, &changed)?;
+    check_delegated_roles_exist(ws, &delegated)?;
 
     // Snapshot: previous entries carried forward, changed roles updated.
     let prev_snapshot = ws.published::<Snapshot>("snapshot")?;
@@ -187,7 +192,9 @@ fn finalize<T: Metadata>(
     signed: &mut Signed<T>,
 ) -> Result<()> {
     let auths = signing::authorities(ed, role)?;
-    if signing::valid_signers(signed, &auths)?.is_empty() {
+    // (No signatures, the usual case, needs no canonical form: big roles are costly to
+    // canonicalize.)
+    if signed.signatures.is_empty() || signing::valid_signers(signed, &auths)?.is_empty() {
         signed.signed.set_expires(Expires(trunc_seconds(
             ws.now() + ws.settings.expiry_for(role)?,
         )));
@@ -254,7 +261,8 @@ fn check_content(ws: &Workspace, root: &Root, role: &str, t: &Targets) -> Result
             ));
         };
         let in_tree = tree.join(target_tree_path(root.consistent_snapshot(), name, sha));
-        if !in_tree.exists() && !content.join(sha).exists() {
+        // The content store is checked first: it usually has the file (one lookup).
+        if !content.join(sha).exists() && !in_tree.exists() {
             return Err(Error::target(
                 name,
                 format!("its content ({sha}) is neither in the content store nor in the tree; add the file again"),
@@ -264,16 +272,10 @@ fn check_content(ws: &Workspace, root: &Root, role: &str, t: &Targets) -> Result
     Ok(())
 }
 
-fn check_delegated_roles_exist(
-    ws: &Workspace,
-    ed: &mut Editor<'_>,
-    changed: &[String],
-) -> Result<()> {
-    for role in changed.iter().filter(|r| r.as_str() != "root") {
-        let Some(d) = ed.targets(role)?.delegations.clone() else {
-            continue;
-        };
-        for child in d.role_names() {
+/// `delegated`: each changed targets role with the names of the roles it delegates to.
+fn check_delegated_roles_exist(ws: &Workspace, delegated: &[(String, Vec<String>)]) -> Result<()> {
+    for (role, children) in delegated {
+        for child in children {
             if !ws.staged_path(&child).exists() && !ws.current_path(&child).exists() {
                 return Err(Error::role(
                     child,
@@ -332,9 +334,8 @@ fn apply_journal(ws: &Workspace) -> Result<PublishReport> {
             // name from any of them); hard links make the extra names free.
             for digest in tf.hashes.values() {
                 let dst = tree.join(target_tree_path(true, name, digest));
-                if !dst.exists() {
-                    report.targets_written += usize::from(fsutil::link_or_copy(&src, &dst)?);
-                }
+                // (link_or_copy leaves an existing `dst` alone and says so.)
+                report.targets_written += usize::from(fsutil::link_or_copy(&src, &dst)?);
             }
         }
     }
@@ -383,6 +384,18 @@ fn parse<T: Metadata>(ws: &Workspace, role: &str, bytes: &[u8]) -> Result<Signed
 }
 
 fn version_of(ws: &Workspace, role: &str, bytes: &[u8]) -> Result<u64> {
+    // Fast path: read just the version, without building a JSON tree of a big role.
+    #[derive(Deserialize)]
+    struct Envelope {
+        signed: VersionOnly,
+    }
+    #[derive(Deserialize)]
+    struct VersionOnly {
+        version: u64,
+    }
+    if let Ok(e) = serde_json::from_slice::<Envelope>(bytes) {
+        return Ok(e.signed.version);
+    }
     let raw = petrel_client::tuf::schema::RawSigned::from_bytes(bytes).map_err(|source| {
         Error::Schema {
             path: ws.staged_path(role),

@@ -343,8 +343,7 @@ impl Workspace {
     /// Saves a generated private key as `keys/<keyid>.pem` (mode 0600).
     pub fn save_private_key(&self, key: &PrivateKey, pem: &str) -> Result<PathBuf> {
         let path = self.keys_dir.join(format!("{}.pem", key.key_id()));
-        fsutil::write_atomic(&path, pem.as_bytes())?;
-        set_private_mode(&path)?;
+        fsutil::write_atomic_mode(&path, pem.as_bytes(), fsutil::PRIVATE_MODE)?;
         Ok(path)
     }
 
@@ -425,17 +424,6 @@ pub fn decode_role_name(s: &str) -> String {
         i += 1;
     }
     String::from_utf8_lossy(&out).into_owned()
-}
-
-#[cfg(unix)]
-fn set_private_mode(path: &Path) -> Result<()> {
-    use std::os::unix::fs::PermissionsExt;
-    fs::set_permissions(path, fs::Permissions::from_mode(0o600)).map_err(|e| Error::io(path, e))
-}
-
-#[cfg(not(unix))]
-fn set_private_mode(_path: &Path) -> Result<()> {
-    Ok(())
 }
 
 #[cfg(test)]

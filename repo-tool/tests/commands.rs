@@ -897,3 +897,32 @@ fn every_command_has_help_with_an_example() {
         );
     }
 }
+
+#[test]
+fn published_tree_is_world_readable_and_private_keys_are_not() {
+    use std::os::unix::fs::PermissionsExt;
+    let r = Repo::init(&[]);
+    let a = r.src("a.bin", b"aaaa");
+    r.ok(&["add", path(&a), "--prefix", "apps/x/y/1.0"]);
+    r.ok(&["publish"]);
+    let mut files = 0;
+    for e in walkdir::WalkDir::new(r.tree()) {
+        let e = e.unwrap();
+        if e.file_type().is_file() {
+            let mode = e.metadata().unwrap().permissions().mode() & 0o777;
+            assert_eq!(
+                mode & 0o044,
+                0o044,
+                "{} is not readable by the web server: {mode:o}",
+                e.path().display()
+            );
+            files += 1;
+        }
+    }
+    assert!(files > 5);
+    for e in std::fs::read_dir(r.dir.join("keys")).unwrap() {
+        let p = e.unwrap().path();
+        let mode = std::fs::metadata(&p).unwrap().permissions().mode() & 0o777;
+        assert_eq!(mode, 0o600, "{} is {mode:o}", p.display());
+    }
+}

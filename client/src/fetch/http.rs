@@ -9,7 +9,7 @@
 
 use std::io::{self, Write};
 use std::path::PathBuf;
-use std::sync::Arc;
+use std::sync::{Arc, OnceLock};
 use std::time::Duration;
 
 use bytes::Bytes;
@@ -91,13 +91,22 @@ pub enum HttpSetupError {
     Tls(String),
 }
 
-type HyperClient = Client<HttpsConnector<HttpConnector>, Empty<Bytes>>;
+type PlainClient = Client<HttpConnector, Empty<Bytes>>;
+type TlsClient = Client<HttpsConnector<HttpConnector>, Empty<Bytes>>;
 
 /// A blocking HTTP(S) transport. It owns a current-thread tokio runtime, so it must not be
 /// called from inside another tokio runtime (use `spawn_blocking` there).
+///
+/// `http://` and `https://` URLs use separate connection pools. The TLS client (and with it
+/// the operating system's root certificates, whose loading reads and parses every file in
+/// the certificate directory: about 2 ms and a few hundred KiB) is set up on the first
+/// `https://` request, so plain-HTTP clients never pay for it; with `extra_ca_pem` it is set
+/// up in [`HttpTransport::new`] so that a bad CA file is reported there.
 pub struct HttpTransport {
     runtime: tokio::runtime::Runtime,
-    client: HyperClient,
+    connector: HttpConnector,
+    http: PlainClient,
+    https: OnceLock<Result<TlsClient, String>>,
     config: HttpConfig,
 }
 
@@ -143,34 +152,61 @@ fn tls_config(config: &HttpConfig) -> Result<rustls::ClientConfig, HttpSetupErro
         .with_no_client_auth())
 }
 
+/// The connection-pool settings shared by the plain and the TLS client.
+fn client_builder() -> hyper_util::client::legacy::Builder {
+    let mut builder = Client::builder(TokioExecutor::new());
+    builder
+        .timer(TokioTimer::new())
+        .pool_timer(TokioTimer::new())
+        .pool_idle_timeout(Duration::from_secs(30))
+        .pool_max_idle_per_host(2);
+    builder
+}
+
+fn tls_client(config: &HttpConfig, connector: HttpConnector) -> Result<TlsClient, HttpSetupError> {
+    let https = hyper_rustls::HttpsConnectorBuilder::new()
+        .with_tls_config(tls_config(config)?)
+        .https_or_http()
+        .enable_http1()
+        .wrap_connector(connector);
+    Ok(client_builder().build(https))
+}
+
 impl HttpTransport {
-    /// Creates the runtime, the TLS configuration and the connection pool.
+    /// Creates the runtime and the plain-HTTP connection pool; the TLS configuration is
+    /// made on the first `https://` request (at once when `extra_ca_pem` is set).
     pub fn new(config: HttpConfig) -> Result<Self, HttpSetupError> {
         let runtime = tokio::runtime::Builder::new_current_thread()
             .enable_io()
             .enable_time()
             .build()
             .map_err(HttpSetupError::Runtime)?;
-        let mut http = HttpConnector::new();
-        http.enforce_http(false);
-        http.set_connect_timeout(Some(config.connect_timeout));
-        http.set_nodelay(true);
-        let https = hyper_rustls::HttpsConnectorBuilder::new()
-            .with_tls_config(tls_config(&config)?)
-            .https_or_http()
-            .enable_http1()
-            .wrap_connector(http);
-        let client = Client::builder(TokioExecutor::new())
-            .timer(TokioTimer::new())
-            .pool_timer(TokioTimer::new())
-            .pool_idle_timeout(Duration::from_secs(30))
-            .pool_max_idle_per_host(2)
-            .build(https);
+        let mut connector = HttpConnector::new();
+        connector.enforce_http(false);
+        connector.set_connect_timeout(Some(config.connect_timeout));
+        connector.set_nodelay(true);
+        let http = client_builder().build(connector.clone());
+        let https = OnceLock::new();
+        if config.extra_ca_pem.is_some() {
+            let _ = https.set(Ok(tls_client(&config, connector.clone())?));
+        }
         Ok(HttpTransport {
             runtime,
-            client,
+            connector,
+            http,
+            https,
             config,
         })
+    }
+
+    /// The TLS client, set up on first use.
+    fn tls(&self) -> Result<&TlsClient, String> {
+        self.https
+            .get_or_init(|| {
+                tls_client(&self.config, self.connector.clone()).map_err(|e| e.to_string())
+            })
+            .as_ref()
+            .map_err(Clone::clone)
     }
 
     /// The configuration in use.
@@ -209,15 +245,16 @@ impl HttpTransport {
                 url: current.clone(),
                 reason: format!("invalid URL: {e}"),
             })?;
-            match uri.scheme_str() {
-                Some("http") | Some("https") => {}
+            let tls = match uri.scheme_str() {
+                Some("http") => false,
+                Some("https") => true,
                 _ => {
                     return Err(FetchError::BadUrl {
                         url: current,
                         reason: "not an http:// or https:// URL".into(),
                     })
                 }
-            }
+            };
             let req = Request::get(uri)
                 .header(USER_AGENT, &self.config.user_agent)
                 .body(Empty::<Bytes>::new())
@@ -225,7 +262,17 @@ impl HttpTransport {
                     url: current.clone(),
                     reason: e.to_string(),
                 })?;
-            let resp = tokio::time::timeout(self.config.read_timeout, self.client.request(req))
+            let response = if tls {
+                self.tls()
+                    .map_err(|e| FetchError::BadUrl {
+                        url: current.clone(),
+                        reason: format!("HTTPS unavailable: {e}"),
+                    })?
+                    .request(req)
+            } else {
+                self.http.request(req)
+            };
+            let resp = tokio::time::timeout(self.config.read_timeout, response)
                 .await
                 .map_err(|_| FetchError::Timeout {
                     url: current.clone(),

@@ -90,6 +90,7 @@ pub fn hash_into_store_with_hook(
     tmp.as_file()
         .sync_data()
         .map_err(|e| Error::io(tmp.path(), e))?;
+    crate::fsutil::set_mode(tmp.as_file(), &dst, crate::fsutil::PUBLIC_MODE)?;
     tmp.persist(&dst).map_err(|e| Error::io(&dst, e.error))?;
     Ok(StoredFile {
         length,

@@ -11,6 +11,9 @@ use super::content::{hash_into_store, StoredFile};
 use super::{Editor, RoleLocation};
 use crate::error::{Error, Result};
 
+/// Threads that copy, hash and sync files into the content store (I/O-bound work).
+const STORE_IO_THREADS: usize = 16;
+
 /// A file to add and the target name it will have.
 #[derive(Clone, Debug)]
 pub struct SourceFile {
@@ -218,10 +221,20 @@ impl Editor<'_> {
         }
         let content_dir = self.workspace().content_dir();
         std::fs::create_dir_all(&content_dir).map_err(|e| Error::io(&content_dir, e))?;
-        let stored: Vec<StoredFile> = sources
-            .par_iter()
-            .map(|s| hash_into_store(&s.path, &content_dir))
-            .collect::<Result<_>>()?;
+        // Storing is I/O-bound: every file is synced before it is renamed to its hash (so a
+        // crash never leaves a partial file under a hash). Syncing many files at once lets
+        // the filesystem commit them together, so this runs on more threads than cores.
+        let threads = sources.len().clamp(1, STORE_IO_THREADS);
+        let pool = rayon::ThreadPoolBuilder::new()
+            .num_threads(threads)
+            .build()
+            .map_err(|e| Error::State(format!("cannot start threads to store files: {e}")))?;
+        let stored: Vec<StoredFile> = pool.install(|| {
+            sources
+                .par_iter()
+                .map(|s| hash_into_store(&s.path, &content_dir))
+                .collect::<Result<_>>()
+        })?;
         let mut added = Vec::with_capacity(sources.len());
         for ((s, dest), file) in sources.iter().zip(dests).zip(stored) {
             let mut hashes = Hashes::new();
