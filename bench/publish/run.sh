@@ -18,6 +18,7 @@
 #   BENCH_WORK  scratch directory (default <repo>/bench/work; git-ignored)
 #   PETREL_REPO_BIN  use this petrel-repo instead of building one
 #   TUFTOOL_BIN      use this tuftool instead of installing one into BENCH_WORK/tools
+#   KEEP_RESULTS=1   append to results/runs.tsv instead of starting it afresh
 #   CARGO_TARGET_DIR honoured when building petrel-repo (release profile)
 #
 # Output: a markdown table on stdout (also in $BENCH_WORK/results/summary.md), raw

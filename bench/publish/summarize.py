@@ -44,7 +44,8 @@ def main():
         v = [x[0] for x in data.get((case, tool), [])]
         if not v:
             return "failed" if failed.get((case, tool)) else "–"
-        s = f"{statistics.median(v):.2f} s ({min(v):.2f}–{max(v):.2f}, n={len(v)})"
+        f = (lambda x: f"{x:.3f}") if max(v) < 1 else (lambda x: f"{x:.2f}")
+        s = f"{f(statistics.median(v))} s ({f(min(v))}–{f(max(v))}, n={len(v)})"
         if failed.get((case, tool)):
             s += f" ({failed[(case, tool)]} failed)"
         return s
