@@ -15,6 +15,7 @@ use petrel_client::tuf::verify::verify_threshold;
 use ring::digest;
 
 use crate::error::{Error, Result};
+use crate::publish::target_tree_path;
 
 /// The outcome of a tree audit.
 #[derive(Debug, Default)]
@@ -371,16 +372,12 @@ pub fn audit_tree(tree: &Path, root: Option<&Path>) -> Result<AuditReport> {
                     _ => {}
                 }
             }
-            let trel = match (consistent, tf.hashes.keys().next()) {
-                (true, Some(alg)) => {
-                    let h = &tf.hashes[alg];
-                    match name.rsplit_once('/') {
-                        Some((dir, base)) => format!("targets/{dir}/{h}.{base}"),
-                        None => format!("targets/{h}.{name}"),
-                    }
-                }
-                _ => format!("targets/{name}"),
+            let tree_path = |digest: &str| {
+                target_tree_path(consistent, name, digest)
+                    .display()
+                    .to_string()
             };
+            let trel = tree_path(tf.hashes.values().next().map_or("", String::as_str));
             a.report.targets_checked += 1;
             let Some(bytes) = a.read(&trel) else { continue };
             if bytes.len() as u64 != tf.length {
@@ -394,10 +391,7 @@ pub fn audit_tree(tree: &Path, root: Option<&Path>) -> Result<AuditReport> {
             if consistent {
                 // One copy per listed hash: a client may name the file by any of them.
                 for (alg, h) in tf.hashes.iter().skip(1) {
-                    let other = match name.rsplit_once('/') {
-                        Some((dir, base)) => format!("targets/{dir}/{h}.{base}"),
-                        None => format!("targets/{h}.{name}"),
-                    };
+                    let other = tree_path(h);
                     match std::fs::metadata(a.tree.join(&other)) {
                         Ok(m) if m.len() == tf.length => {}
                         Ok(m) => a.problem(format!("{other}: {} bytes, metadata says {}", m.len(), tf.length)),

@@ -167,18 +167,7 @@ impl Manifest for AssignmentBin {
 
     fn validate(&self) -> Result<(), ValidationError> {
         let mut p = Problems::new();
-        if self.kind != ManifestKind::Assign {
-            p.push(
-                "kind",
-                format!("is {:?}, expected \"assign\"", self.kind.as_str()),
-            );
-        }
-        if self.schema_version != super::SCHEMA_VERSION {
-            p.push(
-                "schema_version",
-                format!("unknown schema version {}", self.schema_version),
-            );
-        }
+        p.check_header(Self::KIND, self.kind, self.schema_version);
         if self.bin.is_empty()
             || self.bin.len() > MAX_BIN_DIGITS
             || !self

@@ -484,18 +484,7 @@ impl Manifest for CampaignManifest {
 
     fn validate(&self) -> Result<(), ValidationError> {
         let mut p = Problems::new();
-        if self.kind != ManifestKind::Campaign {
-            p.push(
-                "kind",
-                format!("is {:?}, expected \"campaign\"", self.kind.as_str()),
-            );
-        }
-        if self.schema_version != super::SCHEMA_VERSION {
-            p.push(
-                "schema_version",
-                format!("unknown schema version {}", self.schema_version),
-            );
-        }
+        p.check_header(Self::KIND, self.kind, self.schema_version);
         p.check("id", check_id(&self.id));
         if self.revision == 0 {
             p.push("revision", "must be at least 1");

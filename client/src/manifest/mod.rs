@@ -142,6 +142,27 @@ impl Problems {
         Problems::default()
     }
 
+    /// Checks the header every manifest starts with: its `kind` and `schema_version`.
+    pub fn check_header(
+        &mut self,
+        expected: ManifestKind,
+        kind: ManifestKind,
+        schema_version: u32,
+    ) {
+        if kind != expected {
+            self.push(
+                "kind",
+                format!("is {:?}, expected {:?}", kind.as_str(), expected.as_str()),
+            );
+        }
+        if schema_version != SCHEMA_VERSION {
+            self.push(
+                "schema_version",
+                format!("unknown schema version {schema_version}"),
+            );
+        }
+    }
+
     /// Records a problem with `field`.
     pub fn push(&mut self, field: impl Into<String>, message: impl Into<String>) {
         self.0.push(Problem {
