@@ -9,6 +9,8 @@
 //!   profile and inventory, and local state to what happens to the device, and why.
 //! * [`consent`] — the consent store (hash-chained log), consent rules and administrator
 //!   consent tokens.
+//! * [`report`] — signed device status reports, the device's report key, and the outbox
+//!   that sends them to the report endpoint.
 //! * [`agent`] — the device agent's I/O shell around the engine (configuration, inventory,
 //!   state directory, consent answers); the `petrel` binary is a thin CLI over it.
 //!
@@ -22,4 +24,5 @@ pub mod consent;
 pub mod decide;
 pub mod fetch;
 pub mod manifest;
+pub mod report;
 pub mod tuf;

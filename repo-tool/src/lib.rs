@@ -7,6 +7,7 @@
 //! * [`audit`] — checking a published tree the way a client would, reporting every problem.
 //! * [`manifests`] — group manifests, assignment bins and campaigns as targets of their own
 //!   roles, checked against the capabilities of the role that signs them.
+//! * [`rollout`] — rollout status from device reports, and the failure-rate gate.
 //! * [`fixtures`] — deterministic good and attack repositories for tests and offline CI.
 //!
 //! Schema types come from `petrel-client`, so there is one definition of each format.
@@ -22,6 +23,7 @@ pub mod fsutil;
 pub mod keyfile;
 pub mod manifests;
 pub mod publish;
+pub mod rollout;
 pub mod signing;
 pub mod workspace;
 

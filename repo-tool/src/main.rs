@@ -157,6 +157,9 @@ Examples:
   petrel-repo campaign halt player-2.1 && petrel-repo publish
   petrel-repo campaign list")]
     Campaign(CampaignArgs),
+    /// Rollout status from device reports, and the gate that halts failing campaigns.
+    #[command(subcommand)]
+    Rollout(petrel_repo::rollout::RolloutCommand),
     /// Generate a key or show a key's public part.
     #[command(subcommand)]
     Key(KeyCommand),
@@ -879,6 +882,7 @@ fn run(cli: Cli) -> Result<()> {
             println!("generated key {} in {}", k.key_id(), output.display());
             Ok(())
         }
+        Command::Rollout(command) => petrel_repo::rollout::run(command, || open(&cli)),
         Command::Fixture {
             out,
             content,

@@ -70,6 +70,8 @@ pub struct ServerConfig {
     pub access_log: bool,
     /// Robustness limits.
     pub limits: Limits,
+    /// The report endpoint (`POST /v1/reports`); `None` (the default) leaves it off.
+    pub reports: Option<crate::reports::ReportsConfig>,
 }
 
 impl ServerConfig {
@@ -80,6 +82,7 @@ impl ServerConfig {
             listen,
             access_log: false,
             limits: Limits::default(),
+            reports: None,
         }
     }
 }

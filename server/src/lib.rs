@@ -4,7 +4,9 @@
 //! server answers GET and HEAD only, with single-range requests, strong ETags,
 //! `Last-Modified`, and cache headers that let caches keep consistent-snapshot names
 //! forever while revalidating the moving ones (`timestamp.json`, `root.json`). See
-//! `docs/server.md` for the behaviour contract.
+//! `docs/server.md` for the behaviour contract. With a report database configured
+//! ([`ServerConfig::reports`]) it also takes signed device reports on `POST /v1/reports`
+//! ([`reports`]).
 //!
 //! ```no_run
 //! # async fn run() -> std::io::Result<()> {
@@ -24,6 +26,7 @@ pub mod config;
 pub mod limits;
 pub mod path;
 pub mod range;
+pub mod reports;
 pub mod router;
 pub mod server;
 pub mod static_files;

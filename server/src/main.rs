@@ -7,6 +7,7 @@ use std::process::ExitCode;
 use std::time::Duration;
 
 use clap::{Args, Parser, Subcommand};
+use petrel_server::reports::{Enrolled, ReportStore, ReportsConfig, StoreOptions};
 use petrel_server::{parse_duration, Limits, Server, ServerConfig};
 use tracing_subscriber::EnvFilter;
 
@@ -24,7 +25,14 @@ Examples:
   # -> listening on http://127.0.0.1:41234
 
   # Tighter limits for a small device-facing mirror
-  petrel-server serve --root ./tree --max-connections 256 --header-read-timeout 5s --idle-timeout 15s";
+  petrel-server serve --root ./tree --max-connections 256 --header-read-timeout 5s --idle-timeout 15s
+
+  # Also take signed device reports on POST /v1/reports
+  petrel-server serve --root ./tree --reports-db /var/lib/petrel/reports.db";
+
+const ENROLL_EXAMPLES: &str = "\
+Example:
+  petrel-server enroll --reports-db /var/lib/petrel/reports.db --device kiosk-0042 --public-key kiosk-0042.pub.pem";
 
 /// Serve a Petrel static tree (metadata/ and targets/) over HTTP.
 #[derive(Debug, Parser)]
@@ -39,6 +47,31 @@ enum Command {
     /// Serve the tree at --root (GET/HEAD only) until SIGINT or SIGTERM.
     #[command(after_help = SERVE_EXAMPLES)]
     Serve(ServeArgs),
+    /// Enroll a device for reports: store its id and public key in the report database.
+    #[command(after_help = ENROLL_EXAMPLES)]
+    Enroll(EnrollArgs),
+    /// List the devices enrolled in the report database.
+    Enrolled {
+        /// The report database.
+        #[arg(long, value_name = "PATH")]
+        reports_db: PathBuf,
+    },
+}
+
+#[derive(Debug, Args)]
+struct EnrollArgs {
+    /// The report database (created if missing).
+    #[arg(long, value_name = "PATH")]
+    reports_db: PathBuf,
+    /// The device id, exactly as the device puts it in its reports.
+    #[arg(long, value_name = "ID")]
+    device: String,
+    /// The public half of the device's report key (PEM, `-----BEGIN PUBLIC KEY-----`).
+    #[arg(long, value_name = "FILE")]
+    public_key: PathBuf,
+    /// Replace the key of an already enrolled device (e.g. after a device reset).
+    #[arg(long)]
+    replace: bool,
 }
 
 #[derive(Debug, Args)]
@@ -78,19 +111,87 @@ struct ServeArgs {
     /// Runtime worker threads (default: one per CPU core).
     #[arg(long, value_name = "N")]
     workers: Option<usize>,
+
+    /// Enable POST /v1/reports, storing signed device reports in this SQLite database
+    /// (created if missing). Off by default.
+    #[arg(long, value_name = "PATH")]
+    reports_db: Option<PathBuf>,
+
+    /// Largest accepted report body; larger gets 413.
+    #[arg(long, value_name = "BYTES", default_value_t = petrel_server::reports::DEFAULT_MAX_BODY)]
+    reports_max_body: usize,
+
+    /// How long a report write waits for another process's database lock before the
+    /// report is answered 503 (the device retries later).
+    #[arg(long, value_name = "DURATION", default_value = "5s", value_parser = parse_duration)]
+    reports_busy_timeout: Duration,
+
+    /// Cap the report database at this many bytes; beyond it reports get 503 like on a
+    /// full disk.
+    #[arg(long, value_name = "BYTES")]
+    reports_max_db_bytes: Option<u64>,
+
+    /// Require `Authorization: Bearer TOKEN` for GET /v1/reports/summary. Prefer the
+    /// environment variable to keep the token out of the process list.
+    #[arg(
+        long,
+        value_name = "TOKEN",
+        env = "PETREL_REPORTS_READ_TOKEN",
+        hide_env_values = true
+    )]
+    reports_read_token: Option<String>,
 }
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
-    match cli.command {
-        Command::Serve(args) => match serve(args) {
-            Ok(()) => ExitCode::SUCCESS,
-            Err(e) => {
-                eprintln!("petrel-server: error: {e:#}");
-                ExitCode::FAILURE
-            }
-        },
+    let result = match cli.command {
+        Command::Serve(args) => serve(args),
+        Command::Enroll(args) => enroll(args),
+        Command::Enrolled { reports_db } => enrolled(&reports_db),
+    };
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("petrel-server: error: {e:#}");
+            ExitCode::FAILURE
+        }
     }
+}
+
+fn enroll(args: EnrollArgs) -> anyhow::Result<()> {
+    let text = std::fs::read_to_string(&args.public_key).map_err(|e| {
+        anyhow::anyhow!("cannot read public key {}: {e}", args.public_key.display())
+    })?;
+    let key = petrel_client::report::public_key_from_pem(&text)
+        .map_err(|e| anyhow::anyhow!("{}: {e}", args.public_key.display()))?;
+    anyhow::ensure!(
+        !args.device.is_empty()
+            && args.device.len() <= 256
+            && !args.device.chars().any(char::is_control),
+        "--device must be 1 to 256 characters without control characters"
+    );
+    let store = ReportStore::open(&args.reports_db, &StoreOptions::default())?;
+    let keyid = key.key_id();
+    let what = match store.enroll(&args.device, &key, args.replace)? {
+        Enrolled::New => "enrolled",
+        Enrolled::Unchanged => "already enrolled with this key",
+        Enrolled::Replaced => "re-enrolled with a new key",
+    };
+    println!("device {}: {what} (key {keyid})", args.device);
+    Ok(())
+}
+
+fn enrolled(db: &std::path::Path) -> anyhow::Result<()> {
+    let store = ReportStore::open_read_only(db)?;
+    let devices = store.devices()?;
+    let mut out = std::io::stdout().lock();
+    if devices.is_empty() {
+        writeln!(out, "no devices enrolled")?;
+    }
+    for d in devices {
+        writeln!(out, "{}  {}  {}", d.device_id, d.keyid, d.enrolled_at)?;
+    }
+    Ok(())
 }
 
 fn init_logging(access_log: bool) {
@@ -121,6 +222,13 @@ fn serve(args: ServeArgs) -> anyhow::Result<()> {
             idle_timeout: args.idle_timeout,
             shutdown_grace: args.shutdown_grace,
         },
+        reports: args.reports_db.map(|db| ReportsConfig {
+            max_body_bytes: args.reports_max_body,
+            busy_timeout: args.reports_busy_timeout,
+            max_db_bytes: args.reports_max_db_bytes,
+            read_token: args.reports_read_token.filter(|t| !t.is_empty()),
+            ..ReportsConfig::new(db)
+        }),
     };
     let mut runtime = tokio::runtime::Builder::new_multi_thread();
     runtime.enable_all();

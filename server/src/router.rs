@@ -8,6 +8,8 @@ use http::header::{HeaderValue, ALLOW, CACHE_CONTROL};
 use http::{Method, Request, Response, StatusCode};
 
 use crate::body::{AccessRecord, ResponseBody};
+use crate::config::ServerConfig;
+use crate::reports::{Reports, REPORTS_PATH, SUMMARY_PATH};
 use crate::static_files::{error_response, StaticFiles, CACHE_REVALIDATE};
 
 /// Methods the static tree answers; sent in `Allow` with every 405.
@@ -18,20 +20,19 @@ pub const ALLOWED_METHODS: &str = "GET, HEAD";
 pub enum Route {
     /// GET or HEAD of a file in the static tree.
     StaticFile,
+    /// `POST /v1/reports`: a device report (405 when reports are not enabled).
+    Reports,
     /// Any other method: 405 with `Allow: GET, HEAD`.
     MethodNotAllowed,
 }
 
-/// Pick the route for a request.
-///
-/// Hook for device reports (DESIGN.md, "Reports"): `POST /v1/reports` will get its own
-/// `Route::Reports` variant, matched here *before* the catch-all 405 arm, with its
-/// handler added to [`App::handle`]. It is not implemented yet, so such a request
-/// currently gets 405 like every other non-GET/HEAD request.
-pub fn route(method: &Method, _path: &str) -> Route {
+/// Pick the route for a request. `GET /v1/reports/summary` is recognised inside
+/// [`App::handle`], and only when reports are enabled, so static serving pays nothing
+/// for it otherwise.
+pub fn route(method: &Method, path: &str) -> Route {
     match *method {
         Method::GET | Method::HEAD => Route::StaticFile,
-        // Future: `Method::POST if _path == "/v1/reports" => Route::Reports,`
+        Method::POST if path == REPORTS_PATH => Route::Reports,
         _ => Route::MethodNotAllowed,
     }
 }
@@ -41,6 +42,7 @@ pub fn route(method: &Method, _path: &str) -> Route {
 pub struct App {
     static_files: StaticFiles,
     access_log: bool,
+    reports: Option<Reports>,
 }
 
 impl App {
@@ -49,7 +51,23 @@ impl App {
         App {
             static_files,
             access_log,
+            reports: None,
         }
+    }
+
+    /// A handler for `config`: static files, plus the report endpoint when
+    /// `config.reports` is set (its database is opened here, so problems show at start).
+    pub fn from_config(static_files: StaticFiles, config: &ServerConfig) -> std::io::Result<Self> {
+        let mut app = App::new(static_files, config.access_log);
+        if let Some(rc) = &config.reports {
+            app.reports = Some(Reports::start(rc.clone()).map_err(std::io::Error::other)?);
+        }
+        Ok(app)
+    }
+
+    /// The report endpoint, if enabled.
+    pub fn reports(&self) -> Option<&Reports> {
+        self.reports.as_ref()
     }
 
     /// The static-file handler.
@@ -61,12 +79,26 @@ impl App {
     pub async fn handle<B>(
         self: Arc<Self>,
         req: Request<B>,
-    ) -> Result<Response<ResponseBody>, Infallible> {
+    ) -> Result<Response<ResponseBody>, Infallible>
+    where
+        B: hyper::body::Body,
+        B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
+    {
         let started = Instant::now();
-        let method = req.method().clone();
-        let path = req.uri().path();
+        let (parts, body) = req.into_parts();
+        let method = parts.method;
+        let path = parts.uri.path();
         let response = match route(&method, path) {
-            Route::StaticFile => self.static_files.serve(&method, path, req.headers()).await,
+            Route::StaticFile => match &self.reports {
+                Some(reports) if method == Method::GET && path == SUMMARY_PATH => {
+                    reports.summary(&parts.headers, parts.uri.query()).await
+                }
+                _ => self.static_files.serve(&method, path, &parts.headers).await,
+            },
+            Route::Reports => match &self.reports {
+                Some(reports) => reports.post(&parts.headers, body).await,
+                None => method_not_allowed(),
+            },
             Route::MethodNotAllowed => method_not_allowed(),
         };
         if !self.access_log {

@@ -45,7 +45,7 @@ impl Server {
         Ok(Server {
             listener,
             local_addr,
-            app: Arc::new(App::new(static_files, config.access_log)),
+            app: Arc::new(App::from_config(static_files, &config)?),
             limits: config.limits,
         })
     }

@@ -380,6 +380,122 @@ impl HttpTransport {
     }
 }
 
+/// A complete HTTP response held in memory (see [`HttpTransport::request_once`]).
+#[derive(Clone, Debug)]
+pub struct HttpResponse {
+    /// The status code.
+    pub status: StatusCode,
+    /// The response headers.
+    pub headers: http::HeaderMap,
+    /// The body (at most the caller's limit).
+    pub body: Bytes,
+}
+
+impl HttpTransport {
+    /// Sends one request with an in-memory body and returns the whole response, whatever
+    /// its status. One attempt only (no retries, redirects are returned, not followed):
+    /// callers that send data decide themselves what a failure means. `headers` are added
+    /// as given; the response body may be at most `max_response` bytes. Must not be called
+    /// from inside another tokio runtime.
+    pub fn request_once(
+        &self,
+        method: http::Method,
+        url: &str,
+        headers: &[(http::header::HeaderName, String)],
+        body: Bytes,
+        max_response: u64,
+    ) -> Result<HttpResponse, FetchError> {
+        let bad = |reason: String| FetchError::BadUrl {
+            url: url.to_string(),
+            reason,
+        };
+        let uri: Uri = url.parse().map_err(|e| bad(format!("invalid URL: {e}")))?;
+        let mut builder = Request::builder()
+            .method(method)
+            .uri(uri.clone())
+            .header(USER_AGENT, &self.config.user_agent);
+        for (name, value) in headers {
+            builder = builder.header(name, value);
+        }
+        let req = builder
+            .body(http_body_util::Full::new(body))
+            .map_err(|e| bad(e.to_string()))?;
+        self.runtime.block_on(async {
+            match uri.scheme_str() {
+                Some("http") => {
+                    let client: Client<HttpConnector, http_body_util::Full<Bytes>> =
+                        client_builder().build(self.connector.clone());
+                    self.exchange(&client, req, url, max_response).await
+                }
+                Some("https") => {
+                    let tls = tls_config(&self.config)
+                        .map_err(|e| bad(format!("HTTPS unavailable: {e}")))?;
+                    let https = hyper_rustls::HttpsConnectorBuilder::new()
+                        .with_tls_config(tls)
+                        .https_only()
+                        .enable_http1()
+                        .wrap_connector(self.connector.clone());
+                    let client: Client<_, http_body_util::Full<Bytes>> =
+                        client_builder().build(https);
+                    self.exchange(&client, req, url, max_response).await
+                }
+                _ => Err(bad("not an http:// or https:// URL".into())),
+            }
+        })
+    }
+
+    async fn exchange<C>(
+        &self,
+        client: &Client<C, http_body_util::Full<Bytes>>,
+        req: Request<http_body_util::Full<Bytes>>,
+        url: &str,
+        max_response: u64,
+    ) -> Result<HttpResponse, FetchError>
+    where
+        C: hyper_util::client::legacy::connect::Connect + Clone + Send + Sync + 'static,
+    {
+        let resp = tokio::time::timeout(self.config.read_timeout, client.request(req))
+            .await
+            .map_err(|_| FetchError::Timeout {
+                url: url.to_string(),
+                during: "waiting for response headers",
+            })?
+            .map_err(|e| FetchError::Network {
+                url: url.to_string(),
+                reason: error_chain(&e),
+            })?;
+        let (parts, body) = resp.into_parts();
+        let limited =
+            http_body_util::Limited::new(body, usize::try_from(max_response).unwrap_or(usize::MAX));
+        let collected = tokio::time::timeout(self.config.read_timeout, limited.collect())
+            .await
+            .map_err(|_| FetchError::Timeout {
+                url: url.to_string(),
+                during: "reading the body",
+            })?;
+        let body = match collected {
+            Ok(c) => c.to_bytes(),
+            Err(e) if e.is::<http_body_util::LengthLimitError>() => {
+                return Err(FetchError::TooLarge {
+                    url: url.to_string(),
+                    max_len: max_response,
+                })
+            }
+            Err(e) => {
+                return Err(FetchError::Network {
+                    url: url.to_string(),
+                    reason: e.to_string(),
+                })
+            }
+        };
+        Ok(HttpResponse {
+            status: parts.status,
+            headers: parts.headers,
+            body,
+        })
+    }
+}
+
 impl Transport for HttpTransport {
     fn fetch(&self, url: &str, max_len: u64, sink: &mut dyn Write) -> Result<u64, FetchError> {
         let mut backoff = self.config.initial_backoff;
