@@ -12,6 +12,9 @@
 //!
 //! [inventory]
 //! dir = "/opt/petrel/apps"
+//!
+//! [hooks]
+//! on_apply = ["/usr/libexec/petrel-on-apply"]
 //! ```
 //!
 //! Relative paths are relative to the directory of the configuration file.
@@ -46,6 +49,15 @@ pub struct AgentConfig {
     pub inventory: InventorySource,
     /// Where the device's UTC offset comes from.
     pub utc_offset: UtcOffsetSource,
+    /// The installer for a command inventory (`inventory.install_command`): run with the
+    /// staged plan's path as its last argument.
+    pub install_command: Option<Vec<String>>,
+    /// The per-application hook run after an apply (`hooks.on_apply`).
+    pub on_apply: Option<Vec<String>>,
+    /// Time limit of one hook or installer run (`hooks.timeout_secs`).
+    pub hook_timeout: std::time::Duration,
+    /// Where signed reports are sent (`report_url`); without it they wait in the outbox.
+    pub report_url: Option<String>,
 }
 
 /// Where the repository is.
@@ -108,6 +120,10 @@ struct RawConfig {
     inventory: RawInventory,
     #[serde(default)]
     utc_offset: UtcOffsetSource,
+    #[serde(default)]
+    hooks: RawHooks,
+    #[serde(default)]
+    report_url: Option<String>,
 }
 
 #[derive(Deserialize)]
@@ -117,7 +133,21 @@ struct RawInventory {
     dir: Option<PathBuf>,
     #[serde(default)]
     command: Option<Vec<String>>,
+    #[serde(default)]
+    install_command: Option<Vec<String>>,
 }
+
+#[derive(Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawHooks {
+    #[serde(default)]
+    on_apply: Option<Vec<String>>,
+    #[serde(default)]
+    timeout_secs: Option<u64>,
+}
+
+/// The most a hook may be given (`hooks.timeout_secs`).
+const MAX_HOOK_TIMEOUT_SECS: u64 = 24 * 3600;
 
 impl AgentConfig {
     /// Reads and validates the configuration file at `path`.
@@ -175,6 +205,40 @@ impl AgentConfig {
                 "repository.assign_bin_digits: {digits} is not in 1..={MAX_BIN_DIGITS}"
             ));
         }
+        for (field, argv) in [
+            ("inventory.install_command", &raw.inventory.install_command),
+            ("hooks.on_apply", &raw.hooks.on_apply),
+        ] {
+            if argv
+                .as_ref()
+                .is_some_and(|a| a.is_empty() || a[0].is_empty())
+            {
+                problems.push(format!("{field}: must name a program"));
+            }
+        }
+        if raw.inventory.install_command.is_some() && raw.inventory.dir.is_some() {
+            problems.push(
+                "inventory.install_command: only with inventory.command; with inventory.dir the agent installs itself"
+                    .into(),
+            );
+        }
+        let timeout = raw
+            .hooks
+            .timeout_secs
+            .unwrap_or(super::apply::DEFAULT_HOOK_TIMEOUT.as_secs());
+        if !(1..=MAX_HOOK_TIMEOUT_SECS).contains(&timeout) {
+            problems.push(format!(
+                "hooks.timeout_secs: {timeout} is not in 1..={MAX_HOOK_TIMEOUT_SECS}"
+            ));
+        }
+        if let Some(u) = &raw.report_url {
+            let lower = u.to_ascii_lowercase();
+            if !lower.starts_with("http://") && !lower.starts_with("https://") {
+                problems.push(format!(
+                    "report_url: {u:?} is not an http:// or https:// URL"
+                ));
+            }
+        }
         let inventory = match (raw.inventory.dir, raw.inventory.command) {
             (Some(d), None) => Some(InventorySource::Dir(resolve(base, &d))),
             (None, Some(c)) if !c.is_empty() && !c[0].is_empty() => {
@@ -212,6 +276,10 @@ impl AgentConfig {
             profile: resolve(base, &raw.profile),
             inventory: inventory.expect("checked above"),
             utc_offset: raw.utc_offset,
+            install_command: raw.inventory.install_command,
+            on_apply: raw.hooks.on_apply,
+            hook_timeout: std::time::Duration::from_secs(timeout),
+            report_url: raw.report_url,
         })
     }
 }
@@ -254,6 +322,61 @@ dir = "/opt/apps"
         assert_eq!(c.repository.assign_bin_digits, 2);
         assert_eq!(c.inventory, InventorySource::Dir("/opt/apps".into()));
         assert_eq!(c.utc_offset, UtcOffsetSource::Profile);
+    }
+
+    #[test]
+    fn hooks_installer_and_report_url() {
+        let c = parse(
+            r#"
+profile = "p.toml"
+report_url = "https://reports.example/v1/reports"
+[repository]
+metadata_url = "file:///m"
+targets_url = "file:///t"
+[inventory]
+command = ["inv"]
+install_command = ["install", "--quiet"]
+[hooks]
+on_apply = ["hook"]
+timeout_secs = 20
+"#,
+        )
+        .unwrap();
+        assert_eq!(
+            c.install_command,
+            Some(vec!["install".into(), "--quiet".into()])
+        );
+        assert_eq!(c.on_apply, Some(vec!["hook".into()]));
+        assert_eq!(c.hook_timeout, std::time::Duration::from_secs(20));
+        assert_eq!(
+            c.report_url.as_deref(),
+            Some("https://reports.example/v1/reports")
+        );
+        let e = parse(
+            r#"
+profile = "p.toml"
+report_url = "ftp://x"
+[repository]
+metadata_url = "file:///m"
+targets_url = "file:///t"
+[inventory]
+dir = "/apps"
+install_command = ["x"]
+[hooks]
+on_apply = []
+timeout_secs = 0
+"#,
+        )
+        .unwrap_err()
+        .to_string();
+        for field in [
+            "report_url",
+            "inventory.install_command",
+            "hooks.on_apply",
+            "hooks.timeout_secs",
+        ] {
+            assert!(e.contains(field), "{field}: {e}");
+        }
     }
 
     #[test]

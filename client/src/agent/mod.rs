@@ -11,20 +11,23 @@
 //!    ([`state::AgentState`]);
 //! 4. calls `decide` with the current time, and persists the revisions observed
 //!    (rollback protection) and a summary of the result;
-//! 5. records consent answers bound to the exact manifest bytes shown.
-//!
-//! Downloading into staging, applying and reporting are later steps: the agent computes
-//! and shows them (`ready to download`, `ready to install`, reports due) but does not do
-//! them yet.
+//! 5. records consent answers bound to the exact manifest bytes shown;
+//! 6. [`Agent::update`]: downloads what is due into staging ([`stage`]), applies what is
+//!    due all or nothing after refreshing and deciding again ([`apply`], with a write-ahead
+//!    journal and crash recovery at every start), and queues signed reports
+//!    ([`crate::report`]).
 //!
 //! The `petrel` binary (`client/src/bin/petrel.rs`) is a thin command line over this
 //! module; `docs/device.md` describes the files and the commands.
 
+pub mod apply;
 pub mod config;
 pub mod inventory;
 pub mod render;
 pub mod repo;
+pub mod stage;
 pub mod state;
+pub mod update;
 
 use std::fs::File;
 use std::path::PathBuf;
@@ -41,6 +44,7 @@ use crate::tuf::updater::{UpdateError, Updater, UpdaterConfig};
 pub use config::{AgentConfig, InventorySource, UtcOffsetSource};
 pub use repo::MetadataVersions;
 pub use state::{AgentState, LastCheck, StatePaths};
+pub use update::{InstallOutcome, InstallResult, QueuedReport, UpdateHooks, UpdateOutcome};
 
 /// Everything that can go wrong in the agent, with a message that says what to do.
 #[derive(Debug, thiserror::Error)]
@@ -124,6 +128,7 @@ pub struct Agent {
     config: AgentConfig,
     paths: StatePaths,
     profile: DeviceProfile,
+    recovered: Option<apply::Recovery>,
     _lock: File,
 }
 
@@ -198,8 +203,9 @@ impl Agent {
         })
     }
 
-    /// Opens the agent: takes the lock, checks the device is provisioned, reads the
-    /// profile and the actual inventory.
+    /// Opens the agent: takes the lock, checks the device is provisioned, completes or
+    /// undoes an interrupted apply ([`apply::recover`], before anything else), then reads
+    /// the profile and the actual inventory. A completed apply is reported.
     pub fn open(config: AgentConfig) -> Result<Agent, AgentError> {
         let paths = StatePaths::new(&config.state_dir);
         if !paths.is_provisioned() {
@@ -209,13 +215,48 @@ impl Agent {
         }
         paths.create_dirs()?;
         let lock = paths.lock()?;
+        let hooks = apply::Hooks {
+            on_apply: config.on_apply.clone(),
+            install: config.install_command.clone(),
+            timeout: config.hook_timeout,
+        };
+        let recovered = apply::recover(&paths.journal(), &hooks, &mut |_, _| Ok(()))?;
         let profile = load_profile(&config)?;
-        Ok(Agent {
+        let agent = Agent {
             config,
             paths,
             profile,
+            recovered,
             _lock: lock,
-        })
+        };
+        if let Some(apply::Recovery::RolledForward(a)) = &agent.recovered {
+            let reason = format!(
+                "installed group {} revision {} (completed after an interruption): {}",
+                a.group.0,
+                a.group.1,
+                a.changes.join("; ")
+            );
+            let result = if a.hook_errors.is_empty() {
+                crate::report::ReportResult::Succeeded
+            } else {
+                crate::report::ReportResult::Failed
+            };
+            if let Err(e) = agent.queue_report(&a.campaign, a.revision, None, result, &reason) {
+                tracing::warn!("{e}");
+            }
+        }
+        Ok(agent)
+    }
+
+    /// An interrupted apply completed or undone when the agent was opened.
+    pub fn recovered(&self) -> Option<&apply::Recovery> {
+        self.recovered.as_ref()
+    }
+
+    /// Reads the actual inventory again (after an apply, or right before one).
+    pub fn reload_inventory(&mut self) -> Result<(), AgentError> {
+        self.profile.inventory = inventory::read_inventory(&self.config.inventory)?;
+        Ok(())
     }
 
     /// The configuration.
@@ -260,9 +301,17 @@ impl Agent {
     /// and decides at `at` (default: now). Persists the revisions observed (they only grow)
     /// and a summary of the decision in `state.json`.
     pub fn evaluate(&self, at: Option<DateTime<Utc>>) -> Result<Evaluation, AgentError> {
+        self.evaluate_inner(at).map(|(ev, _)| ev)
+    }
+
+    /// [`Agent::evaluate`], keeping the refreshed updater (for downloads).
+    fn evaluate_inner(
+        &self,
+        at: Option<DateTime<Utc>>,
+    ) -> Result<(Evaluation, Updater), AgentError> {
         let started = now_seconds();
         let now = at.unwrap_or(started);
-        let (consent, report) = ConsentStore::open(self.paths.consent_log())?;
+        let (consent, report) = open_consent(&self.paths)?;
         if let Some(n) = report.dropped_torn_tail {
             tracing::warn!(
                 "consent log: cut off an incomplete last line ({n} bytes) left by an interrupted write"
@@ -291,14 +340,17 @@ impl Agent {
             wake_at: decision.wake_at,
         });
         state.save(&self.paths.state_file())?;
-        Ok(Evaluation {
-            now,
-            view: gathered.view,
-            versions: gathered.versions,
-            state,
-            consent,
-            decision,
-        })
+        Ok((
+            Evaluation {
+                now,
+                view: gathered.view,
+                versions: gathered.versions,
+                state,
+                consent,
+                decision,
+            },
+            updater,
+        ))
     }
 
     /// Records a consent answer for `campaign`, bound to the hash of the exact manifest
@@ -490,6 +542,23 @@ impl Evaluation {
             self.assignment(),
             self.now,
         )
+    }
+}
+
+/// Opens the consent log. The agent lock is held, so another holder of the log's lock can
+/// only be short-lived (a child process between fork and exec still sharing the open
+/// file): wait for it, briefly and boundedly.
+fn open_consent(paths: &StatePaths) -> Result<(ConsentStore, consent::OpenReport), AgentError> {
+    let start = std::time::Instant::now();
+    loop {
+        match ConsentStore::open(paths.consent_log()) {
+            Err(ConsentError::Locked { .. })
+                if start.elapsed() < std::time::Duration::from_secs(5) =>
+            {
+                std::thread::sleep(std::time::Duration::from_millis(20))
+            }
+            r => return Ok(r?),
+        }
     }
 }
 

@@ -81,7 +81,7 @@ pub fn next_step(c: &CampaignDecision) -> String {
         Status::WaitingForConsent { .. } => format!("answer it: petrel consent show {id}"),
         Status::Postponed { until, .. } => format!("ask again at {}", ts(*until)),
         Status::ReadyToDownload { items, bytes } => format!(
-            "download and verify {} item(s), {}, into staging",
+            "download and verify {} item(s), {}, into staging (petrel update)",
             items.len(),
             human_bytes(*bytes)
         ),
@@ -92,7 +92,8 @@ pub fn next_step(c: &CampaignDecision) -> String {
             format!("install when the apply window opens at {}", ts(*opens_at))
         }
         Status::ReadyToInstall { .. } => {
-            "install the plan, all or nothing, after refreshing and deciding again".into()
+            "install the plan, all or nothing, after refreshing and deciding again (petrel update)"
+                .into()
         }
         Status::WaitingForWave { wave, opens_at } => {
             format!("wait for wave {wave} at {}", ts(*opens_at))
@@ -177,7 +178,11 @@ fn plan_line(d: &crate::decide::Decision) -> Option<String> {
 
 /// `petrel check`: one line per campaign with its status and next step.
 pub fn check_text(agent: &Agent, ev: &Evaluation) -> String {
-    let d = &ev.decision;
+    decision_text(agent, &ev.decision)
+}
+
+/// The body of [`check_text`] for a decision.
+pub fn decision_text(agent: &Agent, d: &crate::decide::Decision) -> String {
     let mut o = String::new();
     let _ = writeln!(o, "Device {}: {}", d.device_id, assignment_line(d));
     let _ = writeln!(o, "{}", inventory_line(agent));
@@ -462,8 +467,149 @@ pub fn status_text(agent: &Agent, ev: &Evaluation) -> String {
         ev.consent.records().events().len(),
         ev.state.staged.len()
     );
+    let staged = super::stage::list(agent.paths());
+    if !staged.is_empty() {
+        let _ = writeln!(o, "Staged ({}):", staged.len());
+        for s in &staged {
+            let _ = writeln!(o, "  {}", staged_line(s, d));
+        }
+    }
     let _ = writeln!(o, "Decided at {}.", ts(d.now));
     o
+}
+
+/// One staging directory as a line: the plan, the files, and where its campaign stands.
+pub fn staged_line(s: &super::stage::StagedCampaign, d: &crate::decide::Decision) -> String {
+    let name = s
+        .dir
+        .file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_default();
+    let files = format!("{} file(s), {}", s.files, human_bytes(s.bytes));
+    match &s.plan {
+        Some(p) => {
+            let now = d
+                .campaign(&p.campaign)
+                .map(|c| status_phrase(&c.status))
+                .unwrap_or_else(|| "no longer published".into());
+            format!(
+                "{} revision {}: {} change(s) to group {} revision {} ({files}), staged at {}; now: {now}",
+                p.campaign,
+                p.revision,
+                p.steps.len(),
+                p.group,
+                p.group_revision,
+                ts(p.staged_at)
+            )
+        }
+        None => format!("{name}: incomplete ({files}); the next download resumes it"),
+    }
+}
+
+/// A staging directory as JSON.
+pub fn staged_json(s: &super::stage::StagedCampaign) -> Value {
+    json!({
+        "dir": s.dir,
+        "files": s.files,
+        "bytes": s.bytes,
+        "complete": s.plan.is_some(),
+        "plan": s.plan,
+    })
+}
+
+/// `petrel update`: what was staged, installed and reported, then each campaign's status.
+pub fn update_text(agent: &Agent, out: &super::UpdateOutcome) -> String {
+    use super::InstallResult;
+    let mut o = String::new();
+    if let Some(r) = &out.recovered {
+        match r {
+            super::apply::Recovery::RolledBack { campaign, revision } => {
+                let _ = writeln!(
+                    o,
+                    "Recovered: the apply of campaign {campaign} revision {revision} was interrupted before its commit point and was undone; the previous set is installed."
+                );
+            }
+            super::apply::Recovery::RolledForward(a) => {
+                let _ = writeln!(
+                    o,
+                    "Recovered: the apply of campaign {} revision {} was interrupted after its commit point and was completed: {}.",
+                    a.campaign,
+                    a.revision,
+                    a.changes.join("; ")
+                );
+            }
+        }
+    }
+    for s in &out.staged {
+        let mut line = format!("Staging {} revision {}: ", s.campaign, s.revision);
+        let mut parts = Vec::new();
+        if !s.downloaded.is_empty() {
+            parts.push(format!(
+                "downloaded and verified {} item(s), {}",
+                s.downloaded.len(),
+                human_bytes(s.bytes)
+            ));
+        }
+        if !s.kept.is_empty() {
+            parts.push(format!(
+                "{} item(s) already staged and verified again",
+                s.kept.len()
+            ));
+        }
+        if parts.is_empty() {
+            parts.push("nothing to download".into());
+        }
+        line.push_str(&parts.join(", "));
+        match (&s.error, &s.plan) {
+            (Some(e), _) => {
+                let _ = write!(line, "; FAILED: {e} (the next run resumes)");
+            }
+            (None, Some(p)) => {
+                let _ = write!(line, "; staged plan {}", p.display());
+            }
+            (None, None) => {}
+        }
+        let _ = writeln!(o, "{line}");
+    }
+    if let Some(i) = &out.install {
+        let head = match i.result {
+            InstallResult::Installed => "Installed",
+            InstallResult::Failed => "Install FAILED",
+            InstallResult::NotInstalled => "Not installed",
+        };
+        let _ = writeln!(
+            o,
+            "{head}: campaign {} revision {}: {}",
+            i.campaign, i.revision, i.reason
+        );
+    }
+    for r in &out.reports {
+        let _ = writeln!(
+            o,
+            "Report queued: campaign {} revision {}: {} ({})",
+            r.campaign, r.revision, r.result, r.reason
+        );
+    }
+    if let Some(s) = &out.sent {
+        let _ = writeln!(o, "Reports: {s}");
+    }
+    for n in &out.notes {
+        let _ = writeln!(o, "Note: {n}");
+    }
+    if let Some(d) = &out.decision {
+        o.push_str(&decision_text(agent, d));
+    }
+    o
+}
+
+/// `petrel update --json`.
+pub fn update_json(out: &super::UpdateOutcome) -> Value {
+    let mut v = serde_json::to_value(out).expect("outcomes serialize");
+    if let (Some(d), Value::Object(m)) = (&out.decision, &mut v) {
+        m.insert("actions".into(), json!(d.actions()));
+        m.insert("decided_at".into(), json!(ts(d.now)));
+    }
+    v
 }
 
 /// `petrel status --json`.
@@ -484,6 +630,7 @@ pub fn status_json(agent: &Agent, ev: &Evaluation) -> Value {
         "decided_at": ts(d.now),
         "state_dir": agent.paths().root,
         "consent_records": ev.consent.records().events().len(),
+        "staged": super::stage::list(agent.paths()).iter().map(staged_json).collect::<Vec<_>>(),
     })
 }
 

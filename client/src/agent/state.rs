@@ -4,8 +4,11 @@
 //! <state_dir>/metadata/      TUF trusted metadata (root.json, timestamp.json, …)
 //! <state_dir>/consent.log    the consent store (hash-chained JSON lines)
 //! <state_dir>/state.json     revisions seen, staged items, failed attempts, reports, last check
-//! <state_dir>/staging/       verified downloads waiting to be installed (later step)
+//! <state_dir>/staging/       verified downloads waiting to be installed, per campaign revision
 //! <state_dir>/manifests/     cache of the verified manifest bytes last fetched
+//! <state_dir>/apply.journal.json  the write-ahead journal of an apply in progress
+//! <state_dir>/device.key     the device's report signing key (PKCS#8 PEM)
+//! <state_dir>/outbox/        signed reports waiting to be sent
 //! <state_dir>/agent.lock     held while a command runs
 //! ```
 
@@ -60,6 +63,18 @@ impl StatePaths {
     /// `manifests/`: the verified manifest bytes of the last run.
     pub fn manifests(&self) -> PathBuf {
         self.root.join("manifests")
+    }
+    /// `apply.journal.json`: the write-ahead journal of an apply in progress.
+    pub fn journal(&self) -> PathBuf {
+        self.root.join(super::apply::JOURNAL_FILE)
+    }
+    /// `device.key`: the device's report signing key.
+    pub fn device_key(&self) -> PathBuf {
+        self.root.join("device.key")
+    }
+    /// `outbox/`: signed reports waiting to be sent.
+    pub fn outbox(&self) -> PathBuf {
+        self.root.join("outbox")
     }
     /// `agent.lock`.
     pub fn lock_file(&self) -> PathBuf {

@@ -3,8 +3,10 @@
 //! ```text
 //! petrel init --root ROOT.json          provision the trusted root
 //! petrel check [--explain] [--json]     refresh, decide, show what happens next
-//! petrel status [--json]                device, group, inventory, campaigns, waves, consent
+//! petrel status [--json]                device, group, inventory, campaigns, waves, consent, staging
+//! petrel update [--json]                refresh, decide, download and install what is due, report
 //! petrel consent list|show|accept|acknowledge|decline|postpone|token …
+//! petrel device-key                     the report signing key's public half (PEM)
 //! ```
 //! Exit status: 0 on success, 1 on any error (the message says what to do), 2 for usage
 //! errors. See `docs/device.md`.
@@ -24,6 +26,7 @@ Examples:
   petrel init --root /media/usb/root.json
   petrel check
   petrel check --explain
+  petrel update
   petrel status
   petrel consent list --locale de
   petrel consent accept player-2.1 --sha256 3f2a9c01
@@ -95,6 +98,28 @@ Examples:
         #[command(flatten)]
         common: DecideArgs,
     },
+    /// Refresh, decide, download what is due into staging, install what is due (all or
+    /// nothing, after refreshing and deciding again), queue and send reports.
+    #[command(after_help = "\
+Examples:
+  petrel update
+  petrel update --json
+
+Run it from a timer (e.g. every 15 minutes). It downloads only in a campaign's download
+window and installs only in its apply window, with the consent the campaign needs; there
+is no flag to install outside the window. `petrel check --at INSTANT` shows what a later
+run would do. Exit status 1 when a download or an install attempt failed.")]
+    Update {
+        /// Machine-readable JSON on stdout.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Print the public half of the device's report signing key (PEM), for enrollment at
+    /// the report endpoint. Creates the key on first use (<state_dir>/device.key).
+    #[command(after_help = "\
+Example:
+  petrel device-key > kiosk-0042.pub.pem")]
+    DeviceKey,
     /// Consent: list pending requests, show a notice, answer it.
     #[command(
         subcommand,
@@ -332,6 +357,23 @@ fn run(cli: Cli) -> Result<(), AgentError> {
             } else {
                 print!("{}", render::status_text(&agent, &ev));
             }
+        }
+        Command::Update { json } => {
+            let mut agent = Agent::open(config)?;
+            let out = agent.update(None)?;
+            if json {
+                print_json(&render::update_json(&out));
+            } else {
+                print!("{}", render::update_text(&agent, &out));
+            }
+            if out.failed() {
+                return Err(AgentError::Refused(
+                    "a download or an install failed (see above); the next run tries again".into(),
+                ));
+            }
+        }
+        Command::DeviceKey => {
+            print!("{}", Agent::device_key_pem(&config)?);
         }
         Command::Consent(c) => consent(config, c)?,
     }

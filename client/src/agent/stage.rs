@@ -1,0 +1,559 @@
+//! Staging: a campaign's artifacts downloaded through the TUF updater (signed length and
+//! hashes verified) into `staging/<campaign>-<revision>/`, resumable across runs, and the
+//! staged plan (`plan.json`) the apply step installs.
+//!
+//! ```text
+//! <state_dir>/staging/player-2.1-3/plan.json                                the staged plan
+//! <state_dir>/staging/player-2.1-3/apps%2Facme%2Fplayer%2F2.1.0%2Fplayer.bin  a verified artifact
+//! ```
+//!
+//! A file is only ever renamed into a staging directory after its length and every signed
+//! hash matched ([`Updater::download_target`]); an interrupted download leaves at most a
+//! `.petrel-tmp-*` file, which the next run deletes and downloads again. Files already
+//! there are verified again (length and hashes) and kept.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::fs;
+use std::io::{self, Read};
+use std::path::{Path, PathBuf};
+
+use chrono::{DateTime, Utc};
+use serde::{Deserialize, Serialize};
+
+use super::state::{AgentState, StatePaths};
+use super::AgentError;
+use crate::decide::{
+    ArtifactInfo, CampaignDecision, Decision, DownloadItem, Plan, StagedItem, Status, Step,
+};
+use crate::manifest::ManifestHash;
+use crate::tuf::updater::{local_target_file_name, write_atomic, Updater};
+
+/// The staged plan's file name inside a campaign's staging directory.
+pub const PLAN_FILE: &str = "plan.json";
+/// The schema version of `plan.json`.
+pub const PLAN_SCHEMA_VERSION: u32 = 1;
+/// The largest `plan.json` read.
+const MAX_PLAN_BYTES: u64 = 4 * 1024 * 1024;
+
+/// The staging directory of one campaign revision: `staging/<campaign>-<revision>`.
+pub fn campaign_dir(paths: &StatePaths, campaign: &str, revision: u64) -> PathBuf {
+    paths.staging().join(format!("{campaign}-{revision}"))
+}
+
+/// A plan whose every artifact is staged and verified: what the apply step installs.
+/// Written atomically as `plan.json` in the campaign's staging directory.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct StagedPlan {
+    /// [`PLAN_SCHEMA_VERSION`].
+    pub schema_version: u32,
+    /// The campaign that authorises the plan.
+    pub campaign: String,
+    /// Its revision.
+    pub revision: u64,
+    /// SHA-256 of the exact campaign manifest bytes.
+    pub manifest_sha256: ManifestHash,
+    /// The group the plan converges to.
+    pub group: String,
+    /// Its revision.
+    pub group_revision: u64,
+    /// When the plan was recorded.
+    pub staged_at: DateTime<Utc>,
+    /// The changes, by application id: add / update / reinstall / remove.
+    pub steps: Vec<StagedStep>,
+}
+
+/// One change of a staged plan, with its verified artifact.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct StagedStep {
+    /// The change (application, action, versions, target path, post-install state).
+    #[serde(flatten)]
+    pub step: Step,
+    /// The staged artifact (`None` for a removal).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub artifact: Option<StagedArtifact>,
+}
+
+/// A verified artifact in a staging directory.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct StagedArtifact {
+    /// Signed SHA-256 (hex).
+    pub sha256: String,
+    /// Signed length.
+    pub length: u64,
+    /// The file name inside the staging directory.
+    pub file: String,
+}
+
+impl StagedPlan {
+    /// Reads `plan.json` from `dir`; `Ok(None)` when there is none.
+    pub fn load(dir: &Path) -> Result<Option<StagedPlan>, AgentError> {
+        let path = dir.join(PLAN_FILE);
+        let err = |reason: String| AgentError::State {
+            path: path.clone(),
+            reason,
+        };
+        let f = match fs::File::open(&path) {
+            Ok(f) => f,
+            Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(None),
+            Err(e) => return Err(err(e.to_string())),
+        };
+        let mut buf = Vec::new();
+        f.take(MAX_PLAN_BYTES + 1)
+            .read_to_end(&mut buf)
+            .map_err(|e| err(e.to_string()))?;
+        if buf.len() as u64 > MAX_PLAN_BYTES {
+            return Err(err(format!("larger than {MAX_PLAN_BYTES} bytes")));
+        }
+        let p: StagedPlan =
+            serde_json::from_slice(&buf).map_err(|e| err(format!("damaged: {e}")))?;
+        if p.schema_version != PLAN_SCHEMA_VERSION {
+            return Err(err(format!(
+                "schema_version {} is unknown; this agent reads {PLAN_SCHEMA_VERSION}",
+                p.schema_version
+            )));
+        }
+        Ok(Some(p))
+    }
+
+    /// Writes `plan.json` into `dir` atomically (temporary file, fsync, rename).
+    pub fn save(&self, dir: &Path) -> Result<PathBuf, AgentError> {
+        let path = dir.join(PLAN_FILE);
+        let mut bytes = serde_json::to_vec_pretty(self).expect("plans serialize");
+        bytes.push(b'\n');
+        write_atomic(&path, &bytes).map_err(|e| AgentError::State {
+            path: path.clone(),
+            reason: e.to_string(),
+        })?;
+        Ok(path)
+    }
+
+    /// The plan without its staging details.
+    pub fn plan(&self) -> Plan {
+        Plan {
+            group: self.group.clone(),
+            revision: self.group_revision,
+            steps: self.steps.iter().map(|s| s.step.clone()).collect(),
+        }
+    }
+}
+
+/// What staging one campaign did.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize)]
+pub struct StageOutcome {
+    /// The campaign.
+    pub campaign: String,
+    /// Its revision.
+    pub revision: u64,
+    /// The staging directory.
+    pub dir: PathBuf,
+    /// Target paths downloaded and verified in this run.
+    pub downloaded: Vec<String>,
+    /// Target paths already staged and verified again (kept; a resumed staging).
+    pub kept: Vec<String>,
+    /// Bytes downloaded in this run.
+    pub bytes: u64,
+    /// The staged plan, once every artifact of the plan is staged.
+    pub plan: Option<PathBuf>,
+    /// What failed (the items before it stay staged; the next run resumes).
+    pub error: Option<String>,
+}
+
+/// Removes leftovers of interrupted downloads (`.petrel-tmp-*`) from `dir`.
+fn remove_partials(dir: &Path) {
+    let Ok(entries) = fs::read_dir(dir) else {
+        return;
+    };
+    for e in entries.flatten() {
+        if e.file_name().to_string_lossy().starts_with(".petrel-tmp-") {
+            tracing::info!(
+                "staging: removing an interrupted download {}",
+                e.path().display()
+            );
+            let _ = fs::remove_file(e.path());
+        }
+    }
+}
+
+/// Downloads `items` of campaign `c` into its staging directory through `updater` (which
+/// must have been refreshed): each target's info is looked up again in the verified
+/// metadata and must agree with the decision; files already staged and still matching the
+/// signed length and hashes are kept, others are downloaded (bounded by the signed length,
+/// verified, then renamed into place). Every verified file is recorded in
+/// `state.staged` (saved after each file, so an interrupted run resumes). When the whole
+/// plan is staged, `plan.json` is written.
+pub fn stage(
+    updater: &mut Updater,
+    paths: &StatePaths,
+    state: &mut AgentState,
+    c: &CampaignDecision,
+    items: &[DownloadItem],
+    artifacts: &BTreeMap<String, ArtifactInfo>,
+    now: DateTime<Utc>,
+) -> Result<StageOutcome, AgentError> {
+    let dir = campaign_dir(paths, &c.id, c.revision);
+    fs::create_dir_all(&dir).map_err(|e| AgentError::State {
+        path: dir.clone(),
+        reason: e.to_string(),
+    })?;
+    remove_partials(&dir);
+    let mut out = StageOutcome {
+        campaign: c.id.clone(),
+        revision: c.revision,
+        dir: dir.clone(),
+        ..StageOutcome::default()
+    };
+    for item in items {
+        match stage_one(updater, &dir, item) {
+            Ok(downloaded) => {
+                if downloaded {
+                    out.downloaded.push(item.target.clone());
+                    out.bytes += item.length;
+                } else {
+                    out.kept.push(item.target.clone());
+                }
+                state.staged.insert(
+                    item.target.clone(),
+                    StagedItem {
+                        sha256: item.sha256.clone(),
+                        length: item.length,
+                    },
+                );
+                state.save(&paths.state_file())?;
+            }
+            Err(e) => {
+                out.error = Some(e);
+                return Ok(out);
+            }
+        }
+    }
+    if let Some(plan) = &c.plan {
+        match record_plan(paths, state, c, plan, artifacts, now)? {
+            Ok((path, _)) => out.plan = Some(path),
+            Err(missing) => {
+                out.error = Some(format!(
+                    "not every artifact of the plan is staged yet: {}",
+                    missing.join(", ")
+                ))
+            }
+        }
+    }
+    Ok(out)
+}
+
+/// Stages one item; `Ok(true)` if it was downloaded, `Ok(false)` if a verified copy was
+/// already there.
+fn stage_one(updater: &mut Updater, dir: &Path, item: &DownloadItem) -> Result<bool, String> {
+    let info = updater
+        .get_target_info(&item.target)
+        .map_err(|e| format!("{}: {e}", item.target))?
+        .ok_or_else(|| {
+            format!(
+                "{}: no longer in the repository's signed metadata",
+                item.target
+            )
+        })?;
+    let signed = ArtifactInfo::from_target(&info)
+        .ok_or_else(|| format!("{}: the target has no signed sha256", item.target))?;
+    if signed.length != item.length || !signed.sha256.eq_ignore_ascii_case(&item.sha256) {
+        return Err(format!(
+            "{}: the signed length or hash changed since the decision; decide again",
+            item.target
+        ));
+    }
+    let name = local_target_file_name(&item.target).map_err(|e| e.to_string())?;
+    let dest = dir.join(name);
+    if updater
+        .find_cached_target(&info, &dest)
+        .map_err(|e| e.to_string())?
+    {
+        return Ok(false);
+    }
+    if dest.exists() {
+        tracing::warn!(
+            "staging: {} does not match the signed length and hashes; downloading it again",
+            dest.display()
+        );
+        let _ = fs::remove_file(&dest);
+    }
+    updater
+        .download_target(&info, &dest)
+        .map_err(|e| e.to_string())?;
+    Ok(true)
+}
+
+/// The SHA-256 and length of a file, read in chunks.
+fn hash_and_length(path: &Path) -> io::Result<(String, u64)> {
+    let len = fs::metadata(path)?.len();
+    Ok((super::inventory::sha256_file(path)?, len))
+}
+
+/// Whether `path` holds exactly the signed bytes (length and SHA-256).
+pub fn verify_file(path: &Path, sha256: &str, length: u64) -> bool {
+    match fs::metadata(path) {
+        Ok(m) if m.is_file() && m.len() == length => {}
+        _ => return false,
+    }
+    hash_and_length(path).is_ok_and(|(h, l)| l == length && h.eq_ignore_ascii_case(sha256))
+}
+
+/// Makes sure every artifact of `plan` has a verified copy in campaign `c`'s staging
+/// directory (adopting verified copies from other staging directories, for example those of
+/// an earlier revision of the same campaign) and writes `plan.json`. Targets with no
+/// verified copy anywhere are dropped from `state.staged` and returned as `Err(missing)`:
+/// they are downloaded again by the next run.
+pub fn record_plan(
+    paths: &StatePaths,
+    state: &mut AgentState,
+    c: &CampaignDecision,
+    plan: &Plan,
+    artifacts: &BTreeMap<String, ArtifactInfo>,
+    now: DateTime<Utc>,
+) -> Result<Result<(PathBuf, StagedPlan), Vec<String>>, AgentError> {
+    let dir = campaign_dir(paths, &c.id, c.revision);
+    fs::create_dir_all(&dir).map_err(|e| AgentError::State {
+        path: dir.clone(),
+        reason: e.to_string(),
+    })?;
+    let mut steps = Vec::new();
+    let mut missing = Vec::new();
+    for s in &plan.steps {
+        let artifact = match s.target() {
+            None => None,
+            Some(target) => {
+                let Some(art) = artifacts.get(target) else {
+                    missing.push(format!("{target} (not in the repository)"));
+                    continue;
+                };
+                let file = local_target_file_name(target).map_err(|e| AgentError::State {
+                    path: dir.clone(),
+                    reason: e.to_string(),
+                })?;
+                let here = dir.join(&file);
+                let ok = verify_file(&here, &art.sha256, art.length)
+                    || adopt(paths, &dir, &file, &art.sha256, art.length);
+                if !ok {
+                    state.staged.remove(target);
+                    missing.push(target.to_string());
+                    continue;
+                }
+                Some(StagedArtifact {
+                    sha256: art.sha256.clone(),
+                    length: art.length,
+                    file,
+                })
+            }
+        };
+        steps.push(StagedStep {
+            step: s.clone(),
+            artifact,
+        });
+    }
+    if !missing.is_empty() {
+        state.save(&paths.state_file())?;
+        return Ok(Err(missing));
+    }
+    let staged = StagedPlan {
+        schema_version: PLAN_SCHEMA_VERSION,
+        campaign: c.id.clone(),
+        revision: c.revision,
+        manifest_sha256: c.manifest_sha256.clone(),
+        group: plan.group.clone(),
+        group_revision: plan.revision,
+        staged_at: now,
+        steps,
+    };
+    let path = staged.save(&dir)?;
+    Ok(Ok((path, staged)))
+}
+
+/// Copies (hard link when possible) a verified file named `file` from another staging
+/// directory into `dir`.
+fn adopt(paths: &StatePaths, dir: &Path, file: &str, sha256: &str, length: u64) -> bool {
+    let Ok(entries) = fs::read_dir(paths.staging()) else {
+        return false;
+    };
+    for e in entries.flatten() {
+        let other = e.path();
+        if other == dir || !other.is_dir() {
+            continue;
+        }
+        let src = other.join(file);
+        if !verify_file(&src, sha256, length) {
+            continue;
+        }
+        let dest = dir.join(file);
+        let _ = fs::remove_file(&dest);
+        let linked = fs::hard_link(&src, &dest).is_ok() || copy_durably(&src, &dest).is_ok();
+        if linked && verify_file(&dest, sha256, length) {
+            return true;
+        }
+    }
+    false
+}
+
+fn copy_durably(src: &Path, dest: &Path) -> io::Result<()> {
+    let parent = dest.parent().unwrap_or(Path::new("."));
+    let mut tmp = tempfile::Builder::new()
+        .prefix(".petrel-tmp-")
+        .tempfile_in(parent)?;
+    io::copy(&mut fs::File::open(src)?, tmp.as_file_mut())?;
+    tmp.as_file().sync_all()?;
+    tmp.persist(dest).map_err(|e| e.error)?;
+    Ok(())
+}
+
+/// A staged campaign, as `petrel status` shows it.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+pub struct StagedCampaign {
+    /// The staging directory.
+    pub dir: PathBuf,
+    /// The staged plan, if every artifact is staged.
+    pub plan: Option<StagedPlan>,
+    /// Staged files (not counting `plan.json`).
+    pub files: usize,
+    /// Their total size.
+    pub bytes: u64,
+}
+
+/// Every staging directory, with its plan if it has one.
+pub fn list(paths: &StatePaths) -> Vec<StagedCampaign> {
+    let mut out = Vec::new();
+    let Ok(entries) = fs::read_dir(paths.staging()) else {
+        return out;
+    };
+    let mut dirs: Vec<PathBuf> = entries
+        .flatten()
+        .map(|e| e.path())
+        .filter(|p| p.is_dir())
+        .collect();
+    dirs.sort();
+    for dir in dirs {
+        let (mut files, mut bytes) = (0, 0);
+        if let Ok(es) = fs::read_dir(&dir) {
+            for e in es.flatten() {
+                let n = e.file_name().to_string_lossy().into_owned();
+                if n == PLAN_FILE || n.starts_with('.') {
+                    continue;
+                }
+                files += 1;
+                bytes += e.metadata().map_or(0, |m| m.len());
+            }
+        }
+        let plan = StagedPlan::load(&dir).ok().flatten();
+        out.push(StagedCampaign {
+            dir,
+            plan,
+            files,
+            bytes,
+        });
+    }
+    out
+}
+
+/// Tidies staging after a decision: drops `state.staged` entries the decision calls stale
+/// and entries whose file is in no staging directory; renames a live campaign's staging
+/// directory of an earlier revision to its current revision (its verified files are
+/// reused); deletes staging directories no live campaign (one that may still install, or a
+/// halted one) needs, and files in live directories the plan no longer needs. Returns the
+/// directories deleted.
+pub fn tidy(
+    paths: &StatePaths,
+    state: &mut AgentState,
+    d: &Decision,
+) -> Result<Vec<PathBuf>, AgentError> {
+    let mut changed = false;
+    for t in &d.stale_staged {
+        changed |= state.staged.remove(t).is_some();
+    }
+    let live: BTreeMap<&str, u64> = d
+        .campaigns
+        .iter()
+        .filter(|c| !c.status.is_settled() || matches!(c.status, Status::Halted))
+        .map(|c| (c.id.as_str(), c.revision))
+        .collect();
+    let needed: BTreeSet<String> = d
+        .plan
+        .iter()
+        .flat_map(|p| p.targets())
+        .filter_map(|t| local_target_file_name(t).ok())
+        .collect();
+    let mut removed = Vec::new();
+    let entries: Vec<PathBuf> = match fs::read_dir(paths.staging()) {
+        Ok(es) => es
+            .flatten()
+            .map(|e| e.path())
+            .filter(|p| p.is_dir())
+            .collect(),
+        Err(_) => Vec::new(),
+    };
+    for dir in entries {
+        let name = dir
+            .file_name()
+            .map(|n| n.to_string_lossy().into_owned())
+            .unwrap_or_default();
+        let owner = name
+            .rsplit_once('-')
+            .and_then(|(c, r)| r.parse::<u64>().ok().map(|r| (c.to_string(), r)));
+        let keep_as = owner
+            .as_ref()
+            .and_then(|(c, r)| live.get(c.as_str()).map(|cur| (c.clone(), *r, *cur)));
+        match keep_as {
+            Some((c, r, cur)) if r != cur => {
+                let to = campaign_dir(paths, &c, cur);
+                if !to.exists() && fs::rename(&dir, &to).is_ok() {
+                    tracing::info!(
+                        "staging: campaign {c} is now revision {cur}; reusing {}",
+                        dir.display()
+                    );
+                    prune_files(&to, &needed);
+                } else {
+                    remove_dir(&dir, &mut removed);
+                }
+            }
+            Some(_) => prune_files(&dir, &needed),
+            None => remove_dir(&dir, &mut removed),
+        }
+    }
+    // Entries whose file is gone everywhere are not staged any more.
+    let names: Vec<(String, String)> = state
+        .staged
+        .keys()
+        .filter_map(|t| local_target_file_name(t).ok().map(|n| (t.clone(), n)))
+        .collect();
+    for (target, name) in names {
+        let found = fs::read_dir(paths.staging())
+            .map(|es| es.flatten().any(|e| e.path().join(&name).is_file()))
+            .unwrap_or(false);
+        if !found {
+            state.staged.remove(&target);
+            changed = true;
+        }
+    }
+    if changed || !removed.is_empty() {
+        state.save(&paths.state_file())?;
+    }
+    Ok(removed)
+}
+
+fn prune_files(dir: &Path, needed: &BTreeSet<String>) {
+    let Ok(es) = fs::read_dir(dir) else { return };
+    for e in es.flatten() {
+        let n = e.file_name().to_string_lossy().into_owned();
+        if n == PLAN_FILE || needed.contains(&n) {
+            continue;
+        }
+        let _ = fs::remove_file(e.path());
+    }
+}
+
+fn remove_dir(dir: &Path, removed: &mut Vec<PathBuf>) {
+    match fs::remove_dir_all(dir) {
+        Ok(()) => {
+            tracing::info!("staging: removed {} (no campaign needs it)", dir.display());
+            removed.push(dir.to_path_buf());
+        }
+        Err(e) => tracing::warn!("staging: cannot remove {}: {e}", dir.display()),
+    }
+}
