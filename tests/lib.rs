@@ -15,6 +15,8 @@
 //!   bytes and the role that lists it.
 //! * [`StaticServer`]: a tiny static HTTP/1.1 file server on `127.0.0.1:<ephemeral port>`
 //!   with a request log and per-path canned responses (for fault injection), stopped on drop.
+//! * [`scenario`]: end-to-end scenarios: a repository built with petrel-repo's manifest
+//!   commands and devices running the real agent against it over `file://`.
 //!
 //! Everything here binds only to 127.0.0.1 and bounds its work (threads, sizes, time).
 #![forbid(unsafe_code)]
@@ -39,6 +41,8 @@ use petrel_repo::editor::{
 };
 use petrel_repo::publish::{self, PublishReport, Refresh};
 use petrel_repo::workspace::{Settings, Workspace};
+
+pub mod scenario;
 
 /// A generous limit for one client run (python-tuf, petrel-repo) in a test.
 pub const CHILD_TIMEOUT: Duration = Duration::from_secs(60);

@@ -87,6 +87,8 @@ pub fn publish(ws: &Workspace, refresh: Refresh) -> Result<PublishReport> {
     if changed.is_empty() && !refresh.timestamp && !refresh.snapshot {
         return Ok(PublishReport::default());
     }
+    // Before anything is signed: no manifest beyond its delegation chain's capabilities.
+    crate::manifests::check_before_publish(ws)?;
     let mut ed = Editor::new(ws);
     let now = ws.now();
     let mut order = Vec::new();

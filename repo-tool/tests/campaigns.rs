@@ -915,8 +915,16 @@ fn group_and_assignment_roles_are_held_to_their_capabilities_too() {
         err.contains("(apps): may list apps acme.fonts only; the group lists acme.player"),
         "{err}"
     );
-    r.ok(&["publish"]);
-    r.verify_ok();
+    // `publish` refuses to sign the narrowed grant over groups it no longer allows, and
+    // changes nothing.
+    let before = r.snapshot();
+    let err = r.fail(&["publish"]);
+    assert!(
+        err.contains("groups/kiosk-eu.json")
+            && err.contains("(apps): may list apps acme.fonts only"),
+        "{err}"
+    );
+    assert_same(&before, &r.snapshot(), "refused publish");
 }
 
 #[test]

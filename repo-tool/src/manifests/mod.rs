@@ -18,6 +18,9 @@
 //! 5. It is compiled to canonical JSON and added as a target of that role. Only that role
 //!    is staged, so `publish` re-signs that role, the snapshot and the timestamp.
 //!
+//! `publish` checks step 4 again before it signs anything ([`check_before_publish`]): a
+//! grant may have been narrowed, or may have expired, since a manifest was staged.
+//!
 //! Assignment bins never hold a clear device id: only salted hashes reach the workspace.
 
 mod assign;
@@ -25,6 +28,7 @@ mod campaign;
 mod capabilities;
 mod group;
 pub mod lookup;
+mod recheck;
 
 use std::path::Path;
 
@@ -42,6 +46,7 @@ pub use capabilities::{
 };
 pub use group::{set_group, GroupReport};
 pub use lookup::{Listing, Search};
+pub use recheck::check_before_publish;
 
 use crate::editor::{AddOptions, DelegationSpec, Editor, KeyType, SourceFile};
 use crate::error::{Error, Result};
