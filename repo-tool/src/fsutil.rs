@@ -42,26 +42,60 @@ pub fn sync_dir(dir: &Path) -> Result<()> {
 #[doc(hidden)]
 pub const NO_HARDLINKS_ENV: &str = "PETREL_REPO_TEST_NO_HARDLINKS";
 
-/// Places `src` at `dst` without rewriting an existing `dst`: hard-links when possible,
-/// copies (atomically) otherwise. Returns whether anything was written.
-pub fn link_or_copy(src: &Path, dst: &Path) -> Result<bool> {
-    if dst.exists() {
-        return Ok(false);
+/// Makes everything written so far on the file system holding `path` durable: one
+/// `syncfs` on Linux (data and metadata of every file, one journal commit), `sync`
+/// elsewhere on Unix. Used to make many new files durable at once.
+pub fn sync_filesystem(path: &Path) -> Result<()> {
+    #[cfg(target_os = "linux")]
+    {
+        let dir = fs::File::open(path).map_err(|e| Error::io(path, e))?;
+        rustix::fs::syncfs(&dir).map_err(|e| Error::io(path, e.into()))?;
     }
+    #[cfg(all(unix, not(target_os = "linux")))]
+    {
+        let _ = path;
+        rustix::fs::sync();
+    }
+    #[cfg(not(unix))]
+    {
+        let _ = path;
+        return Err(Error::State(
+            "syncing the file system is only implemented on Unix".into(),
+        ));
+    }
+    Ok(())
+}
+
+fn hardlinks_disabled() -> bool {
+    static DISABLED: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
+    *DISABLED.get_or_init(|| std::env::var_os(NO_HARDLINKS_ENV).is_some())
+}
+
+/// Places `src` at `dst` without rewriting an existing `dst`: hard-links when possible,
+/// copies (atomically) otherwise. Returns whether anything was written. Fails with
+/// `NotFound` (naming `src`) when `src` does not exist.
+pub fn link_or_copy(src: &Path, dst: &Path) -> Result<bool> {
     let dir = dst.parent().unwrap_or(Path::new("."));
     // Test hook: force the copy path (hard links cannot hit a file-size limit, so tests
     // that simulate a full disk with `ulimit -f` set this).
     let link = || {
-        if std::env::var_os(NO_HARDLINKS_ENV).is_some() {
+        if hardlinks_disabled() {
             Err(std::io::Error::other("hard links disabled"))
         } else {
             fs::hard_link(src, dst)
         }
     };
-    // The directory is made only when the link fails for want of it, so placing many
-    // files in one directory costs no extra lookup per file.
+    // One system call in the usual case: no lookup of `dst` or `src` first. An existing
+    // `dst` makes the link fail with AlreadyExists; the directory is made only when the
+    // link fails with NotFound and `src` exists.
     let mut linked = link();
     if matches!(&linked, Err(e) if e.kind() == std::io::ErrorKind::NotFound) {
+        if !src.exists() {
+            return Err(Error::io(
+                src,
+                std::io::Error::new(std::io::ErrorKind::NotFound, "no such file"),
+            ));
+        }
         fs::create_dir_all(dir).map_err(|e| Error::io(dir, e))?;
         linked = link();
     }
@@ -69,6 +103,9 @@ pub fn link_or_copy(src: &Path, dst: &Path) -> Result<bool> {
         Ok(()) => Ok(true),
         Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => Ok(false),
         Err(_) => {
+            if dst.exists() {
+                return Ok(false);
+            }
             fs::create_dir_all(dir).map_err(|e| Error::io(dir, e))?;
             let tmp = tempfile::Builder::new()
                 .prefix(".petrel-")
@@ -105,4 +142,31 @@ pub fn set_mode(file: &fs::File, path: &Path, mode: u32) -> Result<()> {
     #[cfg(not(unix))]
     let _ = (file, path, mode);
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn link_or_copy_leaves_an_existing_destination_alone_and_names_a_missing_source() {
+        let tmp = tempfile::tempdir().unwrap();
+        let src = tmp.path().join("src");
+        fs::write(&src, b"new").unwrap();
+        let dst = tmp.path().join("sub/dir/dst");
+        assert!(link_or_copy(&src, &dst).unwrap(), "first placement writes");
+        assert_eq!(fs::read(&dst).unwrap(), b"new");
+        let other = tmp.path().join("other");
+        fs::write(&other, b"other").unwrap();
+        assert!(
+            !link_or_copy(&other, &dst).unwrap(),
+            "an existing name is kept"
+        );
+        assert_eq!(fs::read(&dst).unwrap(), b"new");
+        let missing = tmp.path().join("missing");
+        let err = link_or_copy(&missing, &tmp.path().join("x/y"))
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains(&missing.display().to_string()), "{err}");
+    }
 }

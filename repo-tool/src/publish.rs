@@ -7,7 +7,7 @@
 //! publish is finished by the next `publish`, which rewrites the same bytes. Until the new
 //! `timestamp.json` is renamed into place, clients see the previous repository.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashSet};
 use std::fs;
 use std::path::{Path, PathBuf};
 
@@ -74,7 +74,7 @@ pub fn ensure_not_interrupted(ws: &Workspace) -> Result<()> {
 /// Publishes every staged change (and refreshes what `refresh` asks for).
 pub fn publish(ws: &Workspace, refresh: Refresh) -> Result<PublishReport> {
     if interrupted(ws) {
-        let mut report = apply_journal(ws)?;
+        let mut report = apply_journal(ws, BTreeMap::new(), None)?;
         report.resumed = true;
         return Ok(report);
     }
@@ -109,10 +109,11 @@ pub fn publish(ws: &Workspace, refresh: Refresh) -> Result<PublishReport> {
     let mut role_bytes: BTreeMap<String, (u64, Vec<u8>)> = BTreeMap::new();
     // Each changed role's delegated roles, checked below (kept here so no role is parsed twice).
     let mut delegated: Vec<(String, Vec<String>)> = Vec::new();
+    // The finalized targets roles, handed to `apply_journal` so it need not parse them again.
+    let mut parsed: BTreeMap<String, Signed<Targets>> = BTreeMap::new();
     for role in changed.iter().filter(|r| r.as_str() != "root") {
         let mut t = ws.staged::<Targets>(role)?.expect("listed as staged");
         finalize(ws, &mut ed, role, &mut t)?;
-        check_content(ws, &root, role, &t.signed)?;
         if let Some(d) = &t.signed.delegations {
             delegated.push((role.clone(), d.role_names()));
         }
@@ -120,6 +121,12 @@ pub fn publish(ws: &Workspace, refresh: Refresh) -> Result<PublishReport> {
         finished.push((role.clone(), bytes.clone()));
         role_bytes.insert(role.clone(), (t.signed.version, bytes));
         order.push(role.clone());
+        parsed.insert(role.clone(), t);
+    }
+    // Every listed target's content must be available (before anything is staged).
+    let stored = ContentNames::for_roles(ws, parsed.values())?;
+    for (role, t) in &parsed {
+        check_content(ws, &root, role, &t.signed, &stored)?;
     }
     check_delegated_roles_exist(ws, &delegated)?;
 
@@ -182,7 +189,7 @@ pub fn publish(ws: &Workspace, refresh: Refresh) -> Result<PublishReport> {
 
     let journal = serde_json::to_vec_pretty(&Journal { roles: order }).expect("journal serializes");
     fsutil::write_atomic(&journal_path(ws), &journal)?;
-    apply_journal(ws)
+    apply_journal(ws, parsed, stored)
 }
 
 /// Sets a fresh expiry unless the role already carries valid signatures (made offline
@@ -252,7 +259,61 @@ pub fn metadata_tree_path(consistent: bool, role: &str, version: u64) -> PathBuf
     }
 }
 
-fn check_content(ws: &Workspace, root: &Root, role: &str, t: &Targets) -> Result<()> {
+/// Names in the content store, listed once per publish when the roles being published
+/// list many targets (one directory listing instead of one lookup per target).
+struct ContentNames(HashSet<String>);
+
+/// Above this many targets in the roles being published, the content store is listed
+/// instead of looked up per target. (A lookup costs about as much as listing ten entries,
+/// and the store may hold far more files than the roles being published list.)
+const LIST_CONTENT_ABOVE: usize = 8192;
+
+impl ContentNames {
+    fn list(dir: &Path) -> Result<ContentNames> {
+        let mut names = HashSet::new();
+        let entries = match fs::read_dir(dir) {
+            Ok(e) => e,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(ContentNames(names)),
+            Err(e) => return Err(Error::io(dir, e)),
+        };
+        for entry in entries {
+            let entry = entry.map_err(|e| Error::io(dir, e))?;
+            if let Ok(name) = entry.file_name().into_string() {
+                names.insert(name);
+            }
+        }
+        Ok(ContentNames(names))
+    }
+
+    /// The listing of the store, when `roles` list more than [`LIST_CONTENT_ABOVE`] targets.
+    fn for_roles<'a>(
+        ws: &Workspace,
+        roles: impl Iterator<Item = &'a Signed<Targets>>,
+    ) -> Result<Option<ContentNames>> {
+        let total: usize = roles.map(|t| t.signed.targets.len()).sum();
+        if total > LIST_CONTENT_ABOVE {
+            ContentNames::list(&ws.content_dir()).map(Some)
+        } else {
+            Ok(None)
+        }
+    }
+
+    /// Whether the store holds `sha256`: from the listing if there is one, else one lookup.
+    fn has(this: &Option<ContentNames>, dir: &Path, sha256: &str) -> bool {
+        match this {
+            Some(names) => names.0.contains(sha256),
+            None => dir.join(sha256).exists(),
+        }
+    }
+}
+
+fn check_content(
+    ws: &Workspace,
+    root: &Root,
+    role: &str,
+    t: &Targets,
+    stored: &Option<ContentNames>,
+) -> Result<()> {
     let tree = ws.tree_dir();
     let content = ws.content_dir();
     for (name, tf) in &t.targets {
@@ -262,9 +323,12 @@ fn check_content(ws: &Workspace, root: &Root, role: &str, t: &Targets) -> Result
                 format!("role {role:?} lists it without a sha256 hash"),
             ));
         };
-        let in_tree = tree.join(target_tree_path(root.consistent_snapshot(), name, sha));
-        // The content store is checked first: it usually has the file (one lookup).
-        if !content.join(sha).exists() && !in_tree.exists() {
+        // The content store is checked first: it usually has the file.
+        if !ContentNames::has(stored, &content, sha)
+            && !tree
+                .join(target_tree_path(root.consistent_snapshot(), name, sha))
+                .exists()
+        {
             return Err(Error::target(
                 name,
                 format!("its content ({sha}) is neither in the content store nor in the tree; add the file again"),
@@ -278,7 +342,7 @@ fn check_content(ws: &Workspace, root: &Root, role: &str, t: &Targets) -> Result
 fn check_delegated_roles_exist(ws: &Workspace, delegated: &[(String, Vec<String>)]) -> Result<()> {
     for (role, children) in delegated {
         for child in children {
-            if !ws.staged_path(&child).exists() && !ws.current_path(&child).exists() {
+            if !ws.staged_path(child).exists() && !ws.current_path(child).exists() {
                 return Err(Error::role(
                     child,
                     format!("is delegated by {role:?} but has no metadata"),
@@ -289,8 +353,14 @@ fn check_delegated_roles_exist(ws: &Workspace, delegated: &[(String, Vec<String>
     Ok(())
 }
 
-/// Writes the journal's roles to the tree, then commits them to the workspace.
-fn apply_journal(ws: &Workspace) -> Result<PublishReport> {
+/// Writes the journal's roles to the tree, then commits them to the workspace. `parsed`
+/// holds targets roles already in memory (exactly the staged bytes, parsed); others are
+/// read from the workspace. `stored` is a listing of the content store, if one was made.
+fn apply_journal(
+    ws: &Workspace,
+    mut parsed: BTreeMap<String, Signed<Targets>>,
+    stored: Option<ContentNames>,
+) -> Result<PublishReport> {
     let jpath = journal_path(ws);
     let journal: Journal = serde_json::from_slice(&fsutil::read(&jpath)?).map_err(|e| {
         Error::State(format!(
@@ -318,17 +388,21 @@ fn apply_journal(ws: &Workspace) -> Result<PublishReport> {
         .iter()
         .filter(|r| !matches!(r.as_str(), "root" | "snapshot" | "timestamp"))
     {
-        let t: Signed<Targets> = parse(ws, role, &read_final(role)?)?;
+        let t: Signed<Targets> = match parsed.remove(role) {
+            Some(t) => t,
+            None => parse(ws, role, &read_final(role)?)?,
+        };
+        let content = ws.content_dir();
         for (name, tf) in &t.signed.targets {
             let sha = &tf.hashes["sha256"];
-            let mut src = ws.content_dir().join(sha);
+            let mut src = content.join(sha);
             if !consistent {
                 let dst = tree.join(target_tree_path(false, name, sha));
                 report.targets_written +=
                     usize::from(replace_if_different(&src, &dst, tf.length, sha)?);
                 continue;
             }
-            if !src.exists() {
+            if !ContentNames::has(&stored, &content, sha) {
                 // Published before and no longer in the content store: the tree holds it.
                 src = tree.join(target_tree_path(true, name, sha));
             }
@@ -379,10 +453,7 @@ fn apply_journal(ws: &Workspace) -> Result<PublishReport> {
 }
 
 fn parse<T: Metadata>(ws: &Workspace, role: &str, bytes: &[u8]) -> Result<Signed<T>> {
-    Signed::<T>::from_bytes(bytes).map_err(|source| Error::Schema {
-        path: ws.staged_path(role),
-        source,
-    })
+    crate::workspace::parse_role(&ws.staged_path(role), bytes)
 }
 
 fn version_of(ws: &Workspace, role: &str, bytes: &[u8]) -> Result<u64> {

@@ -83,6 +83,16 @@ pub fn sign_with<T: Metadata>(
     auths: &[Authority],
     keys: &[Box<dyn KeySource>],
 ) -> Result<Vec<KeyId>> {
+    sign_with_message(signed, auths, keys).map(|(added, _)| added)
+}
+
+/// [`sign_with`], also returning the canonical bytes that were signed (signatures do not
+/// change them), so callers need not compute them again for a big role.
+fn sign_with_message<T: Metadata>(
+    signed: &mut Signed<T>,
+    auths: &[Authority],
+    keys: &[Box<dyn KeySource>],
+) -> Result<(Vec<KeyId>, Vec<u8>)> {
     // (Without signatures there is nothing to check; big roles are costly to canonicalize.)
     let valid = if signed.signatures.is_empty() {
         BTreeSet::new()
@@ -113,7 +123,7 @@ pub fn sign_with<T: Metadata>(
         });
         added.push(k.key_id().clone());
     }
-    Ok(added)
+    Ok((added, msg))
 }
 
 /// Checks every authority's threshold; the error lists what is missing and how to fix it.
@@ -125,10 +135,20 @@ pub fn check_thresholds<T: Metadata>(
     let msg = signed
         .canonical_signed()
         .map_err(|e| Error::State(e.to_string()))?;
+    check_thresholds_of(role, &msg, signed, auths)
+}
+
+/// [`check_thresholds`] for signatures over `msg`, the canonical bytes of `signed.signed`.
+fn check_thresholds_of<T: Metadata>(
+    role: &str,
+    msg: &[u8],
+    signed: &Signed<T>,
+    auths: &[Authority],
+) -> Result<()> {
     for a in auths {
         if let Err(e) = verify_threshold(
             role,
-            &msg,
+            msg,
             &signed.signatures,
             &a.keyids,
             a.threshold,
@@ -170,8 +190,9 @@ pub fn sign_role<T: Metadata>(
         .flat_map(|a| a.keyids.iter().cloned())
         .collect();
     let keys = ed.workspace().signing_keys(&ids)?;
-    sign_with(signed, &auths, &keys)?;
-    check_thresholds(role, signed, &auths)
+    // The canonical form is computed once, for signing and for the threshold check.
+    let (_, msg) = sign_with_message(signed, &auths, &keys)?;
+    check_thresholds_of(role, &msg, signed, &auths)
 }
 
 /// Signs the `signed` part of a metadata file with one key, for offline signing.

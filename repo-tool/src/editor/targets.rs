@@ -4,15 +4,11 @@ use std::collections::BTreeSet;
 use std::path::{Path, PathBuf};
 
 use petrel_client::tuf::schema::{check_target_path, Hashes, TargetFile, Unrecognized};
-use rayon::prelude::*;
 use serde_json::Value;
 
-use super::content::{hash_into_store, StoredFile};
+use super::content::{store_files, StoredFile};
 use super::{Editor, RoleLocation};
 use crate::error::{Error, Result};
-
-/// Threads that copy, hash and sync files into the content store (I/O-bound work).
-const STORE_IO_THREADS: usize = 16;
 
 /// A file to add and the target name it will have.
 #[derive(Clone, Debug)]
@@ -221,20 +217,11 @@ impl Editor<'_> {
         }
         let content_dir = self.workspace().content_dir();
         std::fs::create_dir_all(&content_dir).map_err(|e| Error::io(&content_dir, e))?;
-        // Storing is I/O-bound: every file is synced before it is renamed to its hash (so a
-        // crash never leaves a partial file under a hash). Syncing many files at once lets
-        // the filesystem commit them together, so this runs on more threads than cores.
-        let threads = sources.len().clamp(1, STORE_IO_THREADS);
-        let pool = rayon::ThreadPoolBuilder::new()
-            .num_threads(threads)
-            .build()
-            .map_err(|e| Error::State(format!("cannot start threads to store files: {e}")))?;
-        let stored: Vec<StoredFile> = pool.install(|| {
-            sources
-                .par_iter()
-                .map(|s| hash_into_store(&s.path, &content_dir))
-                .collect::<Result<_>>()
-        })?;
+        // Copying and hashing runs on rayon's pool (one thread per core: the files are
+        // small and the work is CPU and directory-lock bound); durability costs one
+        // file-system sync for all files, not one per file (see `store_files`).
+        let paths: Vec<PathBuf> = sources.iter().map(|s| s.path.clone()).collect();
+        let stored: Vec<StoredFile> = store_files(&paths, &content_dir)?;
         let mut added = Vec::with_capacity(sources.len());
         for ((s, dest), file) in sources.iter().zip(dests).zip(stored) {
             let mut hashes = Hashes::new();
