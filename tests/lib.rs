@@ -15,6 +15,9 @@
 //!   bytes and the role that lists it.
 //! * [`StaticServer`]: a tiny static HTTP/1.1 file server on `127.0.0.1:<ephemeral port>`
 //!   with a request log and per-path canned responses (for fault injection), stopped on drop.
+//! * [`Nginx`]: nginx serving a tree with the configuration `docs/server.md` recommends, on
+//!   `127.0.0.1:<ephemeral port>`, stopped on drop; [`nginx_bin`] finds nginx (and decides
+//!   whether a test without it fails or skips).
 //! * [`scenario`]: end-to-end scenarios: a repository built with petrel-repo's manifest
 //!   commands and devices running the real agent against it over `file://`.
 //!
@@ -782,6 +785,376 @@ fn percent_decode(s: &str) -> Option<String> {
         }
     }
     String::from_utf8(out).ok()
+}
+
+// ---------------------------------------------------------------------------------------
+// nginx serving a tree
+// ---------------------------------------------------------------------------------------
+
+/// The nginx binary for the end-to-end tests against nginx, found once per test process:
+/// `PETREL_NGINX` if set (it must then be an executable file), else `nginx` on `PATH`,
+/// else `/usr/sbin/nginx`.
+///
+/// Returns `None`, after printing a notice on stderr, when there is no nginx and the
+/// environment variable `CI` is unset or empty: the caller then skips its test.
+///
+/// # Panics
+/// When `PETREL_NGINX` names no executable file, or when there is no nginx and `CI` is
+/// set: CI installs nginx with `scripts/ensure-nginx.sh` (run by `test.sh`), so a missing
+/// nginx there is a broken setup, never a reason to skip.
+pub fn nginx_bin() -> Option<&'static Path> {
+    static BIN: OnceLock<Option<PathBuf>> = OnceLock::new();
+    let found = BIN.get_or_init(|| {
+        if let Some(p) = std::env::var_os("PETREL_NGINX").filter(|p| !p.is_empty()) {
+            let p = PathBuf::from(p);
+            assert!(
+                p.is_file(),
+                "PETREL_NGINX={} is not a file (run scripts/ensure-nginx.sh to install nginx)",
+                p.display()
+            );
+            return Some(p);
+        }
+        let on_path = std::env::var_os("PATH")
+            .map(|paths| {
+                std::env::split_paths(&paths)
+                    .map(|d| d.join("nginx"))
+                    .collect::<Vec<_>>()
+            })
+            .unwrap_or_default();
+        on_path
+            .into_iter()
+            .chain([PathBuf::from("/usr/sbin/nginx")])
+            .find(|p| p.is_file())
+    });
+    match found {
+        Some(p) => Some(p.as_path()),
+        None if std::env::var_os("CI").is_some_and(|v| !v.is_empty()) => panic!(
+            "nginx is required in CI but was not found (PETREL_NGINX unset, no nginx on PATH \
+             or in /usr/sbin): run scripts/ensure-nginx.sh, as test.sh does"
+        ),
+        None => {
+            eprintln!(
+                "NOTICE: skipping an end-to-end test against nginx: no nginx found \
+                 (set PETREL_NGINX or run scripts/ensure-nginx.sh; with CI set this fails)"
+            );
+            None
+        }
+    }
+}
+
+/// `nginx -V` of `bin` (version and configure arguments, which nginx prints on stderr).
+fn nginx_build_info(bin: &Path) -> io::Result<String> {
+    let out = run_with_timeout(Command::new(bin).arg("-V"), Duration::from_secs(10))?;
+    if !out.status.success() {
+        return Err(io::Error::other(format!(
+            "{} -V failed: {}",
+            bin.display(),
+            describe(&out)
+        )));
+    }
+    let mut text = String::from_utf8_lossy(&out.stderr).into_owned();
+    text.push_str(&String::from_utf8_lossy(&out.stdout));
+    Ok(text)
+}
+
+/// `(major, minor, patch)` from `nginx version: nginx/1.22.1`.
+fn nginx_version(build_info: &str) -> Option<(u32, u32, u32)> {
+    let v = build_info.split("nginx/").nth(1)?;
+    let v: String = v
+        .chars()
+        .take_while(|c| c.is_ascii_digit() || *c == '.')
+        .collect();
+    let mut parts = v.split('.').map(|p| p.parse::<u32>().ok());
+    Some((
+        parts.next()??,
+        parts.next()??,
+        parts.next().flatten().unwrap_or(0),
+    ))
+}
+
+/// The recommended nginx configuration for a Petrel tree, as documented in
+/// `docs/server.md`: `docs/nginx/petrel-http.conf` (inside `http {}`) and
+/// `docs/nginx/petrel-tree.conf` (inside `server {}`). [`Nginx`] includes these files
+/// as they are, so the tests check exactly what the documentation recommends.
+pub fn nginx_snippets() -> (PathBuf, PathBuf) {
+    let dir = workspace_root().join("docs/nginx");
+    (dir.join("petrel-http.conf"), dir.join("petrel-tree.conf"))
+}
+
+/// nginx serving a Petrel tree on `127.0.0.1:<ephemeral port>` with the configuration
+/// `docs/server.md` recommends ([`nginx_snippets`]): no Petrel code on the server side.
+///
+/// * The port: the test binds a listening socket on `127.0.0.1:0` itself and hands it to
+///   nginx as an inherited socket (nginx's `NGINX="<fd>;"` environment variable, the
+///   mechanism of its binary upgrade; the socket becomes the child's fd 0), with
+///   `listen 127.0.0.1:<that port>` in the configuration. nginx adopts the socket instead
+///   of binding a new one, so no other process can take the port in between.
+/// * A foreground master with one worker (`daemon off`), in its own process group, with
+///   its pid file, error log, access log and temporary directories in a private temporary
+///   directory: nothing outside it is written, and it needs no privileges. (With
+///   `master_process off` nginx 1.22 dereferences a null pointer when it adopts an
+///   inherited socket and dies with SIGSEGV, hence the master.) When started as root the
+///   worker runs as root too, to read the test's private (mode 0700) directories.
+/// * The access log records `METHOD URI STATUS BYTES` per line ([`Nginx::requests`]).
+/// * Startup is awaited with a bounded loop (10 s); dropping the value kills nginx.
+pub struct Nginx {
+    child: Child,
+    addr: SocketAddr,
+    dir: tempfile::TempDir,
+}
+
+impl Nginx {
+    /// Serves the tree `root` (the directory holding `metadata/` and `targets/`) with the
+    /// nginx binary `bin` (see [`nginx_bin`]).
+    pub fn serve(bin: &Path, root: &Path) -> io::Result<Nginx> {
+        let root = root
+            .canonicalize()
+            .map_err(|e| io::Error::new(e.kind(), format!("tree root {}: {e}", root.display())))?;
+        let info = nginx_build_info(bin)?;
+        let dir = tempfile::Builder::new().prefix("petrel-nginx").tempdir()?;
+        let base = dir.path().canonicalize()?;
+        for sub in [
+            "tmp/body",
+            "tmp/proxy",
+            "tmp/fastcgi",
+            "tmp/uwsgi",
+            "tmp/scgi",
+        ] {
+            std::fs::create_dir_all(base.join(sub))?;
+        }
+        let listener = TcpListener::bind(("127.0.0.1", 0))?;
+        listener.set_nonblocking(true)?;
+        let addr = listener.local_addr()?;
+        let (http_snippet, tree_snippet) = nginx_snippets();
+        let conf = nginx_config(&info, &base, &root, addr, &http_snippet, &tree_snippet)?;
+        let conf_path = base.join("nginx.conf");
+        std::fs::write(&conf_path, conf)?;
+
+        let mut cmd = Command::new(bin);
+        cmd.arg("-p").arg(&base).arg("-c").arg(&conf_path);
+        // `-e` (nginx ≥ 1.19.5) keeps even the earliest startup messages out of the
+        // system's log directory.
+        if nginx_version(&info).is_some_and(|v| v >= (1, 19, 5)) {
+            cmd.arg("-e").arg(base.join("error.log"));
+        }
+        // Its own process group, so that dropping it stops the master and its worker.
+        std::os::unix::process::CommandExt::process_group(&mut cmd, 0);
+        cmd.env("NGINX", "0;")
+            // The listening socket becomes fd 0: the standard streams are the only
+            // descriptors a child inherits (everything else is close-on-exec).
+            .stdin(Stdio::from(std::os::fd::OwnedFd::from(listener)))
+            .stdout(Stdio::null())
+            .stderr(std::fs::File::create(base.join("stderr.log"))?);
+        let child = cmd
+            .spawn()
+            .map_err(|e| io::Error::new(e.kind(), format!("starting {}: {e}", bin.display())))?;
+        let mut nginx = Nginx { child, addr, dir };
+        nginx.wait_ready()?;
+        // The log starts with the requests of the test, not the readiness probe.
+        nginx.clear_requests();
+        Ok(nginx)
+    }
+
+    /// Waits (at most 10 s) until nginx answers `GET /` with its 404.
+    fn wait_ready(&mut self) -> io::Result<()> {
+        let deadline = Instant::now() + Duration::from_secs(10);
+        loop {
+            if let Some(status) = self.child.try_wait()? {
+                return Err(io::Error::other(format!(
+                    "nginx exited at startup ({}): {}",
+                    describe_status(status),
+                    self.logs()
+                )));
+            }
+            if let Ok(head) = probe(self.addr) {
+                if head.starts_with("HTTP/1.1 404") {
+                    // nginx logs the probe after it has answered: wait for that line, then
+                    // forget it, so `requests()` holds only the test's own requests.
+                    let log = self.dir.path().join("access.log");
+                    let until = Instant::now() + Duration::from_secs(5);
+                    while std::fs::metadata(&log).map(|m| m.len()).unwrap_or(0) == 0
+                        && Instant::now() < until
+                    {
+                        std::thread::sleep(Duration::from_millis(5));
+                    }
+                    self.clear_requests();
+                    return Ok(());
+                }
+                return Err(io::Error::other(format!(
+                    "nginx answered GET / with {head:?}, not 404: {}",
+                    self.logs()
+                )));
+            }
+            if Instant::now() >= deadline {
+                return Err(io::Error::new(
+                    io::ErrorKind::TimedOut,
+                    format!("nginx did not answer within 10 s: {}", self.logs()),
+                ));
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    /// The bound address.
+    pub fn addr(&self) -> SocketAddr {
+        self.addr
+    }
+
+    /// `http://127.0.0.1:PORT/` followed by `path` (without a leading `/`).
+    pub fn url(&self, path: &str) -> String {
+        format!("http://{}/{}", self.addr, path.trim_start_matches('/'))
+    }
+
+    /// Every request in nginx's access log so far, in order (nginx writes a line when a
+    /// response is finished).
+    pub fn requests(&self) -> Vec<RequestRecord> {
+        let log = std::fs::read_to_string(self.dir.path().join("access.log")).unwrap_or_default();
+        log.lines()
+            .filter_map(|line| {
+                let mut f = line.split(' ');
+                let (method, path, status) = (f.next()?, f.next()?, f.next()?);
+                Some(RequestRecord {
+                    method: method.to_string(),
+                    path: path.to_string(),
+                    status: status.parse().ok()?,
+                })
+            })
+            .collect()
+    }
+
+    /// Forgets the access log so far.
+    pub fn clear_requests(&self) {
+        // nginx appends (O_APPEND), so truncating in place is safe.
+        let _ = std::fs::OpenOptions::new()
+            .write(true)
+            .truncate(true)
+            .open(self.dir.path().join("access.log"));
+    }
+
+    /// nginx's error log and stderr, for assertion messages.
+    pub fn logs(&self) -> String {
+        let read =
+            |name: &str| std::fs::read_to_string(self.dir.path().join(name)).unwrap_or_default();
+        format!(
+            "\n--- nginx error.log ---\n{}\n--- nginx stderr ---\n{}",
+            read("error.log"),
+            read("stderr.log")
+        )
+    }
+}
+
+impl Drop for Nginx {
+    fn drop(&mut self) {
+        // SIGTERM to the group (master and worker: a fast shutdown), SIGKILL after 5 s.
+        let group = format!("-{}", self.child.id());
+        let signal = |sig: &str| {
+            let _ = Command::new("kill")
+                .args([sig, "--", &group])
+                .stdout(Stdio::null())
+                .stderr(Stdio::null())
+                .status();
+        };
+        signal("-TERM");
+        let deadline = Instant::now() + Duration::from_secs(5);
+        while Instant::now() < deadline {
+            if let Ok(Some(_)) = self.child.try_wait() {
+                // The worker leaves with its master; make sure of it.
+                signal("-KILL");
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(10));
+        }
+        signal("-KILL");
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// One `GET /` on a fresh connection (2 s timeouts); returns the status line.
+fn probe(addr: SocketAddr) -> io::Result<String> {
+    let mut s = TcpStream::connect_timeout(&addr, Duration::from_secs(2))?;
+    s.set_read_timeout(Some(Duration::from_secs(2)))?;
+    s.set_write_timeout(Some(Duration::from_secs(2)))?;
+    s.write_all(b"GET / HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n")?;
+    let mut line = String::new();
+    BufReader::new(s).take(1024).read_line(&mut line)?;
+    Ok(line.trim_end().to_string())
+}
+
+/// Whether this process runs as root (the owner of `/proc/self`).
+fn is_root() -> bool {
+    use std::os::unix::fs::MetadataExt;
+    std::fs::metadata("/proc/self").is_ok_and(|m| m.uid() == 0)
+}
+
+/// The configuration [`Nginx`] runs: the documented snippets plus a private prefix.
+fn nginx_config(
+    build_info: &str,
+    base: &Path,
+    root: &Path,
+    addr: SocketAddr,
+    http_snippet: &Path,
+    tree_snippet: &Path,
+) -> io::Result<String> {
+    let quoted = |p: &Path| -> io::Result<String> {
+        let s = p
+            .to_str()
+            .filter(|s| !s.contains(['"', '\\', '$', '\n']))
+            .ok_or_else(|| {
+                io::Error::new(
+                    io::ErrorKind::InvalidInput,
+                    format!(
+                        "path {} cannot be written into an nginx configuration",
+                        p.display()
+                    ),
+                )
+            })?;
+        Ok(format!("\"{s}\""))
+    };
+    let b = |sub: &str| quoted(&base.join(sub));
+    // Temporary paths of modules this nginx was built with (nginx-light lacks some).
+    let mut temp_paths = format!("    client_body_temp_path {};\n", b("tmp/body")?);
+    for module in ["proxy", "fastcgi", "uwsgi", "scgi"] {
+        if !build_info.contains(&format!("--without-http_{module}_module")) {
+            temp_paths.push_str(&format!(
+                "    {module}_temp_path {};\n",
+                b(&format!("tmp/{module}"))?
+            ));
+        }
+    }
+    // As root the master would run its worker as `nobody`, which cannot read the test's
+    // mode-0700 temporary directories.
+    let user = if is_root() { "user root;\n" } else { "" };
+    Ok(format!(
+        "daemon off;
+{user}worker_processes 1;
+pid {pid};
+error_log {error_log} notice;
+
+events {{
+    worker_connections 256;
+}}
+
+http {{
+    include {http_snippet};
+{temp_paths}    log_format petrel '$request_method $request_uri $status $body_bytes_sent';
+    access_log {access_log} petrel;
+    sendfile on;
+
+    server {{
+        listen {addr};
+        root {root};
+        include {tree_snippet};
+    }}
+}}
+",
+        pid = b("nginx.pid")?,
+        error_log = b("error.log")?,
+        access_log = b("access.log")?,
+        http_snippet = quoted(http_snippet)?,
+        tree_snippet = quoted(tree_snippet)?,
+        root = quoted(root)?,
+    ))
 }
 
 #[cfg(test)]

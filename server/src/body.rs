@@ -2,8 +2,10 @@
 //! plus the access-log record written when a response body is finished or dropped.
 //!
 //! A streamed file is read with positional reads (`pread`) on the one handle that was
-//! opened for the request, in [`CHUNK_SIZE`] chunks on tokio's blocking pool, one
-//! chunk ahead of the socket. The path is never re-opened, so a file replaced by
+//! opened for the request, in [`CHUNK_SIZE`] chunks, one chunk ahead of the socket. A
+//! chunk already in the page cache is read in place on the runtime thread (Linux
+//! `preadv2(RWF_NOWAIT)`, which fails instead of waiting for the disk); any other chunk
+//! is read on tokio's blocking pool. The path is never re-opened, so a file replaced by
 //! atomic rename mid-download keeps streaming the old, consistent content.
 
 use std::fs::File;
@@ -125,6 +127,8 @@ struct FileChunks {
     end: u64,
     /// The read in flight, covering `next_yield..next_read`.
     pending: Option<JoinHandle<io::Result<Bytes>>>,
+    /// A chunk read in place (from the page cache), covering `next_yield..next_read`.
+    ready: Option<Bytes>,
 }
 
 impl FileChunks {
@@ -135,6 +139,7 @@ impl FileChunks {
             next_read: start,
             end,
             pending: None,
+            ready: None,
         }
     }
 
@@ -149,6 +154,11 @@ impl FileChunks {
         }
         let len = (self.end - self.next_read).min(CHUNK_SIZE as u64) as usize;
         let offset = self.next_read;
+        if let Some(chunk) = read_cached(&self.file, offset, len) {
+            self.ready = Some(chunk);
+            self.next_read += len as u64;
+            return;
+        }
         let file = Arc::clone(&self.file);
         self.pending = Some(tokio::task::spawn_blocking(move || {
             read_exact_at(&file, offset, len)
@@ -163,11 +173,17 @@ impl FileChunks {
     }
 
     fn poll_chunk(&mut self, cx: &mut Context<'_>) -> Poll<Option<io::Result<Bytes>>> {
-        if self.pending.is_none() {
+        if self.ready.is_none() && self.pending.is_none() {
             if self.next_yield >= self.end {
                 return Poll::Ready(None);
             }
             self.start_read();
+        }
+        if let Some(chunk) = self.ready.take() {
+            self.next_yield += chunk.len() as u64;
+            // Read ahead while hyper writes this chunk to the socket.
+            self.start_read();
+            return Poll::Ready(Some(Ok(chunk)));
         }
         let Some(handle) = self.pending.as_mut() else {
             return Poll::Ready(None);
@@ -195,6 +211,36 @@ impl Drop for FileChunks {
             h.abort();
         }
     }
+}
+
+/// Read exactly `len` bytes at `offset` if they are all in the page cache, without
+/// blocking on the disk (`preadv2` with `RWF_NOWAIT`). `None` when any part is not
+/// cached, the file ends early, or the system does not support it: the caller then
+/// reads on the blocking pool, where every error is reported.
+#[cfg(all(target_os = "linux", not(target_env = "musl")))]
+fn read_cached(file: &File, offset: u64, len: usize) -> Option<Bytes> {
+    use rustix::io::{preadv2, ReadWriteFlags};
+    let mut buf = vec![0u8; len];
+    let mut filled = 0;
+    // Bounded: every iteration reads at least one byte or returns.
+    while filled < len {
+        let mut slices = [io::IoSliceMut::new(&mut buf[filled..])];
+        match preadv2(
+            file,
+            &mut slices,
+            offset + filled as u64,
+            ReadWriteFlags::NOWAIT,
+        ) {
+            Ok(0) | Err(_) => return None,
+            Ok(n) => filled += n,
+        }
+    }
+    Some(Bytes::from(buf))
+}
+
+#[cfg(not(all(target_os = "linux", not(target_env = "musl"))))]
+fn read_cached(_file: &File, _offset: u64, _len: usize) -> Option<Bytes> {
+    None
 }
 
 /// Read exactly `len` bytes at `offset`. A file that became shorter than the length
@@ -252,5 +298,43 @@ impl AccessRecord {
             micros / 1000,
             micros % 1000
         );
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use http_body_util::BodyExt;
+
+    fn sample(len: usize) -> Vec<u8> {
+        (0..len).map(|i| (i * 31 % 251) as u8).collect()
+    }
+
+    #[cfg(all(target_os = "linux", not(target_env = "musl")))]
+    #[test]
+    fn cached_read_returns_exactly_the_requested_bytes() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("f");
+        let data = sample(3 * CHUNK_SIZE + 17);
+        std::fs::write(&path, &data).unwrap();
+        let file = File::open(&path).unwrap();
+        // Just written, so in the page cache.
+        let got = read_cached(&file, 5, CHUNK_SIZE).expect("cached pages read in place");
+        assert_eq!(&got[..], &data[5..5 + CHUNK_SIZE]);
+        // Past the end of the file: never padded, left to the blocking path.
+        assert!(read_cached(&file, data.len() as u64 - 3, 10).is_none());
+    }
+
+    #[tokio::test]
+    async fn streamed_range_has_every_byte_once_in_order() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("f");
+        let data = sample(2 * CHUNK_SIZE + 1234);
+        std::fs::write(&path, &data).unwrap();
+        let file = Arc::new(File::open(&path).unwrap());
+        let (start, len) = (100u64, data.len() as u64 - 200);
+        let body = ResponseBody::file_range(file, start, len);
+        let got = body.collect().await.unwrap().to_bytes();
+        assert_eq!(&got[..], &data[100..data.len() - 100]);
     }
 }
