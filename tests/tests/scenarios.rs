@@ -1058,16 +1058,43 @@ fn a_device_configured_with_other_bin_digits_than_the_repository_says_so_and_pla
     let c = d.check(now());
     assert!(c.ev.decision.group.is_err(), "{}", c.explain());
     let wrong = assign_target_path("kiosk-1", 3);
-    assert!(
+    let signed = assign_target_path("kiosk-1", 2);
+    let why =
         c.ev.decision
             .unusable
             .iter()
-            .any(|(p, why)| *p == wrong && why.contains("assign_bin_digits")),
-        "{:?}",
-        c.ev.decision.unusable
+            .find(|(p, _)| *p == wrong)
+            .map(|(_, why)| why.clone())
+            .unwrap_or_else(|| panic!("{wrong} not reported: {:?}", c.ev.decision.unusable));
+    // The probe names the bin size the repository signs, and the fix; the device does not
+    // use that bin (no group, nothing planned): its configuration must be corrected.
+    assert_eq!(
+        why,
+        format!(
+            "not in the repository's signed metadata: the repository's assignment bins have 2 hex digits (it signs {signed} for this device) but this device is configured with 3; set repository.assign_bin_digits = 2 in the device configuration"
+        )
     );
-    assert!(c.explain().contains("assign_bin_digits"), "{}", c.explain());
+    assert!(
+        c.explain().contains("set repository.assign_bin_digits = 2"),
+        "{}",
+        c.explain()
+    );
     assert!(!c.moves_bytes_for("fix"), "{:?}", c.actions());
+
+    // A device in no bin at any size gets no suggested value.
+    let stray = s.device("kiosk-unassigned", KIOSK);
+    let c = stray.check(now());
+    assert!(c.ev.decision.group.is_err(), "{}", c.explain());
+    let mine = assign_target_path("kiosk-unassigned", 2);
+    let why =
+        c.ev.decision
+            .unusable
+            .iter()
+            .find(|(p, _)| *p == mine)
+            .map(|(_, why)| why.clone())
+            .unwrap_or_else(|| panic!("{mine} not reported: {:?}", c.ev.decision.unusable));
+    assert!(why.contains("nor at any other bin size"), "{why}");
+    assert!(!why.contains("set repository.assign_bin_digits ="), "{why}");
 }
 
 // ---------------------------------------------------------------------------------------

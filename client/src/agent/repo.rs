@@ -14,7 +14,7 @@ use serde::Serialize;
 
 use crate::decide::{ArtifactInfo, Entry, Named, RepositoryView};
 use crate::manifest::{
-    assign_target_path, AssignmentBin, CampaignManifest, GroupManifest, Manifest,
+    assign_target_path, AssignmentBin, CampaignManifest, GroupManifest, Manifest, MAX_BIN_DIGITS,
     MAX_MANIFEST_BYTES,
 };
 use crate::tuf::updater::{local_target_file_name, UpdateError, Updater};
@@ -73,15 +73,17 @@ pub fn gather(
     };
     let mut view = RepositoryView::default();
 
-    // The device's own assignment bin, and nothing else under assign/.
+    // The device's own assignment bin, and nothing else under assign/. If it is missing,
+    // the same device's bin at the other sizes is looked up (target infos only) to tell a
+    // misconfigured `assign_bin_digits` from a device that is not assigned.
     let bin_path = assign_target_path(device_id, digits);
     match fetcher.manifest::<AssignmentBin>(&bin_path) {
         Ok(Some(e)) => view.assignment = Some(e),
-        Ok(None) => view.unusable.push((
-            bin_path.clone(),
-            "not in the repository's signed metadata (is repository.assign_bin_digits right?)"
-                .into(),
-        )),
+        Ok(None) => {
+            let other = probe_bin_digits(fetcher.updater, device_id, digits);
+            view.unusable
+                .push((bin_path.clone(), missing_bin_reason(digits, other)));
+        }
         Err(why) => view.unusable.push((bin_path.clone(), why)),
     }
 
@@ -139,6 +141,34 @@ pub fn gather(
     Ok(Gathered { view, versions })
 }
 
+/// Looks for this device's bin at the other bin sizes (1 to [`MAX_BIN_DIGITS`] hex digits),
+/// when it is not found at the configured `digits`: `(d, "assign/<bin>.json")` for the first
+/// size whose bin the repository signs. Only target infos are looked up (metadata, through
+/// the spec's search); no bin is downloaded or used. Lookups that fail count as not found.
+fn probe_bin_digits(
+    updater: &mut Updater,
+    device_id: &str,
+    digits: usize,
+) -> Option<(usize, String)> {
+    (1..=MAX_BIN_DIGITS)
+        .filter(|d| *d != digits)
+        .map(|d| (d, assign_target_path(device_id, d)))
+        .find(|(_, path)| matches!(updater.get_target_info(path), Ok(Some(_))))
+}
+
+/// Why the device's bin (at the configured `digits`) is unusable when no role lists it;
+/// `other` is what [`probe_bin_digits`] found.
+fn missing_bin_reason(digits: usize, other: Option<(usize, String)>) -> String {
+    match other {
+        Some((d, path)) => format!(
+            "not in the repository's signed metadata: the repository's assignment bins have {d} hex digits (it signs {path} for this device) but this device is configured with {digits}; set repository.assign_bin_digits = {d} in the device configuration"
+        ),
+        None => format!(
+            "not in the repository's signed metadata, nor at any other bin size (1 to {MAX_BIN_DIGITS} hex digits): this device is not assigned, or repository.assign_bin_digits ({digits}) does not match the repository"
+        ),
+    }
+}
+
 struct Fetcher<'a> {
     updater: &'a mut Updater,
     cache_dir: PathBuf,
@@ -192,5 +222,30 @@ impl Fetcher<'_> {
                 let _ = fs::remove_file(e.path());
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_bin_found_at_another_size_names_that_size_the_signed_bin_and_the_fix() {
+        let why = missing_bin_reason(3, Some((2, "assign/74.json".into())));
+        for part in [
+            "bins have 2 hex digits",
+            "it signs assign/74.json",
+            "configured with 3",
+            "set repository.assign_bin_digits = 2",
+        ] {
+            assert!(why.contains(part), "{part:?} missing from: {why}");
+        }
+    }
+
+    #[test]
+    fn a_bin_found_at_no_size_suggests_no_value() {
+        let why = missing_bin_reason(2, None);
+        assert!(why.contains("nor at any other bin size"), "{why}");
+        assert!(!why.contains("set repository.assign_bin_digits ="), "{why}");
     }
 }

@@ -6,8 +6,9 @@
 //! may narrow a grant over manifests already listed (it only warns), `petrel-repo add` may
 //! list a manifest file directly, and a grant may expire in between. So `publish` checks
 //! again, with the client's own check ([`CapabilityChain`]), every manifest whose verdict a
-//! staged role can change: those listed by a staged role, and those below a staged
-//! delegator (whose capabilities may have changed).
+//! staged role can change: those listed by a staged role, campaigns and groups below a
+//! staged delegator (whose capabilities may have changed), and assignment bins below a
+//! delegation that changed.
 
 use std::collections::BTreeSet;
 
@@ -15,6 +16,8 @@ use chrono::{DateTime, Utc};
 use petrel_client::manifest::{
     AssignmentBin, CampaignManifest, CapabilityViolation, GroupManifest, Manifest,
 };
+use petrel_client::tuf::pattern;
+use petrel_client::tuf::schema::Targets;
 
 use super::lookup::{self, Listing};
 use crate::editor::Editor;
@@ -35,11 +38,13 @@ fn manifest_dir(name: &str) -> Option<&'static str> {
 
 /// Refuses to publish, before anything is signed, if devices would reject a manifest for
 /// exceeding the capabilities along its delegation chain. Checks every manifest listed by
-/// a staged targets role and, for campaigns and groups, every one whose chain passes
-/// through a staged role; assignment bins are checked where they are listed by a staged
-/// role. The error names each manifest, the role that signs it, the role whose
-/// capabilities forbid it, the capability field and the reason. Manifests that do not
-/// parse are left to the device (which reports them unusable): this is about capabilities.
+/// a staged targets role; every campaign and group whose chain passes through a staged
+/// role; and every assignment bin below a role whose delegations differ from the published
+/// ones (a grant narrowed, a path or key changed, or a new delegator). Bins are many, so
+/// only the roles below a changed delegation are searched for them. The error names each
+/// manifest, the role that signs it, the role whose capabilities forbid it, the capability
+/// field and the reason. Manifests that do not parse are left to the device (which reports
+/// them unusable): this is about capabilities.
 pub fn check_before_publish(ws: &Workspace) -> Result<()> {
     let staged: BTreeSet<String> = ws
         .staged_roles()?
@@ -70,20 +75,32 @@ pub fn check_before_publish(ws: &Workspace) -> Result<()> {
     if listed_by_staged.is_empty() && !delegators {
         return Ok(());
     }
-    let mut names = listed_by_staged;
+    let mut names = listed_by_staged.clone();
+    let mut changed = BTreeSet::new();
     if delegators {
-        // Bins are many and are re-checked by `delegate` itself; campaigns and groups are
-        // few, so every one under a changed grant is checked.
+        // Campaigns and groups are few: every one under a staged delegator is checked.
         for dir in ["campaigns", "groups"] {
             names.extend(lookup::names_under(&mut ed, dir)?);
         }
+        // Bins are many: only those below a delegation that actually changed.
+        changed = changed_delegators(ws, &mut ed, &staged)?;
+        names.extend(names_below(&mut ed, &changed, "assign")?);
     }
     let mut refused = Vec::new();
     for name in names {
         let Some(l) = lookup::find(&mut ed, &name)? else {
             continue;
         };
-        if !l.chain.iter().any(|r| staged.contains(r)) {
+        let relevant = if manifest_dir(&name) == Some("assign") && !listed_by_staged.contains(&name)
+        {
+            // Its signer is not staged: only a changed delegation above it matters.
+            l.chain[..l.chain.len().saturating_sub(1)]
+                .iter()
+                .any(|r| changed.contains(r))
+        } else {
+            l.chain.iter().any(|r| staged.contains(r))
+        };
+        if !relevant {
             continue;
         }
         if let Some(v) = check_listing(&mut ed, &l, now)? {
@@ -103,6 +120,84 @@ pub fn check_before_publish(ws: &Workspace) -> Result<()> {
         refused.len(),
         refused.join("\n  - ")
     )))
+}
+
+/// The staged roles whose delegations (roles, paths, keys, capabilities, hashed bins)
+/// differ from their published metadata, or that delegate and were never published.
+fn changed_delegators(
+    ws: &Workspace,
+    ed: &mut Editor<'_>,
+    staged: &BTreeSet<String>,
+) -> Result<BTreeSet<String>> {
+    let mut changed = BTreeSet::new();
+    for role in staged {
+        if !ed.has_role(role)? {
+            continue;
+        }
+        let now = ed.targets(role)?.delegations.clone();
+        if now.is_none() {
+            continue;
+        }
+        let published = ws
+            .published::<Targets>(role)?
+            .and_then(|t| t.signed.delegations);
+        if published != now {
+            changed.insert(role.clone());
+        }
+    }
+    Ok(changed)
+}
+
+/// Whether a delegation path pattern can match some path directly under `dir`.
+fn pattern_may_hold(p: &str, dir: &str) -> bool {
+    p.contains('/') && pattern::matches(p.split('/').next().unwrap_or(""), dir)
+}
+
+/// Every target name directly under `dir/` (`.json`) listed by one of `roots` or a role
+/// delegated, directly or not, from one of them, through delegations whose paths may hold
+/// such names (hash-prefix and hashed-bin delegations may hold anything).
+/// Roles elsewhere in the graph are not loaded.
+fn names_below(
+    ed: &mut Editor<'_>,
+    roots: &BTreeSet<String>,
+    dir: &str,
+) -> Result<BTreeSet<String>> {
+    let prefix = format!("{dir}/");
+    let mut names = BTreeSet::new();
+    let mut visited = BTreeSet::new();
+    let mut stack: Vec<String> = roots.iter().cloned().collect();
+    while let Some(role) = stack.pop() {
+        if !visited.insert(role.clone()) || !ed.has_role(&role)? {
+            continue;
+        }
+        let t: &Targets = ed.targets(&role)?;
+        names.extend(
+            t.targets
+                .keys()
+                .filter(|n| {
+                    n.strip_prefix(&prefix)
+                        .is_some_and(|rest| !rest.contains('/') && rest.ends_with(".json"))
+                })
+                .cloned(),
+        );
+        let Some(d) = &t.delegations else {
+            continue;
+        };
+        if d.succinct_roles.is_some() {
+            stack.extend(d.role_names());
+        }
+        for r in d.roles.iter().flatten() {
+            let relevant = match (&r.paths, &r.path_hash_prefixes) {
+                (Some(p), _) => p.iter().any(|p| pattern_may_hold(p, dir)),
+                (None, Some(_)) => true,
+                (None, None) => false,
+            };
+            if relevant {
+                stack.push(r.name.clone());
+            }
+        }
+    }
+    Ok(names)
 }
 
 /// The capability verdict on one listed manifest (`None`: accepted, or not readable as
@@ -138,10 +233,12 @@ fn check_listing(
 mod tests {
     use super::*;
     use crate::editor::{self, DelegationSpec, InitOptions, KeyType};
-    use crate::manifests::{create_campaign, set_delegation_capabilities, set_group};
+    use crate::manifests::{
+        assign_devices, create_campaign, set_delegation_capabilities, set_group, AssignOptions,
+    };
     use crate::publish::{publish, Refresh};
     use crate::workspace::Settings;
-    use petrel_client::manifest::Capabilities;
+    use petrel_client::manifest::{assign_target_path, Capabilities};
     use petrel_client::tuf::keys::KeySource;
     use petrel_client::tuf::schema::Unrecognized;
     use std::path::{Path, PathBuf};
@@ -354,6 +451,116 @@ group = {{ id = "kiosk-eu", revision = 1 }}
         ed.save().unwrap();
         let r = publish(&ws, Refresh::default()).unwrap();
         assert!(r.roles.iter().any(|(role, _)| role == "campaigns"), "{r:?}");
+    }
+
+    fn group_caps(groups: &str) -> Capabilities {
+        Capabilities::from_toml(&format!("schema_version = 1\ngroups = [{groups}]\n")).unwrap()
+    }
+
+    /// [`repo`] plus device kiosk-1 assigned to kiosk-eu in a bin of role `assign`, whose
+    /// grant from `targets` allows `groups`; published. Returns the bin's target path.
+    fn repo_with_bin(dir: &Path, groups: &str) -> (Workspace, String) {
+        let ws = repo(dir, "\"required\"", "required");
+        let ids = dir.join("devices.txt");
+        std::fs::write(&ids, "kiosk-1\n").unwrap();
+        assign_devices(
+            &ws,
+            &ids,
+            &AssignOptions {
+                group: "kiosk-eu".into(),
+                role: None,
+                canary: false,
+                campaigns: Default::default(),
+            },
+        )
+        .unwrap();
+        let mut ed = Editor::new(&ws);
+        set_delegation_capabilities(
+            &mut ed,
+            "targets",
+            "assign",
+            false,
+            Some(&group_caps(groups)),
+        )
+        .unwrap();
+        ed.save().unwrap();
+        publish(&ws, Refresh::default()).unwrap();
+        let bin = assign_target_path("kiosk-1", ws.settings.assign_bin_digits);
+        (ws, bin)
+    }
+
+    /// Narrows the grant of `targets` to `assign` to `groups`, staging `targets` only.
+    fn narrow_assign_grant(ws: &Workspace, groups: &str) {
+        let mut ed = Editor::new(ws);
+        set_delegation_capabilities(
+            &mut ed,
+            "targets",
+            "assign",
+            false,
+            Some(&group_caps(groups)),
+        )
+        .unwrap();
+        ed.save().unwrap();
+        assert_eq!(
+            ws.staged_roles().unwrap(),
+            ["targets"],
+            "the bin and its role are not re-staged"
+        );
+    }
+
+    #[test]
+    fn publish_refuses_an_unchanged_bin_a_narrowed_grant_no_longer_allows_and_leaves_the_tree() {
+        let d = tempfile::tempdir().unwrap();
+        let (ws, bin) = repo_with_bin(d.path(), "\"kiosk-eu\", \"kiosk-us\"");
+        let before = snapshot(&ws.tree_dir());
+        narrow_assign_grant(&ws, "\"kiosk-us\"");
+        let e = publish(&ws, Refresh::default()).unwrap_err().to_string();
+        for part in [
+            bin.as_str(),
+            "signed by role \"assign\"",
+            "chain targets -> assign",
+            "capabilities of role \"assign\" (groups)",
+            "kiosk-eu",
+            "nothing was signed",
+        ] {
+            assert!(e.contains(part), "{part:?} missing from: {e}");
+        }
+        assert_eq!(snapshot(&ws.tree_dir()), before, "the tree is unchanged");
+        assert!(
+            !ws.staged_roles()
+                .unwrap()
+                .iter()
+                .any(|r| r == "snapshot" || r == "timestamp"),
+            "nothing was signed into staging either"
+        );
+    }
+
+    #[test]
+    fn publish_accepts_unchanged_bins_within_a_narrowed_grant() {
+        let d = tempfile::tempdir().unwrap();
+        let (ws, _) = repo_with_bin(d.path(), "\"kiosk-eu\", \"kiosk-us\"");
+        narrow_assign_grant(&ws, "\"kiosk-eu\"");
+        let r = publish(&ws, Refresh::default()).unwrap();
+        assert!(r.roles.iter().any(|(role, _)| role == "targets"), "{r:?}");
+    }
+
+    #[test]
+    fn only_bins_below_a_changed_delegation_are_searched() {
+        let d = tempfile::tempdir().unwrap();
+        let (ws, bin) = repo_with_bin(d.path(), "\"kiosk-eu\"");
+        let mut ed = Editor::new(&ws);
+        let roots = |r: &[&str]| r.iter().map(|s| s.to_string()).collect::<BTreeSet<_>>();
+        assert_eq!(
+            names_below(&mut ed, &roots(&["targets"]), "assign").unwrap(),
+            roots(&[&bin])
+        );
+        // `campaigns` delegates only campaigns/*: nothing of assign/ below it.
+        assert!(names_below(&mut ed, &roots(&["campaigns"]), "assign")
+            .unwrap()
+            .is_empty());
+        assert!(!pattern_may_hold("campaigns/*", "assign"));
+        assert!(pattern_may_hold("*/*", "assign"));
+        assert!(!pattern_may_hold("*", "assign"));
     }
 
     #[test]
