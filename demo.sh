@@ -1,8 +1,10 @@
 #!/usr/bin/env bash
 # The main job on an embedded default: sign a demo repository from examples/demo (content,
 # a tested group, a campaign that needs consent, the device's assignment), serve it on
-# loopback with petrel-server, and take a device through it: the TUF client's verified
-# downloads, then the device agent deciding, asking for consent, and becoming ready.
+# loopback with petrel-server (with its report endpoint), and take a device through it: the
+# TUF client's verified downloads, then the device agent deciding, asking for consent,
+# staging and applying the update all or nothing, and reporting the result, which the repo
+# tool turns into rollout status.
 # Usage: ./demo.sh [WORK_DIR]
 set -euo pipefail
 cd "$(dirname "$0")"
@@ -20,7 +22,7 @@ work="${1:-$(mktemp -d -t petrel-demo.XXXXXX)}"
 mkdir -p "$work"
 repo="$work/repo"
 device="$work/device"
-rm -rf "$repo" "$device"
+rm -rf "$repo" "$device" "$work"/reports.db*
 demo="$top/examples/demo"
 content="$demo/content"
 
@@ -42,7 +44,7 @@ echo "==> a tested group, the device's assignment (hashed id only) and a campaig
 
 echo "==> serving $repo/tree on loopback"
 log="$work/server.log"
-"$server" serve --root "$repo/tree" --listen 127.0.0.1:0 --access-log >"$work/server.out" 2>"$log" &
+"$server" serve --root "$repo/tree" --listen 127.0.0.1:0 --access-log --reports-db "$work/reports.db" >"$work/server.out" 2>"$log" &
 server_pid=$!
 trap 'kill $server_pid 2>/dev/null || true' EXIT
 url=""
@@ -80,6 +82,7 @@ echo 1.0 >"$device/apps/acme.thermostat/VERSION"
 cat >"$device/device.toml" <<TOML
 state_dir = "$device/state"
 profile = "$demo/device/profile.toml"
+report_url = "$url/v1/reports"
 [repository]
 metadata_url = "$url/metadata"
 targets_url = "$url/targets"
@@ -93,5 +96,15 @@ echo "==> the user reads the notice and agrees"
 "$agent" consent show thermostat-1.1
 "$agent" consent accept thermostat-1.1
 "$agent" check
+echo "==> enrolling the device's report key with the server"
+"$agent" device-key >"$work/device.pub.pem"
+"$server" enroll --reports-db "$work/reports.db" --device "$(sed -n 's/^id *= *"\(.*\)"/\1/p' "$demo/device/profile.toml")" \
+  --public-key "$work/device.pub.pem"
+echo "==> update: download into staging (verified), re-check the campaign, apply all or nothing, report"
+"$agent" update
+echo "    installed: acme.thermostat $(cat "$device/apps/acme.thermostat/VERSION")"
+cmp "$content/apps/acme/thermostat/1.1/firmware.bin" "$device/apps/acme.thermostat/firmware.bin"
 "$agent" status
+echo "==> the release engineer's view: rollout status from the device reports"
+"$repo_tool" -r "$repo" rollout status --reports "$url"
 echo "demo complete: repository $repo, device state $device"

@@ -1,7 +1,10 @@
 //! The report outbox: a directory of signed reports waiting for the report endpoint.
 //!
-//! Each report is one file `<report_id>.json`, written atomically, so queueing the same
-//! report twice is a no-op and a crash never leaves half a report. A file is deleted only
+//! Each report is one file `<seq>-<report_id>.json`, written atomically: `seq` (a growing
+//! number) keeps the order reports were queued in, which is the order they are sent in, so
+//! the endpoint sees a device's "staged" before its "succeeded" even when both carry the
+//! same second; the id makes queueing the same report twice a no-op, and the atomic write
+//! means a crash never leaves half a report. A file is deleted only
 //! after the endpoint answered 2xx; a report the endpoint refuses (4xx other than 408/429)
 //! is moved to `rejected/` with the server's answer next to it; anything else (network
 //! error, timeout, 5xx, 408, 429) leaves it queued for the next run.
@@ -62,44 +65,61 @@ impl Outbox {
         &self.dir
     }
 
-    fn path_of(&self, report_id: &str) -> PathBuf {
-        self.dir.join(format!("{report_id}.json"))
+    /// The queue files: `(seq, report_id, path)` for every `<seq>-<id>.json`.
+    fn entries(&self) -> Result<Vec<(u64, String, PathBuf)>, ReportError> {
+        let mut out = Vec::new();
+        let entries = std::fs::read_dir(&self.dir).map_err(|e| io_err(&self.dir, e))?;
+        for entry in entries {
+            let entry = entry.map_err(|e| io_err(&self.dir, e))?;
+            let name = entry.file_name();
+            let Some(name) = name.to_str() else { continue };
+            if name.starts_with('.') || !entry.file_type().is_ok_and(|t| t.is_file()) {
+                continue;
+            }
+            let Some(stem) = name.strip_suffix(".json") else {
+                continue;
+            };
+            // A name without a sequence number sorts first (and is checked like any other).
+            let (seq, id) = match stem.split_once('-') {
+                Some((n, id)) => match n.parse::<u64>() {
+                    Ok(n) => (n, id),
+                    Err(_) => (0, stem),
+                },
+                None => (0, stem),
+            };
+            out.push((seq, id.to_string(), entry.path()));
+        }
+        out.sort_by(|a, b| (a.0, &a.1).cmp(&(b.0, &b.1)));
+        Ok(out)
     }
 
     /// Queues a report (atomic write, fsync). Queueing a report already queued (same
     /// `report_id`) changes nothing and returns the same path.
     pub fn queue(&self, report: &SignedReport) -> Result<PathBuf, ReportError> {
         super::check_fields(&report.signed)?;
-        let path = self.path_of(report.report_id());
-        if path.exists() {
-            return Ok(path);
+        let entries = self.entries()?;
+        if let Some((_, _, path)) = entries.iter().find(|e| e.1 == report.report_id()) {
+            return Ok(path.clone());
         }
+        let seq = entries.iter().map(|e| e.0).max().unwrap_or(0) + 1;
+        let path = self
+            .dir
+            .join(format!("{seq:016}-{}.json", report.report_id()));
         write_atomic(&path, &report.to_vec()).map_err(|e| io_err(&path, e))?;
         Ok(path)
     }
 
-    /// The queued reports, oldest (by report time) first. Files that are not valid signed
+    /// The queued reports, in the order they were queued. Files that are not valid signed
     /// reports are moved to `rejected/` (with a `.reason.txt`) so they do not block the
     /// queue; an error is returned only if the directory cannot be read.
     pub fn pending(&self) -> Result<Vec<SignedReport>, ReportError> {
-        Ok(self.scan()?.0)
+        Ok(self.scan()?.0.into_iter().map(|q| q.report).collect())
     }
 
-    fn scan(&self) -> Result<(Vec<SignedReport>, Vec<String>), ReportError> {
+    fn scan(&self) -> Result<(Vec<QueuedReport>, Vec<String>), ReportError> {
         let mut out = Vec::new();
         let mut problems = Vec::new();
-        let entries = std::fs::read_dir(&self.dir).map_err(|e| io_err(&self.dir, e))?;
-        for entry in entries {
-            let entry = entry.map_err(|e| io_err(&self.dir, e))?;
-            let name = entry.file_name();
-            let Some(name) = name.to_str() else { continue };
-            let Some(id) = name.strip_suffix(".json") else {
-                continue;
-            };
-            if name.starts_with('.') || !entry.file_type().is_ok_and(|t| t.is_file()) {
-                continue;
-            }
-            let path = entry.path();
+        for (_, id, path) in self.entries()? {
             let parsed = std::fs::read(&path)
                 .map_err(|e| e.to_string())
                 .and_then(|b| {
@@ -116,14 +136,13 @@ impl Outbox {
                     }
                 });
             match parsed {
-                Ok(r) => out.push(r),
+                Ok(report) => out.push(QueuedReport { report, path }),
                 Err(why) => {
                     problems.push(format!("{}: {why}; moved to rejected/", path.display()));
-                    self.reject(id, &path, &format!("unreadable queue file: {why}"))?;
+                    self.reject(&id, &path, &format!("unreadable queue file: {why}"))?;
                 }
             }
         }
-        out.sort_by(|a, b| (a.signed.time, a.report_id()).cmp(&(b.signed.time, b.report_id())));
         Ok((out, problems))
     }
 
@@ -171,9 +190,8 @@ impl Outbox {
             }
         };
         let total = pending.len();
-        for (i, report) in pending.iter().enumerate() {
+        for (i, QueuedReport { report, path }) in pending.iter().enumerate() {
             let id = report.report_id().to_string();
-            let path = self.path_of(&id);
             let headers = [(CONTENT_TYPE, "application/json".to_string())];
             let answer = transport.request_once(
                 http::Method::POST,
@@ -195,7 +213,7 @@ impl Outbox {
             let status = resp.status.as_u16();
             let message = String::from_utf8_lossy(&resp.body).trim().to_string();
             if resp.status.is_success() {
-                if let Err(e) = std::fs::remove_file(&path) {
+                if let Err(e) = std::fs::remove_file(path) {
                     if e.kind() != std::io::ErrorKind::NotFound {
                         summary.errors.push(format!(
                             "report {id} was acknowledged but {} cannot be removed: {e}",
@@ -207,7 +225,7 @@ impl Outbox {
                 summary.sent += 1;
             } else if resp.status.is_client_error() && status != 408 && status != 429 {
                 let why = format!("HTTP {status}: {message}");
-                if let Err(e) = self.reject(&id, &path, &why) {
+                if let Err(e) = self.reject(&id, path, &why) {
                     summary.errors.push(e.to_string());
                 }
                 summary.rejected.push(Rejected {
@@ -225,6 +243,12 @@ impl Outbox {
         }
         summary
     }
+}
+
+/// A queued report and its file.
+struct QueuedReport {
+    report: SignedReport,
+    path: PathBuf,
 }
 
 fn sync_dir(dir: &Path) {

@@ -208,6 +208,41 @@ fn outbox_queueing_twice_is_idempotent() {
 }
 
 #[test]
+fn outbox_sends_in_queue_order_even_within_one_second() {
+    // "staged" then "succeeded" in the same second: the endpoint must see them in that
+    // order (it keeps a device's latest report), whatever their ids sort like.
+    let d = tempfile::tempdir().unwrap();
+    let k = key(d.path());
+    let outbox = Outbox::open(d.path().join("outbox")).unwrap();
+    let mut queued = Vec::new();
+    for result in [
+        ReportResult::Staged,
+        ReportResult::Succeeded,
+        ReportResult::Declined,
+        ReportResult::Failed,
+    ] {
+        let mut f = fields();
+        f.result = result;
+        let r = Report::new(f).sign(&k);
+        queued.push(r.report_id().to_string());
+        outbox.queue(&r).unwrap();
+    }
+    let mut sorted = queued.clone();
+    sorted.sort();
+    assert_ne!(
+        sorted, queued,
+        "the ids happen to sort in queue order; pick others"
+    );
+    let pending: Vec<String> = outbox
+        .pending()
+        .unwrap()
+        .iter()
+        .map(|r| r.report_id().to_string())
+        .collect();
+    assert_eq!(pending, queued);
+}
+
+#[test]
 fn outbox_moves_corrupt_queue_files_aside() {
     let d = tempfile::tempdir().unwrap();
     let outbox = Outbox::open(d.path().join("outbox")).unwrap();
@@ -325,7 +360,12 @@ fn outbox_deletes_only_after_2xx_sets_4xx_aside_and_keeps_the_rest_on_5xx() {
     assert_eq!(summary.rejected[0].report_id, ids[1]);
     assert_eq!(summary.rejected[0].message, "answer 400");
     assert_eq!(summary.kept, 1, "{summary:?}");
-    assert!(!outbox.dir().join(format!("{}.json", ids[0])).exists());
+    let queued: Vec<String> = std::fs::read_dir(outbox.dir())
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .collect();
+    assert!(!queued.iter().any(|n| n.contains(&ids[0])), "{queued:?}");
+    assert!(queued.iter().any(|n| n.contains(&ids[2])), "{queued:?}");
     assert!(outbox
         .dir()
         .join(format!("rejected/{}.json", ids[1]))
