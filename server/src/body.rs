@@ -23,7 +23,7 @@ use hyper::body::{Body, Frame, SizeHint};
 use tokio::task::JoinHandle;
 
 /// Size of each read when streaming a file.
-pub const CHUNK_SIZE: usize = 256 * 1024;
+pub const CHUNK_SIZE: usize = 1024 * 1024;
 
 /// The body type of every response this server sends.
 #[derive(Debug)]
