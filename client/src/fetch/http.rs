@@ -15,7 +15,7 @@ use std::time::Duration;
 use bytes::Bytes;
 use http::header::{CONTENT_LENGTH, LOCATION, USER_AGENT};
 use http::{Request, StatusCode, Uri};
-use http_body_util::{BodyExt, Empty};
+use http_body_util::{BodyExt, Full};
 use hyper_rustls::HttpsConnector;
 use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::client::legacy::Client;
@@ -91,8 +91,9 @@ pub enum HttpSetupError {
     Tls(String),
 }
 
-type PlainClient = Client<HttpConnector, Empty<Bytes>>;
-type TlsClient = Client<HttpsConnector<HttpConnector>, Empty<Bytes>>;
+/// Both pools carry in-memory bodies: empty for the fetches, the report for a POST.
+type PlainClient = Client<HttpConnector, Full<Bytes>>;
+type TlsClient = Client<HttpsConnector<HttpConnector>, Full<Bytes>>;
 
 /// A blocking HTTP(S) transport. It owns a current-thread tokio runtime, so it must not be
 /// called from inside another tokio runtime (use `spawn_blocking` there).
@@ -257,7 +258,7 @@ impl HttpTransport {
             };
             let req = Request::get(uri)
                 .header(USER_AGENT, &self.config.user_agent)
-                .body(Empty::<Bytes>::new())
+                .body(Full::new(Bytes::new()))
                 .map_err(|e| FetchError::BadUrl {
                     url: current.clone(),
                     reason: e.to_string(),
@@ -418,43 +419,33 @@ impl HttpTransport {
             builder = builder.header(name, value);
         }
         let req = builder
-            .body(http_body_util::Full::new(body))
+            .body(Full::new(body))
             .map_err(|e| bad(e.to_string()))?;
+        // The same connection pools (and the same lazily made TLS setup) as the fetches.
+        let client_for_https = match uri.scheme_str() {
+            Some("http") => None,
+            Some("https") => Some(
+                self.tls()
+                    .map_err(|e| bad(format!("HTTPS unavailable: {e}")))?,
+            ),
+            _ => return Err(bad("not an http:// or https:// URL".into())),
+        };
         self.runtime.block_on(async {
-            match uri.scheme_str() {
-                Some("http") => {
-                    let client: Client<HttpConnector, http_body_util::Full<Bytes>> =
-                        client_builder().build(self.connector.clone());
-                    self.exchange(&client, req, url, max_response).await
-                }
-                Some("https") => {
-                    let tls = tls_config(&self.config)
-                        .map_err(|e| bad(format!("HTTPS unavailable: {e}")))?;
-                    let https = hyper_rustls::HttpsConnectorBuilder::new()
-                        .with_tls_config(tls)
-                        .https_only()
-                        .enable_http1()
-                        .wrap_connector(self.connector.clone());
-                    let client: Client<_, http_body_util::Full<Bytes>> =
-                        client_builder().build(https);
-                    self.exchange(&client, req, url, max_response).await
-                }
-                _ => Err(bad("not an http:// or https:// URL".into())),
-            }
+            let sent = match client_for_https {
+                None => self.http.request(req),
+                Some(tls) => tls.request(req),
+            };
+            self.exchange(sent, url, max_response).await
         })
     }
 
-    async fn exchange<C>(
+    async fn exchange(
         &self,
-        client: &Client<C, http_body_util::Full<Bytes>>,
-        req: Request<http_body_util::Full<Bytes>>,
+        sent: hyper_util::client::legacy::ResponseFuture,
         url: &str,
         max_response: u64,
-    ) -> Result<HttpResponse, FetchError>
-    where
-        C: hyper_util::client::legacy::connect::Connect + Clone + Send + Sync + 'static,
-    {
-        let resp = tokio::time::timeout(self.config.read_timeout, client.request(req))
+    ) -> Result<HttpResponse, FetchError> {
+        let resp = tokio::time::timeout(self.config.read_timeout, sent)
             .await
             .map_err(|_| FetchError::Timeout {
                 url: url.to_string(),
