@@ -14,6 +14,15 @@
 #   INCR_SIZE   targets in the repository for the incremental case (default 100000)
 #   BINS        hashed bins in the incremental repositories (default 256)
 #   TOOLS       subset of "petrel tuftool pytuf" (default all three)
+#   FLOORS      reference commands timed on the fresh cases beside the tools, subset of
+#               "cp link" (default both): `cp -r INPUT OUT` (write every file once, no
+#               hashing, signing or sync) and `cp -al INPUT OUT` (one hard link per file).
+#               They are no TUF tool: they show what the file system alone costs.
+#   SETTLE      seconds to wait after removing a round's outputs of SETTLE_FROM or more
+#               files (default 65). ext4 without a journal skips inodes freed in the
+#               last 60 s when it allocates new ones (`recently_deleted`), so the first
+#               run after a large removal pays for it. SETTLE=0 for a quick look.
+#   SETTLE_FROM target count from which rounds settle (default 10000)
 #   TIMEOUT     seconds allowed for one timed command (default 900)
 #   BENCH_WORK  scratch directory (default <repo>/bench/work; git-ignored)
 #   PETREL_REPO_BIN  use this petrel-repo instead of building one
@@ -35,6 +44,9 @@ INCR_SIZE="${INCR_SIZE:-100000}"
 BINS="${BINS:-256}"
 BIN_PREFIX=bin # bin role names: bin-00 ... bin-ff (Petrel and python-tuf alike)
 TOOLS="${TOOLS:-petrel tuftool pytuf}"
+FLOORS="${FLOORS-cp link}"
+SETTLE="${SETTLE:-65}"
+SETTLE_FROM="${SETTLE_FROM:-10000}"
 TIMEOUT="${TIMEOUT:-900}"
 
 say() { printf '[bench %(%H:%M:%S)T] %s\n' -1 "$*" >&2; }
@@ -132,10 +144,12 @@ measure() {
 }
 
 # The order of the tools is rotated every run so no tool is always first or last.
+# rotated RUN [EXTRA...]: TOOLS and EXTRA, rotated.
 rotated() {
     local run="$1" i
+    shift
     local -a t=()
-    for x in ${TOOLS}; do t+=("${x}"); done
+    for x in ${TOOLS} "$@"; do t+=("${x}"); done
     for ((i = 0; i < ${#t[@]}; i++)); do
         printf '%s\n' "${t[(i + run) % ${#t[@]}]}"
     done
@@ -169,13 +183,22 @@ tuf_versions() { # CASE-independent flags for a given version triple
 # 4. Fresh publish
 # ---------------------------------------------------------------------------
 if has_mode fresh; then
+    # tree_of TOOL OUT: where a tool's output keeps the targets/ directory.
+    tree_of() {
+        case "$1" in
+        petrel | pytuf) printf '%s/tree' "$2" ;;
+        *) printf '%s' "$2" ;;
+        esac
+    }
+    # Every round starts with no output of earlier rounds left (removed, synced and
+    # settled at the end of the round before), so no tool pays for another's removal.
     for n in ${SIZES}; do
         input="${work}/input-${n}"
+        rm -rf "${work}/runs/fresh-${n}-"*
         for ((run = 1; run <= RUNS; run++)); do
             say "fresh-${n} run ${run}/${RUNS}"
-            for tool in $(rotated "${run}"); do
+            for tool in $(rotated "${run}" ${FLOORS}); do
                 out="${work}/runs/fresh-${n}-${tool}"
-                rm -rf "${out}"
                 case "${tool}" in
                 petrel)
                     measure "fresh-${n}" petrel "${run}" bash -c '
@@ -193,21 +216,31 @@ if has_mode fresh; then
                 pytuf)
                     measure "fresh-${n}" pytuf "${run}" "${py}" "${pytuf_script}" fresh "${input}" "${out}"
                     ;;
+                cp)
+                    mkdir -p "${out}"
+                    measure "fresh-${n}" cp "${run}" cp -r "${input}" "${out}/targets"
+                    ;;
+                link)
+                    mkdir -p "${out}"
+                    measure "fresh-${n}" link "${run}" cp -al "${input}" "${out}/targets"
+                    ;;
                 esac
             done
-        done
-        # Sanity check (not timed) of the last run: every tool's tree has every target under
-        # its SHA-256 name (Petrel also links each under its SHA-512 name, as the
-        # specification asks for every listed hash).
-        for tool in ${TOOLS}; do
-            out="${work}/runs/fresh-${n}-${tool}"
-            case "${tool}" in
-            petrel) tree="${out}/tree" ;; pytuf) tree="${out}/tree" ;; tuftool) tree="${out}" ;;
-            esac
-            count=$(find "${tree}/targets" \( -type f -o -type l \) 2>/dev/null \
-                | grep -cE '/[0-9a-f]{64}\.[^/]*$' || true)
-            [[ "${count}" == "${n}" ]] || say "WARNING: ${tool}'s last tree for ${n} has ${count} of ${n} targets"
-            rm -rf "${out}"
+            # Sanity check (not timed): every tool's tree has every target under its
+            # SHA-256 name (Petrel also links each under its SHA-512 name, as the
+            # specification asks for every listed hash).
+            for tool in ${TOOLS}; do
+                out="${work}/runs/fresh-${n}-${tool}"
+                count=$(find "$(tree_of "${tool}" "${out}")/targets" \( -type f -o -type l \) 2>/dev/null \
+                    | grep -cE '/[0-9a-f]{64}\.[^/]*$' || true)
+                [[ "${count}" == "${n}" ]] || say "WARNING: ${tool}'s tree for ${n} (run ${run}) has ${count} of ${n} targets"
+            done
+            rm -rf "${work}/runs/fresh-${n}-"*
+            sync
+            if ((n >= SETTLE_FROM && SETTLE > 0)); then
+                say "settling ${SETTLE} s after removing the round's outputs"
+                sleep "${SETTLE}"
+            fi
         done
     done
 fi

@@ -5,14 +5,22 @@
 
 Prints markdown: wall time (median, with min-max over the runs) and peak RSS (median),
 and the ratios petrel/tuftool and petrel/python-tuf of the medians (below 1 means
-Petrel is faster or smaller). Failed runs (non-zero status) are left out and counted.
+Petrel is faster or smaller). The floors (`cp -r`, `cp -al` of the input) are shown
+beside them, without ratios. Failed runs (non-zero status) are left out and counted.
 """
 import csv
 import statistics
 import sys
 
-TOOLS = ["petrel", "tuftool", "pytuf"]
-NAMES = {"petrel": "Petrel", "tuftool": "tuftool", "pytuf": "python-tuf"}
+TOOLS = ["petrel", "tuftool", "pytuf", "cp", "link"]
+NAMES = {
+    "petrel": "Petrel",
+    "tuftool": "tuftool",
+    "pytuf": "python-tuf",
+    "cp": "`cp -r` (floor)",
+    "link": "`cp -al` (floor)",
+}
+PEERS = ["tuftool", "pytuf"]  # ratios are given against these only
 
 
 def case_label(case):
@@ -54,7 +62,7 @@ def main():
         m = med(case, tool, 1)
         return f"{m / 1024:.0f} MiB" if m is not None else "–"
 
-    others = [t for t in tools if t != "petrel"]
+    others = [t for t in tools if t in PEERS]
     print("### Wall time (median of runs; min–max in brackets)\n")
     print("| case | " + " | ".join(NAMES[t] for t in tools) + " | "
           + " | ".join(f"Petrel / {NAMES[t]}" for t in others) + " |")

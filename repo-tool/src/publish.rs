@@ -7,7 +7,7 @@
 //! publish is finished by the next `publish`, which rewrites the same bytes. Until the new
 //! `timestamp.json` is renamed into place, clients see the previous repository.
 
-use std::collections::{BTreeMap, HashSet};
+use std::collections::BTreeMap;
 use std::fs;
 use std::path::{Path, PathBuf};
 
@@ -18,7 +18,7 @@ use petrel_client::tuf::schema::{
 use ring::digest;
 use serde::{Deserialize, Serialize};
 
-use crate::editor::{trunc_seconds, Editor};
+use crate::editor::{self, trunc_seconds, Editor};
 use crate::error::{Error, Result};
 use crate::fsutil;
 use crate::signing;
@@ -261,7 +261,7 @@ pub fn metadata_tree_path(consistent: bool, role: &str, version: u64) -> PathBuf
 
 /// Names in the content store, listed once per publish when the roles being published
 /// list many targets (one directory listing instead of one lookup per target).
-struct ContentNames(HashSet<String>);
+struct ContentNames(editor::StoreListing);
 
 /// Above this many targets in the roles being published, the content store is listed
 /// instead of looked up per target. (A lookup costs about as much as listing ten entries,
@@ -269,22 +269,6 @@ struct ContentNames(HashSet<String>);
 const LIST_CONTENT_ABOVE: usize = 8192;
 
 impl ContentNames {
-    fn list(dir: &Path) -> Result<ContentNames> {
-        let mut names = HashSet::new();
-        let entries = match fs::read_dir(dir) {
-            Ok(e) => e,
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(ContentNames(names)),
-            Err(e) => return Err(Error::io(dir, e)),
-        };
-        for entry in entries {
-            let entry = entry.map_err(|e| Error::io(dir, e))?;
-            if let Ok(name) = entry.file_name().into_string() {
-                names.insert(name);
-            }
-        }
-        Ok(ContentNames(names))
-    }
-
     /// The listing of the store, when `roles` list more than [`LIST_CONTENT_ABOVE`] targets.
     fn for_roles<'a>(
         ws: &Workspace,
@@ -292,17 +276,20 @@ impl ContentNames {
     ) -> Result<Option<ContentNames>> {
         let total: usize = roles.map(|t| t.signed.targets.len()).sum();
         if total > LIST_CONTENT_ABOVE {
-            ContentNames::list(&ws.content_dir()).map(Some)
+            editor::list_stored(&ws.content_dir())
+                .map(ContentNames)
+                .map(Some)
         } else {
             Ok(None)
         }
     }
 
-    /// Whether the store holds `sha256`: from the listing if there is one, else one lookup.
-    fn has(this: &Option<ContentNames>, dir: &Path, sha256: &str) -> bool {
+    /// The stored copy of `sha256`, if the store holds one: from the listing if there is
+    /// one, else by looking it up.
+    fn find(this: &Option<ContentNames>, dir: &Path, sha256: &str) -> Option<PathBuf> {
         match this {
-            Some(names) => names.0.contains(sha256),
-            None => dir.join(sha256).exists(),
+            Some(listing) => listing.0.path(dir, sha256),
+            None => editor::find_stored(dir, sha256),
         }
     }
 }
@@ -324,7 +311,7 @@ fn check_content(
             ));
         };
         // The content store is checked first: it usually has the file.
-        if !ContentNames::has(stored, &content, sha)
+        if ContentNames::find(stored, &content, sha).is_none()
             && !tree
                 .join(target_tree_path(root.consistent_snapshot(), name, sha))
                 .exists()
@@ -395,17 +382,16 @@ fn apply_journal(
         let content = ws.content_dir();
         for (name, tf) in &t.signed.targets {
             let sha = &tf.hashes["sha256"];
-            let mut src = content.join(sha);
+            let stored_copy = ContentNames::find(&stored, &content, sha);
             if !consistent {
+                let src = stored_copy.unwrap_or_else(|| editor::store_path(&content, sha));
                 let dst = tree.join(target_tree_path(false, name, sha));
                 report.targets_written +=
                     usize::from(replace_if_different(&src, &dst, tf.length, sha)?);
                 continue;
             }
-            if !ContentNames::has(&stored, &content, sha) {
-                // Published before and no longer in the content store: the tree holds it.
-                src = tree.join(target_tree_path(true, name, sha));
-            }
+            // Published before and no longer in the content store: the tree holds it.
+            let src = stored_copy.unwrap_or_else(|| tree.join(target_tree_path(true, name, sha)));
             // The specification asks for one copy per listed hash (clients may build the
             // name from any of them); hard links make the extra names free.
             for digest in tf.hashes.values() {

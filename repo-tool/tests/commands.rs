@@ -137,6 +137,44 @@ fn add_file_with_prefix_publishes_consistent_target_with_length_sha256_and_sha51
     r.verify_ok();
 }
 
+/// Workspaces made by earlier versions keep the content store flat (`content/<sha256>`);
+/// publishing from one still places every target, with no copy stored twice.
+#[test]
+fn a_content_store_in_the_earlier_flat_layout_still_publishes() {
+    let r = Repo::init(&[]);
+    let contents: Vec<Vec<u8>> = (0..3).map(|i| format!("file {i}\n").into_bytes()).collect();
+    for (i, c) in contents.iter().enumerate() {
+        let f = r.src(&format!("d/f{i}.txt"), c);
+        r.ok(&["add", path(&f), "--prefix", "docs"]);
+    }
+    // Move every stored file to where earlier versions kept it.
+    let content = r.dir.join("content");
+    for c in &contents {
+        let sha = sha256_hex(c);
+        let sharded = content.join(&sha[..2]).join(&sha);
+        assert!(
+            sharded.is_file(),
+            "{} not stored under its subdirectory",
+            sha
+        );
+        std::fs::rename(&sharded, content.join(&sha)).unwrap();
+        std::fs::remove_dir(sharded.parent().unwrap()).unwrap();
+    }
+    // Content already in the flat store is not stored a second time.
+    let again = r.src("again.txt", &contents[0]);
+    r.ok(&["add", path(&again), "--prefix", "more"]);
+    assert!(!content.join(&sha256_hex(&contents[0])[..2]).exists());
+    r.ok(&["publish"]);
+    for (i, c) in contents.iter().enumerate() {
+        let name = format!("docs/f{i}.txt");
+        assert_eq!(
+            std::fs::read(r.tree().join(consistent_target_path(&name, c))).unwrap(),
+            *c
+        );
+    }
+    r.verify_ok();
+}
+
 #[test]
 fn add_directory_tree_names_every_regular_file_by_its_relative_path() {
     let r = Repo::init(&[]);

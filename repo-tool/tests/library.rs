@@ -59,7 +59,11 @@ fn a_file_that_changes_while_it_is_added_is_refused_and_the_store_is_unchanged()
     assert_eq!(stored.sha256, sha256_hex(&bytes));
     assert_eq!(stored.sha512, sha512_hex(&bytes));
     assert_eq!(
-        std::fs::read(ws.content_dir().join(&stored.sha256)).unwrap(),
+        std::fs::read(petrel_repo::editor::store_path(
+            &ws.content_dir(),
+            &stored.sha256
+        ))
+        .unwrap(),
         bytes
     );
 }

@@ -18,7 +18,10 @@ use petrel_client::tuf::schema::{
     TOP_LEVEL_ROLES,
 };
 
-pub use content::{hash_into_store, hash_into_store_with_hook, store_files, StoredFile};
+pub use content::{
+    find_stored, hash_into_store, hash_into_store_with_hook, list_stored, store_files, store_path,
+    StoreListing, StoredFile,
+};
 pub use delegate::{BinsSpec, DelegationSpec};
 pub use init::{init, InitOptions, KeyType, RoleSpec};
 pub use rotate::RotateSpec;

@@ -152,7 +152,8 @@ pub fn read_listed(ed: &mut Editor<'_>, l: &Listing) -> Result<Vec<u8>> {
     let consistent = ed.root()?.consistent_snapshot();
     let ws = ed.workspace();
     let candidates = [
-        ws.content_dir().join(sha),
+        crate::editor::find_stored(&ws.content_dir(), sha)
+            .unwrap_or_else(|| crate::editor::store_path(&ws.content_dir(), sha)),
         ws.tree_dir()
             .join(target_tree_path(consistent, &l.name, sha)),
     ];
@@ -188,7 +189,7 @@ pub fn content_available(ed: &mut Editor<'_>, l: &Listing) -> Result<bool> {
     };
     let consistent = ed.root()?.consistent_snapshot();
     let ws = ed.workspace();
-    Ok(ws.content_dir().join(sha).exists()
+    Ok(crate::editor::find_stored(&ws.content_dir(), sha).is_some()
         || ws
             .tree_dir()
             .join(target_tree_path(consistent, &l.name, sha))
