@@ -535,6 +535,47 @@ fn publish_with_file_size_limit(r: &Repo, kib: u32) -> Output {
     run(c)
 }
 
+/// A disk that fills while `add` copies many files (a file-size limit, as above): the
+/// add fails naming the file, and the workspace is exactly as before: no copy left under
+/// a hash (created directly there, so it must be removed again), no temporary file, no
+/// staged change. Without the limit the same add succeeds.
+#[test]
+fn disk_full_during_add_of_many_files_leaves_the_workspace_unchanged() {
+    let r = Repo::published();
+    let dir = r.scratch("src/many");
+    std::fs::create_dir_all(&dir).unwrap();
+    for i in 0..20 {
+        std::fs::write(
+            dir.join(format!("small-{i:02}.txt")),
+            format!("small {i}\n"),
+        )
+        .unwrap();
+    }
+    let big: Vec<u8> = (0..300 * 1024u32).map(|i| (i % 241) as u8).collect();
+    std::fs::write(dir.join("big.bin"), &big).unwrap();
+    let before = snapshot(&r.dir);
+    let mut c = Command::new("bash");
+    c.arg("-c")
+        .arg("trap '' XFSZ; ulimit -f 64 || exit 99; exec \"$0\" --repo \"$1\" add \"$2\" --prefix many")
+        .arg(BIN)
+        .arg(&r.dir)
+        .arg(&dir)
+        .env_remove("PETREL_REPO")
+        .env_remove("PETREL_KEYS_DIR");
+    let o = run(c);
+    let err = String::from_utf8_lossy(&o.stderr).into_owned();
+    assert_eq!(o.status.code(), Some(1), "add under ulimit: {err}");
+    assert!(
+        err.contains(&sha256_hex(&big)) && err.contains("File too large"),
+        "the error names the copy that could not be written: {err}"
+    );
+    assert_same(&before, &snapshot(&r.dir), "workspace after the failed add");
+    let out = r.ok(&["add", path(&dir), "--prefix", "many"]);
+    assert!(out.contains("21 target(s) added"), "{out}");
+    r.ok(&["publish"]);
+    r.verify_ok();
+}
+
 /// A published repository with a small and a big (300 KiB) target staged; the small one
 /// sorts first, so a 64 KiB limit fails the publish midway through the target files.
 fn interrupted_by_full_disk() -> (Repo, Snapshot, String, String) {

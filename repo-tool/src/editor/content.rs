@@ -174,23 +174,52 @@ pub fn hash_into_store_with_hook(
     content_dir: &Path,
     after_read: impl FnOnce(),
 ) -> Result<StoredFile> {
-    let incoming = copy_and_hash(src, content_dir, true, after_read)?;
-    let file = incoming.file.clone();
-    name_synced(content_dir, vec![incoming], false)?;
-    Ok(file)
+    let mut created = Vec::new();
+    let stored = copy_and_hash(src, content_dir, true, &mut created, after_read).and_then(|i| {
+        let file = i.file.clone();
+        name_synced(content_dir, vec![i], false).map(|()| file)
+    });
+    if stored.is_err() {
+        remove_empty_dirs(&created);
+    }
+    stored
 }
 
 /// Stores many files (in parallel on the current rayon pool): [`hash_into_store`] for each,
 /// with one file-system sync for all of them instead of one per file. Results are in the
-/// order of `sources`. On error nothing new is left in the store (copies made so far are
-/// removed).
+/// order of `sources`. On error nothing new is left in the store (copies made so far, and
+/// subdirectories made for them, are removed).
 pub fn store_files(sources: &[PathBuf], content_dir: &Path) -> Result<Vec<StoredFile>> {
     if sources.len() == 1 {
         return Ok(vec![hash_into_store(&sources[0], content_dir)?]);
     }
+    let created = std::sync::Mutex::new(Vec::new());
+    let stored = store_many(sources, content_dir, &created);
+    if stored.is_err() {
+        // Every copy of this add is gone by now (dropped with the error).
+        remove_empty_dirs(&created.into_inner().unwrap_or_else(|e| e.into_inner()));
+    }
+    stored
+}
+
+fn store_many(
+    sources: &[PathBuf],
+    content_dir: &Path,
+    created: &std::sync::Mutex<Vec<PathBuf>>,
+) -> Result<Vec<StoredFile>> {
     let incoming: Vec<Incoming> = sources
         .par_iter()
-        .map(|src| copy_and_hash(src, content_dir, false, || {}))
+        .map(|src| {
+            let mut dirs = Vec::new();
+            let r = copy_and_hash(src, content_dir, false, &mut dirs, || {});
+            if !dirs.is_empty() {
+                created
+                    .lock()
+                    .unwrap_or_else(|e| e.into_inner())
+                    .extend(dirs);
+            }
+            r
+        })
         .collect::<Result<_>>()?;
     let synced = incoming
         .iter()
@@ -201,6 +230,13 @@ pub fn store_files(sources: &[PathBuf], content_dir: &Path) -> Result<Vec<Stored
     let files = incoming.iter().map(|i| i.file.clone()).collect();
     name_synced(content_dir, incoming, synced)?;
     Ok(files)
+}
+
+/// Removes the subdirectories an add made, where they are empty (after a failed add).
+fn remove_empty_dirs(dirs: &[PathBuf]) {
+    for d in dirs.iter().rev() {
+        let _ = fs::remove_dir(d);
+    }
 }
 
 /// Checks that `src` is a regular file and opens it, returning it with its state.
@@ -281,6 +317,7 @@ fn copy_and_hash(
     src: &Path,
     content_dir: &Path,
     sync: bool,
+    created_dirs: &mut Vec<PathBuf>,
     after_read: impl FnOnce(),
 ) -> Result<Incoming> {
     let (mut file, before) = open_regular(src)?;
@@ -291,7 +328,6 @@ fn copy_and_hash(
         }
         Ok(())
     };
-    let mut created_dirs = Vec::new();
     let (stored, placed) = if before.len() <= READ_WHOLE_UP_TO {
         // Small files (the common case) are read whole and checked first, then created
         // directly under their hash.
@@ -305,11 +341,11 @@ fn copy_and_hash(
             sha256: hex::encode(digest::digest(&digest::SHA256, &bytes)),
             sha512: hex::encode(digest::digest(&digest::SHA512, &bytes)),
         };
-        let placed = place_bytes(content_dir, &stored, &bytes, sync, &mut created_dirs)?;
+        let placed = place_bytes(content_dir, &stored, &bytes, sync, created_dirs)?;
         (stored, placed)
     } else {
         // Large files are streamed through a temporary file in the store's top directory.
-        let mut tmp = temp_in(content_dir, &mut created_dirs)?;
+        let mut tmp = temp_in(content_dir, created_dirs)?;
         let mut s256 = digest::Context::new(&digest::SHA256);
         let mut s512 = digest::Context::new(&digest::SHA512);
         let mut buf = vec![0u8; 64 * 1024];
@@ -351,7 +387,7 @@ fn copy_and_hash(
     Ok(Incoming {
         file: stored,
         placed,
-        created_dirs,
+        created_dirs: created_dirs.clone(),
     })
 }
 
