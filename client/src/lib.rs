@@ -22,6 +22,7 @@
 pub mod agent;
 pub mod consent;
 pub mod decide;
+pub mod delta;
 pub mod fetch;
 pub mod manifest;
 pub mod report;

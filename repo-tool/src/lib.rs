@@ -15,6 +15,7 @@
 #![warn(missing_docs)]
 
 pub mod audit;
+pub mod delta;
 pub mod duration;
 pub mod editor;
 pub mod error;

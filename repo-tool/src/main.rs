@@ -69,6 +69,29 @@ enum Command {
         #[arg(required = true)]
         names: Vec<String>,
     },
+    /// Add whole-file binary deltas from earlier versions of an artifact to a new one.
+    #[command(after_help = "\
+Each delta is a zstd frame with the old bytes as reference prefix, added as the target
+deltas/<new sha256>/<old sha256>.zst with custom metadata naming both hashes and lengths
+(docs/formats.md, Deltas). Devices that have exactly the old bytes installed download the
+delta instead of the artifact and check the result against the artifact's signed hash.
+A delta that is not smaller than the new artifact is skipped. Default role: `deltas` if
+the repository has it, else `targets`.
+
+Example:
+  petrel-repo delta --from apps/acme/app/2.0/app.bin --from apps/acme/app/2.1/app.bin \\
+      --to apps/acme/app/2.2/app.bin --role deltas")]
+    Delta {
+        /// An earlier version's target path (repeatable): the bytes devices have installed.
+        #[arg(long = "from", required = true, value_name = "OLD_TARGET")]
+        from: Vec<String>,
+        /// The new version's target path.
+        #[arg(long, value_name = "NEW_TARGET")]
+        to: String,
+        /// The role to list the deltas in (a role delegating to hashed bins places each).
+        #[arg(long)]
+        role: Option<String>,
+    },
     /// Delegate target paths (or hashed bins) to a new role with its own keys.
     #[command(
         after_help = "Examples:\n  petrel-repo delegate --to acme --paths 'apps/acme/*' 'apps/acme/*/*/*' --terminating\n  petrel-repo delegate --to partner --paths 'apps/partner/*' --public-key partner.pub.pem\n  petrel-repo delegate --from acme --to acme-bin --bins 64\n  petrel-repo delegate --from campaigns --to partner-acme --paths 'campaigns/acme-*' --public-key acme.pub.json --capabilities acme.toml"
@@ -598,6 +621,45 @@ fn run(cli: Cli) -> Result<()> {
                 new.len(),
                 replaced.len()
             );
+            Ok(())
+        }
+        Command::Delta { from, to, role } => {
+            let ws = open_for_edit(&cli)?;
+            let outcomes = petrel_repo::delta::make_deltas(
+                &ws,
+                &petrel_repo::delta::DeltaOptions {
+                    from: from.clone(),
+                    to: to.clone(),
+                    role: role.clone(),
+                },
+            )?;
+            let mut added = 0;
+            for o in &outcomes {
+                match o {
+                    petrel_repo::delta::DeltaOutcome::Added {
+                        from,
+                        name,
+                        role,
+                        length,
+                        result_length,
+                    } => {
+                        added += 1;
+                        println!(
+                            "added {name} in role {role}: {from} -> {to}, {length} bytes instead of {result_length}"
+                        );
+                    }
+                    petrel_repo::delta::DeltaOutcome::Skipped {
+                        from,
+                        length,
+                        result_length,
+                    } => println!(
+                        "skipped {from} -> {to}: the delta ({length} bytes) is not smaller than the artifact ({result_length} bytes)"
+                    ),
+                }
+            }
+            if added > 0 {
+                println!("{added} delta(s) added; run `petrel-repo publish`");
+            }
             Ok(())
         }
         Command::Remove { role, names } => {

@@ -319,11 +319,12 @@ impl Agent {
         }
         let mut state = AgentState::load(&self.paths.state_file())?;
         let mut updater = self.updater()?;
-        let gathered = repo::gather(
+        let gathered = repo::gather_with_deltas(
             &mut updater,
             &self.profile.id,
             self.config.repository.assign_bin_digits,
             &self.paths.manifests(),
+            &repo::delta_bases(&self.config.inventory, &self.profile.inventory),
         )?;
         let local = state.local_state(consent.records().clone());
         let decision = decide(&gathered.view, &self.profile, &local, now);

@@ -80,11 +80,19 @@ pub fn next_step(c: &CampaignDecision) -> String {
         ),
         Status::WaitingForConsent { .. } => format!("answer it: petrel consent show {id}"),
         Status::Postponed { until, .. } => format!("ask again at {}", ts(*until)),
-        Status::ReadyToDownload { items, bytes } => format!(
-            "download and verify {} item(s), {}, into staging (petrel update)",
-            items.len(),
-            human_bytes(*bytes)
-        ),
+        Status::ReadyToDownload { items, bytes } => {
+            let deltas = items.iter().filter(|i| i.delta.is_some()).count();
+            format!(
+                "download and verify {} item(s), {}{}, into staging (petrel update)",
+                items.len(),
+                human_bytes(*bytes),
+                if deltas > 0 {
+                    format!(" ({deltas} as delta(s) from the installed bytes)")
+                } else {
+                    String::new()
+                }
+            )
+        }
         Status::WaitingForDownloadWindow { opens_at, .. } => {
             format!("download when the window opens at {}", ts(*opens_at))
         }
@@ -549,6 +557,15 @@ pub fn update_text(agent: &Agent, out: &super::UpdateOutcome) -> String {
                 s.downloaded.len(),
                 human_bytes(s.bytes)
             ));
+        }
+        if !s.via_delta.is_empty() {
+            parts.push(format!(
+                "{} of them built from a delta and the installed bytes",
+                s.via_delta.len()
+            ));
+        }
+        for f in &s.delta_fallbacks {
+            parts.push(format!("delta not used, full download instead ({f})"));
         }
         if !s.kept.is_empty() {
             parts.push(format!(

@@ -1,23 +1,26 @@
 //! From the TUF updater to the engine's [`RepositoryView`]: the device's own assignment
 //! bin, its group manifest, every campaign manifest, and the signed lengths and hashes of
-//! the group's artifacts. Every manifest is fetched through the updater (so it is verified
+//! the group's artifacts (with the deltas from the installed bytes, when the repository
+//! signs one). Every manifest is fetched through the updater (so it is verified
 //! against the signed length and hashes before anything reads it) and parsed strictly.
 //!
 //! What could not be used goes to [`RepositoryView::unusable`] with the reason, and the
 //! engine explains it; only a failed TUF refresh stops everything.
 
-use std::collections::BTreeSet;
+use std::collections::{BTreeMap, BTreeSet};
 use std::fs;
 use std::path::{Path, PathBuf};
 
 use serde::Serialize;
 
-use crate::decide::{ArtifactInfo, Entry, Named, RepositoryView};
+use super::config::InventorySource;
+use crate::decide::{ArtifactInfo, DeltaInfo, Entry, Inventory, Named, RepositoryView};
+use crate::delta::{self, DeltaMeta};
 use crate::manifest::{
     assign_target_path, AssignmentBin, CampaignManifest, GroupManifest, Manifest, MAX_BIN_DIGITS,
     MAX_MANIFEST_BYTES,
 };
-use crate::tuf::updater::{local_target_file_name, UpdateError, Updater};
+use crate::tuf::updater::{local_target_file_name, TargetInfo, UpdateError, Updater};
 
 /// The pattern of campaign manifest targets.
 pub const CAMPAIGNS_PATTERN: &str = "campaigns/*.json";
@@ -49,12 +52,45 @@ pub struct Gathered {
 /// manifest, the campaign manifests ([`CAMPAIGNS_PATTERN`], from the verified targets
 /// metadata) and the target infos of the group's artifacts; no artifact is downloaded.
 /// Manifest bytes are kept in `cache_dir` (re-used when they still match the signed hashes;
-/// files no longer needed are removed).
+/// files no longer needed are removed). No deltas are looked up ([`gather_with_deltas`]).
 pub fn gather(
     updater: &mut Updater,
     device_id: &str,
     digits: usize,
     cache_dir: &Path,
+) -> Result<Gathered, UpdateError> {
+    gather_with_deltas(updater, device_id, digits, cache_dir, &BTreeMap::new())
+}
+
+/// The installed artifacts a delta could be applied to: application id → SHA-256 of the
+/// installed bytes, for the applications of a directory inventory whose artifact is one
+/// file the agent can read ([`super::stage::installed_artifact_file`]). Empty for a command
+/// inventory (the agent cannot read the installed bytes).
+pub fn delta_bases(source: &InventorySource, inventory: &Inventory) -> BTreeMap<String, String> {
+    let InventorySource::Dir(dir) = source else {
+        return BTreeMap::new();
+    };
+    inventory
+        .iter()
+        .filter_map(|(app, i)| {
+            let sha = i.sha256.as_ref()?;
+            super::stage::installed_artifact_file(dir, app)?;
+            Some((app.clone(), sha.to_ascii_lowercase()))
+        })
+        .collect()
+}
+
+/// [`gather`], also looking up deltas: for each application of the group whose installed
+/// bytes have a known hash (`bases`: application id → SHA-256, see [`delta_bases`]) that
+/// differs from its artifact's, the target info of `deltas/<artifact sha256>/<base>.zst`
+/// is looked up by name (metadata only; nothing is listed or downloaded). A delta whose
+/// name, custom metadata and artifact disagree is ignored with a warning.
+pub fn gather_with_deltas(
+    updater: &mut Updater,
+    device_id: &str,
+    digits: usize,
+    cache_dir: &Path,
+    bases: &BTreeMap<String, String>,
 ) -> Result<Gathered, UpdateError> {
     updater.refresh()?;
     let versions = {
@@ -122,10 +158,18 @@ pub fn gather(
 
     // The signed lengths and hashes of the group's artifacts.
     if let Some(g) = &view.group {
-        for app in g.manifest.apps.values() {
+        for (app_id, app) in &g.manifest.apps {
             match fetcher.updater.get_target_info(&app.target) {
                 Ok(Some(info)) => match ArtifactInfo::from_target(&info) {
-                    Some(a) => {
+                    Some(mut a) => {
+                        let base = bases
+                            .get(app_id)
+                            .filter(|b| !b.eq_ignore_ascii_case(&a.sha256));
+                        if let Some(base) = base {
+                            if let Some(d) = find_delta(fetcher.updater, &a, base) {
+                                a.deltas.push(d);
+                            }
+                        }
                         view.artifacts.insert(app.target.clone(), a);
                     }
                     None => view
@@ -139,6 +183,61 @@ pub fn gather(
     }
     fetcher.prune();
     Ok(Gathered { view, versions })
+}
+
+/// The delta from the installed bytes `base` to `artifact`, if the repository signs one
+/// (`deltas/<artifact>/<base>.zst`) and it is consistent ([`check_delta_target`]).
+fn find_delta(updater: &mut Updater, artifact: &ArtifactInfo, base: &str) -> Option<DeltaInfo> {
+    let path = delta::target_path(&artifact.sha256, base);
+    match updater.get_target_info(&path) {
+        Ok(Some(info)) => match check_delta_target(&info, artifact, base) {
+            Ok(_) => Some(DeltaInfo {
+                target: path,
+                length: info.length(),
+                base_sha256: base.to_ascii_lowercase(),
+            }),
+            Err(why) => {
+                tracing::warn!("ignoring the delta {path}: {why}");
+                None
+            }
+        },
+        Ok(None) => None,
+        Err(e) => {
+            tracing::warn!("cannot look up the delta {path}: {e}; the full artifact is used");
+            None
+        }
+    }
+}
+
+/// Checks a delta target against the artifact it claims to produce and the base it
+/// applies to: its custom metadata ([`DeltaMeta`]) must name the format, agree with its
+/// target path, name exactly `base` and the artifact's signed SHA-256 and length, and the
+/// target must have a signed SHA-256. Returns the metadata.
+pub fn check_delta_target(
+    info: &TargetInfo,
+    artifact: &ArtifactInfo,
+    base: &str,
+) -> Result<DeltaMeta, String> {
+    let meta = DeltaMeta::from_custom(info.file.custom.as_ref())?;
+    meta.check_path(&info.path)?;
+    if !meta.base_sha256.eq_ignore_ascii_case(base) {
+        return Err(format!(
+            "its base is {}, not the installed bytes ({base})",
+            meta.base_sha256
+        ));
+    }
+    if !meta.result_sha256.eq_ignore_ascii_case(&artifact.sha256)
+        || meta.result_length != artifact.length
+    {
+        return Err(format!(
+            "it claims to produce {} bytes with sha256 {}, but the artifact is {} bytes with sha256 {}",
+            meta.result_length, meta.result_sha256, artifact.length, artifact.sha256
+        ));
+    }
+    if !info.hashes().contains_key("sha256") {
+        return Err("the delta target has no signed sha256".into());
+    }
+    Ok(meta)
 }
 
 /// Looks for this device's bin at the other bin sizes (1 to [`MAX_BIN_DIGITS`] hex digits),
@@ -228,6 +327,59 @@ impl Fetcher<'_> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::tuf::schema::{TargetFile, Unrecognized};
+
+    fn delta_info(path: &str, meta: &DeltaMeta) -> TargetInfo {
+        TargetInfo {
+            path: path.into(),
+            file: TargetFile {
+                length: 10,
+                hashes: [("sha256".to_string(), "c".repeat(64))].into(),
+                custom: Some(meta.to_custom()),
+                unrecognized: Unrecognized::new(),
+            },
+            role: "deltas".into(),
+            delegation_chain: vec!["targets".into(), "deltas".into()],
+        }
+    }
+
+    #[test]
+    fn a_delta_is_used_only_when_its_name_metadata_base_and_artifact_all_agree() {
+        let (b, r) = ("b".repeat(64), "a".repeat(64));
+        let artifact = ArtifactInfo {
+            length: 100,
+            sha256: r.clone(),
+            deltas: Vec::new(),
+        };
+        let meta = DeltaMeta {
+            format: delta::FORMAT.into(),
+            base_sha256: b.clone(),
+            base_length: 90,
+            result_sha256: r.clone(),
+            result_length: 100,
+        };
+        let path = delta::target_path(&r, &b);
+        check_delta_target(&delta_info(&path, &meta), &artifact, &b).unwrap();
+
+        // Listed under another base's name than its metadata says.
+        let other = delta::target_path(&r, &"d".repeat(64));
+        let e =
+            check_delta_target(&delta_info(&other, &meta), &artifact, &"d".repeat(64)).unwrap_err();
+        assert!(e.contains("does not match its custom metadata"), "{e}");
+        // Not the installed bytes.
+        let e =
+            check_delta_target(&delta_info(&path, &meta), &artifact, &"e".repeat(64)).unwrap_err();
+        assert!(e.contains("not the installed bytes"), "{e}");
+        // Claims another result length than the artifact's signed one.
+        let mut long = meta.clone();
+        long.result_length = 101;
+        let e = check_delta_target(&delta_info(&path, &long), &artifact, &b).unwrap_err();
+        assert!(e.contains("but the artifact is 100 bytes"), "{e}");
+        // No delta metadata at all.
+        let mut bare = delta_info(&path, &meta);
+        bare.file.custom = None;
+        assert!(check_delta_target(&bare, &artifact, &b).is_err());
+    }
 
     #[test]
     fn a_bin_found_at_another_size_names_that_size_the_signed_bin_and_the_fix() {

@@ -11,6 +11,13 @@
 //! hash matched ([`Updater::download_target`]); an interrupted download leaves at most a
 //! `.petrel-tmp-*` file, which the next run deletes and downloads again. Files already
 //! there are verified again (length and hashes) and kept.
+//!
+//! An item with a delta ([`DownloadItem::delta`]) is first tried through the delta: the
+//! installed artifact file is read (and must still hash to the delta's base), the delta is
+//! downloaded through the updater (verified against its signed length and hashes), applied
+//! into a temporary file capped at the artifact's signed length, and the result is renamed
+//! into place only if it is exactly the artifact's signed length and SHA-256. Any problem
+//! falls back to the full artifact (the reason is logged and kept in [`StageOutcome`]).
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::fs;
@@ -23,7 +30,8 @@ use serde::{Deserialize, Serialize};
 use super::state::{AgentState, StatePaths};
 use super::AgentError;
 use crate::decide::{
-    ArtifactInfo, CampaignDecision, Decision, DownloadItem, Plan, StagedItem, Status, Step,
+    ArtifactInfo, CampaignDecision, Decision, DeltaInfo, DownloadItem, Plan, StagedItem, Status,
+    Step,
 };
 use crate::manifest::ManifestHash;
 use crate::tuf::updater::{local_target_file_name, write_atomic, Updater};
@@ -152,8 +160,14 @@ pub struct StageOutcome {
     pub downloaded: Vec<String>,
     /// Target paths already staged and verified again (kept; a resumed staging).
     pub kept: Vec<String>,
-    /// Bytes downloaded in this run.
+    /// Bytes downloaded in this run (deltas count with their own length).
     pub bytes: u64,
+    /// Target paths of [`StageOutcome::downloaded`] built from a delta and the installed
+    /// bytes instead of downloading the full artifact.
+    pub via_delta: Vec<String>,
+    /// Deltas that could not be used (`target: reason`); the full artifact was downloaded
+    /// instead.
+    pub delta_fallbacks: Vec<String>,
     /// The staged plan, once every artifact of the plan is staged.
     pub plan: Option<PathBuf>,
     /// What failed (the items before it stay staged; the next run resumes).
@@ -182,7 +196,10 @@ fn remove_partials(dir: &Path) {
 /// signed length and hashes are kept, others are downloaded (bounded by the signed length,
 /// verified, then renamed into place). Every verified file is recorded in
 /// `state.staged` (saved after each file, so an interrupted run resumes). When the whole
-/// plan is staged, `plan.json` is written.
+/// plan is staged, `plan.json` is written. Items with a delta are built from it and the
+/// installed artifact file under `inventory_dir` when possible (without an inventory
+/// directory, deltas are not used).
+#[allow(clippy::too_many_arguments)]
 pub fn stage(
     updater: &mut Updater,
     paths: &StatePaths,
@@ -190,6 +207,7 @@ pub fn stage(
     c: &CampaignDecision,
     items: &[DownloadItem],
     artifacts: &BTreeMap<String, ArtifactInfo>,
+    inventory_dir: Option<&Path>,
     now: DateTime<Utc>,
 ) -> Result<StageOutcome, AgentError> {
     let dir = campaign_dir(paths, &c.id, c.revision);
@@ -205,13 +223,19 @@ pub fn stage(
         ..StageOutcome::default()
     };
     for item in items {
-        match stage_one(updater, &dir, item) {
-            Ok(downloaded) => {
-                if downloaded {
-                    out.downloaded.push(item.target.clone());
-                    out.bytes += item.length;
-                } else {
-                    out.kept.push(item.target.clone());
+        match stage_one(updater, &dir, item, inventory_dir, &mut out.delta_fallbacks) {
+            Ok(how) => {
+                match how {
+                    Staged::Kept => out.kept.push(item.target.clone()),
+                    Staged::Full => {
+                        out.downloaded.push(item.target.clone());
+                        out.bytes += item.length;
+                    }
+                    Staged::Delta { bytes } => {
+                        out.downloaded.push(item.target.clone());
+                        out.via_delta.push(item.target.clone());
+                        out.bytes += bytes;
+                    }
                 }
                 state.staged.insert(
                     item.target.clone(),
@@ -242,9 +266,26 @@ pub fn stage(
     Ok(out)
 }
 
-/// Stages one item; `Ok(true)` if it was downloaded, `Ok(false)` if a verified copy was
-/// already there.
-fn stage_one(updater: &mut Updater, dir: &Path, item: &DownloadItem) -> Result<bool, String> {
+/// How [`stage_one`] staged an item.
+enum Staged {
+    /// A verified copy was already there.
+    Kept,
+    /// The full artifact was downloaded.
+    Full,
+    /// It was built from a delta of `bytes` bytes.
+    Delta { bytes: u64 },
+}
+
+/// Stages one item: keeps a verified copy, else tries its delta (if any; a failure is
+/// logged, pushed to `fallbacks` and ends in the full download), else downloads the full
+/// artifact.
+fn stage_one(
+    updater: &mut Updater,
+    dir: &Path,
+    item: &DownloadItem,
+    inventory_dir: Option<&Path>,
+    fallbacks: &mut Vec<String>,
+) -> Result<Staged, String> {
     let info = updater
         .get_target_info(&item.target)
         .map_err(|e| format!("{}: {e}", item.target))?
@@ -268,7 +309,7 @@ fn stage_one(updater: &mut Updater, dir: &Path, item: &DownloadItem) -> Result<b
         .find_cached_target(&info, &dest)
         .map_err(|e| e.to_string())?
     {
-        return Ok(false);
+        return Ok(Staged::Kept);
     }
     if dest.exists() {
         tracing::warn!(
@@ -277,10 +318,177 @@ fn stage_one(updater: &mut Updater, dir: &Path, item: &DownloadItem) -> Result<b
         );
         let _ = fs::remove_file(&dest);
     }
+    if let Some(d) = &item.delta {
+        let tried = match inventory_dir {
+            Some(inv) => stage_via_delta(updater, dir, &dest, item, &signed, d, inv),
+            None => Err(
+                "the inventory is not a directory, so the installed bytes cannot be read".into(),
+            ),
+        };
+        match tried {
+            Ok(bytes) => {
+                tracing::info!(
+                    "staging: built {} from the delta {} ({bytes} bytes instead of {})",
+                    item.target,
+                    d.target,
+                    item.length
+                );
+                return Ok(Staged::Delta { bytes });
+            }
+            Err(why) => {
+                tracing::warn!(
+                    "staging: not using the delta {} for {}: {why}; downloading the full artifact",
+                    d.target,
+                    item.target
+                );
+                fallbacks.push(format!("{}: {why}", item.target));
+            }
+        }
+    }
     updater
         .download_target(&info, &dest)
         .map_err(|e| e.to_string())?;
-    Ok(true)
+    Ok(Staged::Full)
+}
+
+/// The installed artifact file of `app` in an inventory directory: the one regular file
+/// of `<dir>/<app>/` besides `VERSION`, `SHA256` and names starting with `.` (the rule of
+/// [`super::inventory`]), or `None` if there is not exactly one.
+pub fn installed_artifact_file(inventory_dir: &Path, app: &str) -> Option<PathBuf> {
+    use super::inventory::{SHA256_FILE, VERSION_FILE};
+    let app_dir = inventory_dir.join(app);
+    let mut found = None;
+    for e in fs::read_dir(&app_dir).ok()?.flatten() {
+        let name = e.file_name();
+        let n = name.to_string_lossy();
+        if n.starts_with('.') || n == VERSION_FILE || n == SHA256_FILE {
+            continue;
+        }
+        if found.is_some() {
+            return None;
+        }
+        found = Some(e.path());
+    }
+    let path = found?;
+    fs::symlink_metadata(&path)
+        .is_ok_and(|m| m.is_file())
+        .then_some(path)
+}
+
+/// Builds `dest` from the delta `d` and the installed artifact of `item.app`: returns the
+/// delta's length. The result is renamed into place only when it is exactly `signed`'s
+/// length and SHA-256; on any error nothing is left behind but `dest` stays absent.
+fn stage_via_delta(
+    updater: &mut Updater,
+    dir: &Path,
+    dest: &Path,
+    item: &DownloadItem,
+    signed: &ArtifactInfo,
+    d: &DeltaInfo,
+    inventory_dir: &Path,
+) -> Result<u64, String> {
+    let info = updater
+        .get_target_info(&d.target)
+        .map_err(|e| e.to_string())?
+        .ok_or("no longer in the repository's signed metadata")?;
+    let meta = super::repo::check_delta_target(&info, signed, &d.base_sha256)?;
+    if info.length() >= signed.length {
+        return Err(format!(
+            "the delta ({} bytes) is not smaller than the artifact ({} bytes)",
+            info.length(),
+            signed.length
+        ));
+    }
+    // The base: exactly the bytes the delta names (read into memory, bounded by its
+    // signed length).
+    let base_path = installed_artifact_file(inventory_dir, &item.app).ok_or_else(|| {
+        format!(
+            "the installed artifact of {} is not one file in {}",
+            item.app,
+            inventory_dir.join(&item.app).display()
+        )
+    })?;
+    let mut base = Vec::new();
+    fs::File::open(&base_path)
+        .and_then(|f| f.take(meta.base_length + 1).read_to_end(&mut base))
+        .map_err(|e| format!("{}: {e}", base_path.display()))?;
+    if base.len() as u64 != meta.base_length
+        || !crate::manifest::sha256_hex(&base).eq_ignore_ascii_case(&meta.base_sha256)
+    {
+        return Err(format!(
+            "the installed bytes {} changed since the decision (not the delta's base)",
+            base_path.display()
+        ));
+    }
+    // The delta, through the updater: verified against its signed length and hashes.
+    let name = local_target_file_name(&d.target).map_err(|e| e.to_string())?;
+    let delta_path = dir.join(format!(".petrel-tmp-delta-{name}"));
+    let _ = fs::remove_file(&delta_path);
+    let result = (|| {
+        updater
+            .download_target(&info, &delta_path)
+            .map_err(|e| format!("downloading the delta: {e}"))?;
+        let delta_file =
+            fs::File::open(&delta_path).map_err(|e| format!("{}: {e}", delta_path.display()))?;
+        let mut tmp = tempfile::Builder::new()
+            .prefix(".petrel-tmp-")
+            .tempfile_in(dir)
+            .map_err(|e| format!("a temporary file in {}: {e}", dir.display()))?;
+        let mut w = HashingWriter::new(io::BufWriter::new(tmp.as_file_mut()));
+        let n = crate::delta::apply(&base, io::BufReader::new(delta_file), signed.length, &mut w)
+            .map_err(|e| e.to_string())?;
+        let sha = w.finish().map_err(|e| format!("writing the result: {e}"))?;
+        if n != signed.length || !sha.eq_ignore_ascii_case(&signed.sha256) {
+            return Err(format!(
+                "the result ({n} bytes, sha256 {sha}) is not the signed artifact ({} bytes, sha256 {})",
+                signed.length, signed.sha256
+            ));
+        }
+        tmp.as_file()
+            .sync_all()
+            .map_err(|e| format!("writing the result: {e}"))?;
+        tmp.persist(dest)
+            .map_err(|e| format!("{}: {}", dest.display(), e.error))?;
+        if let Ok(d) = fs::File::open(dir) {
+            let _ = d.sync_all();
+        }
+        Ok(info.length())
+    })();
+    let _ = fs::remove_file(&delta_path);
+    result
+}
+
+/// A writer that hashes (SHA-256) what passes through it.
+struct HashingWriter<W: io::Write> {
+    inner: W,
+    ctx: ring::digest::Context,
+}
+
+impl<W: io::Write> HashingWriter<W> {
+    fn new(inner: W) -> Self {
+        HashingWriter {
+            inner,
+            ctx: ring::digest::Context::new(&ring::digest::SHA256),
+        }
+    }
+
+    /// Flushes and returns the hex SHA-256 of everything written.
+    fn finish(mut self) -> io::Result<String> {
+        self.inner.flush()?;
+        Ok(hex::encode(self.ctx.finish()))
+    }
+}
+
+impl<W: io::Write> io::Write for HashingWriter<W> {
+    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+        let n = self.inner.write(buf)?;
+        self.ctx.update(&buf[..n]);
+        Ok(n)
+    }
+
+    fn flush(&mut self) -> io::Result<()> {
+        self.inner.flush()
+    }
 }
 
 /// The SHA-256 and length of a file, read in chunks.

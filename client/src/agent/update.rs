@@ -189,6 +189,10 @@ impl Agent {
                 &c,
                 &items,
                 &ev.view.artifacts,
+                match &self.config.inventory {
+                    super::config::InventorySource::Dir(d) => Some(d.as_path()),
+                    super::config::InventorySource::Command(_) => None,
+                },
                 ev.now,
             )?;
             let complete = so.plan.is_some() && so.error.is_none();
