@@ -36,6 +36,9 @@ echo "==> signing a demo repository in $repo"
 "$repo_tool" -r "$repo" add "$content/apps/globex" --prefix apps/globex --role globex
 "$repo_tool" -r "$repo" publish
 echo "==> a tested group, the device's assignment (hashed id only) and a campaign"
+echo "==> a binary delta from firmware 1.0 to 1.1, for devices that run 1.0"
+"$repo_tool" -r "$repo" delegate --to deltas --paths 'deltas/*/*' --terminating
+"$repo_tool" -r "$repo" delta --from apps/acme/thermostat/1.0/firmware.bin --to apps/acme/thermostat/1.1/firmware.bin
 "$repo_tool" -r "$repo" group set "$demo/group-thermostats.toml"
 "$repo_tool" -r "$repo" assign --group thermostats --devices "$demo/devices.txt"
 "$repo_tool" -r "$repo" campaign create "$demo/campaign-thermostat-1.1.toml"
