@@ -701,6 +701,53 @@ fn an_interrupted_recovery_is_completed_at_the_next_start() {
     assert_eq!(dev.apps(), new_set());
 }
 
+/// The report queued when the next start completes an interrupted apply names the
+/// device's rollout wave, as the report of an uninterrupted install does (rollout status
+/// counts it in its wave).
+#[test]
+fn the_report_of_an_apply_completed_after_an_interruption_names_the_wave() {
+    let waved = format!(
+        "{}\n[[rollout.waves]]\nshare_bp = 10000\nstart = 2020-01-01T00:00:00Z\n",
+        windowed(1, "active")
+    );
+    let fleet = Fleet::new(&waved);
+    let dev = Device::new(&fleet, "");
+    dev.update(at(1, 30));
+    // Stop right after the commit point (the first rename).
+    let mut step = |_: usize, name: &str| {
+        if name.starts_with("move ") {
+            Err(())
+        } else {
+            Ok(())
+        }
+    };
+    let hooks = UpdateHooks {
+        before_recheck: None,
+        step: Some(&mut step),
+    };
+    assert!(dev.agent().update_with(Some(at(2, 30)), hooks).is_err());
+    // The next start completes the apply and queues the report.
+    let agent = dev.agent();
+    assert!(
+        matches!(agent.recovered(), Some(Recovery::RolledForward(_))),
+        "{:?}",
+        agent.recovered()
+    );
+    drop(agent);
+    assert_eq!(dev.apps(), new_set());
+    let pending = Outbox::open(dev.path("state/outbox"))
+        .unwrap()
+        .pending()
+        .unwrap();
+    let done: Vec<_> = pending
+        .iter()
+        .filter(|r| r.signed.reason.contains("completed after an interruption"))
+        .collect();
+    assert_eq!(done.len(), 1, "{pending:?}");
+    assert_eq!(done[0].signed.result, ReportResult::Succeeded);
+    assert_eq!(done[0].signed.wave, Some(1), "{:?}", done[0].signed);
+}
+
 #[test]
 fn the_on_apply_hook_runs_per_application_with_its_state() {
     let fleet = Fleet::new(&windowed(1, "active"));
@@ -1001,6 +1048,7 @@ fn hand_plan(dir: &Path, install_type: Option<&str>) -> StagedPlan {
         group: "kiosk-eu".into(),
         group_revision: 1,
         staged_at: Utc::now(),
+        wave: None,
         steps: vec![StagedStep {
             step: Step {
                 app: "acme.clock".into(),

@@ -106,6 +106,9 @@ pub struct Journal {
     /// Hook failures so far.
     #[serde(default)]
     pub hook_errors: Vec<String>,
+    /// The device's rollout wave in the campaign, if it has waves (for the report).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub wave: Option<u32>,
 }
 
 impl Journal {
@@ -216,6 +219,8 @@ pub struct Applied {
     pub changes: Vec<String>,
     /// `on_apply` hook failures (the new set is installed regardless).
     pub hook_errors: Vec<String>,
+    /// The device's rollout wave in the campaign, if it has waves.
+    pub wave: Option<u32>,
 }
 
 /// What [`recover`] found.
@@ -340,6 +345,7 @@ pub fn apply_dir(
         ops,
         hooks_done: 0,
         hook_errors: Vec::new(),
+        wave: plan.wave,
     };
     st.step("write the journal (prepared)".into())?;
     journal.save(journal_path)?;
@@ -538,6 +544,7 @@ fn finish(
             })
             .collect(),
         hook_errors: journal.hook_errors.clone(),
+        wave: journal.wave,
     })
 }
 

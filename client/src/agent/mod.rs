@@ -241,7 +241,7 @@ impl Agent {
             } else {
                 crate::report::ReportResult::Failed
             };
-            if let Err(e) = agent.queue_report(&a.campaign, a.revision, None, result, &reason) {
+            if let Err(e) = agent.queue_report(&a.campaign, a.revision, a.wave, result, &reason) {
                 tracing::warn!("{e}");
             }
         }

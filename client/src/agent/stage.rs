@@ -69,6 +69,10 @@ pub struct StagedPlan {
     pub staged_at: DateTime<Utc>,
     /// The changes, by application id: add / update / reinstall / remove.
     pub steps: Vec<StagedStep>,
+    /// The device's rollout wave in the campaign (1-based), when it has waves; set when
+    /// the plan is installed, so a report after an interrupted apply still names it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub wave: Option<u32>,
 }
 
 /// One change of a staged plan, with its verified artifact.
@@ -571,6 +575,7 @@ pub fn record_plan(
         group_revision: plan.revision,
         staged_at: now,
         steps,
+        wave: None,
     };
     let path = staged.save(&dir)?;
     Ok(Ok((path, staged)))

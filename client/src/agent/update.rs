@@ -294,7 +294,7 @@ impl Agent {
             &ev.view.artifacts,
             ev.now,
         )?;
-        let (plan_path, staged) = match staged {
+        let (plan_path, mut staged) = match staged {
             Ok(p) => p,
             Err(missing) => {
                 outcome.reason = format!(
@@ -350,7 +350,8 @@ impl Agent {
             return Ok(ev);
         }
 
-        // The apply.
+        // The apply (the journal keeps the wave for a report after an interruption).
+        staged.wave = self.wave_of(&ev, campaign);
         let now = ev.now;
         let dir = stage::campaign_dir(&self.paths, campaign, c.revision);
         let mut cont = |_: usize, _: &str| Ok(());
@@ -492,6 +493,21 @@ impl Agent {
     /// Builds, signs and queues a report about `campaign`, and remembers it in
     /// `state.reports` (`status`: what the engine compares against). A report that cannot
     /// be queued is a note, never a failed update.
+    /// The device's rollout wave (1-based) in `campaign`, if the campaign has waves.
+    fn wave_of(&self, ev: &Evaluation, campaign: &str) -> Option<u32> {
+        let d = ev.decision.campaign(campaign)?;
+        let e = ev
+            .view
+            .campaigns
+            .iter()
+            .find(|e| e.target_path == d.target_path)?;
+        let canary = ev.assignment().is_some_and(|a| a.canary);
+        match position(&e.manifest, &self.profile.id, canary) {
+            Position::Wave { index, .. } => u32::try_from(index + 1).ok(),
+            _ => None,
+        }
+    }
+
     fn report(
         &self,
         ev: &mut Evaluation,
@@ -505,18 +521,7 @@ impl Agent {
             return;
         };
         let (revision, sha) = (d.revision, d.manifest_sha256.clone());
-        let wave = ev
-            .view
-            .campaigns
-            .iter()
-            .find(|e| e.target_path == d.target_path)
-            .and_then(|e| {
-                let canary = ev.assignment().is_some_and(|a| a.canary);
-                match position(&e.manifest, &self.profile.id, canary) {
-                    Position::Wave { index, .. } => u32::try_from(index + 1).ok(),
-                    _ => None,
-                }
-            });
+        let wave = self.wave_of(ev, campaign);
         match self.queue_report(campaign, revision, wave, result, &reason) {
             Ok(id) => {
                 out.reports.push(QueuedReport {
