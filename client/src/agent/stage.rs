@@ -231,9 +231,9 @@ pub fn stage(
             Ok(how) => {
                 match how {
                     Staged::Kept => out.kept.push(item.target.clone()),
-                    Staged::Full => {
+                    Staged::Full { wasted } => {
                         out.downloaded.push(item.target.clone());
-                        out.bytes += item.length;
+                        out.bytes += item.length + wasted;
                     }
                     Staged::Delta { bytes } => {
                         out.downloaded.push(item.target.clone());
@@ -274,8 +274,9 @@ pub fn stage(
 enum Staged {
     /// A verified copy was already there.
     Kept,
-    /// The full artifact was downloaded.
-    Full,
+    /// The full artifact was downloaded (after `wasted` bytes of a delta that could not
+    /// be used).
+    Full { wasted: u64 },
     /// It was built from a delta of `bytes` bytes.
     Delta { bytes: u64 },
 }
@@ -322,6 +323,7 @@ fn stage_one(
         );
         let _ = fs::remove_file(&dest);
     }
+    let mut wasted = 0;
     if let Some(d) = &item.delta {
         let tried = match inventory_dir {
             Some(inv) => stage_via_delta(updater, dir, &dest, item, &signed, d, inv),
@@ -346,13 +348,26 @@ fn stage_one(
                     item.target
                 );
                 fallbacks.push(format!("{}: {why}", item.target));
+                wasted = fetched_delta_bytes(dir, d);
             }
         }
     }
     updater
         .download_target(&info, &dest)
         .map_err(|e| e.to_string())?;
-    Ok(Staged::Full)
+    Ok(Staged::Full { wasted })
+}
+
+/// The bytes of delta `d` fetched by a failed attempt (its downloaded copy, kept for this
+/// count until the next attempt), then removes that copy.
+fn fetched_delta_bytes(dir: &Path, d: &DeltaInfo) -> u64 {
+    let Ok(name) = local_target_file_name(&d.target) else {
+        return 0;
+    };
+    let path = dir.join(format!(".petrel-tmp-delta-{name}"));
+    let n = fs::metadata(&path).map_or(0, |m| m.len());
+    let _ = fs::remove_file(&path);
+    n
 }
 
 /// The installed artifact file of `app` in an inventory directory: the one regular file
@@ -458,7 +473,10 @@ fn stage_via_delta(
         }
         Ok(info.length())
     })();
-    let _ = fs::remove_file(&delta_path);
+    if result.is_ok() {
+        let _ = fs::remove_file(&delta_path);
+    }
+    // (On failure the caller counts the fetched bytes and removes the copy.)
     result
 }
 
