@@ -82,10 +82,6 @@ pub fn target_path(result_sha256: &str, base_sha256: &str) -> String {
     )
 }
 
-fn is_sha256_hex(s: &str) -> bool {
-    s.len() == 64 && s.bytes().all(|b| matches!(b, b'0'..=b'9' | b'a'..=b'f'))
-}
-
 impl DeltaMeta {
     /// Reads the delta metadata from a target's custom metadata (`{"delta": {…}}`).
     pub fn from_custom(custom: Option<&Value>) -> Result<DeltaMeta, String> {
@@ -104,7 +100,7 @@ impl DeltaMeta {
             ("base_sha256", &m.base_sha256),
             ("result_sha256", &m.result_sha256),
         ] {
-            if !is_sha256_hex(h) {
+            if crate::manifest::check_sha256_hex(h).is_err() {
                 return Err(format!(
                     "custom metadata \"delta\".{field} is not 64 lowercase hex digits"
                 ));

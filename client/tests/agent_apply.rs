@@ -663,14 +663,9 @@ fn an_interruption_at_any_apply_step_leaves_the_old_or_the_new_set() {
     );
 }
 
-/// An interruption while a committed apply is being completed is completed at the next
-/// start too.
-#[test]
-fn an_interrupted_recovery_is_completed_at_the_next_start() {
-    let fleet = Fleet::new(&windowed(1, "active"));
-    let dev = Device::new(&fleet, "");
-    dev.update(at(1, 30));
-    // Stop right after the commit point (the first rename).
+/// Runs the install and stops it right after the commit point (at the first rename);
+/// returns the names of the steps reached.
+fn interrupt_right_after_the_commit_point(dev: &Device) -> Vec<String> {
     let mut names = Vec::new();
     let mut step = |_: usize, name: &str| {
         names.push(name.to_string());
@@ -685,6 +680,17 @@ fn an_interrupted_recovery_is_completed_at_the_next_start() {
         step: Some(&mut step),
     };
     assert!(dev.agent().update_with(Some(at(2, 30)), hooks).is_err());
+    names
+}
+
+/// An interruption while a committed apply is being completed is completed at the next
+/// start too.
+#[test]
+fn an_interrupted_recovery_is_completed_at_the_next_start() {
+    let fleet = Fleet::new(&windowed(1, "active"));
+    let dev = Device::new(&fleet, "");
+    dev.update(at(1, 30));
+    let names = interrupt_right_after_the_commit_point(&dev);
     assert!(
         names.iter().any(|n| n == "write the journal (committed)"),
         "{names:?}"
@@ -713,19 +719,7 @@ fn the_report_of_an_apply_completed_after_an_interruption_names_the_wave() {
     let fleet = Fleet::new(&waved);
     let dev = Device::new(&fleet, "");
     dev.update(at(1, 30));
-    // Stop right after the commit point (the first rename).
-    let mut step = |_: usize, name: &str| {
-        if name.starts_with("move ") {
-            Err(())
-        } else {
-            Ok(())
-        }
-    };
-    let hooks = UpdateHooks {
-        before_recheck: None,
-        step: Some(&mut step),
-    };
-    assert!(dev.agent().update_with(Some(at(2, 30)), hooks).is_err());
+    interrupt_right_after_the_commit_point(&dev);
     // The next start completes the apply and queues the report.
     let agent = dev.agent();
     assert!(

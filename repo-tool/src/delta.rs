@@ -64,7 +64,7 @@ pub fn make_deltas(ws: &Workspace, opts: &DeltaOptions) -> Result<Vec<DeltaOutco
     }
     let mut ed = Editor::new(ws);
     let new_bytes = read_target(&mut ed, &opts.to)?;
-    let result_sha256 = sha256_hex(&new_bytes);
+    let result_sha256 = petrel_client::manifest::sha256_hex(&new_bytes);
     let role = match &opts.role {
         Some(r) => r.clone(),
         None if ed.has_role(DEFAULT_ROLE)? => DEFAULT_ROLE.to_string(),
@@ -74,7 +74,7 @@ pub fn make_deltas(ws: &Workspace, opts: &DeltaOptions) -> Result<Vec<DeltaOutco
     let mut built = Vec::new();
     for from in &opts.from {
         let old = read_target(&mut ed, from)?;
-        let base_sha256 = sha256_hex(&old);
+        let base_sha256 = petrel_client::manifest::sha256_hex(&old);
         if base_sha256 == result_sha256 {
             return Err(Error::target(
                 from,
@@ -151,8 +151,4 @@ fn read_target(ed: &mut Editor<'_>, name: &str) -> Result<Vec<u8>> {
     let listing = lookup::find(ed, name)?
         .ok_or_else(|| Error::target(name, "no role of this repository lists it"))?;
     lookup::read_listed(ed, &listing)
-}
-
-fn sha256_hex(bytes: &[u8]) -> String {
-    hex::encode(ring::digest::digest(&ring::digest::SHA256, bytes))
 }

@@ -15,7 +15,6 @@ use petrel_client::tuf::schema::{
     encode_role_name, Expires, Hashes, MetaFile, Metadata, Root, Signed, Snapshot, Targets,
     Timestamp, Unrecognized, SPEC_VERSION,
 };
-use ring::digest;
 use serde::{Deserialize, Serialize};
 
 use crate::editor::{self, trunc_seconds, Editor};
@@ -212,13 +211,9 @@ fn finalize<T: Metadata>(
     signing::sign_role(ed, role, signed)
 }
 
-fn sha256_hex(bytes: &[u8]) -> String {
-    hex::encode(digest::digest(&digest::SHA256, bytes))
-}
-
 fn meta_file(version: u64, bytes: &[u8]) -> MetaFile {
     let mut hashes = Hashes::new();
-    hashes.insert("sha256".into(), sha256_hex(bytes));
+    hashes.insert("sha256".into(), petrel_client::manifest::sha256_hex(bytes));
     MetaFile {
         version,
         length: Some(bytes.len() as u64),
@@ -471,7 +466,7 @@ fn version_of(ws: &Workspace, role: &str, bytes: &[u8]) -> Result<u64> {
 /// differs from the stored file.
 fn replace_if_different(src: &Path, dst: &Path, length: u64, sha256: &str) -> Result<bool> {
     if let Ok(m) = fs::metadata(dst) {
-        if m.len() == length && sha256_hex(&fsutil::read(dst)?) == sha256 {
+        if m.len() == length && petrel_client::manifest::sha256_hex(&fsutil::read(dst)?) == sha256 {
             return Ok(false);
         }
     }

@@ -8,7 +8,7 @@
 
 use std::path::{Path, PathBuf};
 
-use petrel_client::agent::stage::installed_artifact_file;
+use petrel_client::agent::inventory::installed_artifact_file;
 use petrel_client::agent::update::{InstallResult, UpdateOutcome};
 use petrel_client::agent::{render, Agent, AgentConfig};
 use petrel_client::delta::{self, DeltaMeta};

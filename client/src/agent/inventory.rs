@@ -28,7 +28,7 @@
 use std::collections::BTreeMap;
 use std::fs::{self, File};
 use std::io::{self, Read};
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
@@ -139,16 +139,7 @@ fn read_app_dir(dir: &Path) -> Result<InstalledApp, String> {
         }
         None => None,
     };
-    let mut others = Vec::new();
-    for entry in fs::read_dir(dir).map_err(|e| e.to_string())? {
-        let entry = entry.map_err(|e| e.to_string())?;
-        let name = entry.file_name();
-        let n = name.to_string_lossy();
-        if n.starts_with('.') || n == VERSION_FILE || n == SHA256_FILE {
-            continue;
-        }
-        others.push(entry.path());
-    }
+    let others = artifact_entries(dir).map_err(|e| e.to_string())?;
     let sha256 = match others.as_slice() {
         [one] if fs::metadata(one).is_ok_and(|m| m.is_file()) => {
             Some(sha256_file(one).map_err(|e| format!("{}: {e}", one.display()))?)
@@ -156,6 +147,31 @@ fn read_app_dir(dir: &Path) -> Result<InstalledApp, String> {
         _ => declared,
     };
     Ok(InstalledApp { version, sha256 })
+}
+
+/// The entries of an application directory that make up its installed artifact: all but
+/// `VERSION`, `SHA256` and names starting with `.`.
+fn artifact_entries(app_dir: &Path) -> io::Result<Vec<PathBuf>> {
+    let mut entries = Vec::new();
+    for entry in fs::read_dir(app_dir)? {
+        let entry = entry?;
+        let name = entry.file_name();
+        let n = name.to_string_lossy();
+        if !(n.starts_with('.') || n == VERSION_FILE || n == SHA256_FILE) {
+            entries.push(entry.path());
+        }
+    }
+    Ok(entries)
+}
+
+/// The installed artifact file of `app` in an inventory directory: the one entry of
+/// `<dir>/<app>/` besides `VERSION`, `SHA256` and hidden names, when it is a regular file
+/// (not a symlink); `None` otherwise. Deltas are applied to its bytes.
+pub fn installed_artifact_file(inventory_dir: &Path, app: &str) -> Option<PathBuf> {
+    match artifact_entries(&inventory_dir.join(app)).ok()?.as_slice() {
+        [one] if fs::symlink_metadata(one).is_ok_and(|m| m.is_file()) => Some(one.clone()),
+        _ => None,
+    }
 }
 
 /// The SHA-256 (lowercase hex) of a file, read in chunks.

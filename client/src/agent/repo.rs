@@ -64,7 +64,7 @@ pub fn gather(
 
 /// The installed artifacts a delta could be applied to: application id → SHA-256 of the
 /// installed bytes, for the applications of a directory inventory whose artifact is one
-/// file the agent can read ([`super::stage::installed_artifact_file`]). Empty for a command
+/// file the agent can read ([`super::inventory::installed_artifact_file`]). Empty for a command
 /// inventory (the agent cannot read the installed bytes).
 pub fn delta_bases(source: &InventorySource, inventory: &Inventory) -> BTreeMap<String, String> {
     let InventorySource::Dir(dir) = source else {
@@ -74,7 +74,7 @@ pub fn delta_bases(source: &InventorySource, inventory: &Inventory) -> BTreeMap<
         .iter()
         .filter_map(|(app, i)| {
             let sha = i.sha256.as_ref()?;
-            super::stage::installed_artifact_file(dir, app)?;
+            super::inventory::installed_artifact_file(dir, app)?;
             Some((app.clone(), sha.to_ascii_lowercase()))
         })
         .collect()

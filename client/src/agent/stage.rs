@@ -34,6 +34,7 @@ use crate::decide::{
     Step,
 };
 use crate::manifest::ManifestHash;
+use crate::tuf::updater::hashes::HashingWriter;
 use crate::tuf::updater::{local_target_file_name, write_atomic, Updater};
 
 /// The staged plan's file name inside a campaign's staging directory.
@@ -370,30 +371,6 @@ fn fetched_delta_bytes(dir: &Path, d: &DeltaInfo) -> u64 {
     n
 }
 
-/// The installed artifact file of `app` in an inventory directory: the one regular file
-/// of `<dir>/<app>/` besides `VERSION`, `SHA256` and names starting with `.` (the rule of
-/// [`super::inventory`]), or `None` if there is not exactly one.
-pub fn installed_artifact_file(inventory_dir: &Path, app: &str) -> Option<PathBuf> {
-    use super::inventory::{SHA256_FILE, VERSION_FILE};
-    let app_dir = inventory_dir.join(app);
-    let mut found = None;
-    for e in fs::read_dir(&app_dir).ok()?.flatten() {
-        let name = e.file_name();
-        let n = name.to_string_lossy();
-        if n.starts_with('.') || n == VERSION_FILE || n == SHA256_FILE {
-            continue;
-        }
-        if found.is_some() {
-            return None;
-        }
-        found = Some(e.path());
-    }
-    let path = found?;
-    fs::symlink_metadata(&path)
-        .is_ok_and(|m| m.is_file())
-        .then_some(path)
-}
-
 /// Builds `dest` from the delta `d` and the installed artifact of `item.app`: returns the
 /// delta's length. The result is renamed into place only when it is exactly `signed`'s
 /// length and SHA-256; on any error nothing is left behind but `dest` stays absent.
@@ -420,13 +397,14 @@ fn stage_via_delta(
     }
     // The base: exactly the bytes the delta names (read into memory, bounded by its
     // signed length).
-    let base_path = installed_artifact_file(inventory_dir, &item.app).ok_or_else(|| {
-        format!(
-            "the installed artifact of {} is not one file in {}",
-            item.app,
-            inventory_dir.join(&item.app).display()
-        )
-    })?;
+    let base_path = super::inventory::installed_artifact_file(inventory_dir, &item.app)
+        .ok_or_else(|| {
+            format!(
+                "the installed artifact of {} is not one file in {}",
+                item.app,
+                inventory_dir.join(&item.app).display()
+            )
+        })?;
     let mut base = Vec::new();
     fs::File::open(&base_path)
         .and_then(|f| f.take(meta.base_length + 1).read_to_end(&mut base))
@@ -453,16 +431,17 @@ fn stage_via_delta(
             .prefix(".petrel-tmp-")
             .tempfile_in(dir)
             .map_err(|e| format!("a temporary file in {}: {e}", dir.display()))?;
-        let mut w = HashingWriter::new(io::BufWriter::new(tmp.as_file_mut()));
-        let n = crate::delta::apply(&base, io::BufReader::new(delta_file), signed.length, &mut w)
+        // Checked against the artifact's own signed length and SHA-256, never the delta's.
+        let expected =
+            crate::tuf::schema::Hashes::from([("sha256".to_string(), signed.sha256.clone())]);
+        let mut w = HashingWriter::new(&expected, io::BufWriter::new(tmp.as_file_mut()));
+        crate::delta::apply(&base, io::BufReader::new(delta_file), signed.length, &mut w)
             .map_err(|e| e.to_string())?;
-        let sha = w.finish().map_err(|e| format!("writing the result: {e}"))?;
-        if n != signed.length || !sha.eq_ignore_ascii_case(&signed.sha256) {
-            return Err(format!(
-                "the result ({n} bytes, sha256 {sha}) is not the signed artifact ({} bytes, sha256 {})",
-                signed.length, signed.sha256
-            ));
-        }
+        let mut out = w
+            .verify(Some(signed.length), &expected)
+            .map_err(|e| format!("the result is not the signed artifact: {e}"))?;
+        io::Write::flush(&mut out).map_err(|e| format!("writing the result: {e}"))?;
+        drop(out);
         tmp.as_file()
             .sync_all()
             .map_err(|e| format!("writing the result: {e}"))?;
@@ -478,39 +457,6 @@ fn stage_via_delta(
     }
     // (On failure the caller counts the fetched bytes and removes the copy.)
     result
-}
-
-/// A writer that hashes (SHA-256) what passes through it.
-struct HashingWriter<W: io::Write> {
-    inner: W,
-    ctx: ring::digest::Context,
-}
-
-impl<W: io::Write> HashingWriter<W> {
-    fn new(inner: W) -> Self {
-        HashingWriter {
-            inner,
-            ctx: ring::digest::Context::new(&ring::digest::SHA256),
-        }
-    }
-
-    /// Flushes and returns the hex SHA-256 of everything written.
-    fn finish(mut self) -> io::Result<String> {
-        self.inner.flush()?;
-        Ok(hex::encode(self.ctx.finish()))
-    }
-}
-
-impl<W: io::Write> io::Write for HashingWriter<W> {
-    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
-        let n = self.inner.write(buf)?;
-        self.ctx.update(&buf[..n]);
-        Ok(n)
-    }
-
-    fn flush(&mut self) -> io::Result<()> {
-        self.inner.flush()
-    }
 }
 
 /// The SHA-256 and length of a file, read in chunks.

@@ -60,7 +60,7 @@ fn subdir(sha256: &str) -> &str {
 /// Whether `s` has the form of a hex SHA-256 as the store names files (so a hash read
 /// from metadata can never name a path outside the store).
 fn is_sha256_name(s: &str) -> bool {
-    s.len() == 64 && s.bytes().all(|b| matches!(b, b'0'..=b'9' | b'a'..=b'f'))
+    petrel_client::manifest::check_sha256_hex(s).is_ok()
 }
 
 /// The stored copy of the content whose SHA-256 is `sha256`, if the store holds one (also
@@ -291,24 +291,14 @@ fn temp_in(dir: &Path, created_dirs: &mut Vec<PathBuf>) -> Result<NamedTempFile>
 
 /// Whether the file at `path` holds exactly `length` bytes hashing to `sha256`.
 fn holds(path: &Path, length: u64, sha256: &str) -> Result<bool> {
-    let mut f = match fs::File::open(path) {
-        Ok(f) => f,
+    match fs::metadata(path) {
+        Ok(m) if m.len() == length => {}
+        Ok(_) => return Ok(false),
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(false),
         Err(e) => return Err(Error::io(path, e)),
-    };
-    if f.metadata().map_err(|e| Error::io(path, e))?.len() != length {
-        return Ok(false);
     }
-    let mut ctx = digest::Context::new(&digest::SHA256);
-    let mut buf = vec![0u8; (length as usize).clamp(1, 64 * 1024)];
-    loop {
-        let n = f.read(&mut buf).map_err(|e| Error::io(path, e))?;
-        if n == 0 {
-            break;
-        }
-        ctx.update(&buf[..n]);
-    }
-    Ok(hex::encode(ctx.finish()) == sha256)
+    let got = petrel_client::agent::inventory::sha256_file(path).map_err(|e| Error::io(path, e))?;
+    Ok(got == sha256)
 }
 
 /// Copies `src` into the store while hashing it; syncs the copy only if `sync`
@@ -548,9 +538,7 @@ fn rename_into(tmp: TempPath, dst: &Path, replace: bool, length: u64, sha256: &s
 mod tests {
     use super::*;
 
-    fn sha256_hex(b: &[u8]) -> String {
-        hex::encode(digest::digest(&digest::SHA256, b))
-    }
+    use petrel_client::manifest::sha256_hex;
 
     /// Every file under `dir` (recursively), as paths relative to it.
     fn names(dir: &Path) -> Vec<String> {

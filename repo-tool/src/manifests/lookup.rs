@@ -7,7 +7,6 @@ use std::collections::BTreeSet;
 use petrel_client::manifest::{CapabilityChain, ChainLink, Grant, RoleCapabilities};
 use petrel_client::tuf::pattern;
 use petrel_client::tuf::schema::{TargetFile, Targets};
-use ring::digest;
 
 use crate::editor::Editor;
 use crate::error::{Error, Result};
@@ -136,10 +135,6 @@ pub fn capability_chain(ed: &mut Editor<'_>, chain: &[String]) -> Result<Capabil
     Ok(CapabilityChain { links })
 }
 
-fn sha256_hex(bytes: &[u8]) -> String {
-    hex::encode(digest::digest(&digest::SHA256, bytes))
-}
-
 /// The exact bytes of a listed target, from the content store or the published tree,
 /// checked against its signed length and SHA-256.
 pub fn read_listed(ed: &mut Editor<'_>, l: &Listing) -> Result<Vec<u8>> {
@@ -160,7 +155,9 @@ pub fn read_listed(ed: &mut Editor<'_>, l: &Listing) -> Result<Vec<u8>> {
     for path in &candidates {
         match std::fs::read(path) {
             Ok(bytes) => {
-                if bytes.len() as u64 != l.file.length || &sha256_hex(&bytes) != sha {
+                if bytes.len() as u64 != l.file.length
+                    || &petrel_client::manifest::sha256_hex(&bytes) != sha
+                {
                     return Err(Error::target(
                         &l.name,
                         format!(
