@@ -45,6 +45,7 @@ use petrel_repo::editor::{
 use petrel_repo::publish::{self, PublishReport, Refresh};
 use petrel_repo::workspace::{Settings, Workspace};
 
+pub mod fault_proxy;
 pub mod scenario;
 
 /// A generous limit for one client run (python-tuf, petrel-repo) in a test.

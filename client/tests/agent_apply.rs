@@ -10,7 +10,7 @@ use std::fs;
 use std::path::{Path, PathBuf};
 
 use chrono::{DateTime, Duration, NaiveTime, Utc};
-use petrel_client::agent::apply::{self, Hooks, Recovery};
+use petrel_client::agent::install::{self, files::FilesInstaller, ApplyError, Hooks, Recovery};
 use petrel_client::agent::stage::StagedPlan;
 use petrel_client::agent::{Agent, AgentConfig, InstallResult, UpdateHooks, UpdateOutcome};
 use petrel_client::decide::Status;
@@ -344,7 +344,7 @@ fn staged_then_applied_only_in_the_apply_window_converging_a_hand_modified_inven
 
     // Outside the download window: nothing happens.
     let out = dev.update(at(0, 30));
-    assert!(out.staged.is_empty() && out.install.is_none());
+    assert!(out.staged.is_empty() && out.installs.is_empty());
     assert!(matches!(
         status(&out, "converge"),
         Status::WaitingForDownloadWindow { .. }
@@ -357,7 +357,7 @@ fn staged_then_applied_only_in_the_apply_window_converging_a_hand_modified_inven
     assert_eq!(s.error, None);
     assert_eq!(s.downloaded, [CLOCK, PLAYER]);
     assert!(
-        out.install.is_none(),
+        out.installs.is_empty(),
         "nothing is installed outside the apply window"
     );
     assert_eq!(dev.apps(), old_set());
@@ -400,7 +400,7 @@ fn staged_then_applied_only_in_the_apply_window_converging_a_hand_modified_inven
 
     // In the apply window: installed, exactly the group.
     let out = dev.update(at(2, 30));
-    let i = out.install.as_ref().expect("an install was due");
+    let i = out.installs.first().expect("an install was due");
     assert_eq!(i.result, InstallResult::Installed, "{}", i.reason);
     assert_eq!(dev.apps(), new_set());
     assert_eq!(status(&out, "converge"), Status::UpToDate);
@@ -422,7 +422,7 @@ fn staged_then_applied_only_in_the_apply_window_converging_a_hand_modified_inven
     fs::remove_dir_all(dev.path("apps/acme.clock")).unwrap();
     let out = dev.update(at(2, 40));
     assert_eq!(out.staged.len(), 1);
-    let i = out.install.as_ref().expect("an install was due");
+    let i = out.installs.first().expect("an install was due");
     assert_eq!(i.result, InstallResult::Installed, "{}", i.reason);
     assert_eq!(dev.apps(), new_set(), "converged again: {:?}", i.changes);
     assert!(
@@ -450,7 +450,7 @@ fn a_tampered_artifact_on_the_server_is_refused_and_nothing_is_staged_or_install
     assert!(out.failed());
     let err = out.staged[0].error.as_deref().unwrap();
     assert!(err.contains(PLAYER) && err.contains("mismatch"), "{err}");
-    assert!(out.install.is_none());
+    assert!(out.installs.is_empty());
     let st = out.state.as_ref().unwrap();
     assert!(
         !st.staged.contains_key(PLAYER),
@@ -532,12 +532,13 @@ fn a_halt_published_right_before_the_install_installs_nothing() {
                 halted = Some(tree.clone());
             })),
             step: None,
+            ..UpdateHooks::default()
         };
         let mut agent = dev.agent();
         let out = agent.update_with(Some(at(2, 30)), hooks).unwrap();
         let i = out
-            .install
-            .as_ref()
+            .installs
+            .first()
             .expect("the install was due before the re-check");
         assert_eq!(i.result, InstallResult::NotInstalled);
         assert!(i.reason.contains("was halted"), "{}", i.reason);
@@ -562,7 +563,7 @@ fn a_halt_published_right_before_the_install_installs_nothing() {
 
     // Still halted: nothing; cancelled: the staging is dropped.
     let out = dev.update(at(2, 35));
-    assert!(out.install.is_none());
+    assert!(out.installs.is_empty());
     assert_eq!(status(&out, "converge"), Status::Halted);
     fleet.campaign(&windowed(3, "cancelled"));
     let out = dev.update(at(2, 40));
@@ -583,7 +584,7 @@ fn a_forced_campaign_outside_its_set_installs_nothing_and_reports_a_failure() {
     let fleet = Fleet::new(FORCED);
     let dev = Device::new(&fleet, "");
     let out = dev.update(at(2, 30));
-    assert!(out.staged.is_empty() && out.install.is_none());
+    assert!(out.staged.is_empty() && out.installs.is_empty());
     match status(&out, "player-fix") {
         Status::Error { reason } => {
             assert!(
@@ -626,6 +627,7 @@ fn an_interruption_at_any_apply_step_leaves_the_old_or_the_new_set() {
         let hooks = UpdateHooks {
             before_recheck: None,
             step: Some(&mut step),
+            ..UpdateHooks::default()
         };
         let r = dev.agent().update_with(Some(at(2, 30)), hooks);
         if !fired {
@@ -655,7 +657,7 @@ fn an_interruption_at_any_apply_step_leaves_the_old_or_the_new_set() {
         }
         assert!(!dev.path("state/apply.journal.json").exists(), "step {n}");
         let out = dev.update(at(2, 40));
-        assert_eq!(dev.apps(), new_set(), "step {n}: {:?}", out.install);
+        assert_eq!(dev.apps(), new_set(), "step {n}: {:?}", out.installs);
     }
     assert!(
         saw_old && saw_new,
@@ -678,6 +680,7 @@ fn interrupt_right_after_the_commit_point(dev: &Device) -> Vec<String> {
     let hooks = UpdateHooks {
         before_recheck: None,
         step: Some(&mut step),
+        ..UpdateHooks::default()
     };
     assert!(dev.agent().update_with(Some(at(2, 30)), hooks).is_err());
     names
@@ -697,12 +700,16 @@ fn an_interrupted_recovery_is_completed_at_the_next_start() {
     );
     let journal = dev.path("state/apply.journal.json");
     let h = Hooks::default();
+    let inv = dev.path("apps");
+    let mut files_for = |_: &install::journal::Journal| -> Box<dyn install::Installer> {
+        Box::new(FilesInstaller::new(&inv))
+    };
     for k in 0..3 {
         let mut fail_at = |i: usize, _: &str| if i == k { Err(()) } else { Ok(()) };
-        assert!(apply::recover(&journal, &h, &mut fail_at).is_err());
+        assert!(install::recover(&journal, &mut files_for, &h, true, &mut fail_at).is_err());
         assert!(journal.exists());
     }
-    let r = apply::recover(&journal, &h, &mut |_, _| Ok(())).unwrap();
+    let r = install::recover(&journal, &mut files_for, &h, true, &mut |_, _| Ok(())).unwrap();
     assert!(matches!(r, Some(Recovery::RolledForward(_))), "{r:?}");
     assert_eq!(dev.apps(), new_set());
 }
@@ -756,7 +763,7 @@ fn the_on_apply_hook_runs_per_application_with_its_state() {
     );
     dev.update(at(1, 30));
     let out = dev.update(at(2, 30));
-    assert_eq!(out.install.unwrap().result, InstallResult::Installed);
+    assert_eq!(out.installs[0].clone().result, InstallResult::Installed);
     let lines: Vec<String> = fs::read_to_string(&log_file)
         .unwrap()
         .lines()
@@ -773,7 +780,7 @@ fn the_on_apply_hook_runs_per_application_with_its_state() {
 }
 
 #[test]
-fn a_failing_on_apply_hook_is_reported_as_a_failure_after_the_install() {
+fn a_failing_on_apply_hook_restores_the_previous_set_and_is_reported_as_rolled_back() {
     let fleet = Fleet::new(&windowed(1, "active"));
     let dev = Device::new(
         &fleet,
@@ -781,18 +788,23 @@ fn a_failing_on_apply_hook_is_reported_as_a_failure_after_the_install() {
     );
     dev.update(at(1, 30));
     let out = dev.update(at(2, 30));
-    let i = out.install.unwrap();
-    assert_eq!(i.result, InstallResult::Installed);
+    let i = &out.installs[0];
+    assert_eq!(i.result, InstallResult::RolledBack);
     assert!(
         i.reason.contains("on_apply hook failed") && i.reason.contains("no service"),
         "{}",
         i.reason
     );
-    assert_eq!(dev.apps(), new_set());
+    assert_eq!(
+        dev.apps(),
+        old_set(),
+        "the previous set is restored byte for byte"
+    );
     assert!(dev
         .reports()
         .iter()
         .any(|(_, r, why)| *r == ReportResult::Failed && why.contains("on_apply hook failed")));
+    assert!(out.failed(), "a rolled-back install is a failed run");
 }
 
 #[test]
@@ -807,14 +819,14 @@ fn a_staged_file_damaged_before_the_apply_installs_nothing() {
     b[3] ^= 1;
     fs::write(&f, b).unwrap();
     let out = dev.update(at(2, 30));
-    let i = out.install.as_ref().unwrap();
+    let i = out.installs.first().unwrap();
     assert_eq!(i.result, InstallResult::NotInstalled, "{}", i.reason);
     assert!(i.reason.contains(PLAYER), "{}", i.reason);
     assert_eq!(dev.apps(), old_set());
     // The next run downloads it again and installs.
     let out = dev.update(at(2, 40));
     assert_eq!(out.staged[0].downloaded, [PLAYER]);
-    assert_eq!(out.install.unwrap().result, InstallResult::Installed);
+    assert_eq!(out.installs[0].clone().result, InstallResult::Installed);
     assert_eq!(dev.apps(), new_set());
 }
 
@@ -840,7 +852,7 @@ fn a_command_inventory_installs_through_the_configured_installer() {
     fs::write(dev.path("device.toml"), config).unwrap();
     dev.update(at(1, 30));
     let out = dev.update(at(2, 30));
-    let i = out.install.unwrap();
+    let i = out.installs[0].clone();
     assert_eq!(i.result, InstallResult::Installed, "{}", i.reason);
     let plan: StagedPlan = serde_json::from_slice(&fs::read(&seen).unwrap()).unwrap();
     assert_eq!(plan.campaign, "converge");
@@ -955,7 +967,7 @@ fn petrel_update_installs_a_campaign_without_windows_and_fails_loudly_on_a_bad_d
     let (ok, out, err) = petrel(&dev, &["update"]);
     assert!(!ok, "{out}");
     assert!(out.contains("FAILED"), "{out}");
-    assert!(err.contains("a download or an install failed"), "{err}");
+    assert!(err.contains("a download was not the signed bytes"), "{err}");
     assert_eq!(dev.apps(), old_set());
 }
 
@@ -986,7 +998,7 @@ fn consent_at_install_lets_downloads_go_first_and_installs_only_after_the_answer
     let dev = Device::new(&fleet, "");
     let out = dev.update(Utc::now());
     assert_eq!(out.staged.len(), 1, "downloads go ahead before consent");
-    assert!(out.install.is_none());
+    assert!(out.installs.is_empty());
     assert!(matches!(
         status(&out, "ask-first"),
         Status::WaitingForConsent { .. }
@@ -1007,7 +1019,7 @@ fn consent_at_install_lets_downloads_go_first_and_installs_only_after_the_answer
     drop(agent);
     let out = dev.update(Utc::now());
     assert_eq!(
-        out.install.as_ref().unwrap().result,
+        out.installs.first().unwrap().result,
         InstallResult::Installed
     );
     assert_eq!(dev.apps(), new_set());
@@ -1074,17 +1086,17 @@ fn apply_refuses_a_staged_file_that_is_not_the_signed_one_and_leaves_nothing_beh
     let mut bytes = artifact(CLOCK);
     bytes[10] ^= 1;
     fs::write(work.path().join("clock.staged"), &bytes).unwrap();
-    let e = apply::apply_dir(
+    let e = install::install(
+        &mut FilesInstaller::new(&inv),
         &plan,
         work.path(),
-        &inv,
         &journal,
         &Hooks::default(),
         Utc::now(),
         &mut |_, _| Ok(()),
     )
     .unwrap_err();
-    assert!(matches!(e, apply::ApplyError::Verify(_)), "{e}");
+    assert!(matches!(e, ApplyError::Verify(_)), "{e}");
     assert!(e.to_string().contains("not the signed one"), "{e}");
     assert_eq!(
         fs::read_dir(&inv).unwrap().count(),
@@ -1095,10 +1107,10 @@ fn apply_refuses_a_staged_file_that_is_not_the_signed_one_and_leaves_nothing_beh
 
     // The same plan with the right bytes installs.
     fs::write(work.path().join("clock.staged"), artifact(CLOCK)).unwrap();
-    apply::apply_dir(
+    install::install(
+        &mut FilesInstaller::new(&inv),
         &plan,
         work.path(),
-        &inv,
         &journal,
         &Hooks::default(),
         Utc::now(),
@@ -1122,10 +1134,10 @@ fn apply_refuses_an_install_type_it_has_no_installer_for() {
     fs::create_dir(&inv).unwrap();
     let journal = work.path().join("apply.journal.json");
     let plan = hand_plan(work.path(), Some("package"));
-    let e = apply::apply_dir(
+    let e = install::install(
+        &mut FilesInstaller::new(&inv),
         &plan,
         work.path(),
-        &inv,
         &journal,
         &Hooks::default(),
         Utc::now(),
@@ -1172,9 +1184,10 @@ fn a_revision_published_right_before_the_install_waits_for_the_next_run_and_reus
                 fleet_ref.campaign(&windowed(2, "active").replace("Silent.", "Silent, again."))
             })),
             step: None,
+            ..UpdateHooks::default()
         };
         let out = dev.agent().update_with(Some(at(2, 30)), hooks).unwrap();
-        let i = out.install.as_ref().unwrap();
+        let i = out.installs.first().unwrap();
         assert_eq!(i.result, InstallResult::NotInstalled);
         assert!(
             i.reason
@@ -1190,7 +1203,7 @@ fn a_revision_published_right_before_the_install_waits_for_the_next_run_and_reus
         "the verified files of revision 1 are reused: {:?}",
         out.staged
     );
-    let i = out.install.as_ref().unwrap();
+    let i = out.installs.first().unwrap();
     assert_eq!(i.result, InstallResult::Installed, "{}", i.reason);
     assert_eq!(i.revision, 2);
     assert_eq!(dev.apps(), new_set());

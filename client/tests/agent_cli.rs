@@ -797,10 +797,13 @@ fn provisioning_and_configuration_errors_are_clear() {
         "{err}"
     );
 
-    // A repository that cannot be reached is an error that names it.
+    // A repository that cannot be reached is an error that names it, with the exit status
+    // of a temporary problem (3: tried again later), not of a failure.
     let dev = Device::new(&fleet);
     fs::remove_dir_all(fleet.tree.path().join("metadata")).unwrap();
-    let err = dev.fails(&["check"]);
+    let out = dev.petrel(&["check"]);
+    assert_eq!(out.status.code(), Some(3), "{}", text(&out.stderr));
+    let err = text(&out.stderr);
     assert!(
         err.contains("cannot refresh the repository's signed metadata"),
         "{err}"
@@ -816,6 +819,9 @@ fn every_command_has_help_with_an_example() {
         vec!["init", "--help"],
         vec!["check", "--help"],
         vec!["status", "--help"],
+        vec!["update", "--help"],
+        vec!["run", "--help"],
+        vec!["recover", "--help"],
         vec!["consent", "--help"],
         vec!["consent", "list", "--help"],
         vec!["consent", "show", "--help"],

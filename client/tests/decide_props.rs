@@ -323,6 +323,7 @@ fn setup(s: &Scenario) -> (RepositoryView, DeviceProfile, LocalState) {
     let view = RepositoryView {
         campaigns: vec![entry_of(&s.campaign)],
         unusable: Vec::new(),
+        incomplete: Vec::new(),
         assignment: Some(entry_of(&bin)),
         group: Some(entry_of(&s.group)),
         artifacts: artifacts.clone(),

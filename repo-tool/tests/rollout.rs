@@ -122,6 +122,7 @@ fn reports_db(dir: &Path, plan: &[(&str, u64, &[ReportResult])]) -> std::path::P
                 consent_log: Vec::new(),
                 time: Utc.with_ymd_and_hms(2026, 11, 22, 6, 0, 0).unwrap()
                     + chrono::Duration::seconds(*revision as i64),
+                rolled_back: false,
             })
             .sign(&key);
             store.insert(&r, &r.to_vec()).unwrap();

@@ -91,6 +91,7 @@ fn fields(device: &str, result: ReportResult, n: i64) -> ReportFields {
         inventory_after: inventory,
         consent_log: Vec::new(),
         time: Utc.with_ymd_and_hms(2026, 11, 22, 6, 0, 0).unwrap() + chrono::Duration::seconds(n),
+        rolled_back: false,
     }
 }
 

@@ -143,7 +143,7 @@ impl Device {
         let mut agent = Agent::open(self.config.clone()).expect("agent");
         let out = agent.update(Some(now())).expect("update");
         let text = render::update_text(&agent, &out);
-        let install = out.install.as_ref().expect("an install was due");
+        let install = out.installs.first().expect("an install was due");
         assert_eq!(
             install.result,
             InstallResult::Installed,

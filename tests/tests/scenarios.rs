@@ -1119,7 +1119,7 @@ fn an_update_downloads_verifies_and_applies_the_group_then_the_device_is_up_to_d
 
     let mut agent = d.agent();
     let out = agent.update(Some(t)).expect("update");
-    let install = out.install.as_ref().expect("an install was due");
+    let install = out.installs.first().expect("an install was due");
     assert_eq!(
         install.result,
         InstallResult::Installed,
@@ -1178,8 +1178,8 @@ fn a_halt_published_after_download_and_before_apply_installs_nothing() {
         out.staged
     );
     let install = out
-        .install
-        .as_ref()
+        .installs
+        .first()
         .expect("an install was due before the halt");
     assert_eq!(install.result, InstallResult::NotInstalled);
     assert!(install.reason.contains("halted"), "{}", install.reason);

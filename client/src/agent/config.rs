@@ -15,6 +15,18 @@
 //!
 //! [hooks]
 //! on_apply = ["/usr/libexec/petrel-on-apply"]
+//!
+//! [health]
+//! command = ["/usr/libexec/petrel-health"]
+//! timeout_secs = 60
+//!
+//! [poll]
+//! interval = "1h"
+//! jitter = "6m"
+//!
+//! [inhibit]
+//! files = ["/run/vending-in-progress"]
+//! command = ["/usr/libexec/battery-above-30"]
 //! ```
 //!
 //! Relative paths are relative to the directory of the configuration file.
@@ -23,6 +35,7 @@ use std::path::{Path, PathBuf};
 
 use serde::Deserialize;
 
+use super::inventory::InventorySource;
 use super::AgentError;
 use crate::manifest::{DEFAULT_BIN_DIGITS, MAX_BIN_DIGITS};
 
@@ -30,6 +43,10 @@ use crate::manifest::{DEFAULT_BIN_DIGITS, MAX_BIN_DIGITS};
 pub const DEFAULT_CONFIG_PATH: &str = "/etc/petrel/device.toml";
 /// The default state directory.
 pub const DEFAULT_STATE_DIR: &str = "/var/lib/petrel";
+/// The default time limit of one hook run (`hooks.timeout_secs`).
+pub const DEFAULT_HOOK_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(300);
+/// The default poll interval of `petrel run` (`poll.interval`).
+pub const DEFAULT_POLL_INTERVAL: std::time::Duration = std::time::Duration::from_secs(3600);
 /// The largest configuration file read.
 const MAX_CONFIG_BYTES: u64 = 1024 * 1024;
 
@@ -52,12 +69,79 @@ pub struct AgentConfig {
     /// The installer for a command inventory (`inventory.install_command`): run with the
     /// staged plan's path as its last argument.
     pub install_command: Option<Vec<String>>,
+    /// Restores the previous set for a command inventory after a failed health check
+    /// (`inventory.rollback_command`): run with the staged plan's path as its last argument
+    /// and `PETREL_ROLLBACK=1`.
+    pub rollback_command: Option<Vec<String>>,
     /// The per-application hook run after an apply (`hooks.on_apply`).
     pub on_apply: Option<Vec<String>>,
     /// Time limit of one hook or installer run (`hooks.timeout_secs`).
     pub hook_timeout: std::time::Duration,
     /// Where signed reports are sent (`report_url`); without it they wait in the outbox.
     pub report_url: Option<String>,
+    /// The health check run after an apply (`[health]`); without one, a completed apply
+    /// whose hooks succeeded counts as healthy.
+    pub health: Option<HealthConfig>,
+    /// How `petrel run` polls (`[poll]`).
+    pub poll: PollConfig,
+    /// Device-side preconditions checked before downloading and before installing
+    /// (`[inhibit]`).
+    pub inhibit: InhibitConfig,
+}
+
+/// The health check (`[health]`): after an apply and its `on_apply` hooks, the previous
+/// set is kept until `command` exits 0; if it fails every try or times out, the previous
+/// set is restored.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct HealthConfig {
+    /// The program and its arguments.
+    pub command: Vec<String>,
+    /// Time limit of one try (`timeout_secs`, default 60).
+    pub timeout: std::time::Duration,
+    /// Further tries after a failed one (`retries`, default 0).
+    pub retries: u32,
+    /// Pause between tries (`interval_secs`, default 5).
+    pub interval: std::time::Duration,
+}
+
+/// How the resident agent polls (`[poll]`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct PollConfig {
+    /// Time between two polls of `timestamp.json` (`interval`, default 1 h).
+    pub interval: std::time::Duration,
+    /// Random extra delay added to each sleep, at most this much (`jitter`, default 10 %
+    /// of the interval), so a fleet does not poll in lockstep.
+    pub jitter: std::time::Duration,
+}
+
+impl Default for PollConfig {
+    fn default() -> Self {
+        PollConfig {
+            interval: DEFAULT_POLL_INTERVAL,
+            jitter: DEFAULT_POLL_INTERVAL / 10,
+        }
+    }
+}
+
+/// Device-side preconditions (`[inhibit]`): while any holds, the agent neither downloads
+/// nor installs ("waiting for the device").
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct InhibitConfig {
+    /// Files whose presence means "wait" (`files`).
+    pub files: Vec<PathBuf>,
+    /// A command whose non-zero exit means "wait" (`command`); the first line it writes on
+    /// standard error is the reason shown.
+    pub command: Option<Vec<String>>,
+    /// Time limit of the command (`timeout_secs`, default 10); a command that does not
+    /// finish in time counts as "wait".
+    pub timeout: std::time::Duration,
+}
+
+impl InhibitConfig {
+    /// Whether anything is configured.
+    pub fn is_empty(&self) -> bool {
+        self.files.is_empty() && self.command.is_none()
+    }
 }
 
 /// Where the repository is.
@@ -78,25 +162,6 @@ pub struct RepositoryConfig {
 
 fn default_digits() -> usize {
     DEFAULT_BIN_DIGITS
-}
-
-/// Where the installed inventory is read from.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub enum InventorySource {
-    /// A directory with one subdirectory per installed application (see
-    /// [`super::inventory`]).
-    Dir(PathBuf),
-    /// A command whose standard output is the inventory as JSON.
-    Command(Vec<String>),
-}
-
-impl std::fmt::Display for InventorySource {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        match self {
-            InventorySource::Dir(d) => write!(f, "directory {}", d.display()),
-            InventorySource::Command(c) => write!(f, "command {}", c.join(" ")),
-        }
-    }
 }
 
 /// Where the device's UTC offset (for download and apply windows) comes from.
@@ -124,6 +189,91 @@ struct RawConfig {
     hooks: RawHooks,
     #[serde(default)]
     report_url: Option<String>,
+    #[serde(default)]
+    health: Option<RawHealth>,
+    #[serde(default)]
+    poll: RawPoll,
+    #[serde(default)]
+    inhibit: RawInhibit,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawHealth {
+    command: Vec<String>,
+    #[serde(default)]
+    timeout_secs: Option<u64>,
+    #[serde(default)]
+    retries: Option<u32>,
+    #[serde(default)]
+    interval_secs: Option<u64>,
+}
+
+#[derive(Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawPoll {
+    #[serde(default)]
+    interval: Option<RawDuration>,
+    #[serde(default)]
+    jitter: Option<RawDuration>,
+}
+
+/// A duration in the configuration: seconds as a number, or text like `30s`, `15m`, `1h`.
+#[derive(Deserialize)]
+#[serde(untagged)]
+enum RawDuration {
+    Secs(u64),
+    Text(String),
+}
+
+impl RawDuration {
+    fn parse(&self, field: &str) -> Result<std::time::Duration, String> {
+        match self {
+            RawDuration::Secs(s) => Ok(std::time::Duration::from_secs(*s)),
+            RawDuration::Text(t) => parse_duration(t).map_err(|e| format!("{field}: {e}")),
+        }
+    }
+}
+
+#[derive(Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawInhibit {
+    #[serde(default)]
+    files: Vec<PathBuf>,
+    #[serde(default)]
+    command: Option<Vec<String>>,
+    #[serde(default)]
+    timeout_secs: Option<u64>,
+}
+
+/// Parses a duration like `30s`, `15m`, `1h`, `2d` or `1h30m` (at most a year).
+pub fn parse_duration(text: &str) -> Result<std::time::Duration, String> {
+    let bad = || format!("{text:?} is not a duration like 30s, 15m, 1h, 2d or 1h30m");
+    let mut total = 0u64;
+    let mut num = String::new();
+    for ch in text.trim().chars() {
+        if ch.is_ascii_digit() {
+            num.push(ch);
+            continue;
+        }
+        let n: u64 = num.parse().map_err(|_| bad())?;
+        num.clear();
+        let unit = match ch {
+            's' => 1,
+            'm' => 60,
+            'h' => 3600,
+            'd' => 86400,
+            _ => return Err(bad()),
+        };
+        total = n
+            .checked_mul(unit)
+            .and_then(|v| total.checked_add(v))
+            .ok_or_else(bad)?;
+    }
+    if !num.is_empty() || total == 0 || total > 366 * 86400 {
+        return Err(bad());
+    }
+    Ok(std::time::Duration::from_secs(total))
 }
 
 #[derive(Deserialize)]
@@ -135,6 +285,8 @@ struct RawInventory {
     command: Option<Vec<String>>,
     #[serde(default)]
     install_command: Option<Vec<String>>,
+    #[serde(default)]
+    rollback_command: Option<Vec<String>>,
 }
 
 #[derive(Default, Deserialize)]
@@ -207,6 +359,10 @@ impl AgentConfig {
         }
         for (field, argv) in [
             ("inventory.install_command", &raw.inventory.install_command),
+            (
+                "inventory.rollback_command",
+                &raw.inventory.rollback_command,
+            ),
             ("hooks.on_apply", &raw.hooks.on_apply),
         ] {
             if argv
@@ -215,6 +371,9 @@ impl AgentConfig {
             {
                 problems.push(format!("{field}: must name a program"));
             }
+        }
+        if raw.inventory.rollback_command.is_some() && raw.inventory.install_command.is_none() {
+            problems.push("inventory.rollback_command: only with inventory.install_command".into());
         }
         if raw.inventory.install_command.is_some() && raw.inventory.dir.is_some() {
             problems.push(
@@ -225,7 +384,7 @@ impl AgentConfig {
         let timeout = raw
             .hooks
             .timeout_secs
-            .unwrap_or(super::apply::DEFAULT_HOOK_TIMEOUT.as_secs());
+            .unwrap_or(DEFAULT_HOOK_TIMEOUT.as_secs());
         if !(1..=MAX_HOOK_TIMEOUT_SECS).contains(&timeout) {
             problems.push(format!(
                 "hooks.timeout_secs: {timeout} is not in 1..={MAX_HOOK_TIMEOUT_SECS}"
@@ -239,6 +398,67 @@ impl AgentConfig {
                 ));
             }
         }
+        let health = match raw.health {
+            None => None,
+            Some(h) => {
+                if h.command.is_empty() || h.command[0].is_empty() {
+                    problems.push("health.command: must name a program".into());
+                }
+                let t = h.timeout_secs.unwrap_or(60);
+                if !(1..=MAX_HOOK_TIMEOUT_SECS).contains(&t) {
+                    problems.push(format!(
+                        "health.timeout_secs: {t} is not in 1..={MAX_HOOK_TIMEOUT_SECS}"
+                    ));
+                }
+                let retries = h.retries.unwrap_or(0);
+                if retries > 100 {
+                    problems.push(format!("health.retries: {retries} is more than 100"));
+                }
+                let i = h.interval_secs.unwrap_or(5);
+                if i > 3600 {
+                    problems.push(format!("health.interval_secs: {i} is more than 3600"));
+                }
+                Some(HealthConfig {
+                    command: h.command,
+                    timeout: std::time::Duration::from_secs(t),
+                    retries,
+                    interval: std::time::Duration::from_secs(i),
+                })
+            }
+        };
+        let mut poll = PollConfig::default();
+        match raw.poll.interval.as_ref().map(|d| d.parse("poll.interval")) {
+            Some(Ok(d)) if d >= std::time::Duration::from_secs(1) => {
+                poll.interval = d;
+                poll.jitter = d / 10;
+            }
+            Some(Ok(_)) => problems.push("poll.interval: must be at least 1 s".into()),
+            Some(Err(e)) => problems.push(e),
+            None => {}
+        }
+        match raw.poll.jitter.as_ref().map(|d| d.parse("poll.jitter")) {
+            Some(Ok(d)) if d <= poll.interval => poll.jitter = d,
+            Some(Ok(_)) => problems.push("poll.jitter: must not exceed poll.interval".into()),
+            Some(Err(e)) => problems.push(e),
+            None => {}
+        }
+        if raw
+            .inhibit
+            .command
+            .as_ref()
+            .is_some_and(|a| a.is_empty() || a[0].is_empty())
+        {
+            problems.push("inhibit.command: must name a program".into());
+        }
+        let it = raw.inhibit.timeout_secs.unwrap_or(10);
+        if !(1..=3600).contains(&it) {
+            problems.push(format!("inhibit.timeout_secs: {it} is not in 1..=3600"));
+        }
+        let inhibit = InhibitConfig {
+            files: raw.inhibit.files.iter().map(|f| resolve(base, f)).collect(),
+            command: raw.inhibit.command,
+            timeout: std::time::Duration::from_secs(it),
+        };
         let inventory = match (raw.inventory.dir, raw.inventory.command) {
             (Some(d), None) => Some(InventorySource::Dir(resolve(base, &d))),
             (None, Some(c)) if !c.is_empty() && !c[0].is_empty() => {
@@ -277,9 +497,13 @@ impl AgentConfig {
             inventory: inventory.expect("checked above"),
             utc_offset: raw.utc_offset,
             install_command: raw.inventory.install_command,
+            rollback_command: raw.inventory.rollback_command,
             on_apply: raw.hooks.on_apply,
             hook_timeout: std::time::Duration::from_secs(timeout),
             report_url: raw.report_url,
+            health,
+            poll,
+            inhibit,
         })
     }
 }
@@ -377,6 +601,83 @@ timeout_secs = 0
         ] {
             assert!(e.contains(field), "{field}: {e}");
         }
+    }
+
+    #[test]
+    fn health_poll_and_inhibit_sections() {
+        let c = parse(
+            r#"
+profile = "p.toml"
+[repository]
+metadata_url = "file:///m"
+targets_url = "file:///t"
+[inventory]
+dir = "/apps"
+[health]
+command = ["check", "--quick"]
+timeout_secs = 7
+retries = 2
+[poll]
+interval = "15m"
+[inhibit]
+files = ["busy.flag"]
+command = ["battery-ok"]
+"#,
+        )
+        .unwrap();
+        let h = c.health.unwrap();
+        assert_eq!(h.command, vec!["check".to_string(), "--quick".into()]);
+        assert_eq!(h.timeout, std::time::Duration::from_secs(7));
+        assert_eq!(h.retries, 2);
+        assert_eq!(c.poll.interval, std::time::Duration::from_secs(900));
+        assert_eq!(c.poll.jitter, std::time::Duration::from_secs(90));
+        assert_eq!(
+            c.inhibit.files,
+            vec![PathBuf::from("/etc/petrel/busy.flag")]
+        );
+        assert_eq!(c.inhibit.command, Some(vec!["battery-ok".to_string()]));
+        let d = parse(
+            r#"
+profile = "p.toml"
+[repository]
+metadata_url = "file:///m"
+targets_url = "file:///t"
+[inventory]
+dir = "/apps"
+"#,
+        )
+        .unwrap();
+        assert_eq!(d.poll, PollConfig::default());
+        assert!(d.health.is_none() && d.inhibit.is_empty());
+        let e = parse(
+            r#"
+profile = "p.toml"
+[repository]
+metadata_url = "file:///m"
+targets_url = "file:///t"
+[inventory]
+dir = "/apps"
+[health]
+command = []
+timeout_secs = 0
+[poll]
+interval = "soon"
+[inhibit]
+command = []
+"#,
+        )
+        .unwrap_err()
+        .to_string();
+        for field in [
+            "health.command",
+            "health.timeout_secs",
+            "poll.interval",
+            "inhibit.command",
+        ] {
+            assert!(e.contains(field), "{field}: {e}");
+        }
+        assert_eq!(parse_duration("1h30m").unwrap().as_secs(), 5400);
+        assert!(parse_duration("0s").is_err() && parse_duration("5").is_err());
     }
 
     #[test]

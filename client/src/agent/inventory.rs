@@ -29,10 +29,9 @@ use std::collections::BTreeMap;
 use std::fs::{self, File};
 use std::io::{self, Read};
 use std::path::{Path, PathBuf};
-use std::process::{Command, Stdio};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
-use super::config::InventorySource;
+use super::exec::{run_bounded, CommandSpec};
 use super::AgentError;
 use crate::decide::{InstalledApp, Inventory};
 use crate::manifest::{check_id, check_sha256_hex, check_version};
@@ -44,9 +43,28 @@ pub const SHA256_FILE: &str = "SHA256";
 /// How long an inventory command may run.
 pub const COMMAND_TIMEOUT: Duration = Duration::from_secs(60);
 /// The largest inventory a command may print.
-const MAX_COMMAND_OUTPUT: u64 = 4 * 1024 * 1024;
+const MAX_COMMAND_OUTPUT: usize = 4 * 1024 * 1024;
 /// The largest `VERSION` or `SHA256` file read.
 const MAX_SMALL_FILE: u64 = 4096;
+
+/// Where the installed inventory is read from.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum InventorySource {
+    /// A directory with one subdirectory per installed application (see
+    /// this module).
+    Dir(PathBuf),
+    /// A command whose standard output is the inventory as JSON.
+    Command(Vec<String>),
+}
+
+impl std::fmt::Display for InventorySource {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            InventorySource::Dir(d) => write!(f, "directory {}", d.display()),
+            InventorySource::Command(c) => write!(f, "command {}", c.join(" ")),
+        }
+    }
+}
 
 /// Reads the inventory from its configured source.
 pub fn read_inventory(source: &InventorySource) -> Result<Inventory, AgentError> {
@@ -193,67 +211,9 @@ pub fn sha256_file(path: &Path) -> io::Result<String> {
 pub fn read_command_inventory(argv: &[String]) -> Result<Inventory, AgentError> {
     let src = InventorySource::Command(argv.to_vec());
     let err = |reason: String| inv_err(&src, reason);
-    let mut child = Command::new(&argv[0])
-        .args(&argv[1..])
-        .stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .map_err(|e| err(format!("cannot run {}: {e}", argv[0])))?;
-    let mut stdout = child.stdout.take().expect("piped");
-    let mut stderr = child.stderr.take().expect("piped");
-    let out_reader = std::thread::spawn(move || {
-        let mut buf = Vec::new();
-        let r = (&mut stdout)
-            .take(MAX_COMMAND_OUTPUT + 1)
-            .read_to_end(&mut buf);
-        // Drain the rest so the child never blocks on a full pipe.
-        let _ = io::copy(&mut stdout, &mut io::sink());
-        r.map(|_| buf)
-    });
-    let err_reader = std::thread::spawn(move || {
-        let mut buf = Vec::new();
-        let _ = (&mut stderr).take(64 * 1024).read_to_end(&mut buf);
-        let _ = io::copy(&mut stderr, &mut io::sink());
-        buf
-    });
-    let started = Instant::now();
-    let status = loop {
-        match child.try_wait() {
-            Ok(Some(s)) => break s,
-            Ok(None) if started.elapsed() > COMMAND_TIMEOUT => {
-                let _ = child.kill();
-                let _ = child.wait();
-                return Err(err(format!(
-                    "did not finish within {} s; killed",
-                    COMMAND_TIMEOUT.as_secs()
-                )));
-            }
-            Ok(None) => std::thread::sleep(Duration::from_millis(20)),
-            Err(e) => return Err(err(e.to_string())),
-        }
-    };
-    let out = out_reader
-        .join()
-        .map_err(|_| err("reading its output failed".into()))?
-        .map_err(|e| err(format!("reading its output: {e}")))?;
-    let stderr_text = String::from_utf8_lossy(&err_reader.join().unwrap_or_default())
-        .trim()
-        .to_string();
-    if !status.success() {
-        return Err(err(format!(
-            "exited with {status}{}",
-            if stderr_text.is_empty() {
-                String::new()
-            } else {
-                format!(": {stderr_text}")
-            }
-        )));
-    }
-    if out.len() as u64 > MAX_COMMAND_OUTPUT {
-        return Err(err(format!("printed more than {MAX_COMMAND_OUTPUT} bytes")));
-    }
-    parse_inventory_json(&out).map_err(err)
+    let spec = CommandSpec::new(argv, COMMAND_TIMEOUT).capture_stdout(MAX_COMMAND_OUTPUT);
+    let out = run_bounded(&spec).map_err(|e| err(e.to_string()))?;
+    parse_inventory_json(&out.stdout).map_err(err)
 }
 
 /// Parses and validates an inventory in JSON (`{"app": {"version": "1.0", "sha256": "…"}}`).

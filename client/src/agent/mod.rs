@@ -20,9 +20,14 @@
 //! The `petrel` binary (`client/src/bin/petrel.rs`) is a thin command line over this
 //! module; `docs/device.md` describes the files and the commands.
 
-pub mod apply;
 pub mod config;
+pub mod daemon;
+pub mod exec;
+pub mod faults;
+pub mod inhibit;
+pub mod install;
 pub mod inventory;
+pub mod plan;
 pub mod render;
 pub mod repo;
 pub mod stage;
@@ -41,10 +46,13 @@ use crate::decide::{decide, CampaignEntry, Decision, DeviceProfile, RepositoryVi
 use crate::fetch::{AutoTransport, HttpConfig};
 use crate::manifest::{check_locale, Assignment, ConsentPolicy, ConsentStage, Severity};
 use crate::tuf::updater::{UpdateError, Updater, UpdaterConfig};
-pub use config::{AgentConfig, InventorySource, UtcOffsetSource};
+pub use config::{AgentConfig, UtcOffsetSource};
+pub use inventory::InventorySource;
 pub use repo::MetadataVersions;
 pub use state::{AgentState, LastCheck, StatePaths};
-pub use update::{InstallOutcome, InstallResult, QueuedReport, UpdateHooks, UpdateOutcome};
+pub use update::{
+    InstallOutcome, InstallResult, QueuedReport, RunStatus, UpdateHooks, UpdateOutcome,
+};
 
 /// Everything that can go wrong in the agent, with a message that says what to do.
 #[derive(Debug, thiserror::Error)]
@@ -112,6 +120,27 @@ pub enum AgentError {
     /// The request does not make sense now (with the reason).
     #[error("{0}")]
     Refused(String),
+    /// Another petrel command holds the state directory.
+    #[error("another petrel command is running on {state_dir} ({holder}); only one may run at a time: stop it first (for the service: systemctl stop petrel) or try again when it has finished")]
+    Busy {
+        /// The state directory.
+        state_dir: PathBuf,
+        /// Who holds it, as the holder wrote it into the lock file.
+        holder: String,
+    },
+}
+
+impl AgentError {
+    /// The exit status the `petrel` command ends with for this error: 4 when another
+    /// command holds the state directory, 3 for a problem of the network or the repository's
+    /// server (tried again later), 1 otherwise.
+    pub fn exit_code(&self) -> u8 {
+        match self {
+            AgentError::Busy { .. } => 4,
+            AgentError::Update(e) if e.is_network() => 3,
+            _ => 1,
+        }
+    }
 }
 
 fn known_list(known: &[String]) -> String {
@@ -128,7 +157,7 @@ pub struct Agent {
     config: AgentConfig,
     paths: StatePaths,
     profile: DeviceProfile,
-    recovered: Option<apply::Recovery>,
+    recovered: Option<install::Recovery>,
     _lock: File,
 }
 
@@ -158,6 +187,8 @@ pub struct Evaluation {
     pub consent: ConsentStore,
     /// The decision.
     pub decision: Decision,
+    /// The device-side precondition that held at the evaluation, if any.
+    pub inhibit: Option<String>,
 }
 
 /// A consent answer.
@@ -204,9 +235,18 @@ impl Agent {
     }
 
     /// Opens the agent: takes the lock, checks the device is provisioned, completes or
-    /// undoes an interrupted apply ([`apply::recover`], before anything else), then reads
-    /// the profile and the actual inventory. A completed apply is reported.
+    /// undoes an interrupted install ([`install::recover`], before anything else: hooks,
+    /// health check, then confirm or roll back), then reads the profile and the actual
+    /// inventory. A finished install is reported.
     pub fn open(config: AgentConfig) -> Result<Agent, AgentError> {
+        Agent::open_with(config, true)
+    }
+
+    /// [`Agent::open`]; with `settle` false, recovery only makes the installed set whole
+    /// (the old or the new one) and leaves the hooks and the health check of a switched
+    /// install for the next full start (`petrel recover`, run at boot before the
+    /// applications start).
+    pub fn open_with(config: AgentConfig, settle: bool) -> Result<Agent, AgentError> {
         let paths = StatePaths::new(&config.state_dir);
         if !paths.is_provisioned() {
             return Err(AgentError::NotProvisioned {
@@ -215,12 +255,21 @@ impl Agent {
         }
         paths.create_dirs()?;
         let lock = paths.lock()?;
-        let hooks = apply::Hooks {
-            on_apply: config.on_apply.clone(),
-            install: config.install_command.clone(),
-            timeout: config.hook_timeout,
+        faults::point("recover", "recover from the journal");
+        let hooks = hooks_of(&config);
+        let mut installer_for = |j: &install::journal::Journal| -> Box<dyn install::Installer> {
+            match &j.inventory_dir {
+                Some(d) => Box::new(install::files::FilesInstaller::new(d.clone())),
+                None => installer_of(&config, &paths),
+            }
         };
-        let recovered = apply::recover(&paths.journal(), &hooks, &mut |_, _| Ok(()))?;
+        let recovered = install::recover(
+            &paths.journal(),
+            &mut installer_for,
+            &hooks,
+            settle,
+            &mut |_, _| Ok(()),
+        )?;
         let profile = load_profile(&config)?;
         let agent = Agent {
             config,
@@ -229,28 +278,49 @@ impl Agent {
             recovered,
             _lock: lock,
         };
-        if let Some(apply::Recovery::RolledForward(a)) = &agent.recovered {
-            let reason = format!(
-                "installed group {} revision {} (completed after an interruption): {}",
-                a.group.0,
-                a.group.1,
-                a.changes.join("; ")
-            );
-            let result = if a.hook_errors.is_empty() {
-                crate::report::ReportResult::Succeeded
-            } else {
-                crate::report::ReportResult::Failed
+        if let Some(install::Recovery::RolledForward(a)) = &agent.recovered {
+            let mut state = AgentState::load(&agent.paths.state_file())?;
+            let (result, text) = agent.settled(a, &mut state);
+            state.save(&agent.paths.state_file())?;
+            let reason = format!("{text} (completed after an interruption)");
+            let result = match result {
+                InstallResult::Installed => crate::report::ReportResult::Succeeded,
+                _ => crate::report::ReportResult::Failed,
             };
-            if let Err(e) = agent.queue_report(&a.campaign, a.revision, a.wave, result, &reason) {
+            if let Err(e) = agent.queue_report(
+                &a.campaign,
+                a.revision,
+                a.wave,
+                result,
+                &reason,
+                a.rolled_back,
+            ) {
                 tracing::warn!("{e}");
             }
         }
         Ok(agent)
     }
 
+    /// The commands run around an install, from the configuration.
+    pub fn hooks(&self) -> install::Hooks {
+        hooks_of(&self.config)
+    }
+
+    /// The install handler for the configured inventory.
+    pub fn installer(&self) -> Box<dyn install::Installer> {
+        installer_of(&self.config, &self.paths)
+    }
+
     /// An interrupted apply completed or undone when the agent was opened.
-    pub fn recovered(&self) -> Option<&apply::Recovery> {
+    pub fn recovered(&self) -> Option<&install::Recovery> {
         self.recovered.as_ref()
+    }
+
+    /// Reads the device profile and the actual inventory again (each cycle of `petrel run`
+    /// starts with it).
+    pub fn reload(&mut self) -> Result<(), AgentError> {
+        self.profile = load_profile(&self.config)?;
+        Ok(())
     }
 
     /// Reads the actual inventory again (after an apply, or right before one).
@@ -326,7 +396,8 @@ impl Agent {
             &self.paths.manifests(),
             &repo::delta_bases(&self.config.inventory, &self.profile.inventory),
         )?;
-        let local = state.local_state(consent.records().clone());
+        let mut local = state.local_state(consent.records().clone());
+        local.inhibit = inhibit::check(&self.config.inhibit);
         let decision = decide(&gathered.view, &self.profile, &local, now);
         state.remember(&decision.observed);
         state.last_check = Some(LastCheck {
@@ -349,6 +420,7 @@ impl Agent {
                 state,
                 consent,
                 decision,
+                inhibit: local.inhibit,
             },
             updater,
         ))
@@ -411,7 +483,8 @@ impl Agent {
 
     /// Decides again from the same verified view (after a consent answer).
     fn redecide(&self, ev: &mut Evaluation, now: DateTime<Utc>) -> Result<(), AgentError> {
-        let local = ev.state.local_state(ev.consent.records().clone());
+        let mut local = ev.state.local_state(ev.consent.records().clone());
+        local.inhibit = ev.inhibit.clone();
         ev.decision = decide(&ev.view, &self.profile, &local, now);
         ev.now = now;
         ev.state.remember(&ev.decision.observed);
@@ -560,6 +633,26 @@ fn open_consent(paths: &StatePaths) -> Result<(ConsentStore, consent::OpenReport
             }
             r => return Ok(r?),
         }
+    }
+}
+
+fn hooks_of(config: &AgentConfig) -> install::Hooks {
+    install::Hooks {
+        on_apply: config.on_apply.clone(),
+        timeout: config.hook_timeout,
+        health: config.health.clone(),
+    }
+}
+
+fn installer_of(config: &AgentConfig, paths: &StatePaths) -> Box<dyn install::Installer> {
+    match &config.inventory {
+        InventorySource::Dir(d) => Box::new(install::files::FilesInstaller::new(d.clone())),
+        InventorySource::Command(_) => Box::new(install::command::CommandInstaller::new(
+            config.install_command.clone(),
+            config.rollback_command.clone(),
+            paths.clone(),
+            config.hook_timeout,
+        )),
     }
 }
 

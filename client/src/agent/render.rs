@@ -482,7 +482,51 @@ pub fn status_text(agent: &Agent, ev: &Evaluation) -> String {
             let _ = writeln!(o, "  {}", staged_line(s, d));
         }
     }
+    o.push_str(&reports_text(agent));
+    if let Some(why) = &ev.inhibit {
+        let _ = writeln!(o, "Device:     waiting: {why}");
+    }
     let _ = writeln!(o, "Decided at {}.", ts(d.now));
+    o
+}
+
+/// The outbox in `petrel status`: queued and set-aside reports, and where they go.
+pub fn reports_text(agent: &Agent) -> String {
+    let mut o = String::new();
+    let summary = crate::report::Outbox::open(agent.paths().outbox()).and_then(|b| b.summary());
+    let dest = match &agent.config().report_url {
+        Some(u) => format!("sent to {u}"),
+        None => "kept locally: no report_url is configured".to_string(),
+    };
+    match summary {
+        Err(e) => {
+            let _ = writeln!(o, "Reports:    cannot read the outbox: {e}");
+        }
+        Ok(s) if s.queued.is_empty() && s.set_aside.is_empty() => {
+            let _ = writeln!(o, "Reports:    none waiting ({dest})");
+        }
+        Ok(s) => {
+            let oldest = s
+                .oldest_queued()
+                .map(|t| format!(", oldest {}", ts(t)))
+                .unwrap_or_default();
+            let _ = writeln!(
+                o,
+                "Reports:    {} queued{oldest} ({dest}); {} set aside",
+                s.queued.len(),
+                s.set_aside.len()
+            );
+            for e in &s.set_aside {
+                let _ = writeln!(
+                    o,
+                    "  set aside {} {}: {}",
+                    &e.report_id[..e.report_id.len().min(12)],
+                    e.at.map(ts).unwrap_or_default(),
+                    e.reason.as_deref().unwrap_or("refused as malformed")
+                );
+            }
+        }
+    }
     o
 }
 
@@ -530,23 +574,7 @@ pub fn update_text(agent: &Agent, out: &super::UpdateOutcome) -> String {
     use super::InstallResult;
     let mut o = String::new();
     if let Some(r) = &out.recovered {
-        match r {
-            super::apply::Recovery::RolledBack { campaign, revision } => {
-                let _ = writeln!(
-                    o,
-                    "Recovered: the apply of campaign {campaign} revision {revision} was interrupted before its commit point and was undone; the previous set is installed."
-                );
-            }
-            super::apply::Recovery::RolledForward(a) => {
-                let _ = writeln!(
-                    o,
-                    "Recovered: the apply of campaign {} revision {} was interrupted after its commit point and was completed: {}.",
-                    a.campaign,
-                    a.revision,
-                    a.changes.join("; ")
-                );
-            }
-        }
+        let _ = writeln!(o, "{}", recovery_text(r));
     }
     for s in &out.staged {
         let mut line = format!("Staging {} revision {}: ", s.campaign, s.revision);
@@ -573,13 +601,19 @@ pub fn update_text(agent: &Agent, out: &super::UpdateOutcome) -> String {
                 s.kept.len()
             ));
         }
-        if parts.is_empty() {
+        if parts.is_empty() && s.error.is_none() {
             parts.push("nothing to download".into());
         }
         line.push_str(&parts.join(", "));
         match (&s.error, &s.plan) {
             (Some(e), _) => {
-                let _ = write!(line, "; FAILED: {e} (the next run resumes)");
+                let sep = if parts.is_empty() { "" } else { "; " };
+                let what = if s.error_is_temporary {
+                    "download interrupted"
+                } else {
+                    "download FAILED"
+                };
+                let _ = write!(line, "{sep}{what}: {e} (the next run resumes)");
             }
             (None, Some(p)) => {
                 let _ = write!(line, "; staged plan {}", p.display());
@@ -588,10 +622,12 @@ pub fn update_text(agent: &Agent, out: &super::UpdateOutcome) -> String {
         }
         let _ = writeln!(o, "{line}");
     }
-    if let Some(i) = &out.install {
+    for i in &out.installs {
         let head = match i.result {
             InstallResult::Installed => "Installed",
+            InstallResult::RolledBack => "Install FAILED and ROLLED BACK",
             InstallResult::Failed => "Install FAILED",
+            InstallResult::Deferred => "Not installed now",
             InstallResult::NotInstalled => "Not installed",
         };
         let _ = writeln!(
@@ -610,6 +646,15 @@ pub fn update_text(agent: &Agent, out: &super::UpdateOutcome) -> String {
     if let Some(s) = &out.sent {
         let _ = writeln!(o, "Reports: {s}");
     }
+    if !out.problems.is_empty() {
+        let _ = writeln!(
+            o,
+            "Problems (nothing is blamed on a campaign; tried again at the next run):"
+        );
+        for p in &out.problems {
+            let _ = writeln!(o, "  {p}");
+        }
+    }
     for n in &out.notes {
         let _ = writeln!(o, "Note: {n}");
     }
@@ -627,6 +672,32 @@ pub fn update_json(out: &super::UpdateOutcome) -> Value {
         m.insert("decided_at".into(), json!(ts(d.now)));
     }
     v
+}
+
+/// What recovery at the start did, in one sentence.
+pub fn recovery_text(r: &super::install::Recovery) -> String {
+    use super::install::Recovery;
+    match r {
+        Recovery::RolledBack { campaign, revision } => format!(
+            "Recovered: the install of campaign {campaign} revision {revision} was interrupted before its commit point and was undone; the previous set is installed."
+        ),
+        Recovery::RolledForward(a) if a.rolled_back => format!(
+            "Recovered: the install of campaign {} revision {} was interrupted and has been rolled back ({}); the previous set is installed.",
+            a.campaign,
+            a.revision,
+            a.failure.as_deref().unwrap_or("it failed")
+        ),
+        Recovery::RolledForward(a) => format!(
+            "Recovered: the install of campaign {} revision {} was interrupted after its commit point and was completed: {}{}.",
+            a.campaign,
+            a.revision,
+            a.changes.join("; "),
+            a.failure.as_ref().map(|f| format!(" ({f})")).unwrap_or_default()
+        ),
+        Recovery::Pending { campaign, revision } => format!(
+            "Recovered: the new set of campaign {campaign} revision {revision} is in place; its hooks and health check run at the agent's next start (the previous set is kept until then)."
+        ),
+    }
 }
 
 /// `petrel status --json`.
@@ -648,6 +719,12 @@ pub fn status_json(agent: &Agent, ev: &Evaluation) -> Value {
         "state_dir": agent.paths().root,
         "consent_records": ev.consent.records().events().len(),
         "staged": super::stage::list(agent.paths()).iter().map(staged_json).collect::<Vec<_>>(),
+        "inhibit": ev.inhibit,
+        "reports": crate::report::Outbox::open(agent.paths().outbox()).and_then(|b| b.summary()).ok().map(|s| json!({
+            "destination": agent.config().report_url,
+            "queued": s.queued.iter().map(|e| &e.report_id).collect::<Vec<_>>(),
+            "set_aside": s.set_aside.iter().map(|e| json!({"report_id": e.report_id, "at": e.at.map(ts), "reason": e.reason})).collect::<Vec<_>>(),
+        })),
     })
 }
 

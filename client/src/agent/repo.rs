@@ -13,7 +13,7 @@ use std::path::{Path, PathBuf};
 
 use serde::Serialize;
 
-use super::config::InventorySource;
+use super::inventory::InventorySource;
 use crate::decide::{ArtifactInfo, DeltaInfo, Entry, Inventory, Named, RepositoryView};
 use crate::delta::{self, DeltaMeta};
 use crate::manifest::{
@@ -120,7 +120,7 @@ pub fn gather_with_deltas(
             view.unusable
                 .push((bin_path.clone(), missing_bin_reason(digits, other)));
         }
-        Err(why) => view.unusable.push((bin_path.clone(), why)),
+        Err(why) => why.record(&bin_path, &mut view),
     }
 
     // Its group.
@@ -136,7 +136,7 @@ pub fn gather_with_deltas(
             Ok(None) => view
                 .unusable
                 .push((path, "not in the repository's signed metadata".into())),
-            Err(why) => view.unusable.push((path, why)),
+            Err(why) => why.record(&path, &mut view),
         }
     }
 
@@ -147,16 +147,17 @@ pub fn gather_with_deltas(
                 match fetcher.manifest::<CampaignManifest>(&info.path) {
                     Ok(Some(e)) => view.campaigns.push(e),
                     Ok(None) => {}
-                    Err(why) => view.unusable.push((info.path.clone(), why)),
+                    Err(why) => why.record(&info.path, &mut view),
                 }
             }
         }
-        Err(e) => view
-            .unusable
-            .push((CAMPAIGNS_PATTERN.to_string(), format!("cannot list: {e}"))),
+        Err(e) => {
+            Unusable::Unreadable(format!("cannot list: {e}")).record(CAMPAIGNS_PATTERN, &mut view)
+        }
     }
 
     // The signed lengths and hashes of the group's artifacts.
+    let mut unreadable = Vec::new();
     if let Some(g) = &view.group {
         for (app_id, app) in &g.manifest.apps {
             match fetcher.updater.get_target_info(&app.target) {
@@ -177,9 +178,12 @@ pub fn gather_with_deltas(
                         .push((app.target.clone(), "the target has no signed sha256".into())),
                 },
                 Ok(None) => {}
-                Err(e) => view.unusable.push((app.target.clone(), e.to_string())),
+                Err(e) => unreadable.push((app.target.clone(), e.to_string())),
             }
         }
+    }
+    for (target, why) in unreadable {
+        Unusable::Unreadable(why).record(&target, &mut view);
     }
     fetcher.prune();
     Ok(Gathered { view, versions })
@@ -268,6 +272,28 @@ fn missing_bin_reason(digits: usize, other: Option<(usize, String)>) -> String {
     }
 }
 
+/// Why a manifest could not be used.
+enum Unusable {
+    /// It could not be fetched or verified this time (network, server, or bytes that are
+    /// not the signed ones): the view is incomplete, and nothing is blamed on a campaign.
+    Unreadable(String),
+    /// Its verified bytes are not a usable manifest (the publisher's mistake).
+    Content(String),
+}
+
+impl Unusable {
+    fn record(self, path: &str, view: &mut RepositoryView) {
+        match self {
+            Unusable::Unreadable(why) => {
+                tracing::warn!("{path}: {why}");
+                view.incomplete.push((path.to_string(), why.clone()));
+                view.unusable.push((path.to_string(), why));
+            }
+            Unusable::Content(why) => view.unusable.push((path.to_string(), why)),
+        }
+    }
+}
+
 struct Fetcher<'a> {
     updater: &'a mut Updater,
     cache_dir: PathBuf,
@@ -276,38 +302,41 @@ struct Fetcher<'a> {
 
 impl Fetcher<'_> {
     /// `Ok(None)`: no role on the search path lists the target.
-    fn manifest<T: Manifest + Named>(&mut self, path: &str) -> Result<Option<Entry<T>>, String> {
+    fn manifest<T: Manifest + Named>(&mut self, path: &str) -> Result<Option<Entry<T>>, Unusable> {
+        let unreadable = |e: String| Unusable::Unreadable(e);
         let Some(info) = self
             .updater
             .get_target_info(path)
-            .map_err(|e| e.to_string())?
+            .map_err(|e| unreadable(e.to_string()))?
         else {
             return Ok(None);
         };
         if info.length() > MAX_MANIFEST_BYTES as u64 {
-            return Err(format!(
+            return Err(Unusable::Content(format!(
                 "{} bytes is more than the {MAX_MANIFEST_BYTES}-byte manifest limit",
                 info.length()
-            ));
+            )));
         }
-        let name = local_target_file_name(path).map_err(|e| e.to_string())?;
+        let name = local_target_file_name(path).map_err(|e| Unusable::Content(e.to_string()))?;
         let dest = self.cache_dir.join(&name);
         self.used.insert(name);
         if !self
             .updater
             .find_cached_target(&info, &dest)
-            .map_err(|e| e.to_string())?
+            .map_err(|e| unreadable(e.to_string()))?
         {
             self.updater
                 .download_target(&info, &dest)
-                .map_err(|e| e.to_string())?;
+                .map_err(|e| unreadable(e.to_string()))?;
         }
-        let bytes = fs::read(&dest).map_err(|e| format!("{}: {e}", dest.display()))?;
+        let bytes = fs::read(&dest).map_err(|e| unreadable(format!("{}: {e}", dest.display())))?;
         let trusted = self
             .updater
             .trusted()
-            .ok_or_else(|| UpdateError::NotRefreshed.to_string())?;
-        Entry::from_target(&info, &bytes, trusted).map(Some)
+            .ok_or_else(|| unreadable(UpdateError::NotRefreshed.to_string()))?;
+        Entry::from_target(&info, &bytes, trusted)
+            .map(Some)
+            .map_err(Unusable::Content)
     }
 
     /// Removes cached manifests this run did not use.

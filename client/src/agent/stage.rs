@@ -8,9 +8,11 @@
 //! ```
 //!
 //! A file is only ever renamed into a staging directory after its length and every signed
-//! hash matched ([`Updater::download_target`]); an interrupted download leaves at most a
-//! `.petrel-tmp-*` file, which the next run deletes and downloads again. Files already
-//! there are verified again (length and hashes) and kept.
+//! hash matched ([`Updater::download_target_resumable`]). Downloads resume: an interrupted
+//! one (a network error, a crash, a reboot) leaves a `.petrel-part-<file>` beside its
+//! destination, which the next attempt, in this run or a later one, hashes again and
+//! continues with a ranged request instead of starting from zero. Leftover `.petrel-tmp-*`
+//! files are deleted. Files already there are verified again (length and hashes) and kept.
 //!
 //! An item with a delta ([`DownloadItem::delta`]) is first tried through the delta: the
 //! installed artifact file is read (and must still hash to the delta's base), the delta is
@@ -25,132 +27,19 @@ use std::io::{self, Read};
 use std::path::{Path, PathBuf};
 
 use chrono::{DateTime, Utc};
-use serde::{Deserialize, Serialize};
+use serde::Serialize;
 
 use super::state::{AgentState, StatePaths};
 use super::AgentError;
 use crate::decide::{
     ArtifactInfo, CampaignDecision, Decision, DeltaInfo, DownloadItem, Plan, StagedItem, Status,
-    Step,
 };
-use crate::manifest::ManifestHash;
 use crate::tuf::updater::hashes::HashingWriter;
-use crate::tuf::updater::{local_target_file_name, write_atomic, Updater};
+use crate::tuf::updater::{local_target_file_name, DownloadProgress, Updater, PARTIAL_PREFIX};
 
-/// The staged plan's file name inside a campaign's staging directory.
-pub const PLAN_FILE: &str = "plan.json";
-/// The schema version of `plan.json`.
-pub const PLAN_SCHEMA_VERSION: u32 = 1;
-/// The largest `plan.json` read.
-const MAX_PLAN_BYTES: u64 = 4 * 1024 * 1024;
-
-/// The staging directory of one campaign revision: `staging/<campaign>-<revision>`.
-pub fn campaign_dir(paths: &StatePaths, campaign: &str, revision: u64) -> PathBuf {
-    paths.staging().join(format!("{campaign}-{revision}"))
-}
-
-/// A plan whose every artifact is staged and verified: what the apply step installs.
-/// Written atomically as `plan.json` in the campaign's staging directory.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct StagedPlan {
-    /// [`PLAN_SCHEMA_VERSION`].
-    pub schema_version: u32,
-    /// The campaign that authorises the plan.
-    pub campaign: String,
-    /// Its revision.
-    pub revision: u64,
-    /// SHA-256 of the exact campaign manifest bytes.
-    pub manifest_sha256: ManifestHash,
-    /// The group the plan converges to.
-    pub group: String,
-    /// Its revision.
-    pub group_revision: u64,
-    /// When the plan was recorded.
-    pub staged_at: DateTime<Utc>,
-    /// The changes, by application id: add / update / reinstall / remove.
-    pub steps: Vec<StagedStep>,
-    /// The device's rollout wave in the campaign (1-based), when it has waves; set when
-    /// the plan is installed, so a report after an interrupted apply still names it.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub wave: Option<u32>,
-}
-
-/// One change of a staged plan, with its verified artifact.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
-pub struct StagedStep {
-    /// The change (application, action, versions, target path, post-install state).
-    #[serde(flatten)]
-    pub step: Step,
-    /// The staged artifact (`None` for a removal).
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub artifact: Option<StagedArtifact>,
-}
-
-/// A verified artifact in a staging directory.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct StagedArtifact {
-    /// Signed SHA-256 (hex).
-    pub sha256: String,
-    /// Signed length.
-    pub length: u64,
-    /// The file name inside the staging directory.
-    pub file: String,
-}
-
-impl StagedPlan {
-    /// Reads `plan.json` from `dir`; `Ok(None)` when there is none.
-    pub fn load(dir: &Path) -> Result<Option<StagedPlan>, AgentError> {
-        let path = dir.join(PLAN_FILE);
-        let err = |reason: String| AgentError::State {
-            path: path.clone(),
-            reason,
-        };
-        let f = match fs::File::open(&path) {
-            Ok(f) => f,
-            Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(None),
-            Err(e) => return Err(err(e.to_string())),
-        };
-        let mut buf = Vec::new();
-        f.take(MAX_PLAN_BYTES + 1)
-            .read_to_end(&mut buf)
-            .map_err(|e| err(e.to_string()))?;
-        if buf.len() as u64 > MAX_PLAN_BYTES {
-            return Err(err(format!("larger than {MAX_PLAN_BYTES} bytes")));
-        }
-        let p: StagedPlan =
-            serde_json::from_slice(&buf).map_err(|e| err(format!("damaged: {e}")))?;
-        if p.schema_version != PLAN_SCHEMA_VERSION {
-            return Err(err(format!(
-                "schema_version {} is unknown; this agent reads {PLAN_SCHEMA_VERSION}",
-                p.schema_version
-            )));
-        }
-        Ok(Some(p))
-    }
-
-    /// Writes `plan.json` into `dir` atomically (temporary file, fsync, rename).
-    pub fn save(&self, dir: &Path) -> Result<PathBuf, AgentError> {
-        let path = dir.join(PLAN_FILE);
-        let mut bytes = serde_json::to_vec_pretty(self).expect("plans serialize");
-        bytes.push(b'\n');
-        write_atomic(&path, &bytes).map_err(|e| AgentError::State {
-            path: path.clone(),
-            reason: e.to_string(),
-        })?;
-        Ok(path)
-    }
-
-    /// The plan without its staging details.
-    pub fn plan(&self) -> Plan {
-        Plan {
-            group: self.group.clone(),
-            revision: self.group_revision,
-            steps: self.steps.iter().map(|s| s.step.clone()).collect(),
-        }
-    }
-}
+pub use super::plan::{
+    campaign_dir, StagedArtifact, StagedPlan, StagedStep, PLAN_FILE, PLAN_SCHEMA_VERSION,
+};
 
 /// What staging one campaign did.
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize)]
@@ -177,15 +66,28 @@ pub struct StageOutcome {
     pub plan: Option<PathBuf>,
     /// What failed (the items before it stay staged; the next run resumes).
     pub error: Option<String>,
+    /// Whether that failure is temporary (the network, the server, the device's space)
+    /// rather than bytes that are not the signed ones.
+    pub error_is_temporary: bool,
 }
 
-/// Removes leftovers of interrupted downloads (`.petrel-tmp-*`) from `dir`.
-fn remove_partials(dir: &Path) {
+/// Removes leftovers of interrupted downloads from `dir`: every `.petrel-tmp-*` file, and
+/// the `.petrel-part-*` files of targets not among `items`. Those of the targets still
+/// wanted are kept: their downloads resume from them.
+fn remove_partials(dir: &Path, items: &[DownloadItem]) {
     let Ok(entries) = fs::read_dir(dir) else {
         return;
     };
+    let wanted: BTreeSet<String> = items
+        .iter()
+        .filter_map(|i| local_target_file_name(&i.target).ok())
+        .map(|n| format!("{PARTIAL_PREFIX}{n}"))
+        .collect();
     for e in entries.flatten() {
-        if e.file_name().to_string_lossy().starts_with(".petrel-tmp-") {
+        let name = e.file_name().to_string_lossy().into_owned();
+        if name.starts_with(".petrel-tmp-")
+            || (name.starts_with(PARTIAL_PREFIX) && !wanted.contains(&name))
+        {
             tracing::info!(
                 "staging: removing an interrupted download {}",
                 e.path().display()
@@ -214,13 +116,14 @@ pub fn stage(
     artifacts: &BTreeMap<String, ArtifactInfo>,
     inventory_dir: Option<&Path>,
     now: DateTime<Utc>,
+    progress: &mut dyn FnMut(&DownloadProgress),
 ) -> Result<StageOutcome, AgentError> {
     let dir = campaign_dir(paths, &c.id, c.revision);
     fs::create_dir_all(&dir).map_err(|e| AgentError::State {
         path: dir.clone(),
         reason: e.to_string(),
     })?;
-    remove_partials(&dir);
+    remove_partials(&dir, items);
     let mut out = StageOutcome {
         campaign: c.id.clone(),
         revision: c.revision,
@@ -228,7 +131,14 @@ pub fn stage(
         ..StageOutcome::default()
     };
     for item in items {
-        match stage_one(updater, &dir, item, inventory_dir, &mut out.delta_fallbacks) {
+        match stage_one(
+            updater,
+            &dir,
+            item,
+            inventory_dir,
+            &mut out.delta_fallbacks,
+            progress,
+        ) {
             Ok(how) => {
                 match how {
                     Staged::Kept => out.kept.push(item.target.clone()),
@@ -291,6 +201,7 @@ fn stage_one(
     item: &DownloadItem,
     inventory_dir: Option<&Path>,
     fallbacks: &mut Vec<String>,
+    progress: &mut dyn FnMut(&DownloadProgress),
 ) -> Result<Staged, String> {
     let info = updater
         .get_target_info(&item.target)
@@ -354,7 +265,7 @@ fn stage_one(
         }
     }
     updater
-        .download_target(&info, &dest)
+        .download_target_resumable(&info, &dest, &mut |p| progress(&p))
         .map_err(|e| e.to_string())?;
     Ok(Staged::Full { wasted })
 }

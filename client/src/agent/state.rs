@@ -25,11 +25,14 @@ use super::AgentError;
 use crate::decide::{InstallAttempt, LastReport, LocalState, SeenRevisions, StagedItem};
 use crate::tuf::updater::write_atomic;
 
+/// The apply journal's file name in the state directory.
+pub const JOURNAL_FILE: &str = "apply.journal.json";
 /// The schema version of `state.json`.
 pub const STATE_SCHEMA_VERSION: u32 = 1;
 /// The largest `state.json` read.
 const MAX_STATE_BYTES: u64 = 16 * 1024 * 1024;
-/// How long a command waits for another one to finish.
+/// How long a command waits for the agent lock (held while a command or one cycle of
+/// `petrel run` works) before it says another one is running.
 pub const LOCK_WAIT: Duration = Duration::from_secs(30);
 
 /// The paths inside the state directory.
@@ -66,7 +69,7 @@ impl StatePaths {
     }
     /// `apply.journal.json`: the write-ahead journal of an apply in progress.
     pub fn journal(&self) -> PathBuf {
-        self.root.join(super::apply::JOURNAL_FILE)
+        self.root.join(JOURNAL_FILE)
     }
     /// `device.key`: the device's report signing key.
     pub fn device_key(&self) -> PathBuf {
@@ -76,9 +79,13 @@ impl StatePaths {
     pub fn outbox(&self) -> PathBuf {
         self.root.join("outbox")
     }
-    /// `agent.lock`.
+    /// `agent.lock`: held while a command, or one cycle of `petrel run`, works.
     pub fn lock_file(&self) -> PathBuf {
         self.root.join("agent.lock")
+    }
+    /// `run.lock`: held by `petrel run` for its whole life and by `petrel update`.
+    pub fn run_lock_file(&self) -> PathBuf {
+        self.root.join("run.lock")
     }
     /// Whether a trusted root has been provisioned.
     pub fn is_provisioned(&self) -> bool {
@@ -101,36 +108,72 @@ impl StatePaths {
         Ok(())
     }
 
-    /// Takes the agent lock, waiting up to [`LOCK_WAIT`] for another command to finish.
+    /// Takes the agent lock. Another holder is waited for only briefly ([`LOCK_WAIT`]: a
+    /// child process between fork and exec may still share the file); then
+    /// [`AgentError::Busy`] names the other command (its pid and command line, which the
+    /// holder writes into the lock file).
     pub fn lock(&self) -> Result<File, AgentError> {
-        let path = self.lock_file();
-        let err = |reason: String| AgentError::State {
-            path: path.clone(),
-            reason,
-        };
-        let f = OpenOptions::new()
-            .create(true)
-            .truncate(false)
-            .write(true)
-            .open(&path)
-            .map_err(|e| err(e.to_string()))?;
-        let start = Instant::now();
-        loop {
-            match f.try_lock() {
-                Ok(()) => return Ok(f),
-                Err(fs::TryLockError::WouldBlock) if start.elapsed() < LOCK_WAIT => {
-                    std::thread::sleep(Duration::from_millis(100))
-                }
-                Err(fs::TryLockError::WouldBlock) => {
-                    return Err(err(format!(
-                        "another petrel command has held the lock for more than {} s",
-                        LOCK_WAIT.as_secs()
-                    )))
-                }
-                Err(fs::TryLockError::Error(e)) => return Err(err(e.to_string())),
+        lock_file(&self.root, &self.lock_file(), LOCK_WAIT)
+    }
+
+    /// Takes the runner lock (`run.lock`) without waiting: only one `petrel run` or
+    /// `petrel update` works on a state directory at a time; another gets
+    /// [`AgentError::Busy`] at once, naming the holder. Short commands (`check`, `status`,
+    /// `consent`) do not take it, so they work while the resident agent sleeps.
+    pub fn lock_runner(&self) -> Result<File, AgentError> {
+        fs::create_dir_all(&self.root).map_err(|e| AgentError::State {
+            path: self.root.clone(),
+            reason: e.to_string(),
+        })?;
+        lock_file(&self.root, &self.run_lock_file(), Duration::ZERO)
+    }
+}
+
+/// Locks `path` (waiting up to `wait`), then writes the holder's pid and command line
+/// into it.
+fn lock_file(root: &Path, path: &Path, wait: Duration) -> Result<File, AgentError> {
+    let path = path.to_path_buf();
+    let err = |reason: String| AgentError::State {
+        path: path.clone(),
+        reason,
+    };
+    let mut f = OpenOptions::new()
+        .create(true)
+        .truncate(false)
+        .read(true)
+        .write(true)
+        .open(&path)
+        .map_err(|e| err(e.to_string()))?;
+    let start = Instant::now();
+    loop {
+        match f.try_lock() {
+            Ok(()) => break,
+            Err(fs::TryLockError::WouldBlock) if start.elapsed() < wait => {
+                std::thread::sleep(Duration::from_millis(50))
             }
+            Err(fs::TryLockError::WouldBlock) => {
+                let mut holder = String::new();
+                let _ = (&f).take(4096).read_to_string(&mut holder);
+                return Err(AgentError::Busy {
+                    state_dir: root.to_path_buf(),
+                    holder: holder.trim().to_string(),
+                });
+            }
+            Err(fs::TryLockError::Error(e)) => return Err(err(e.to_string())),
         }
     }
+    // Say who holds it (best effort: the lock is what counts, not this text).
+    let me = format!(
+        "pid {} ({})\n",
+        std::process::id(),
+        std::env::args().collect::<Vec<_>>().join(" ")
+    );
+    use std::io::{Seek, Write};
+    let _ = f
+        .set_len(0)
+        .and_then(|()| f.seek(io::SeekFrom::Start(0)))
+        .and_then(|_| f.write_all(me.as_bytes()));
+    Ok(f)
 }
 
 /// What the agent remembers between runs (`state.json`). Written atomically (temporary
@@ -233,6 +276,7 @@ impl AgentState {
             attempts: self.attempts.clone(),
             seen: self.seen.clone(),
             reports: self.reports.clone(),
+            inhibit: None,
         }
     }
 

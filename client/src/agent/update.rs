@@ -1,5 +1,6 @@
-//! `petrel update`: refresh, decide, download what is due into staging, apply what is due
-//! (all or nothing, after refreshing and deciding again), and queue signed reports.
+//! One agent cycle (`petrel update`, and each cycle of `petrel run`): refresh → decide →
+//! download → stage → re-check → install → hooks → health → confirm or roll back → report,
+//! for every campaign that is due.
 
 use std::collections::BTreeMap;
 use std::path::PathBuf;
@@ -7,25 +8,34 @@ use std::path::PathBuf;
 use chrono::{DateTime, Utc};
 use serde::Serialize;
 
-use super::apply::{self, ApplyError, Hooks, Recovery, StepHook};
+use super::faults;
+use super::install::{self, Applied, ApplyError, Recovery, StepHook};
 use super::stage::{self, StageOutcome, StagedPlan};
 use super::AgentState;
 use super::{now_seconds, Agent, AgentError, Evaluation, InventorySource};
 use crate::consent::verify_log;
 use crate::decide::rollout::{position, Position};
+use crate::decide::CampaignDecision;
 use crate::decide::{Action, Decision, InstallAttempt, Inventory, LastReport, Plan, Status};
 use crate::manifest::ManifestHash;
 use crate::report::{DeviceKey, Outbox, Report, ReportFields, ReportResult};
+use crate::tuf::updater::DownloadProgress;
 
 /// What happened to the install the decision asked for.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
 #[serde(rename_all = "snake_case")]
 pub enum InstallResult {
-    /// The new set is installed.
+    /// The new set is installed (and passed the health check, if one is configured).
     Installed,
-    /// The apply failed before its commit point: the old set stays. Counted as a failed
-    /// attempt and reported.
+    /// The new set was installed, but a hook or the health check failed and the previous
+    /// set was restored. Reported as failed; the same manifest is not tried again.
+    RolledBack,
+    /// The install failed (before its commit point: the old set stays; or after it, with no
+    /// way to restore the previous set). Counted as a failed attempt and reported.
     Failed,
+    /// The device could not install now (no space, a missing mount, a busy resource): the
+    /// old set stays, no attempt is counted and nothing is reported; retried.
+    Deferred,
     /// Nothing was attempted: the re-check right before installing said no (halted,
     /// cancelled, changed, no longer ready), or the staged files were incomplete.
     NotInstalled,
@@ -44,7 +54,7 @@ pub struct InstallOutcome {
     pub result: InstallResult,
     /// Why, in words.
     pub reason: String,
-    /// The changes made (empty unless installed).
+    /// The changes made (empty unless installed or rolled back).
     pub changes: Vec<String>,
     /// The inventory read back afterwards.
     pub inventory_after: Inventory,
@@ -65,24 +75,45 @@ pub struct QueuedReport {
     pub report_id: String,
 }
 
+/// How a run ended, for exit statuses and the daemon's backoff.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum RunStatus {
+    /// Everything due was done (or there was nothing to do).
+    Ok,
+    /// An install failed or was rolled back, or a download was not the signed bytes: an
+    /// operator should look (exit status 1).
+    Failed,
+    /// A temporary problem of the network, the repository's server or the device (no space)
+    /// kept something from being done; nothing is blamed on a campaign, and it is tried
+    /// again (exit status 3).
+    Temporary,
+}
+
 /// What [`Agent::update`] did.
 #[derive(Debug, Serialize)]
 pub struct UpdateOutcome {
     /// The instant decided at.
     pub decided_at: DateTime<Utc>,
-    /// An interrupted apply that was completed or undone when the agent started.
+    /// An interrupted install that was completed or undone when the agent started.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub recovered: Option<Recovery>,
     /// Staging done in this run.
     pub staged: Vec<StageOutcome>,
-    /// The install, if one was due.
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub install: Option<InstallOutcome>,
+    /// The installs attempted in this run (every campaign ready to install).
+    pub installs: Vec<InstallOutcome>,
     /// Reports queued in this run.
     pub reports: Vec<QueuedReport>,
     /// Reports sent to `report_url` in this run (`None`: no URL configured).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub sent: Option<String>,
+    /// Whether sending reports should be tried again soon (the endpoint was unavailable
+    /// or refused the device for now).
+    #[serde(skip)]
+    pub reports_pending: bool,
+    /// Temporary problems (parts of the repository that could not be read, the network,
+    /// the device's space): tried again at the next run.
+    pub problems: Vec<String>,
     /// Other things worth saying (reports that could not be queued, staging removed).
     pub notes: Vec<String>,
     /// The last decision (after everything above).
@@ -93,14 +124,39 @@ pub struct UpdateOutcome {
 }
 
 impl UpdateOutcome {
-    /// Whether something failed that an operator should look at (a download or an
-    /// install attempt); statuses such as "waiting for consent" are not failures.
-    pub fn failed(&self) -> bool {
-        self.staged.iter().any(|s| s.error.is_some())
+    /// How the run ended: failed (an install failed or was rolled back, a download was not
+    /// the signed bytes), temporary (a problem of the network, the server or the device),
+    /// or ok. Statuses such as "waiting for consent" are not failures.
+    pub fn status(&self) -> RunStatus {
+        let failed = self
+            .installs
+            .iter()
+            .any(|i| matches!(i.result, InstallResult::Failed | InstallResult::RolledBack))
             || self
-                .install
-                .as_ref()
-                .is_some_and(|i| i.result == InstallResult::Failed)
+                .staged
+                .iter()
+                .any(|s| s.error.is_some() && !s.error_is_temporary);
+        let temporary = !self.problems.is_empty()
+            || self
+                .installs
+                .iter()
+                .any(|i| i.result == InstallResult::Deferred)
+            || self
+                .staged
+                .iter()
+                .any(|s| s.error.is_some() && s.error_is_temporary);
+        if failed {
+            RunStatus::Failed
+        } else if temporary {
+            RunStatus::Temporary
+        } else {
+            RunStatus::Ok
+        }
+    }
+
+    /// Whether something failed that an operator should look at ([`RunStatus::Failed`]).
+    pub fn failed(&self) -> bool {
+        self.status() == RunStatus::Failed
     }
 }
 
@@ -110,9 +166,24 @@ pub struct UpdateHooks<'a> {
     /// Called right before the refresh that re-checks a campaign before installing (tests
     /// publish a halt here).
     pub before_recheck: Option<Box<dyn FnMut() + 'a>>,
-    /// Called before each durable step of the apply (see [`StepHook`]).
+    /// Called before each durable step of the install (see [`StepHook`]).
     pub step: Option<StepHook<'a>>,
+    /// Called as downloads progress (the command line draws progress bars with it).
+    pub progress: Option<Box<dyn FnMut(&DownloadProgress) + 'a>>,
+    /// Raised to stop between steps (SIGTERM): no further download or install starts, and
+    /// a download in progress stops, resumable.
+    pub stop: Option<&'a std::sync::atomic::AtomicBool>,
 }
+
+impl UpdateHooks<'_> {
+    fn stopping(&self) -> bool {
+        self.stop
+            .is_some_and(|s| s.load(std::sync::atomic::Ordering::SeqCst))
+    }
+}
+
+/// The most campaigns one run stages or installs (a bound, not a limit anyone meets).
+const MAX_CAMPAIGNS_PER_RUN: usize = 64;
 
 impl Agent {
     /// The public half of the device's report signing key (PEM), creating the key
@@ -128,24 +199,16 @@ impl Agent {
         Ok(key.public_pem())
     }
 
-    /// The hooks from the configuration.
-    pub fn hooks(&self) -> Hooks {
-        Hooks {
-            on_apply: self.config.on_apply.clone(),
-            install: self.config.install_command.clone(),
-            timeout: self.config.hook_timeout,
-        }
-    }
-
     /// Refreshes, decides at `at` (default: now), downloads into staging what the decision
-    /// says is due (in the download window, with the consent the campaign needs), and when a
-    /// campaign is ready to install (everything staged and verified, the apply window open,
-    /// install consent given) refreshes the signed metadata again, decides again from it,
-    /// and only if the campaign is still the same manifest and still ready to install
-    /// applies its plan all or nothing. Queues signed reports (staged, installed, failed,
-    /// errors such as a forced campaign outside its set, declined) and sends them when a
-    /// `report_url` is configured. The `petrel update` command calls it with the real
-    /// clock.
+    /// says is due for every campaign (in its download window, with the consent it needs),
+    /// and for every campaign ready to install (everything staged and verified, the apply
+    /// window open, install consent given) refreshes the signed metadata again, decides
+    /// again from it, and only if the campaign is still the same manifest and still ready
+    /// installs its plan all or nothing, runs the hooks and the health check, and keeps the
+    /// new set or restores the previous one. Queues signed reports (staged, succeeded,
+    /// failed, errors such as a forced campaign outside its set, declined) and sends them
+    /// when a `report_url` is configured. The `petrel update` command and each cycle of
+    /// `petrel run` call it with the real clock.
     pub fn update(&mut self, at: Option<DateTime<Utc>>) -> Result<UpdateOutcome, AgentError> {
         self.update_with(at, UpdateHooks::default())
     }
@@ -160,28 +223,43 @@ impl Agent {
             decided_at: at.unwrap_or_else(now_seconds),
             recovered: self.recovered.take(),
             staged: Vec::new(),
-            install: None,
+            installs: Vec::new(),
             reports: Vec::new(),
             sent: None,
+            reports_pending: false,
+            problems: Vec::new(),
             notes: Vec::new(),
             decision: None,
             state: None,
         };
+        faults::point("refresh", "refresh and decide");
         let (mut ev, mut updater) = self.evaluate_inner(at)?;
         out.decided_at = ev.now;
+        self.note_problems(&ev, &mut out);
         self.tidy(&mut ev, &mut out)?;
 
-        // Downloads.
-        let download = ev.decision.actions().into_iter().find_map(|a| match a {
-            Action::Download { campaign, items } => Some((campaign, items)),
-            _ => None,
-        });
-        if let Some((campaign, items)) = download {
-            let c = ev
-                .decision
-                .campaign(&campaign)
-                .expect("actions name decided campaigns")
-                .clone();
+        // Downloads, for every campaign the decision says may download now.
+        let mut tried = Vec::new();
+        for _ in 0..MAX_CAMPAIGNS_PER_RUN {
+            let next = ev.decision.campaigns.iter().find_map(|c| match &c.status {
+                Status::ReadyToDownload { items, .. } if !tried.contains(&c.id) => {
+                    Some((c.clone(), items.clone()))
+                }
+                _ => None,
+            });
+            let Some((c, items)) = next else { break };
+            if hooks.stopping() {
+                out.notes
+                    .push("stopped before downloading (a stop was requested)".into());
+                break;
+            }
+            tried.push(c.id.clone());
+            faults::point("download", &format!("stage campaign {}", c.id));
+            let mut progress = |p: &DownloadProgress| {
+                if let Some(f) = hooks.progress.as_mut() {
+                    f(p);
+                }
+            };
             let so = stage::stage(
                 &mut updater,
                 &self.paths,
@@ -190,36 +268,21 @@ impl Agent {
                 &items,
                 &ev.view.artifacts,
                 match &self.config.inventory {
-                    super::config::InventorySource::Dir(d) => Some(d.as_path()),
-                    super::config::InventorySource::Command(_) => None,
+                    InventorySource::Dir(d) => Some(d.as_path()),
+                    InventorySource::Command(_) => None,
                 },
                 ev.now,
+                &mut progress,
             )?;
             let complete = so.plan.is_some() && so.error.is_none();
+            if let Some(e) = &so.error {
+                tracing::warn!("staging campaign {}: {e}", c.id);
+            }
             out.staged.push(so);
             let t = ev.now;
             self.redecide(&mut ev, t)?;
             if complete {
-                let already = ev.state.reports.get(&c.id).is_some_and(|r| {
-                    r.manifest_sha256 == c.manifest_sha256 && r.status == "staged"
-                });
-                if !already {
-                    let reason = match &ev.decision.campaign(&c.id).map(|d| &d.status) {
-                        Some(Status::WaitingForApplyWindow { opens_at }) => format!(
-                            "every artifact is staged and verified; the apply window opens at {}",
-                            super::render::ts(*opens_at)
-                        ),
-                        _ => "every artifact is staged and verified".to_string(),
-                    };
-                    self.report(
-                        &mut ev,
-                        &c.id,
-                        ReportResult::Staged,
-                        "staged",
-                        reason,
-                        &mut out,
-                    );
-                }
+                self.report_staged(&mut ev, &c, &mut out);
             }
         }
         drop(updater);
@@ -227,25 +290,78 @@ impl Agent {
         // Reports the decision says are due (errors, declines, rejections, expiry).
         self.due_reports(&mut ev, &mut out);
 
-        // The install.
-        let install = ev.decision.actions().into_iter().find_map(|a| match a {
-            Action::Install {
-                campaign,
-                manifest_sha256,
-                plan,
-            } => Some((campaign, manifest_sha256, plan)),
-            _ => None,
-        });
-        if let Some((campaign, sha, plan)) = install {
-            ev = self.install(ev, at, &campaign, &sha, &plan, &mut hooks, &mut out)?;
+        // Installs, for every campaign ready to install (each changes the inventory, so
+        // the next is decided again from the device as it then is).
+        let mut attempted = Vec::new();
+        for _ in 0..MAX_CAMPAIGNS_PER_RUN {
+            let next = ev.decision.actions().into_iter().find_map(|a| match a {
+                Action::Install {
+                    campaign,
+                    manifest_sha256,
+                    plan,
+                } if !attempted.contains(&campaign) => Some((campaign, manifest_sha256, plan)),
+                _ => None,
+            });
+            let Some((campaign, sha, plan)) = next else {
+                break;
+            };
+            if hooks.stopping() {
+                out.notes
+                    .push("stopped before installing (a stop was requested)".into());
+                break;
+            }
+            attempted.push(campaign.clone());
+            let (next_ev, outcome) =
+                self.install(ev, at, &campaign, &sha, &plan, &mut hooks, &mut out)?;
+            ev = next_ev;
+            out.installs.push(outcome);
             self.due_reports(&mut ev, &mut out);
             self.tidy(&mut ev, &mut out)?;
         }
         ev.state.save(&self.paths.state_file())?;
+        faults::point("report", "send reports");
         self.send_reports(&mut out);
         out.decision = Some(ev.decision);
         out.state = Some(ev.state);
         Ok(out)
+    }
+
+    /// Temporary problems of this evaluation, for the outcome.
+    fn note_problems(&self, ev: &Evaluation, out: &mut UpdateOutcome) {
+        for (path, why) in &ev.view.incomplete {
+            let p = format!("{path}: {why}");
+            if !out.problems.contains(&p) {
+                out.problems.push(p);
+            }
+        }
+    }
+
+    /// Reports `staged` once per manifest, when every artifact of campaign `c` is staged.
+    fn report_staged(&self, ev: &mut Evaluation, c: &CampaignDecision, out: &mut UpdateOutcome) {
+        let already = ev
+            .state
+            .reports
+            .get(&c.id)
+            .is_some_and(|r| r.manifest_sha256 == c.manifest_sha256 && r.status == "staged");
+        if already {
+            return;
+        }
+        let reason = match &ev.decision.campaign(&c.id).map(|d| &d.status) {
+            Some(Status::WaitingForApplyWindow { opens_at }) => format!(
+                "every artifact is staged and verified; the apply window opens at {}",
+                super::render::ts(*opens_at)
+            ),
+            _ => "every artifact is staged and verified".to_string(),
+        };
+        self.report(
+            ev,
+            &c.id,
+            ReportResult::Staged,
+            "staged",
+            reason,
+            false,
+            out,
+        );
     }
 
     fn tidy(&self, ev: &mut Evaluation, out: &mut UpdateOutcome) -> Result<(), AgentError> {
@@ -258,8 +374,9 @@ impl Agent {
         Ok(())
     }
 
-    /// The install step: verified staging, the re-check from freshly refreshed metadata,
-    /// then the all-or-nothing apply. Returns the evaluation to continue with.
+    /// The install step of one campaign: verified staging, the re-check from freshly
+    /// refreshed metadata, then the all-or-nothing install with hooks and health check.
+    /// Returns the evaluation to continue with and what happened.
     #[allow(clippy::too_many_arguments)]
     fn install(
         &mut self,
@@ -270,7 +387,7 @@ impl Agent {
         plan: &Plan,
         hooks: &mut UpdateHooks,
         out: &mut UpdateOutcome,
-    ) -> Result<Evaluation, AgentError> {
+    ) -> Result<(Evaluation, InstallOutcome), AgentError> {
         let c = ev
             .decision
             .campaign(campaign)
@@ -286,6 +403,7 @@ impl Agent {
             inventory_after: self.profile.inventory.clone(),
         };
         // Every artifact staged and verified, and the plan recorded.
+        faults::point("stage", &format!("record the plan of {campaign}"));
         let staged = stage::record_plan(
             &self.paths,
             &mut ev.state,
@@ -294,7 +412,7 @@ impl Agent {
             &ev.view.artifacts,
             ev.now,
         )?;
-        let (plan_path, mut staged) = match staged {
+        let (_plan_path, mut staged) = match staged {
             Ok(p) => p,
             Err(missing) => {
                 outcome.reason = format!(
@@ -303,8 +421,7 @@ impl Agent {
                 );
                 let t = ev.now;
                 self.redecide(&mut ev, t)?;
-                out.install = Some(outcome);
-                return Ok(ev);
+                return Ok((ev, outcome));
             }
         };
 
@@ -313,9 +430,11 @@ impl Agent {
         if let Some(f) = hooks.before_recheck.as_mut() {
             f();
         }
+        faults::point("recheck", &format!("re-check {campaign}"));
         self.reload_inventory()?;
         let (mut ev, updater) = self.evaluate_inner(at)?;
         drop(updater);
+        self.note_problems(&ev, out);
         let fresh = ev.decision.campaign(campaign).cloned();
         let refused = match &fresh {
             None => Some(format!(
@@ -346,11 +465,10 @@ impl Agent {
             tracing::warn!("{reason}");
             outcome.reason = reason;
             outcome.inventory_after = self.profile.inventory.clone();
-            out.install = Some(outcome);
-            return Ok(ev);
+            return Ok((ev, outcome));
         }
 
-        // The apply (the journal keeps the wave for a report after an interruption).
+        // The install (the journal keeps the wave for a report after an interruption).
         staged.wave = self.wave_of(&ev, campaign);
         let now = ev.now;
         let dir = stage::campaign_dir(&self.paths, campaign, c.revision);
@@ -359,61 +477,42 @@ impl Agent {
             Some(h) => &mut **h,
             None => &mut cont,
         };
-        let result = match &self.config.inventory {
-            InventorySource::Dir(inv) => apply::apply_dir(
-                &staged,
-                &dir,
-                inv,
-                &self.paths.journal(),
-                &self.hooks(),
-                now,
-                step,
-            )
-            .map(|a| (a.changes, a.hook_errors)),
-            InventorySource::Command(_) => match &self.hooks().install {
-                Some(argv) => apply::apply_with_installer(
-                    argv,
-                    &plan_path,
-                    &dir,
-                    campaign,
-                    self.config.hook_timeout,
-                )
-                .map(|()| (staged.steps.iter().map(|s| s.step.to_string()).collect(), Vec::new())),
-                None => Err(ApplyError::Hook(
-                    "the inventory is a command and no inventory.install_command is configured, so the agent cannot install; configure one (docs/device.md, hooks)".into(),
-                )),
-            },
-        };
+        let mut installer = self.installer();
+        let result = install::install(
+            installer.as_mut(),
+            &staged,
+            &dir,
+            &self.paths.journal(),
+            &self.hooks(),
+            now,
+            step,
+        );
         if let Err(ApplyError::Interrupted { step, name }) = &result {
             return Err(AgentError::Refused(format!(
-                "apply interrupted before step {step} ({name})"
+                "install interrupted before step {step} ({name})"
             )));
         }
         self.reload_inventory()?;
         outcome.inventory_after = self.profile.inventory.clone();
-        let (report_result, reason) = match result {
-            Ok((changes, hook_errors)) => {
-                outcome.changes = changes;
-                ev.state.attempts.remove(campaign);
-                if hook_errors.is_empty() {
-                    outcome.result = InstallResult::Installed;
-                    outcome.reason = format!(
-                        "installed group {} revision {}: {}",
-                        staged.group,
-                        staged.group_revision,
-                        outcome.changes.join("; ")
-                    );
-                    (ReportResult::Succeeded, outcome.reason.clone())
-                } else {
-                    outcome.result = InstallResult::Installed;
-                    outcome.reason = format!(
-                        "installed group {} revision {}, but the on_apply hook failed: {}",
-                        staged.group,
-                        staged.group_revision,
-                        hook_errors.join("; ")
-                    );
-                    (ReportResult::Failed, outcome.reason.clone())
-                }
+        let mut rolled_back = false;
+        let report_result = match result {
+            Ok(applied) => {
+                outcome.changes = applied.changes.clone();
+                let (result, reason) = self.settled(&applied, &mut ev.state);
+                outcome.result = result;
+                outcome.reason = reason;
+                rolled_back = applied.rolled_back;
+                (result == InstallResult::Installed)
+                    .then_some(ReportResult::Succeeded)
+                    .or(Some(ReportResult::Failed))
+            }
+            Err(e) if e.is_environmental() => {
+                outcome.result = InstallResult::Deferred;
+                outcome.reason = format!(
+                    "not installed now, the device could not ({e}); the previous set stays, no attempt is counted, and the next run tries again"
+                );
+                tracing::warn!("{}", outcome.reason);
+                None
             }
             Err(e) => {
                 let failures = ev
@@ -446,22 +545,77 @@ impl Agent {
                     "install failed (attempt {failures} of {}), nothing installed: {e}",
                     crate::decide::MAX_INSTALL_ATTEMPTS
                 );
-                (ReportResult::Failed, outcome.reason.clone())
+                Some(ReportResult::Failed)
             }
         };
         ev.state.save(&self.paths.state_file())?;
         let t = ev.now;
         self.redecide(&mut ev, t)?;
-        let status = match report_result {
-            ReportResult::Succeeded => "succeeded",
-            _ => "failed",
-        };
-        self.report(&mut ev, campaign, report_result, status, reason, out);
-        if outcome.result == InstallResult::Installed {
+        if let Some(r) = report_result {
+            let status = match r {
+                ReportResult::Succeeded => "succeeded",
+                _ => "failed",
+            };
+            let reason = outcome.reason.clone();
+            self.report(&mut ev, campaign, r, status, reason, rolled_back, out);
+        }
+        if outcome.result == InstallResult::Installed || outcome.result == InstallResult::RolledBack
+        {
             let _ = std::fs::remove_dir_all(&dir);
         }
-        out.install = Some(outcome);
-        Ok(ev)
+        Ok((ev, outcome))
+    }
+
+    /// The result and reason of a finished install, recording in `state` what the engine
+    /// needs: a success clears the failed attempts; a failure after the commit point (a
+    /// hook, the health check) blocks the manifest until the campaign changes.
+    pub(crate) fn settled(&self, a: &Applied, state: &mut AgentState) -> (InstallResult, String) {
+        match &a.failure {
+            None => {
+                state.attempts.remove(&a.campaign);
+                (
+                    InstallResult::Installed,
+                    format!(
+                        "installed group {} revision {}: {}",
+                        a.group.0,
+                        a.group.1,
+                        a.changes.join("; ")
+                    ),
+                )
+            }
+            Some(why) => {
+                state.attempts.insert(
+                    a.campaign.clone(),
+                    InstallAttempt {
+                        manifest_sha256: a.manifest_sha256.clone(),
+                        failures: crate::decide::MAX_INSTALL_ATTEMPTS,
+                        last_error: why.clone(),
+                        at: now_seconds(),
+                    },
+                );
+                if a.rolled_back {
+                    (
+                        InstallResult::RolledBack,
+                        format!(
+                            "installed group {} revision {} ({}), but {why}; the previous set was restored and this revision is not tried again",
+                            a.group.0,
+                            a.group.1,
+                            a.changes.join("; ")
+                        ),
+                    )
+                } else {
+                    (
+                        InstallResult::Failed,
+                        format!(
+                            "installed group {} revision {} ({}), but {why}",
+                            a.group.0,
+                            a.group.1,
+                            a.changes.join("; ")
+                        ),
+                    )
+                }
+            }
+        }
     }
 
     /// Queues the reports the decision says are due and remembers them.
@@ -486,7 +640,7 @@ impl Agent {
             } else {
                 ReportResult::Failed
             };
-            self.report(ev, &id, result, kind, reason, out);
+            self.report(ev, &id, result, kind, reason, false, out);
         }
     }
 
@@ -508,6 +662,7 @@ impl Agent {
         }
     }
 
+    #[allow(clippy::too_many_arguments)]
     fn report(
         &self,
         ev: &mut Evaluation,
@@ -515,6 +670,7 @@ impl Agent {
         result: ReportResult,
         status: &str,
         reason: String,
+        rolled_back: bool,
         out: &mut UpdateOutcome,
     ) {
         let Some(d) = ev.decision.campaign(campaign) else {
@@ -522,7 +678,7 @@ impl Agent {
         };
         let (revision, sha) = (d.revision, d.manifest_sha256.clone());
         let wave = self.wave_of(ev, campaign);
-        match self.queue_report(campaign, revision, wave, result, &reason) {
+        match self.queue_report(campaign, revision, wave, result, &reason, rolled_back) {
             Ok(id) => {
                 out.reports.push(QueuedReport {
                     campaign: campaign.to_string(),
@@ -563,6 +719,7 @@ impl Agent {
         wave: Option<u32>,
         result: ReportResult,
         reason: &str,
+        rolled_back: bool,
     ) -> Result<String, String> {
         let fail = |e: String| format!("cannot queue a report about campaign {campaign}: {e}");
         let key =
@@ -593,6 +750,7 @@ impl Agent {
             inventory_after,
             consent_log,
             time: now_seconds(),
+            rolled_back,
         });
         let signed = report.sign(&key);
         outbox.queue(&signed).map_err(|e| fail(e.to_string()))?;
@@ -622,6 +780,7 @@ impl Agent {
         for e in &s.errors {
             text.push_str(&format!("; {e}"));
         }
+        out.reports_pending = s.retry();
         out.sent = Some(text);
     }
 

@@ -5,11 +5,16 @@
 //! petrel check [--explain] [--json]     refresh, decide, show what happens next
 //! petrel status [--json]                device, group, inventory, campaigns, waves, consent, staging
 //! petrel update [--json]                refresh, decide, download and install what is due, report
+//! petrel run [--interval 30s]           the resident agent: update, sleep until it matters, repeat
+//! petrel recover                        finish or undo an interrupted install (at boot)
 //! petrel consent list|show|accept|acknowledge|decline|postpone|token …
 //! petrel device-key                     the report signing key's public half (PEM)
 //! ```
-//! Exit status: 0 on success, 1 on any error (the message says what to do), 2 for usage
-//! errors. See `docs/device.md`.
+//! Exit status: 0 on success; 1 when an install failed or was rolled back, a download was
+//! not the signed bytes, or any other error (the message says what to do); 2 for usage
+//! errors; 3 for a temporary problem of the network, the repository's server or the
+//! device (tried again later); 4 when another petrel command holds the state directory.
+//! See `docs/agent.md` and `docs/device.md`.
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -17,7 +22,10 @@ use std::process::ExitCode;
 use chrono::{DateTime, Duration, Utc};
 use clap::{Args, Parser, Subcommand};
 use petrel_client::agent::config::DEFAULT_CONFIG_PATH;
-use petrel_client::agent::{render, Agent, AgentConfig, AgentError, Answer};
+use petrel_client::agent::{
+    daemon, render, Agent, AgentConfig, AgentError, Answer, InstallResult, RunStatus, StatePaths,
+    UpdateHooks,
+};
 use petrel_client::consent::AdminConsentToken;
 use petrel_client::manifest::UtcTime;
 
@@ -49,8 +57,18 @@ struct Cli {
     /// More logging on stderr (-v: info, -vv: debug, -vvv: trace). RUST_LOG overrides.
     #[arg(short, long, action = clap::ArgAction::Count, global = true)]
     verbose: u8,
+    /// Log format on stderr: `text` (default) or `json` (one object per line, for journald
+    /// and log shippers).
+    #[arg(long, global = true, value_enum, default_value_t = LogFormat::Text)]
+    log_format: LogFormat,
     #[command(subcommand)]
     command: Command,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+enum LogFormat {
+    Text,
+    Json,
 }
 
 #[derive(Subcommand, Debug)]
@@ -105,15 +123,50 @@ Examples:
   petrel update
   petrel update --json
 
-Run it from a timer (e.g. every 15 minutes). It downloads only in a campaign's download
+Run it from a timer, or use `petrel run`. It downloads only in a campaign's download
 window and installs only in its apply window, with the consent the campaign needs; there
 is no flag to install outside the window. `petrel check --at INSTANT` shows what a later
-run would do. Exit status 1 when a download or an install attempt failed.")]
+run would do. Exit status 1 when an install failed or was rolled back, or a download was
+not the signed bytes; 3 for a temporary problem (network, server, disk space); 4 when
+another petrel update or petrel run is running.")]
     Update {
         /// Machine-readable JSON on stdout.
         #[arg(long)]
         json: bool,
     },
+    /// The resident agent: recover, then update, sleep until the next poll or the next
+    /// instant that matters (a wave, a window, a deadline), and repeat until SIGTERM/SIGINT.
+    #[command(after_help = "\
+Examples:
+  petrel run
+  petrel run --interval 30s --log-format json
+
+Polls timestamp.json every poll.interval (device.toml [poll], default 1h, with a random
+jitter of up to poll.jitter, default a tenth of it). Network problems are retried with
+exponential backoff from 5 s up to the poll interval; verification failures wait for the
+next poll. SIGTERM or SIGINT stops it between steps (an install in progress completes or
+rolls back first; a download stops and resumes at the next start) and it exits 0. Only
+one `petrel run` or `petrel update` runs per state directory: a second exits with status
+4. Between cycles, `petrel check`, `status` and `consent` work as usual.")]
+    Run {
+        /// Poll interval instead of poll.interval (30s, 15m, 1h).
+        #[arg(long, value_name = "DURATION", value_parser = parse_std_duration)]
+        interval: Option<std::time::Duration>,
+        /// Stop after this many cycles (for scripts and tests).
+        #[arg(long, value_name = "N", hide = true)]
+        cycles: Option<u64>,
+    },
+    /// Finish or undo an interrupted install, and nothing else (no network). Run at boot
+    /// before the applications start (dist/systemd/petrel-recover.service), so no
+    /// application ever starts on a half-installed set.
+    #[command(after_help = "\
+Example:
+  petrel recover
+
+A set interrupted before its commit point is undone; after it, the new set is put in
+place and its hooks and health check run at the agent's next start (the previous set is
+kept until the health check passes).")]
+    Recover,
     /// Print the public half of the device's report signing key (PEM), for enrollment at
     /// the report endpoint. Creates the key on first use (<state_dir>/device.key).
     #[command(after_help = "\
@@ -249,6 +302,63 @@ Example:
     },
 }
 
+mod progress {
+    //! Progress bars for downloads on a terminal (one per target).
+    use std::cell::RefCell;
+    use std::collections::BTreeMap;
+
+    use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
+    use petrel_client::tuf::updater::DownloadProgress;
+
+    /// The bars of one run (none when not on a terminal).
+    pub struct Bars {
+        on: bool,
+        bars: RefCell<BTreeMap<String, ProgressBar>>,
+    }
+
+    impl Bars {
+        /// Bars that draw only when `on`.
+        pub fn new(on: bool) -> Bars {
+            Bars {
+                on,
+                bars: RefCell::new(BTreeMap::new()),
+            }
+        }
+
+        /// Shows `p`.
+        pub fn update(&self, p: &DownloadProgress) {
+            if !self.on {
+                return;
+            }
+            let mut bars = self.bars.borrow_mut();
+            let bar = bars.entry(p.target.to_string()).or_insert_with(|| {
+                let b = ProgressBar::with_draw_target(Some(p.total), ProgressDrawTarget::stderr());
+                b.set_style(
+                    ProgressStyle::with_template(
+                        "{msg} [{bar:30}] {bytes}/{total_bytes} {bytes_per_sec} ETA {eta}",
+                    )
+                    .unwrap_or_else(|_| ProgressStyle::default_bar())
+                    .progress_chars("=> "),
+                );
+                let name = p.target.rsplit('/').next().unwrap_or(p.target).to_string();
+                b.set_message(name);
+                b
+            });
+            bar.set_position(p.bytes);
+            if p.bytes >= p.total {
+                bar.finish();
+            }
+        }
+
+        /// Ends every bar.
+        pub fn finish(&self) {
+            for b in self.bars.borrow().values() {
+                b.finish();
+            }
+        }
+    }
+}
+
 fn parse_instant(s: &str) -> Result<DateTime<Utc>, String> {
     UtcTime::parse(s).map(|t| t.0)
 }
@@ -282,31 +392,60 @@ fn parse_duration(s: &str) -> Result<Duration, String> {
     Ok(Duration::seconds(total))
 }
 
-fn init_logging(verbose: u8) {
-    let default = match verbose {
-        0 => "warn",
-        1 => "info",
-        2 => "debug",
+fn parse_std_duration(s: &str) -> Result<std::time::Duration, String> {
+    petrel_client::agent::config::parse_duration(s)
+}
+
+fn init_logging(verbose: u8, format: LogFormat, daemon: bool) {
+    let default = match (verbose, daemon) {
+        (0, false) => "warn",
+        (0, true) | (1, _) => "info",
+        (2, _) => "debug",
         _ => "trace",
     };
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(default));
-    tracing_subscriber::fmt()
+    let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(std::io::stderr)
-        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
-        .with_target(false)
-        .init();
+        .with_target(false);
+    match format {
+        LogFormat::Json => builder.json().flatten_event(true).init(),
+        LogFormat::Text => builder
+            .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
+            .init(),
+    }
+}
+
+/// An error with the exit status it ends the command with.
+struct Failure {
+    message: String,
+    code: u8,
+}
+
+impl From<AgentError> for Failure {
+    fn from(e: AgentError) -> Failure {
+        Failure {
+            code: e.exit_code(),
+            message: e.to_string(),
+        }
+    }
 }
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
-    init_logging(cli.verbose);
+    init_logging(
+        cli.verbose,
+        cli.log_format,
+        matches!(cli.command, Command::Run { .. }),
+    );
     match run(cli) {
         Ok(()) => ExitCode::SUCCESS,
-        Err(e) => {
-            eprintln!("petrel: {e}");
-            ExitCode::FAILURE
+        Err(f) => {
+            if !f.message.is_empty() {
+                eprintln!("petrel: {}", f.message);
+            }
+            ExitCode::from(f.code)
         }
     }
 }
@@ -318,7 +457,7 @@ fn print_json(v: &serde_json::Value) {
     );
 }
 
-fn run(cli: Cli) -> Result<(), AgentError> {
+fn run(cli: Cli) -> Result<(), Failure> {
     let config = AgentConfig::load(&cli.config)?;
     match cli.command {
         Command::Init { root, force } => {
@@ -359,17 +498,60 @@ fn run(cli: Cli) -> Result<(), AgentError> {
             }
         }
         Command::Update { json } => {
+            let _runner = StatePaths::new(&config.state_dir).lock_runner()?;
             let mut agent = Agent::open(config)?;
-            let out = agent.update(None)?;
+            let stop = daemon::stop_flag();
+            let bars =
+                progress::Bars::new(!json && std::io::IsTerminal::is_terminal(&std::io::stderr()));
+            let out = agent.update_with(
+                None,
+                UpdateHooks {
+                    progress: Some(Box::new(|p| bars.update(p))),
+                    stop: Some(&stop),
+                    ..UpdateHooks::default()
+                },
+            )?;
+            bars.finish();
             if json {
                 print_json(&render::update_json(&out));
             } else {
                 print!("{}", render::update_text(&agent, &out));
             }
-            if out.failed() {
-                return Err(AgentError::Refused(
-                    "a download or an install failed (see above); the next run tries again".into(),
-                ));
+            match out.status() {
+                RunStatus::Ok => {}
+                RunStatus::Failed => {
+                    return Err(Failure {
+                        message: "an install failed or was rolled back, or a download was not the signed bytes (see above); a rolled-back revision is not tried again".into(),
+                        code: 1,
+                    })
+                }
+                RunStatus::Temporary => {
+                    return Err(Failure {
+                        message: "a temporary problem of the network, the repository's server or the device kept something from being done (see above); the next run tries again".into(),
+                        code: 3,
+                    })
+                }
+            }
+        }
+        Command::Run { interval, cycles } => {
+            let stop = daemon::stop_flag();
+            let options = daemon::RunOptions {
+                interval,
+                max_cycles: cycles,
+            };
+            tracing::info!(
+                config = %cli.config.display(),
+                "petrel run: starting (version {})",
+                env!("CARGO_PKG_VERSION")
+            );
+            let n = daemon::run(config, &options, &stop, &mut log_cycle)?;
+            tracing::info!(cycles = n, "petrel run: stopped");
+        }
+        Command::Recover => {
+            let agent = Agent::open_with(config, false)?;
+            match agent.recovered() {
+                Some(r) => println!("{}", render::recovery_text(r)),
+                None => println!("Nothing to recover: no install was interrupted."),
             }
         }
         Command::DeviceKey => {
@@ -380,7 +562,61 @@ fn run(cli: Cli) -> Result<(), AgentError> {
     Ok(())
 }
 
-fn consent(config: AgentConfig, cmd: ConsentCommand) -> Result<(), AgentError> {
+/// Logs one cycle of `petrel run` (structured fields for the JSON log format).
+fn log_cycle(agent: Option<&Agent>, c: &daemon::Cycle) {
+    let next = render::ts(c.next_at);
+    match &c.result {
+        Ok(out) => {
+            if let Some(r) = &out.recovered {
+                tracing::warn!(cycle = c.number, "{}", render::recovery_text(r));
+            }
+            for s in &out.staged {
+                tracing::info!(
+                    cycle = c.number,
+                    campaign = %s.campaign,
+                    revision = s.revision,
+                    downloaded = s.downloaded.len(),
+                    bytes = s.bytes,
+                    error = s.error.as_deref().unwrap_or(""),
+                    "staging"
+                );
+            }
+            for i in &out.installs {
+                let result = serde_json::to_value(i.result).unwrap_or_default();
+                let result = result.as_str().unwrap_or("");
+                if matches!(
+                    i.result,
+                    InstallResult::Installed | InstallResult::NotInstalled
+                ) {
+                    tracing::info!(cycle = c.number, campaign = %i.campaign, revision = i.revision, result, "{}", i.reason);
+                } else {
+                    tracing::warn!(cycle = c.number, campaign = %i.campaign, revision = i.revision, result, "{}", i.reason);
+                }
+            }
+            for r in &out.reports {
+                tracing::info!(cycle = c.number, campaign = %r.campaign, result = %r.result, report_id = %r.report_id, "report queued: {}", r.reason);
+            }
+            if let Some(s) = &out.sent {
+                tracing::info!(cycle = c.number, "reports: {s}");
+            }
+            for p in &out.problems {
+                tracing::warn!(cycle = c.number, "problem (tried again): {p}");
+            }
+            if let Some(d) = &out.decision {
+                for camp in &d.campaigns {
+                    tracing::debug!(cycle = c.number, campaign = %camp.id, status = camp.status.kind(), "{}", render::status_phrase(&camp.status));
+                }
+            }
+            let _ = agent;
+            tracing::info!(cycle = c.number, status = ?out.status(), next = %next, why = c.why, "cycle done; next at {next} ({})", c.why);
+        }
+        Err(e) => {
+            tracing::warn!(cycle = c.number, next = %next, why = c.why, "cycle failed: {e}; next at {next} ({})", c.why);
+        }
+    }
+}
+
+fn consent(config: AgentConfig, cmd: ConsentCommand) -> Result<(), Failure> {
     let mut agent = Agent::open(config)?;
     let locale = match &cmd {
         ConsentCommand::List { locale, .. }

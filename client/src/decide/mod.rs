@@ -158,6 +158,19 @@ pub enum Status {
         /// When the window opens.
         opens_at: DateTime<Utc>,
     },
+    /// Part of the repository could not be fetched or verified this time (a network or
+    /// server problem): nothing is decided on it, nothing is reported; retried.
+    WaitingForRepository {
+        /// What could not be read, and why.
+        reason: String,
+    },
+    /// A device-side precondition holds the campaign back (`[inhibit]` in device.toml).
+    WaitingForDevice {
+        /// The precondition, in words.
+        reason: String,
+        /// Before download or before install.
+        before: &'static str,
+    },
     /// Everything is staged and allowed: install the plan now.
     ReadyToInstall {
         /// When the apply window closes (`None`: no window).
@@ -187,6 +200,8 @@ impl Status {
             Status::ReadyToDownload { .. } => "ready_to_download",
             Status::WaitingForApplyWindow { .. } => "waiting_for_apply_window",
             Status::ReadyToInstall { .. } => "ready_to_install",
+            Status::WaitingForRepository { .. } => "waiting_for_repository",
+            Status::WaitingForDevice { .. } => "waiting_for_device",
         }
     }
 
@@ -288,6 +303,12 @@ impl fmt::Display for Status {
             }
             Status::WaitingForApplyWindow { opens_at } => {
                 write!(f, "staged; waiting for the apply window, which opens at {}", t(opens_at))
+            }
+            Status::WaitingForRepository { reason } => {
+                write!(f, "waiting for the repository: {reason}; tried again at the next poll")
+            }
+            Status::WaitingForDevice { reason, before } => {
+                write!(f, "waiting for the device: {reason} (checked before {before})")
             }
             Status::ReadyToInstall { window_closes_at } => {
                 write!(f, "ready to install")?;
@@ -745,7 +766,15 @@ pub fn decide(
 fn decide_campaign(ctx: &Ctx, e: &CampaignEntry) -> CampaignDecision {
     let mut trace = Trace(Vec::new());
     let mut plan = None;
-    let status = evaluate(ctx, e, &mut trace, &mut plan);
+    let mut status = evaluate(ctx, e, &mut trace, &mut plan);
+    if let (Status::Error { .. }, Some((path, why))) = (&status, ctx.view.incomplete.first()) {
+        // An error drawn from an incomplete view is not the campaign's: wait for the
+        // repository instead of reporting a failure.
+        let reason = format!("{path} could not be fetched or verified ({why})");
+        trace.stop("repository", &reason);
+        status = Status::WaitingForRepository { reason };
+        plan = None;
+    }
     let c = &e.manifest;
     let report_due = status.is_reportable()
         && ctx
@@ -1233,6 +1262,9 @@ fn evaluate(ctx: &Ctx, e: &CampaignEntry, tr: &mut Trace, plan_out: &mut Option<
                 format!("the download window {w} (local time) is open"),
             );
         }
+        if let Some(st) = inhibited(ctx, c, tr, "download") {
+            return st;
+        }
         tr.stop(
             "staging",
             format!(
@@ -1282,5 +1314,40 @@ fn evaluate(ctx: &Ctx, e: &CampaignEntry, tr: &mut Trace, plan_out: &mut Option<
             format!("the apply window {w} (local time) is open"),
         );
     }
+    if let Some(st) = inhibited(ctx, c, tr, "install") {
+        return st;
+    }
     Status::ReadyToInstall { window_closes_at }
+}
+
+/// The device-side precondition rule: while the agent reports an inhibitor, nothing is
+/// downloaded or installed, except that a forced campaign or one that needs no consent
+/// (a safety or security fix) stops waiting once its `schedule.inhibit_deadline` has
+/// passed.
+fn inhibited(
+    ctx: &Ctx,
+    c: &crate::manifest::CampaignManifest,
+    tr: &mut Trace,
+    before: &'static str,
+) -> Option<Status> {
+    let reason = ctx.state.inhibit.as_ref()?;
+    let overrides = matches!(c.method, crate::manifest::Method::Forced)
+        || c.consent.policy == ConsentPolicy::None;
+    if let Some(d) = c.schedule.inhibit_deadline.map(|t| t.0) {
+        if overrides && ctx.now >= d {
+            tr.note(
+                "inhibit",
+                format!(
+                    "the device says to wait ({reason}), but this campaign's inhibit deadline {} has passed",
+                    ts(d)
+                ),
+            );
+            return None;
+        }
+    }
+    tr.stop("inhibit", format!("the device says to wait: {reason}"));
+    Some(Status::WaitingForDevice {
+        reason: reason.clone(),
+        before,
+    })
 }

@@ -22,6 +22,9 @@ pub struct LocalState {
     pub seen: SeenRevisions,
     /// Campaign id → the last status reported for it.
     pub reports: BTreeMap<String, LastReport>,
+    /// A device-side precondition that holds downloads and installs back, in words
+    /// (`[inhibit]` in the agent's configuration), if one holds now.
+    pub inhibit: Option<String>,
 }
 
 /// A verified copy in staging.

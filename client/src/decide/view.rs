@@ -19,6 +19,10 @@ pub struct RepositoryView {
     /// Manifests that could not be used at all (not parseable, wrong name, …): target path
     /// and reason. They are shown by [`super::Decision::explain`] and otherwise ignored.
     pub unusable: Vec<(String, String)>,
+    /// What could not be fetched or verified this time (a network or server problem, not
+    /// the manifests' content): target path or role, and reason. While it is not empty,
+    /// errors are not reported as the campaign's failures.
+    pub incomplete: Vec<(String, String)>,
     /// The device's assignment bin, if it could be fetched.
     pub assignment: Option<AssignmentEntry>,
     /// The manifest of the device's group, if it could be fetched.

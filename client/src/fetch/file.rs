@@ -1,10 +1,10 @@
-//! `file://` transport for USB sticks and air-gapped mirrors; refuses path traversal.
+//! `file://` transport for USB sticks and air-gapped mirrors; refuses path traversal, and reads from an offset by seeking.
 
 use std::fs::File;
-use std::io::{self, Read, Write};
+use std::io::{self, Read, Seek, SeekFrom, Write};
 use std::path::PathBuf;
 
-use super::{decode_path_segment, FetchError, Transport};
+use super::{decode_path_segment, FetchError, PlainSink, RangeSink, Ranged, Transport};
 
 /// Reads `file://` URLs from the local file system, in bounded chunks.
 ///
@@ -75,6 +75,19 @@ pub fn file_url_to_path(url: &str) -> Result<PathBuf, FetchError> {
 
 impl Transport for FileTransport {
     fn fetch(&self, url: &str, max_len: u64, sink: &mut dyn Write) -> Result<u64, FetchError> {
+        self.fetch_from(url, 0, max_len, &mut PlainSink(sink))
+            .map(|r| r.written)
+    }
+
+    /// Honours the offset by seeking; an offset at or past the end of the file (other than
+    /// 0) is [`FetchError::RangeNotSatisfiable`], as an HTTP server answers 416.
+    fn fetch_from(
+        &self,
+        url: &str,
+        offset: u64,
+        max_len: u64,
+        sink: &mut dyn RangeSink,
+    ) -> Result<Ranged, FetchError> {
         let path = file_url_to_path(url)?;
         let io_err = |source: io::Error| FetchError::Io {
             url: url.to_string(),
@@ -102,6 +115,17 @@ impl Transport for FileTransport {
         if meta.len() > max_len {
             return Err(too_large());
         }
+        if offset > 0 {
+            if offset >= meta.len() {
+                return Err(FetchError::RangeNotSatisfiable {
+                    url: url.to_string(),
+                    offset,
+                    length: Some(meta.len()),
+                });
+            }
+            file.seek(SeekFrom::Start(offset)).map_err(io_err)?;
+        }
+        sink.start_at(offset).map_err(io_err)?;
         let mut buf = vec![0u8; self.chunk_size];
         let mut written = 0u64;
         loop {
@@ -112,13 +136,16 @@ impl Transport for FileTransport {
                 Err(e) => return Err(io_err(e)),
             };
             // The file may grow while we read it.
-            if written + n as u64 > max_len {
+            if offset + written + n as u64 > max_len {
                 return Err(too_large());
             }
             sink.write_all(&buf[..n]).map_err(io_err)?;
             written += n as u64;
         }
-        Ok(written)
+        Ok(Ranged {
+            start: offset,
+            written,
+        })
     }
 }
 
@@ -176,6 +203,38 @@ mod tests {
         assert!(matches!(
             t.fetch(&missing, 10, &mut Vec::new()),
             Err(FetchError::NotFound { .. })
+        ));
+    }
+
+    #[test]
+    fn fetch_from_seeks_to_the_offset_and_bounds_the_whole_file() {
+        let dir = tempfile::tempdir().unwrap();
+        let p = dir.path().join("f.bin");
+        let data: Vec<u8> = (0..200_000u32).map(|i| (i % 251) as u8).collect();
+        std::fs::write(&p, &data).unwrap();
+        let url = format!("file://{}", p.display());
+        let t = FileTransport::new();
+        let mut out = Vec::new();
+        let r = t.fetch_from(&url, 150_000, 200_000, &mut out).unwrap();
+        assert_eq!(
+            r,
+            Ranged {
+                start: 150_000,
+                written: 50_000
+            }
+        );
+        assert_eq!(out, &data[150_000..]);
+        assert!(matches!(
+            t.fetch_from(&url, 150_000, 199_999, &mut Vec::new()),
+            Err(FetchError::TooLarge { .. })
+        ));
+        assert!(matches!(
+            t.fetch_from(&url, 200_000, 300_000, &mut Vec::new()),
+            Err(FetchError::RangeNotSatisfiable {
+                offset: 200_000,
+                length: Some(200_000),
+                ..
+            })
         ));
     }
 }

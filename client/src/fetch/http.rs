@@ -6,6 +6,10 @@
 //! average speed (slow retrieval). Transient failures (connect errors, timeouts,
 //! 408/429/5xx) are retried with exponential backoff, but only while no byte has reached the
 //! sink; "not found" and anything the caller rejects are never retried.
+//!
+//! A fetch from an offset sends `Range: bytes=<offset>-` and accepts 206 only with a
+//! `Content-Range` starting at that offset; a 200 means the server ignored the range and is
+//! sending the whole resource, and 416 means the offset is past its end.
 
 use std::io::{self, Write};
 use std::path::PathBuf;
@@ -13,7 +17,7 @@ use std::sync::{Arc, OnceLock};
 use std::time::Duration;
 
 use bytes::Bytes;
-use http::header::{CONTENT_LENGTH, LOCATION, USER_AGENT};
+use http::header::{CONTENT_LENGTH, CONTENT_RANGE, LOCATION, RANGE, USER_AGENT};
 use http::{Request, StatusCode, Uri};
 use http_body_util::{BodyExt, Full};
 use hyper_rustls::HttpsConnector;
@@ -24,7 +28,7 @@ use rustls::pki_types::pem::PemObject;
 use rustls::pki_types::CertificateDer;
 use tracing::{debug, warn};
 
-use super::{error_chain, FetchError, Transport};
+use super::{error_chain, FetchError, PlainSink, RangeSink, Ranged, StartsOnFirstWrite, Transport};
 
 /// Settings of the HTTP(S) transport.
 #[derive(Clone, Debug)]
@@ -232,13 +236,16 @@ impl HttpTransport {
         body_start.checked_add(self.config.read_timeout.checked_add(earned)?)
     }
 
+    /// One request (following redirects) for `url` from `offset`; `written` counts the bytes
+    /// that reached the sink, so that the caller retries only while it is 0.
     async fn fetch_once(
         &self,
         url: &str,
+        offset: u64,
         max_len: u64,
-        sink: &mut dyn Write,
+        sink: &mut dyn RangeSink,
         written: &mut u64,
-    ) -> Result<u64, FetchError> {
+    ) -> Result<Ranged, FetchError> {
         let mut current = url.to_string();
         let mut redirects = 0;
         loop {
@@ -256,8 +263,11 @@ impl HttpTransport {
                     })
                 }
             };
-            let req = Request::get(uri)
-                .header(USER_AGENT, &self.config.user_agent)
+            let mut req = Request::get(uri).header(USER_AGENT, &self.config.user_agent);
+            if offset > 0 {
+                req = req.header(RANGE, format!("bytes={offset}-"));
+            }
+            let req = req
                 .body(Full::new(Bytes::new()))
                 .map_err(|e| FetchError::BadUrl {
                     url: current.clone(),
@@ -316,8 +326,54 @@ impl HttpTransport {
                 current = next.to_string();
                 continue;
             }
-            match status.as_u16() {
-                200 => {}
+            let too_large = || FetchError::TooLarge {
+                url: current.clone(),
+                max_len,
+            };
+            // Where the body starts, and how many bytes of it are acceptable.
+            let (start, limit) = match status.as_u16() {
+                200 => (0, max_len),
+                206 => {
+                    let bad = |reason: String| FetchError::BadRange {
+                        url: current.clone(),
+                        reason,
+                    };
+                    if offset == 0 {
+                        return Err(bad("206 Partial Content to a request without Range".into()));
+                    }
+                    let value = resp
+                        .headers()
+                        .get(CONTENT_RANGE)
+                        .and_then(|v| v.to_str().ok());
+                    let Some((first, last, complete)) = value.and_then(parse_content_range) else {
+                        return Err(bad(format!(
+                            "206 Partial Content without a usable Content-Range ({value:?})"
+                        )));
+                    };
+                    if first != offset {
+                        return Err(bad(format!(
+                            "Content-Range {:?} does not start at the requested offset {offset}",
+                            value.unwrap_or_default()
+                        )));
+                    }
+                    if last >= max_len || complete.is_some_and(|c| c > max_len) {
+                        return Err(too_large());
+                    }
+                    (offset, max_len - offset)
+                }
+                416 if offset > 0 => {
+                    let length = resp
+                        .headers()
+                        .get(CONTENT_RANGE)
+                        .and_then(|v| v.to_str().ok())
+                        .and_then(|v| v.trim().strip_prefix("bytes */"))
+                        .and_then(|n| n.trim().parse().ok());
+                    return Err(FetchError::RangeNotSatisfiable {
+                        url: current,
+                        offset,
+                        length,
+                    });
+                }
                 403 | 404 | 410 => return Err(FetchError::NotFound { url: current }),
                 s => {
                     return Err(FetchError::Status {
@@ -325,10 +381,6 @@ impl HttpTransport {
                         status: s,
                     })
                 }
-            }
-            let too_large = || FetchError::TooLarge {
-                url: current.clone(),
-                max_len,
             };
             if let Some(len) = resp
                 .headers()
@@ -336,11 +388,12 @@ impl HttpTransport {
                 .and_then(|v| v.to_str().ok())
                 .and_then(|v| v.parse::<u64>().ok())
             {
-                if len > max_len {
+                if len > limit {
                     return Err(too_large());
                 }
             }
             let mut body = resp.into_body();
+            let mut sink = StartsOnFirstWrite::new(&mut *sink, start);
             let body_start = tokio::time::Instant::now();
             let mut body_bytes = 0u64;
             loop {
@@ -366,7 +419,7 @@ impl HttpTransport {
                 let Ok(data) = frame.into_data() else {
                     continue; // trailers
                 };
-                if *written + data.len() as u64 > max_len {
+                if body_bytes + data.len() as u64 > limit {
                     return Err(too_large());
                 }
                 sink.write_all(&data).map_err(|source| FetchError::Io {
@@ -376,9 +429,47 @@ impl HttpTransport {
                 *written += data.len() as u64;
                 body_bytes += data.len() as u64;
             }
-            return Ok(*written);
+            sink.started(&current)?;
+            return Ok(Ranged {
+                start,
+                written: *written,
+            });
         }
     }
+}
+
+/// Parses `bytes <first>-<last>/<complete or *>` (RFC 9110 §14.4): the first and last
+/// byte positions and, when given, the complete length.
+fn parse_content_range(value: &str) -> Option<(u64, u64, Option<u64>)> {
+    let number = |s: &str| -> Option<u64> {
+        let s = s.trim();
+        if s.is_empty() || !s.bytes().all(|b| b.is_ascii_digit()) {
+            return None;
+        }
+        s.parse().ok()
+    };
+    let rest = value.trim();
+    let rest = rest
+        .get(..6)
+        .filter(|p| p.eq_ignore_ascii_case("bytes "))
+        .map(|_| &rest[6..])?;
+    let (range, complete) = rest.split_once('/')?;
+    let (first, last) = range.split_once('-')?;
+    let (first, last) = (number(first)?, number(last)?);
+    if last < first {
+        return None;
+    }
+    let complete = match complete.trim() {
+        "*" => None,
+        c => {
+            let c = number(c)?;
+            if last >= c {
+                return None;
+            }
+            Some(c)
+        }
+    };
+    Some((first, last, complete))
 }
 
 /// A complete HTTP response held in memory (see [`HttpTransport::request_once`]).
@@ -489,13 +580,26 @@ impl HttpTransport {
 
 impl Transport for HttpTransport {
     fn fetch(&self, url: &str, max_len: u64, sink: &mut dyn Write) -> Result<u64, FetchError> {
+        self.fetch_from(url, 0, max_len, &mut PlainSink(sink))
+            .map(|r| r.written)
+    }
+
+    /// Sends `Range: bytes=<offset>-` when `offset` is not 0. Transient failures are retried
+    /// (with the same offset) only while no byte has reached the sink.
+    fn fetch_from(
+        &self,
+        url: &str,
+        offset: u64,
+        max_len: u64,
+        sink: &mut dyn RangeSink,
+    ) -> Result<Ranged, FetchError> {
         let mut backoff = self.config.initial_backoff;
         let mut attempt = 0u32;
         loop {
             let mut written = 0u64;
-            let result = self
-                .runtime
-                .block_on(self.fetch_once(url, max_len, sink, &mut written));
+            let result =
+                self.runtime
+                    .block_on(self.fetch_once(url, offset, max_len, sink, &mut written));
             match result {
                 Err(e) if e.is_transient() && written == 0 && attempt < self.config.retries => {
                     attempt += 1;
@@ -545,5 +649,25 @@ mod tests {
         })
         .unwrap();
         assert_eq!(off.speed_deadline(start, 0), None);
+    }
+
+    #[test]
+    fn content_range_is_parsed_strictly() {
+        assert_eq!(
+            parse_content_range("bytes 100-199/200"),
+            Some((100, 199, Some(200)))
+        );
+        assert_eq!(parse_content_range("Bytes 5-9/*"), Some((5, 9, None)));
+        for bad in [
+            "bytes */200",
+            "bytes 9-5/200",
+            "bytes 100-200/200",
+            "items 0-1/2",
+            "bytes -1-5/9",
+            "bytes 1-5",
+            "",
+        ] {
+            assert_eq!(parse_content_range(bad), None, "{bad:?}");
+        }
     }
 }

@@ -1,10 +1,10 @@
-//! In-memory transport for tests: a URL → bytes map that records every request.
+//! In-memory transport for tests: a URL → bytes map that records every request (and every offset asked for).
 
 use std::collections::BTreeMap;
 use std::io::Write;
 use std::sync::{Arc, Mutex, MutexGuard};
 
-use super::{FetchError, Transport};
+use super::{FetchError, PlainSink, RangeSink, Ranged, Transport};
 
 /// A transport serving bytes from a map, counting requests and bytes served.
 ///
@@ -19,6 +19,7 @@ pub struct MemoryTransport {
 struct Inner {
     files: BTreeMap<String, Arc<Vec<u8>>>,
     requests: Vec<String>,
+    offsets: Vec<(String, u64)>,
     bytes_served: u64,
 }
 
@@ -63,6 +64,12 @@ impl MemoryTransport {
         self.lock().requests.clone()
     }
 
+    /// Every request with a non-zero offset ([`Transport::fetch_from`]), in order: URL and
+    /// offset.
+    pub fn ranged_requests(&self) -> Vec<(String, u64)> {
+        self.lock().offsets.clone()
+    }
+
     /// The number of requests so far.
     pub fn request_count(&self) -> usize {
         self.lock().requests.len()
@@ -77,15 +84,32 @@ impl MemoryTransport {
     pub fn clear_log(&self) {
         let mut g = self.lock();
         g.requests.clear();
+        g.offsets.clear();
         g.bytes_served = 0;
     }
 }
 
 impl Transport for MemoryTransport {
     fn fetch(&self, url: &str, max_len: u64, sink: &mut dyn Write) -> Result<u64, FetchError> {
+        self.fetch_from(url, 0, max_len, &mut PlainSink(sink))
+            .map(|r| r.written)
+    }
+
+    /// Honours the offset by slicing; an offset at or past the end (other than 0) is
+    /// [`FetchError::RangeNotSatisfiable`], as an HTTP server answers 416.
+    fn fetch_from(
+        &self,
+        url: &str,
+        offset: u64,
+        max_len: u64,
+        sink: &mut dyn RangeSink,
+    ) -> Result<Ranged, FetchError> {
         let body = {
             let mut g = self.lock();
             g.requests.push(url.to_string());
+            if offset > 0 {
+                g.offsets.push((url.to_string(), offset));
+            }
             g.files.get(url).cloned()
         };
         let Some(body) = body else {
@@ -93,20 +117,34 @@ impl Transport for MemoryTransport {
                 url: url.to_string(),
             });
         };
-        if body.len() as u64 > max_len {
+        let len = body.len() as u64;
+        if len > max_len {
             return Err(FetchError::TooLarge {
                 url: url.to_string(),
                 max_len,
             });
         }
-        for chunk in body.chunks(16 * 1024) {
-            sink.write_all(chunk).map_err(|source| FetchError::Io {
+        if offset > 0 && offset >= len {
+            return Err(FetchError::RangeNotSatisfiable {
                 url: url.to_string(),
-                source,
-            })?;
+                offset,
+                length: Some(len),
+            });
+        }
+        let io_err = |source| FetchError::Io {
+            url: url.to_string(),
+            source,
+        };
+        sink.start_at(offset).map_err(io_err)?;
+        let rest = &body[offset as usize..];
+        for chunk in rest.chunks(16 * 1024) {
+            sink.write_all(chunk).map_err(io_err)?;
             self.lock().bytes_served += chunk.len() as u64;
         }
-        Ok(body.len() as u64)
+        Ok(Ranged {
+            start: offset,
+            written: rest.len() as u64,
+        })
     }
 }
 
@@ -131,5 +169,43 @@ mod tests {
         ));
         assert_eq!(t.requests(), ["mem://a", "mem://a", "mem://b"]);
         assert_eq!(t.bytes_served(), 5);
+    }
+
+    #[test]
+    fn fetch_from_slices_at_the_offset_and_refuses_offsets_past_the_end() {
+        let t = MemoryTransport::new();
+        t.insert("mem://a", b"hello world".to_vec());
+        let mut out = Vec::new();
+        let r = t.fetch_from("mem://a", 6, 11, &mut out).unwrap();
+        assert_eq!(
+            r,
+            Ranged {
+                start: 6,
+                written: 5
+            }
+        );
+        assert!(r.continues_at(6));
+        assert_eq!(out, b"world");
+        assert!(matches!(
+            t.fetch_from("mem://a", 11, 11, &mut Vec::new()),
+            Err(FetchError::RangeNotSatisfiable {
+                offset: 11,
+                length: Some(11),
+                ..
+            })
+        ));
+        // The limit is the whole resource's, not the rest's.
+        assert!(matches!(
+            t.fetch_from("mem://a", 6, 10, &mut Vec::new()),
+            Err(FetchError::TooLarge { .. })
+        ));
+        assert_eq!(
+            t.ranged_requests(),
+            [
+                ("mem://a".to_string(), 6),
+                ("mem://a".to_string(), 11),
+                ("mem://a".to_string(), 6)
+            ]
+        );
     }
 }

@@ -381,6 +381,11 @@ pub struct Schedule {
     /// Daily apply window in device-local time (absent: any time).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub apply_window: Option<DailyWindow>,
+    /// For a forced campaign or one without consent (a safety or security fix): from this
+    /// instant on, device-side preconditions (the agent's `[inhibit]`) no longer hold it
+    /// back.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub inhibit_deadline: Option<UtcTime>,
 }
 
 impl Schedule {

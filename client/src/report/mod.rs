@@ -26,7 +26,9 @@ use crate::tuf::keys::KeySource;
 use crate::tuf::schema::{Key, KeyId, Signature, Unrecognized};
 
 pub use key::{public_key_from_pem, DeviceKey};
-pub use outbox::{Outbox, Rejected, SendSummary};
+pub use outbox::{
+    Outbox, OutboxEntry, OutboxSummary, Rejected, SendSummary, Stopped, MALFORMED_CODES,
+};
 
 /// The only report schema version this code writes and reads.
 pub const SCHEMA_VERSION: u32 = 1;
@@ -113,6 +115,10 @@ pub struct Report {
     pub consent_log: Vec<LogEntry>,
     /// When the device wrote the report (UTC, whole seconds).
     pub time: DateTime<Utc>,
+    /// The new set was installed, failed its health check or a hook, and the previous set
+    /// was restored (only with `result: failed`; absent when false).
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub rolled_back: bool,
 }
 
 /// The fields of a new report; [`Report::new`] adds the schema version and the id.
@@ -136,6 +142,8 @@ pub struct ReportFields {
     pub consent_log: Vec<LogEntry>,
     /// When (sub-second digits are dropped).
     pub time: DateTime<Utc>,
+    /// Whether the previous set was restored after the install.
+    pub rolled_back: bool,
 }
 
 /// Why a report cannot be parsed, verified, queued or sent.
@@ -220,6 +228,7 @@ impl Report {
             inventory_after,
             consent_log,
             time,
+            rolled_back,
         } = fields;
         let mut report = Report {
             schema_version: SCHEMA_VERSION,
@@ -233,6 +242,7 @@ impl Report {
             inventory_after,
             consent_log,
             time: time.trunc_subsecs(0),
+            rolled_back,
         };
         report.report_id = report.compute_id();
         report

@@ -22,6 +22,7 @@ fn fields() -> ReportFields {
         inventory_after: inventory,
         consent_log: Vec::new(),
         time: Utc.with_ymd_and_hms(2026, 11, 22, 6, 0, 0).unwrap(),
+        rolled_back: false,
     }
 }
 
@@ -252,21 +253,31 @@ fn outbox_moves_corrupt_queue_files_aside() {
     assert!(outbox.dir().join("rejected/junk.reason.txt").exists());
 }
 
-/// A tiny HTTP server on 127.0.0.1:0 answering each request with the next status from
-/// `statuses` (then 500), recording the bodies it received.
+/// A tiny HTTP server on 127.0.0.1:0 (see [`endpoint_answering`]), recording the bodies it
+/// received.
 struct TestEndpoint {
     url: String,
     bodies: Arc<Mutex<Vec<Vec<u8>>>>,
     _thread: std::thread::JoinHandle<()>,
 }
 
-fn endpoint(statuses: Vec<u16>) -> TestEndpoint {
+/// The report endpoint's error answer: `{"error": message, "code": code}`.
+fn json_error(status: u16, code: &str, message: &str) -> (u16, String) {
+    (
+        status,
+        serde_json::json!({"error": message, "code": code}).to_string(),
+    )
+}
+
+/// Answers each request with the next (status, body) of `answers` (then 500); 503s carry
+/// `Retry-After: 7`.
+fn endpoint_answering(answers: Vec<(u16, String)>) -> TestEndpoint {
     use http_body_util::BodyExt;
     let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
     listener.set_nonblocking(true).unwrap();
     let url = format!("http://{}/v1/reports", listener.local_addr().unwrap());
     let bodies = Arc::new(Mutex::new(Vec::new()));
-    let statuses = Arc::new(Mutex::new(statuses.into_iter()));
+    let statuses = Arc::new(Mutex::new(answers.into_iter()));
     let seen = Arc::clone(&bodies);
     let thread = std::thread::spawn(move || {
         let rt = tokio::runtime::Builder::new_current_thread()
@@ -292,12 +303,17 @@ fn endpoint(statuses: Vec<u16>) -> TestEndpoint {
                         async move {
                             let body = req.into_body().collect().await?.to_bytes();
                             seen.lock().unwrap().push(body.to_vec());
-                            let status = statuses.lock().unwrap().next().unwrap_or(500);
-                            let resp = http::Response::builder()
-                                .status(status)
-                                .body(http_body_util::Full::new(Bytes::from(format!(
-                                    "answer {status}"
-                                ))))
+                            let (status, answer) = statuses
+                                .lock()
+                                .unwrap()
+                                .next()
+                                .unwrap_or((500, "answer 500".into()));
+                            let mut resp = http::Response::builder().status(status);
+                            if status == 503 {
+                                resp = resp.header("retry-after", "7");
+                            }
+                            let resp = resp
+                                .body(http_body_util::Full::new(Bytes::from(answer)))
                                 .unwrap();
                             Ok::<_, hyper::Error>(resp)
                         }
@@ -332,7 +348,7 @@ fn transport() -> HttpTransport {
 use crate::fetch::{HttpConfig, HttpTransport};
 
 #[test]
-fn outbox_deletes_only_after_2xx_sets_4xx_aside_and_keeps_the_rest_on_5xx() {
+fn outbox_deletes_only_after_2xx_sets_malformed_aside_and_keeps_the_rest_on_5xx() {
     let d = tempfile::tempdir().unwrap();
     let k = key(d.path());
     let outbox = Outbox::open(d.path().join("outbox")).unwrap();
@@ -352,13 +368,18 @@ fn outbox_deletes_only_after_2xx_sets_4xx_aside_and_keeps_the_rest_on_5xx() {
         ids.push(r.report_id().to_string());
         outbox.queue(&r).unwrap();
     }
-    // 201 for the first, 400 for the second, 503 for the third.
-    let server = endpoint(vec![201, 400, 503]);
+    // 201 for the first, 400 malformed for the second, 503 for the third.
+    let server = endpoint_answering(vec![
+        (201, "{}".into()),
+        json_error(400, "malformed", "not a report"),
+        json_error(503, "unavailable", "database is locked"),
+    ]);
     let summary = outbox.send_all_with(&transport(), &server.url);
     assert_eq!(summary.sent, 1, "{summary:?}");
     assert_eq!(summary.rejected.len(), 1, "{summary:?}");
     assert_eq!(summary.rejected[0].report_id, ids[1]);
-    assert_eq!(summary.rejected[0].message, "answer 400");
+    assert_eq!(summary.rejected[0].code, "malformed");
+    assert_eq!(summary.rejected[0].message, "not a report");
     assert_eq!(summary.kept, 1, "{summary:?}");
     let queued: Vec<String> = std::fs::read_dir(outbox.dir())
         .unwrap()
@@ -373,7 +394,10 @@ fn outbox_deletes_only_after_2xx_sets_4xx_aside_and_keeps_the_rest_on_5xx() {
     let reason =
         std::fs::read_to_string(outbox.dir().join(format!("rejected/{}.reason.txt", ids[1])))
             .unwrap();
-    assert!(reason.contains("HTTP 400: answer 400"), "{reason}");
+    assert!(
+        reason.contains("HTTP 400 malformed: not a report"),
+        "{reason}"
+    );
     let left = outbox.pending().unwrap();
     assert_eq!(left.len(), 1);
     assert_eq!(left[0].report_id(), ids[2]);
@@ -401,7 +425,222 @@ fn outbox_keeps_reports_when_the_endpoint_is_unreachable() {
         outbox.send_all_with(&transport(), &format!("http://127.0.0.1:{port}/v1/reports"));
     assert_eq!(summary.sent, 0);
     assert_eq!(summary.kept, 1);
+    assert!(summary.retry(), "{summary:?}");
+    let stopped = summary.stopped.as_ref().unwrap();
+    assert_eq!(stopped.status, None);
+    assert!(
+        stopped
+            .reason
+            .starts_with("cannot reach the report endpoint"),
+        "{stopped:?}"
+    );
     assert_eq!(outbox.pending().unwrap().len(), 1);
+}
+
+/// Queues `n` distinct reports; returns their ids in queue order.
+fn queue_reports(outbox: &Outbox, k: &DeviceKey, n: usize) -> Vec<String> {
+    (0..n)
+        .map(|i| {
+            let mut f = fields();
+            f.time += chrono::Duration::seconds(i as i64);
+            let r = Report::new(f).sign(k);
+            outbox.queue(&r).unwrap();
+            r.report_id().to_string()
+        })
+        .collect()
+}
+
+#[test]
+fn outbox_keeps_a_report_refused_as_not_enrolled_and_delivers_it_after_enrollment() {
+    let d = tempfile::tempdir().unwrap();
+    let k = key(d.path());
+    let outbox = Outbox::open(d.path().join("outbox")).unwrap();
+    let ids = queue_reports(&outbox, &k, 2);
+    let server = endpoint_answering(vec![
+        json_error(
+            403,
+            "unknown_device",
+            "device \"kiosk-0042\" is not enrolled at this report endpoint",
+        ),
+        (201, "{}".into()),
+        (201, "{}".into()),
+    ]);
+    let t = transport();
+    let summary = outbox.send_all_with(&t, &server.url);
+    assert_eq!((summary.sent, summary.kept), (0, 2), "{summary:?}");
+    assert!(summary.rejected.is_empty(), "{summary:?}");
+    assert!(summary.retry());
+    let stopped = summary.stopped.as_ref().unwrap();
+    assert_eq!(stopped.report_id.as_deref(), Some(ids[0].as_str()));
+    assert_eq!(
+        (stopped.status, stopped.code.as_deref()),
+        (Some(403), Some("unknown_device"))
+    );
+    assert_eq!(
+        stopped.reason,
+        "device not enrolled at the report endpoint (HTTP 403 unknown_device): kept, retried later"
+    );
+    assert!(summary.errors.contains(&stopped.reason), "{summary:?}");
+    assert_eq!(server.bodies.lock().unwrap().len(), 1, "the run stopped");
+    assert_eq!(outbox.pending().unwrap().len(), 2);
+    assert!(outbox.summary().unwrap().set_aside.is_empty());
+    // The operator enrolls the device: the next run delivers both, in order.
+    let summary = outbox.send_all_with(&t, &server.url);
+    assert_eq!((summary.sent, summary.kept), (2, 0), "{summary:?}");
+    assert!(!summary.retry());
+    assert!(outbox.pending().unwrap().is_empty());
+    let bodies = server.bodies.lock().unwrap().clone();
+    let received: Vec<String> = bodies[1..]
+        .iter()
+        .map(|b| {
+            SignedReport::from_slice(b, MAX_REPORT_BYTES)
+                .unwrap()
+                .report_id()
+                .to_string()
+        })
+        .collect();
+    assert_eq!(received, ids);
+}
+
+#[test]
+fn outbox_keeps_reports_on_every_answer_that_does_not_say_the_report_is_malformed() {
+    let d = tempfile::tempdir().unwrap();
+    let k = key(d.path());
+    let outbox = Outbox::open(d.path().join("outbox")).unwrap();
+    queue_reports(&outbox, &k, 1);
+    let answers = vec![
+        json_error(403, "wrong_key", "signed by another key"),
+        json_error(403, "bad_signature", "bad signature"),
+        json_error(401, "unauthorized", "no"),
+        (404, "not found".to_string()),
+        (405, "".to_string()),
+        json_error(408, "timeout", "too slow"),
+        (429, "slow down".to_string()),
+        (400, "<html>400 Bad Request</html>".to_string()),
+        (413, "<html>413 Request Entity Too Large</html>".to_string()),
+        json_error(415, "unsupported_media_type", "json please"),
+        json_error(400, "bad_query", "not a report problem"),
+    ];
+    let statuses: Vec<u16> = answers.iter().map(|a| a.0).collect();
+    let server = endpoint_answering(answers);
+    let t = transport();
+    for status in statuses {
+        let summary = outbox.send_all_with(&t, &server.url);
+        assert_eq!(summary.kept, 1, "HTTP {status}: {summary:?}");
+        assert!(summary.rejected.is_empty(), "HTTP {status}: {summary:?}");
+        let stopped = summary.stopped.unwrap();
+        assert_eq!(stopped.status, Some(status));
+        assert!(
+            stopped.reason.contains(&format!("(HTTP {status}"))
+                && stopped.reason.ends_with("kept, retried later"),
+            "{}",
+            stopped.reason
+        );
+    }
+    assert_eq!(outbox.pending().unwrap().len(), 1);
+}
+
+#[test]
+fn outbox_sets_a_malformed_report_aside_and_goes_on() {
+    let d = tempfile::tempdir().unwrap();
+    let k = key(d.path());
+    let outbox = Outbox::open(d.path().join("outbox")).unwrap();
+    let ids = queue_reports(&outbox, &k, 4);
+    let server = endpoint_answering(vec![
+        json_error(400, "schema_version", "schema_version 2 is not supported"),
+        json_error(413, "too_large", "report body is larger than the limit"),
+        json_error(400, "report_id_mismatch", "report_id does not match"),
+        (201, "{}".into()),
+    ]);
+    let summary = outbox.send_all_with(&transport(), &server.url);
+    assert_eq!((summary.sent, summary.kept), (1, 0), "{summary:?}");
+    assert!(!summary.retry(), "{summary:?}");
+    let rejected: Vec<(&str, u16, &str)> = summary
+        .rejected
+        .iter()
+        .map(|r| (r.report_id.as_str(), r.status, r.code.as_str()))
+        .collect();
+    assert_eq!(
+        rejected,
+        [
+            (ids[0].as_str(), 400, "schema_version"),
+            (ids[1].as_str(), 413, "too_large"),
+            (ids[2].as_str(), 400, "report_id_mismatch"),
+        ]
+    );
+    for id in &ids[..3] {
+        assert!(outbox.dir().join(format!("rejected/{id}.json")).exists());
+    }
+    assert!(outbox.pending().unwrap().is_empty());
+}
+
+#[test]
+fn outbox_keeps_reports_on_503_and_stops_the_run() {
+    let d = tempfile::tempdir().unwrap();
+    let k = key(d.path());
+    let outbox = Outbox::open(d.path().join("outbox")).unwrap();
+    queue_reports(&outbox, &k, 3);
+    let server = endpoint_answering(vec![
+        json_error(503, "unavailable", "database is locked"),
+        (201, "{}".into()),
+        (201, "{}".into()),
+    ]);
+    let summary = outbox.send_all_with(&transport(), &server.url);
+    assert_eq!((summary.sent, summary.kept), (0, 3), "{summary:?}");
+    assert!(summary.retry());
+    let stopped = summary.stopped.unwrap();
+    assert_eq!(stopped.status, Some(503));
+    assert_eq!(stopped.message, "database is locked");
+    assert_eq!(stopped.retry_after, Some(std::time::Duration::from_secs(7)));
+    assert_eq!(
+        stopped.reason,
+        "the report endpoint is unavailable (HTTP 503 unavailable): kept, retried later"
+    );
+    assert_eq!(server.bodies.lock().unwrap().len(), 1, "the run stopped");
+    assert_eq!(outbox.pending().unwrap().len(), 3);
+}
+
+#[test]
+fn outbox_summary_lists_queued_and_set_aside_reports() {
+    let d = tempfile::tempdir().unwrap();
+    let k = key(d.path());
+    let outbox = Outbox::open(d.path().join("outbox")).unwrap();
+    assert_eq!(outbox.summary().unwrap(), OutboxSummary::default());
+    let before = Utc::now() - chrono::Duration::seconds(5);
+    let ids = queue_reports(&outbox, &k, 3);
+    let server = endpoint_answering(vec![
+        json_error(400, "malformed", "not a report"),
+        json_error(503, "unavailable", "later"),
+    ]);
+    outbox.send_all_with(&transport(), &server.url);
+    std::fs::write(outbox.dir().join("junk.json"), b"{not json").unwrap();
+    outbox.pending().unwrap(); // moves the junk aside
+    let s = outbox.summary().unwrap();
+    let queued: Vec<&str> = s.queued.iter().map(|e| e.report_id.as_str()).collect();
+    assert_eq!(queued, [ids[1].as_str(), ids[2].as_str()]);
+    assert!(s
+        .queued
+        .iter()
+        .all(|e| e.reason.is_none() && e.path.exists()));
+    let oldest = s.oldest_queued().unwrap();
+    assert!(oldest >= before && oldest <= Utc::now(), "{oldest}");
+    let mut aside: Vec<&str> = s.set_aside.iter().map(|e| e.report_id.as_str()).collect();
+    aside.sort();
+    let mut want = vec![ids[0].as_str(), "junk"];
+    want.sort();
+    assert_eq!(aside, want);
+    let mine = s.set_aside.iter().find(|e| e.report_id == ids[0]).unwrap();
+    assert_eq!(
+        mine.reason.as_deref(),
+        Some("HTTP 400 malformed: not a report")
+    );
+    assert!(s.oldest_set_aside().is_some());
+    assert!(s
+        .set_aside
+        .iter()
+        .find(|e| e.report_id == "junk")
+        .and_then(|e| e.reason.as_deref())
+        .is_some_and(|r| r.starts_with("unreadable queue file")));
 }
 
 #[test]

@@ -168,6 +168,7 @@ pub fn view_for(device: &str, campaigns: Vec<CampaignManifest>, a: Assignment) -
     RepositoryView {
         campaigns: campaigns.into_iter().map(entry).collect(),
         unusable: Vec::new(),
+        incomplete: Vec::new(),
         assignment: Some(
             Entry::from_bytes(
                 &bin.target_path(),

@@ -169,3 +169,18 @@ mod tests {
         assert_eq!(describe("timestamp", None), "timestamp");
     }
 }
+
+impl UpdateError {
+    /// Whether the error is the network's or the server's (a fetch that failed: refused,
+    /// reset, timed out, an HTTP error status, not found), so trying again later, with
+    /// backoff, may help. Verification failures (signatures, hashes, versions, expiry) are
+    /// not: they are retried at the normal poll interval, never in a tight loop.
+    pub fn is_network(&self) -> bool {
+        match self {
+            UpdateError::Fetch { source, .. } | UpdateError::TargetFetch { source, .. } => {
+                !matches!(source, FetchError::BadUrl { .. })
+            }
+            _ => false,
+        }
+    }
+}

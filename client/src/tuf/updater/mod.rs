@@ -37,7 +37,9 @@ use tracing::{debug, info};
 
 pub use config::{Limits, UpdaterConfig};
 pub use delegation::TargetInfo;
-pub use download::local_target_file_name;
+pub use download::{
+    local_target_file_name, partial_download_path, DownloadProgress, DownloadStats, PARTIAL_PREFIX,
+};
 pub use error::UpdateError;
 pub use store::{role_file_name, write_atomic, MetadataStore};
 pub use trusted::{TrustedMetadata, TrustedRoot, Verified, WithSnapshot, WithTimestamp};

@@ -1,0 +1,186 @@
+//! `petrel run`: the resident agent. It holds the state directory for its whole life,
+//! recovers first, then runs one cycle ([`Agent::update`]) after another and sleeps in
+//! between until the earlier of the next poll (`[poll]`, with jitter) and the next
+//! instant the decision engine names (a wave opening, a download or apply window opening,
+//! a deadline). Network problems are retried with exponential backoff (capped at the poll
+//! interval); verification failures wait for the normal poll. SIGTERM and SIGINT stop it
+//! between steps: an install in progress completes or rolls back first, a download stops
+//! and stays resumable.
+
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use chrono::{DateTime, Utc};
+
+use super::update::{RunStatus, UpdateHooks, UpdateOutcome};
+use super::{now_seconds, Agent, AgentConfig, AgentError};
+
+/// The first delay after a network problem; doubled after each further one.
+pub const FIRST_BACKOFF: Duration = Duration::from_secs(5);
+
+/// Settings of [`run`].
+#[derive(Clone, Debug)]
+pub struct RunOptions {
+    /// Overrides `poll.interval` (and the jitter becomes a tenth of it).
+    pub interval: Option<Duration>,
+    /// Stop after this many cycles (`None`: until stopped).
+    pub max_cycles: Option<u64>,
+}
+
+/// What one cycle of the resident agent did, for logs and callers.
+#[derive(Debug)]
+pub struct Cycle {
+    /// The cycle's number, from 1.
+    pub number: u64,
+    /// What the update did, or the error that stopped it.
+    pub result: Result<UpdateOutcome, AgentError>,
+    /// When the next cycle starts.
+    pub next_at: DateTime<Utc>,
+    /// Why then (`poll`, `wake`, `backoff`).
+    pub why: &'static str,
+}
+
+/// A flag that SIGTERM and SIGINT raise (registered once per process).
+pub fn stop_flag() -> Arc<AtomicBool> {
+    static FLAG: std::sync::OnceLock<Arc<AtomicBool>> = std::sync::OnceLock::new();
+    FLAG.get_or_init(|| {
+        let f = Arc::new(AtomicBool::new(false));
+        for sig in [signal_hook::consts::SIGTERM, signal_hook::consts::SIGINT] {
+            if let Err(e) = signal_hook::flag::register(sig, f.clone()) {
+                tracing::warn!("cannot handle signal {sig}: {e}");
+            }
+        }
+        f
+    })
+    .clone()
+}
+
+/// Runs the resident agent until `stop` is raised (or `max_cycles`), calling `on_cycle`
+/// after each cycle (with the agent of the cycle, when it could be opened). Takes the
+/// runner lock for its whole life ([`super::StatePaths::lock_runner`]); recovery is the
+/// first step, and an error there ends the run.
+pub fn run(
+    config: AgentConfig,
+    options: &RunOptions,
+    stop: &AtomicBool,
+    on_cycle: &mut dyn FnMut(Option<&Agent>, &Cycle),
+) -> Result<u64, AgentError> {
+    let paths = super::StatePaths::new(&config.state_dir);
+    let _runner = paths.lock_runner()?;
+    // The first open recovers from an interrupted install before anything else; an error
+    // there (not provisioned, a damaged journal) ends the run.
+    drop(Agent::open(config.clone())?);
+    let poll = {
+        let mut p = config.poll;
+        if let Some(i) = options.interval {
+            p.interval = i;
+            p.jitter = i / 10;
+        }
+        p
+    };
+    let mut backoff = FIRST_BACKOFF.min(poll.interval);
+    let mut cycles = 0u64;
+    loop {
+        if stop.load(Ordering::SeqCst) {
+            break;
+        }
+        cycles += 1;
+        // The agent (and its lock) is held for one cycle only, so `petrel check`,
+        // `status` and `consent` work while the resident agent sleeps.
+        let mut agent = match Agent::open(config.clone()) {
+            Ok(a) => a,
+            Err(e) => {
+                let next = now_seconds() + chrono::Duration::from_std(backoff).unwrap_or_default();
+                backoff = (backoff * 2).min(poll.interval);
+                on_cycle(
+                    None,
+                    &Cycle {
+                        number: cycles,
+                        result: Err(e),
+                        next_at: next,
+                        why: "backoff",
+                    },
+                );
+                if options.max_cycles.is_some_and(|m| cycles >= m) {
+                    break;
+                }
+                sleep_until(next, stop);
+                continue;
+            }
+        };
+        let result = agent.update_with(
+            None,
+            UpdateHooks {
+                stop: Some(stop),
+                ..UpdateHooks::default()
+            },
+        );
+        let now = now_seconds();
+        let network = match &result {
+            Err(e) => e.exit_code() == 3,
+            Ok(out) => out.status() == RunStatus::Temporary || out.reports_pending,
+        };
+        let jitter = jitter(poll.jitter);
+        let mut next = now + chrono::Duration::from_std(poll.interval + jitter).unwrap_or_default();
+        let mut why = "poll";
+        if let Ok(out) = &result {
+            if let Some(w) = out.decision.as_ref().and_then(|d| d.wake_at) {
+                if w > now && w < next {
+                    next = w;
+                    why = "wake";
+                }
+            }
+        }
+        if network {
+            let b = now + chrono::Duration::from_std(backoff).unwrap_or_default();
+            if b < next {
+                next = b;
+                why = "backoff";
+            }
+            backoff = (backoff * 2).min(poll.interval);
+        } else {
+            backoff = FIRST_BACKOFF.min(poll.interval);
+        }
+        let cycle = Cycle {
+            number: cycles,
+            result,
+            next_at: next,
+            why,
+        };
+        on_cycle(Some(&agent), &cycle);
+        drop(agent);
+        if options.max_cycles.is_some_and(|m| cycles >= m) {
+            break;
+        }
+        sleep_until(next, stop);
+    }
+    Ok(cycles)
+}
+
+/// A random delay in `[0, max]`.
+fn jitter(max: Duration) -> Duration {
+    if max.is_zero() {
+        return Duration::ZERO;
+    }
+    let mut b = [0u8; 8];
+    let _ = ring::rand::SecureRandom::fill(&ring::rand::SystemRandom::new(), &mut b);
+    let ms = u64::from_le_bytes(b) % (max.as_millis() as u64 + 1);
+    Duration::from_millis(ms)
+}
+
+/// Sleeps until `t` (wall clock), waking early when `stop` is raised. Re-reads the clock
+/// every 200 ms, so a clock set forward (NTP at boot) is followed.
+fn sleep_until(t: DateTime<Utc>, stop: &AtomicBool) {
+    let started = Instant::now();
+    loop {
+        if stop.load(Ordering::SeqCst) {
+            return;
+        }
+        let left = (t - Utc::now()).to_std().unwrap_or_default();
+        if left.is_zero() || started.elapsed() > Duration::from_secs(366 * 86400) {
+            return;
+        }
+        std::thread::sleep(left.min(Duration::from_millis(200)));
+    }
+}
