@@ -4,7 +4,9 @@
 # loopback with petrel-server (with its report endpoint), and take a device through it: the
 # TUF client's verified downloads, then the device agent deciding, asking for consent,
 # staging and applying the update all or nothing, and reporting the result, which the repo
-# tool turns into rollout status.
+# tool turns into rollout status; then the resident agent (`petrel run`) installs a security
+# fix by itself, and restores the previous firmware by itself when the next one fails the
+# device's health check.
 # Usage: ./demo.sh [WORK_DIR]
 set -euo pipefail
 cd "$(dirname "$0")"
@@ -109,5 +111,42 @@ echo "    installed: acme.thermostat $(cat "$device/apps/acme.thermostat/VERSION
 cmp "$content/apps/acme/thermostat/1.1/firmware.bin" "$device/apps/acme.thermostat/firmware.bin"
 "$agent" status
 echo "==> the release engineer's view: rollout status from the device reports"
+"$repo_tool" -r "$repo" rollout status --reports "$url"
+
+echo "==> the resident agent: petrel run, with a health check (the firmware's self-test)"
+cat >>"$device/device.toml" <<TOML
+[health]
+command = ["$demo/device/health.sh", "$device/apps"]
+timeout_secs = 10
+TOML
+"$agent" run --interval 2s >"$work/agent.out" 2>"$work/agent.log" &
+agent_pid=$!
+trap 'kill $agent_pid 2>/dev/null || true; kill $server_pid 2>/dev/null || true' EXIT
+wait_for() { # wait_for SECONDS COMMAND...: until COMMAND succeeds, at most SECONDS
+  local limit=$1; shift
+  for _ in $(seq 1 $((limit * 10))); do "$@" && return 0; sleep 0.1; done
+  echo "timed out waiting for: $*"; echo "agent log:"; cat "$work/agent.log"; exit 1
+}
+installed() { [ "$(cat "$device/apps/acme.thermostat/VERSION" 2>/dev/null)" = "$1" ]; }
+echo "==> a security fix (no consent needed) is published; nobody runs a command on the device"
+"$repo_tool" -r "$repo" group set "$demo/group-thermostats-1.2.toml"
+"$repo_tool" -r "$repo" campaign create "$demo/campaign-thermostat-1.2.toml"
+"$repo_tool" -r "$repo" publish
+wait_for 60 installed 1.2
+echo "    the agent installed acme.thermostat 1.2 by itself; its health check passed"
+echo "==> firmware 1.3 fails its self-test on the device"
+"$repo_tool" -r "$repo" group set "$demo/group-thermostats-1.3.toml"
+"$repo_tool" -r "$repo" campaign create "$demo/campaign-thermostat-1.3.toml"
+"$repo_tool" -r "$repo" publish
+wait_for 60 grep -q "ROLLED BACK\|rolled_back\|was restored" "$work/agent.log"
+installed 1.2 || { echo "expected 1.2 to be restored"; cat "$work/agent.log"; exit 1; }
+echo "    the health check failed, the agent restored 1.2 by itself and reported the failure"
+kill -TERM "$agent_pid"
+status=0
+wait "$agent_pid" || status=$?
+echo "==> petrel run stopped on SIGTERM (exit status $status); what it logged:"
+grep -E "installed group|restored|cycle done" "$work/agent.log" | sed -e 's/^/    /' | tail -n 8
+[ "$status" = 0 ] || { echo "petrel run should exit 0 on SIGTERM"; exit 1; }
+"$agent" status
 "$repo_tool" -r "$repo" rollout status --reports "$url"
 echo "demo complete: repository $repo, device state $device"

@@ -281,40 +281,46 @@ pub fn python_script(script: &str) -> Command {
 /// If the build fails.
 pub fn petrel_repo_bin() -> &'static Path {
     static BIN: OnceLock<Result<PathBuf, String>> = OnceLock::new();
-    let r = BIN.get_or_init(|| {
+    built(&BIN, "petrel-repo", "petrel-repo")
+}
+
+/// The device agent binary `petrel`, built like [`petrel_repo_bin`].
+pub fn petrel_bin() -> &'static Path {
+    static BIN: OnceLock<Result<PathBuf, String>> = OnceLock::new();
+    built(&BIN, "petrel-client", "petrel")
+}
+
+/// The `petrel-server` binary, built like [`petrel_repo_bin`].
+pub fn petrel_server_bin() -> &'static Path {
+    static BIN: OnceLock<Result<PathBuf, String>> = OnceLock::new();
+    built(&BIN, "petrel-server", "petrel-server")
+}
+
+fn built<'a>(cell: &'a OnceLock<Result<PathBuf, String>>, package: &str, bin: &str) -> &'a Path {
+    let r = cell.get_or_init(|| {
         let cargo: OsString = std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into());
         let target = target_dir();
         let release = profile_dir().file_name().is_some_and(|n| n == "release");
         let mut cmd = Command::new(cargo);
         cmd.current_dir(workspace_root())
-            .args([
-                "build",
-                "--quiet",
-                "-p",
-                "petrel-repo",
-                "--bin",
-                "petrel-repo",
-            ])
+            .args(["build", "--quiet", "-p", package, "--bin", bin])
             .arg("--target-dir")
             .arg(&target);
         if release {
             cmd.arg("--release");
         }
         let out = run_with_timeout(&mut cmd, Duration::from_secs(1200))
-            .map_err(|e| format!("building petrel-repo: {e}"))?;
+            .map_err(|e| format!("building {bin}: {e}"))?;
         if !out.status.success() {
-            return Err(format!("building petrel-repo failed: {}", describe(&out)));
+            return Err(format!("building {bin} failed: {}", describe(&out)));
         }
-        let bin = target
+        let path = target
             .join(if release { "release" } else { "debug" })
-            .join(format!("petrel-repo{}", std::env::consts::EXE_SUFFIX));
-        if !bin.exists() {
-            return Err(format!(
-                "built petrel-repo but {} is missing",
-                bin.display()
-            ));
+            .join(format!("{bin}{}", std::env::consts::EXE_SUFFIX));
+        if !path.exists() {
+            return Err(format!("built {bin} but {} is missing", path.display()));
         }
-        Ok(bin)
+        Ok(path)
     });
     match r {
         Ok(p) => p,

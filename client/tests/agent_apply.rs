@@ -665,6 +665,87 @@ fn an_interruption_at_any_apply_step_leaves_the_old_or_the_new_set() {
     );
 }
 
+/// A failing health check restores the previous set exactly, and an interruption at any
+/// step of the install or of that rollback still ends, after the next start, in the old
+/// set: the new set is never kept, and the journal is gone.
+#[test]
+fn a_failing_health_check_restores_the_previous_set_even_when_interrupted_at_any_step() {
+    let fleet = Fleet::new(&windowed(1, "active"));
+    let health = "[health]\ncommand = [\"sh\", \"-c\", \"echo relay self-test failed >&2; exit 1\"]\ntimeout_secs = 5\n";
+    // Uninterrupted: rolled back, reported, not tried again.
+    let dev = Device::new(&fleet, health);
+    dev.update(at(1, 30));
+    let out = dev.update(at(2, 30));
+    let i = &out.installs[0];
+    assert_eq!(i.result, InstallResult::RolledBack, "{}", i.reason);
+    assert!(i.reason.contains("relay self-test failed"), "{}", i.reason);
+    assert_eq!(dev.apps(), old_set());
+    let failed: Vec<_> = Outbox::open(dev.path("state/outbox"))
+        .unwrap()
+        .pending()
+        .unwrap()
+        .into_iter()
+        .filter(|r| r.signed.result == ReportResult::Failed)
+        .collect();
+    assert_eq!(failed.len(), 1);
+    assert!(
+        failed[0].signed.rolled_back,
+        "the report says the set was rolled back"
+    );
+    let again = dev.update(at(2, 40));
+    assert!(
+        again.installs.is_empty(),
+        "the same revision is not tried again"
+    );
+    assert_eq!(dev.apps(), old_set());
+
+    let mut names = Vec::new();
+    for n in 0..80 {
+        let dev = Device::new(&fleet, health);
+        dev.update(at(1, 30));
+        let mut fired = None;
+        let mut step = |i: usize, name: &str| {
+            if i == n {
+                fired = Some(name.to_string());
+                Err(())
+            } else {
+                Ok(())
+            }
+        };
+        let hooks = UpdateHooks {
+            step: Some(&mut step),
+            ..UpdateHooks::default()
+        };
+        let r = dev.agent().update_with(Some(at(2, 30)), hooks);
+        let Some(name) = fired else {
+            assert!(r.is_ok(), "{r:?}");
+            break;
+        };
+        assert!(r.is_err(), "step {n} ({name}): an interruption is an error");
+        names.push(name.clone());
+        // The next start finishes the job: hooks, health check, rollback.
+        drop(dev.agent());
+        assert_eq!(dev.apps(), old_set(), "step {n} ({name})");
+        assert!(!dev.path("state/apply.journal.json").exists(), "step {n}");
+        let leftovers: Vec<_> = fs::read_dir(dev.path("apps"))
+            .unwrap()
+            .flatten()
+            .filter(|e| e.file_name().to_string_lossy().starts_with('.'))
+            .collect();
+        assert!(leftovers.is_empty(), "step {n} ({name}): {leftovers:?}");
+    }
+    for phase in [
+        "health check",
+        "write the journal (rolling back)",
+        "(previous) back",
+    ] {
+        assert!(
+            names.iter().any(|n| n.contains(phase)),
+            "the interruptions reached {phase:?}: {names:?}"
+        );
+    }
+}
+
 /// Runs the install and stops it right after the commit point (at the first rename);
 /// returns the names of the steps reached.
 fn interrupt_right_after_the_commit_point(dev: &Device) -> Vec<String> {
@@ -881,15 +962,23 @@ fn hhmm(minutes: i64) -> String {
         .to_string()
 }
 
-fn petrel(dev: &Device, args: &[&str]) -> (bool, String, String) {
-    let out = std::process::Command::new(env!("CARGO_BIN_EXE_petrel"))
+fn petrel_output(dev: &Device, args: &[&str]) -> std::process::Output {
+    std::process::Command::new(env!("CARGO_BIN_EXE_petrel"))
         .arg("--config")
         .arg(dev.path("device.toml"))
         .args(args)
         .env_remove("RUST_LOG")
         .env_remove("PETREL_CONFIG")
         .output()
-        .unwrap();
+        .unwrap()
+}
+
+fn text(b: &[u8]) -> String {
+    String::from_utf8_lossy(b).into_owned()
+}
+
+fn petrel(dev: &Device, args: &[&str]) -> (bool, String, String) {
+    let out = petrel_output(dev, args);
     (
         out.status.success(),
         String::from_utf8_lossy(&out.stdout).into_owned(),
@@ -958,16 +1047,36 @@ fn petrel_update_installs_a_campaign_without_windows_and_fails_loudly_on_a_bad_d
     );
     assert_eq!(dev.apps(), new_set());
 
-    // A damaged server copy: exit status 1 and the reason.
+    // A damaged server copy (the signed length, other bytes): exit status 1 and the reason.
+    let fleet = Fleet::new(&campaign);
+    for p in fleet.served_copies(CLOCK) {
+        let mut bytes = fs::read(&p).unwrap();
+        bytes[3] ^= 0x20;
+        fs::write(&p, bytes).unwrap();
+    }
+    let dev = Device::new(&fleet, "");
+    let out = petrel_output(&dev, &["update"]);
+    let (stdout, stderr) = (text(&out.stdout), text(&out.stderr));
+    assert_eq!(out.status.code(), Some(1), "{stdout}\n{stderr}");
+    assert!(stdout.contains("download FAILED"), "{stdout}");
+    assert!(
+        stderr.contains("a download was not the signed bytes"),
+        "{stderr}"
+    );
+    assert_eq!(dev.apps(), old_set());
+
+    // A server copy cut short looks like an interrupted transfer: a temporary problem
+    // (exit status 3), the download is kept to resume, nothing is installed.
     let fleet = Fleet::new(&campaign);
     for p in fleet.served_copies(CLOCK) {
         fs::write(&p, b"short").unwrap();
     }
     let dev = Device::new(&fleet, "");
-    let (ok, out, err) = petrel(&dev, &["update"]);
-    assert!(!ok, "{out}");
-    assert!(out.contains("FAILED"), "{out}");
-    assert!(err.contains("a download was not the signed bytes"), "{err}");
+    let out = petrel_output(&dev, &["update"]);
+    let stdout = text(&out.stdout);
+    assert_eq!(out.status.code(), Some(3), "{stdout}");
+    assert!(stdout.contains("download interrupted"), "{stdout}");
+    assert!(!stdout.contains("nothing to download"), "{stdout}");
     assert_eq!(dev.apps(), old_set());
 }
 

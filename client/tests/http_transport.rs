@@ -511,7 +511,10 @@ impl Resumable {
         let mut last = None;
         let stats = self
             .updater
-            .download_target_resumable(&self.info, &self.dest(), &mut |p| last = Some(p.bytes))
+            .download_target_resumable(&self.info, &self.dest(), &mut |p| {
+                last = Some(p.bytes);
+                std::ops::ControlFlow::Continue(())
+            })
             .unwrap();
         assert_eq!(
             last,

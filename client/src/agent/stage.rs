@@ -24,6 +24,7 @@
 use std::collections::{BTreeMap, BTreeSet};
 use std::fs;
 use std::io::{self, Read};
+use std::ops::ControlFlow;
 use std::path::{Path, PathBuf};
 
 use chrono::{DateTime, Utc};
@@ -35,7 +36,9 @@ use crate::decide::{
     ArtifactInfo, CampaignDecision, Decision, DeltaInfo, DownloadItem, Plan, StagedItem, Status,
 };
 use crate::tuf::updater::hashes::HashingWriter;
-use crate::tuf::updater::{local_target_file_name, DownloadProgress, Updater, PARTIAL_PREFIX};
+use crate::tuf::updater::{
+    local_target_file_name, DownloadProgress, UpdateError, Updater, PARTIAL_PREFIX,
+};
 
 pub use super::plan::{
     campaign_dir, StagedArtifact, StagedPlan, StagedStep, PLAN_FILE, PLAN_SCHEMA_VERSION,
@@ -116,7 +119,7 @@ pub fn stage(
     artifacts: &BTreeMap<String, ArtifactInfo>,
     inventory_dir: Option<&Path>,
     now: DateTime<Utc>,
-    progress: &mut dyn FnMut(&DownloadProgress),
+    progress: &mut dyn FnMut(&DownloadProgress) -> ControlFlow<()>,
 ) -> Result<StageOutcome, AgentError> {
     let dir = campaign_dir(paths, &c.id, c.revision);
     fs::create_dir_all(&dir).map_err(|e| AgentError::State {
@@ -130,7 +133,13 @@ pub fn stage(
         dir: dir.clone(),
         ..StageOutcome::default()
     };
+    if let Err(e) = check_space(&dir, items) {
+        out.error = Some(e);
+        out.error_is_temporary = true;
+        return Ok(out);
+    }
     for item in items {
+        super::faults::point("download", &item.target);
         match stage_one(
             updater,
             &dir,
@@ -142,9 +151,12 @@ pub fn stage(
             Ok(how) => {
                 match how {
                     Staged::Kept => out.kept.push(item.target.clone()),
-                    Staged::Full { wasted } => {
+                    Staged::Full {
+                        wasted,
+                        transferred,
+                    } => {
                         out.downloaded.push(item.target.clone());
-                        out.bytes += item.length + wasted;
+                        out.bytes += transferred + wasted;
                     }
                     Staged::Delta { bytes } => {
                         out.downloaded.push(item.target.clone());
@@ -162,7 +174,8 @@ pub fn stage(
                 state.save(&paths.state_file())?;
             }
             Err(e) => {
-                out.error = Some(e);
+                out.error = Some(e.message);
+                out.error_is_temporary = e.temporary;
                 return Ok(out);
             }
         }
@@ -185,46 +198,151 @@ pub fn stage(
 enum Staged {
     /// A verified copy was already there.
     Kept,
-    /// The full artifact was downloaded (after `wasted` bytes of a delta that could not
-    /// be used).
-    Full { wasted: u64 },
+    /// The full artifact was downloaded, `transferred` bytes in this run (after `wasted`
+    /// bytes of a delta that could not be used).
+    Full { wasted: u64, transferred: u64 },
     /// It was built from a delta of `bytes` bytes.
     Delta { bytes: u64 },
 }
 
+/// Why staging an item failed, and whether that is temporary (the network, the server,
+/// the repository changing under the decision, the device's space, a stop request) or
+/// the bytes are not the signed ones.
+struct StageError {
+    message: String,
+    temporary: bool,
+}
+
+impl StageError {
+    fn temporary(message: String) -> StageError {
+        StageError {
+            message,
+            temporary: true,
+        }
+    }
+
+    /// From a download error of `target` (in `dir`): a full disk also removes the partial
+    /// files of `dir`, so the device gets its space back.
+    fn download(target: &str, e: UpdateError, dir: &Path) -> StageError {
+        let temporary = match &e {
+            UpdateError::TargetIo { source, .. } => {
+                if crate::agent::install::is_environmental_io(source) {
+                    remove_all_partials(dir);
+                }
+                crate::agent::install::is_environmental_io(source)
+            }
+            UpdateError::Stopped { .. } => true,
+            UpdateError::TargetFetch { source, .. } => !matches!(
+                source,
+                crate::fetch::FetchError::BadUrl { .. } | crate::fetch::FetchError::TooLarge { .. }
+            ),
+            _ => false,
+        };
+        StageError {
+            message: format!("{target}: {e}"),
+            temporary,
+        }
+    }
+}
+
+/// Bytes a directory's file system has free for this user, if it can tell.
+pub fn free_space(dir: &Path) -> Option<u64> {
+    #[cfg(unix)]
+    {
+        let s = rustix::fs::statvfs(dir).ok()?;
+        Some(s.f_bavail.saturating_mul(s.f_frsize))
+    }
+    #[cfg(not(unix))]
+    {
+        let _ = dir;
+        None
+    }
+}
+
+/// Refuses to start downloads that cannot fit: the staging directory needs the full
+/// length of every item (a delta's result is as long as the artifact), less what partial
+/// downloads already hold.
+fn check_space(dir: &Path, items: &[DownloadItem]) -> Result<(), String> {
+    let Some(free) = free_space(dir) else {
+        return Ok(());
+    };
+    let mut needed = 0u64;
+    for i in items {
+        let Ok(name) = local_target_file_name(&i.target) else {
+            continue;
+        };
+        if dir.join(&name).is_file() {
+            continue; // verified again, not downloaded
+        }
+        let held = fs::metadata(dir.join(format!("{PARTIAL_PREFIX}{name}"))).map_or(0, |m| m.len());
+        needed += i.length.saturating_sub(held) + i.delta.as_ref().map_or(0, |d| d.length);
+    }
+    if needed > free {
+        return Err(format!(
+            "not enough space to stage: {} needed in {}, {} free; free some space and the next run continues",
+            crate::decide::human_bytes(needed),
+            dir.display(),
+            crate::decide::human_bytes(free)
+        ));
+    }
+    Ok(())
+}
+
+/// Removes every partial and temporary download in `dir` (after the disk filled up).
+fn remove_all_partials(dir: &Path) {
+    let Ok(entries) = fs::read_dir(dir) else {
+        return;
+    };
+    for e in entries.flatten() {
+        let n = e.file_name().to_string_lossy().into_owned();
+        if n.starts_with(PARTIAL_PREFIX) || n.starts_with(".petrel-tmp-") {
+            tracing::warn!(
+                "staging: the disk is full; removing the partial download {}",
+                e.path().display()
+            );
+            let _ = fs::remove_file(e.path());
+        }
+    }
+}
+
 /// Stages one item: keeps a verified copy, else tries its delta (if any; a failure is
 /// logged, pushed to `fallbacks` and ends in the full download), else downloads the full
-/// artifact.
+/// artifact, resuming a partial download.
 fn stage_one(
     updater: &mut Updater,
     dir: &Path,
     item: &DownloadItem,
     inventory_dir: Option<&Path>,
     fallbacks: &mut Vec<String>,
-    progress: &mut dyn FnMut(&DownloadProgress),
-) -> Result<Staged, String> {
+    progress: &mut dyn FnMut(&DownloadProgress) -> ControlFlow<()>,
+) -> Result<Staged, StageError> {
     let info = updater
         .get_target_info(&item.target)
-        .map_err(|e| format!("{}: {e}", item.target))?
+        .map_err(|e| StageError::temporary(format!("{}: {e}", item.target)))?
         .ok_or_else(|| {
-            format!(
+            StageError::temporary(format!(
                 "{}: no longer in the repository's signed metadata",
                 item.target
-            )
+            ))
         })?;
-    let signed = ArtifactInfo::from_target(&info)
-        .ok_or_else(|| format!("{}: the target has no signed sha256", item.target))?;
+    let signed = ArtifactInfo::from_target(&info).ok_or_else(|| StageError {
+        message: format!("{}: the target has no signed sha256", item.target),
+        temporary: false,
+    })?;
     if signed.length != item.length || !signed.sha256.eq_ignore_ascii_case(&item.sha256) {
-        return Err(format!(
+        return Err(StageError::temporary(format!(
             "{}: the signed length or hash changed since the decision; decide again",
             item.target
-        ));
+        )));
     }
-    let name = local_target_file_name(&item.target).map_err(|e| e.to_string())?;
+    let name = local_target_file_name(&item.target).map_err(|e| StageError {
+        message: e.to_string(),
+        temporary: false,
+    })?;
     let dest = dir.join(name);
     if updater
         .find_cached_target(&info, &dest)
-        .map_err(|e| e.to_string())?
+        .map_err(|e| StageError::download(&item.target, e, dir))?
     {
         return Ok(Staged::Kept);
     }
@@ -264,10 +382,13 @@ fn stage_one(
             }
         }
     }
-    updater
+    let stats = updater
         .download_target_resumable(&info, &dest, &mut |p| progress(&p))
-        .map_err(|e| e.to_string())?;
-    Ok(Staged::Full { wasted })
+        .map_err(|e| StageError::download(&item.target, e, dir))?;
+    Ok(Staged::Full {
+        wasted,
+        transferred: stats.transferred,
+    })
 }
 
 /// The bytes of delta `d` fetched by a failed attempt (its downloaded copy, kept for this
@@ -629,7 +750,11 @@ fn prune_files(dir: &Path, needed: &BTreeSet<String>) {
     let Ok(es) = fs::read_dir(dir) else { return };
     for e in es.flatten() {
         let n = e.file_name().to_string_lossy().into_owned();
-        if n == PLAN_FILE || needed.contains(&n) {
+        // A partial download of a needed target is kept: the next download resumes it.
+        let partial_of_needed = n
+            .strip_prefix(PARTIAL_PREFIX)
+            .is_some_and(|t| needed.contains(t));
+        if n == PLAN_FILE || needed.contains(&n) || partial_of_needed {
             continue;
         }
         let _ = fs::remove_file(e.path());

@@ -255,9 +255,16 @@ impl Agent {
             }
             tried.push(c.id.clone());
             faults::point("download", &format!("stage campaign {}", c.id));
+            let stop = hooks.stop;
             let mut progress = |p: &DownloadProgress| {
+                faults::point("download", p.target);
                 if let Some(f) = hooks.progress.as_mut() {
                     f(p);
+                }
+                if stop.is_some_and(|s| s.load(std::sync::atomic::Ordering::SeqCst)) {
+                    std::ops::ControlFlow::Break(())
+                } else {
+                    std::ops::ControlFlow::Continue(())
                 }
             };
             let so = stage::stage(

@@ -776,12 +776,14 @@ fn decide_campaign(ctx: &Ctx, e: &CampaignEntry) -> CampaignDecision {
         plan = None;
     }
     let c = &e.manifest;
+    // A failure already reported for this exact manifest is not reported again as the
+    // error that blocks it now (one final report per attempt that failed).
     let report_due = status.is_reportable()
-        && ctx
-            .state
-            .reports
-            .get(&c.id)
-            .is_none_or(|r| r.manifest_sha256 != e.sha256 || r.status != status.kind());
+        && ctx.state.reports.get(&c.id).is_none_or(|r| {
+            r.manifest_sha256 != e.sha256
+                || (r.status != status.kind()
+                    && !(r.status == "failed" && matches!(status, Status::Error { .. })))
+        });
     let mut wake_at = status.changes_at().filter(|t| *t > ctx.now);
     if !status.is_settled() {
         if let Some(na) = c.schedule.not_after.map(|t| t.0).filter(|t| *t > ctx.now) {

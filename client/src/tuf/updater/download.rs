@@ -2,6 +2,7 @@
 
 use std::fs::{self, File, OpenOptions};
 use std::io::{self, BufWriter, Read, Seek, SeekFrom, Write};
+use std::ops::ControlFlow;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
@@ -153,9 +154,11 @@ struct PartialFile<'a> {
     received: u64,
     restarts: u32,
     error: Option<io::Error>,
+    /// The caller asked to stop.
+    stopped: bool,
     target: &'a str,
     total: u64,
-    progress: &'a mut dyn FnMut(DownloadProgress<'_>),
+    progress: &'a mut dyn FnMut(DownloadProgress<'_>) -> ControlFlow<()>,
 }
 
 impl<'a> PartialFile<'a> {
@@ -164,7 +167,7 @@ impl<'a> PartialFile<'a> {
     fn open(
         path: &Path,
         info: &'a TargetInfo,
-        progress: &'a mut dyn FnMut(DownloadProgress<'_>),
+        progress: &'a mut dyn FnMut(DownloadProgress<'_>) -> ControlFlow<()>,
     ) -> io::Result<Self> {
         let mut options = OpenOptions::new();
         options.read(true).write(true).create(true).truncate(false);
@@ -209,21 +212,31 @@ impl<'a> PartialFile<'a> {
             received: 0,
             restarts: 0,
             error: None,
+            stopped: false,
             target: &info.path,
             total,
             progress,
         };
-        part.report();
+        part.report()?;
         Ok(part)
     }
 
-    fn report(&mut self) {
-        (self.progress)(DownloadProgress {
+    /// Reports progress; `Err` when the caller asked to stop (the partial file is kept).
+    fn report(&mut self) -> io::Result<()> {
+        let flow = (self.progress)(DownloadProgress {
             target: self.target,
             bytes: self.len,
             total: self.total,
             resumed: self.resumed,
         });
+        if flow.is_break() {
+            // Not `ErrorKind::Interrupted`: writers retry on that.
+            self.stopped = true;
+            return Err(io::Error::other(
+                "stopped on request; the partial download is kept and resumed next time",
+            ));
+        }
+        Ok(())
     }
 
     /// Keeps the first local error and hands a copy to the caller (the transport).
@@ -266,8 +279,7 @@ impl<'a> PartialFile<'a> {
         self.unsynced = 0;
         self.resumed = 0;
         self.restarts += 1;
-        self.report();
-        Ok(())
+        self.report()
     }
 
     /// The hashers of what is held, replaced by fresh ones.
@@ -296,7 +308,7 @@ impl Write for PartialFile<'_> {
         if self.unsynced >= SYNC_INTERVAL {
             self.sync()?;
         }
-        self.report();
+        self.report()?;
         Ok(data.len())
     }
 
@@ -448,12 +460,14 @@ impl Updater {
     /// * A local write error (a full disk) is [`UpdateError::TargetIo`] naming the partial
     ///   file, which is kept.
     ///
-    /// `progress` is called once at the start and after every chunk written.
+    /// `progress` is called once at the start and after every chunk written; when it
+    /// returns [`ControlFlow::Break`] the download stops at once with
+    /// [`UpdateError::Stopped`], keeping the partial file (a stop requested by SIGTERM).
     pub fn download_target_resumable(
         &self,
         info: &TargetInfo,
         dest: &Path,
-        progress: &mut dyn FnMut(DownloadProgress<'_>),
+        progress: &mut dyn FnMut(DownloadProgress<'_>) -> ControlFlow<()>,
     ) -> Result<DownloadStats, UpdateError> {
         let base = self
             .config
@@ -527,6 +541,13 @@ impl Updater {
             let result = self.transport.fetch_from(&url, offset, length, &mut sink);
             let arrived = sink.received - received_before;
             let synced = sink.sync();
+            if sink.stopped {
+                synced.map_err(|e| io_err(&part, e))?;
+                return Err(UpdateError::Stopped {
+                    path: info.path.clone(),
+                    file: part.clone(),
+                });
+            }
             if let Some(e) = sink.error.take() {
                 return Err(io_err(&part, e));
             }
@@ -928,11 +949,11 @@ mod tests {
                 fs::write(self.part(), bytes).unwrap();
             }
             fn download(&self) -> Result<DownloadStats, UpdateError> {
-                self.download_reporting(&mut |_| {})
+                self.download_reporting(&mut |_| ControlFlow::Continue(()))
             }
             fn download_reporting(
                 &self,
-                progress: &mut dyn FnMut(DownloadProgress<'_>),
+                progress: &mut dyn FnMut(DownloadProgress<'_>) -> ControlFlow<()>,
             ) -> Result<DownloadStats, UpdateError> {
                 self.updater
                     .download_target_resumable(&self.info, &self.dest(), progress)
@@ -1230,7 +1251,8 @@ mod tests {
             s.write_partial(&s.data[..10_000]);
             let mut seen = Vec::new();
             s.download_reporting(&mut |p| {
-                seen.push((p.target.to_string(), p.bytes, p.total, p.resumed))
+                seen.push((p.target.to_string(), p.bytes, p.total, p.resumed));
+                ControlFlow::Continue(())
             })
             .unwrap();
             s.assert_done();
@@ -1245,6 +1267,27 @@ mod tests {
             );
             assert!(seen.windows(2).all(|w| w[0].1 <= w[1].1), "never backwards");
             assert!(seen.len() > 3, "reported per chunk: {}", seen.len());
+        }
+
+        #[test]
+        fn a_stop_requested_by_the_caller_ends_the_download_and_keeps_the_partial() {
+            let mem = MemoryTransport::new();
+            let s = setup(&mem);
+            let e = s
+                .download_reporting(&mut |p| {
+                    if p.bytes > 0 {
+                        ControlFlow::Break(())
+                    } else {
+                        ControlFlow::Continue(())
+                    }
+                })
+                .unwrap_err();
+            assert!(matches!(&e, UpdateError::Stopped { .. }), "{e}");
+            assert!(!s.dest().exists(), "nothing unverified is in place");
+            let kept = fs::metadata(s.part()).unwrap().len();
+            assert!(kept > 0, "the partial is kept");
+            s.download().unwrap();
+            s.assert_done();
         }
 
         /// A full disk: `/dev/full` as the partial file accepts no byte.

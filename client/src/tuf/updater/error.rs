@@ -132,6 +132,14 @@ pub enum UpdateError {
         #[source]
         source: FetchError,
     },
+    /// A resumable download was stopped on request; its partial file is kept.
+    #[error("target {path:?}: download stopped on request; {file} is kept and the download resumes from it")]
+    Stopped {
+        /// The target path.
+        path: String,
+        /// The partial file.
+        file: PathBuf,
+    },
     /// Writing or reading a local target file failed.
     #[error("target {path:?}: {file}: {source}")]
     TargetIo {
