@@ -601,6 +601,7 @@ fn repeated_install_failures_stop_until_the_manifest_changes() {
         failures: n,
         last_error: "disk full".into(),
         at: now(),
+        after_commit: false,
     };
     st.attempts
         .insert("player-2.1".into(), attempt(MAX_INSTALL_ATTEMPTS - 1));
@@ -612,6 +613,37 @@ fn repeated_install_failures_stop_until_the_manifest_changes() {
         .insert("player-2.1".into(), attempt(MAX_INSTALL_ATTEMPTS));
     assert!(reason(&status_of(&v, &st, now())).contains("disk full"));
     st.attempts.get_mut("player-2.1").unwrap().manifest_sha256 = ManifestHash("0".repeat(64));
+    assert!(matches!(
+        status_of(&v, &st, now()),
+        Status::ReadyToInstall { .. }
+    ));
+}
+
+#[test]
+fn a_manifest_that_failed_after_its_commit_point_is_not_tried_again() {
+    let v = view(vec![campaign()]);
+    let mut st = LocalState::default();
+    stage_all(&v, &mut st);
+    st.attempts.insert(
+        "player-2.1".into(),
+        InstallAttempt {
+            manifest_sha256: v.campaigns[0].sha256.clone(),
+            failures: 1,
+            last_error: "the health check failed".into(),
+            at: now(),
+            after_commit: true,
+        },
+    );
+    match status_of(&v, &st, now()) {
+        Status::Error { reason } => assert!(
+            reason.contains("installed and failed") && reason.contains("health check"),
+            "{reason}"
+        ),
+        other => panic!("{other:?}"),
+    }
+    // A new manifest (a new revision) is tried again.
+    st.attempts.get_mut("player-2.1").unwrap().manifest_sha256 =
+        petrel_client::manifest::ManifestHash::of(b"an older revision");
     assert!(matches!(
         status_of(&v, &st, now()),
         Status::ReadyToInstall { .. }

@@ -536,6 +536,7 @@ impl Agent {
                         failures,
                         last_error: e.to_string(),
                         at: now_seconds(),
+                        after_commit: false,
                     },
                 );
                 if matches!(e, ApplyError::Verify(_)) {
@@ -595,9 +596,10 @@ impl Agent {
                     a.campaign.clone(),
                     InstallAttempt {
                         manifest_sha256: a.manifest_sha256.clone(),
-                        failures: crate::decide::MAX_INSTALL_ATTEMPTS,
+                        failures: 1,
                         last_error: why.clone(),
                         at: now_seconds(),
+                        after_commit: true,
                     },
                 );
                 if a.rolled_back {

@@ -1090,6 +1090,15 @@ fn evaluate(ctx: &Ctx, e: &CampaignEntry, tr: &mut Trace, plan_out: &mut Option<
         .get(&c.id)
         .filter(|a| a.manifest_sha256 == e.sha256)
     {
+        if a.after_commit {
+            let reason = format!(
+                "this manifest was installed and failed at {} ({}); not trying again until the campaign changes",
+                ts(a.at),
+                a.last_error
+            );
+            tr.stop("attempts", &reason);
+            return Status::Error { reason };
+        }
         if a.failures >= MAX_INSTALL_ATTEMPTS {
             let reason = format!(
                 "{} install attempts of this manifest failed (last at {}: {}); not trying again until the campaign changes",

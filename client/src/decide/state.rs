@@ -47,6 +47,11 @@ pub struct InstallAttempt {
     pub last_error: String,
     /// When it happened.
     pub at: DateTime<Utc>,
+    /// The manifest was installed and failed after its commit point (a hook or the health
+    /// check; the previous set restored where it could be): it is not tried again,
+    /// whatever `failures` says.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub after_commit: bool,
 }
 
 /// After this many failed installs of the same campaign manifest the device stops trying
