@@ -324,4 +324,13 @@ mod tests {
         let e = read_command_inventory(&argv).unwrap_err().to_string();
         assert!(e.contains("broken"), "{e}");
     }
+    #[test]
+    fn endless_inventory_output_is_stopped_at_the_cap_quickly_naming_the_cap() {
+        let started = std::time::Instant::now();
+        let r = read_command_inventory(&["yes".to_string()]);
+        let took = started.elapsed();
+        let e = r.unwrap_err().to_string();
+        assert!(e.contains("more than 4194304 bytes"), "{e}");
+        assert!(took < Duration::from_secs(5), "took {took:?}");
+    }
 }

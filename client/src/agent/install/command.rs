@@ -54,7 +54,7 @@ impl CommandInstaller {
         if rollback {
             env.push(("PETREL_ROLLBACK", "1".to_string()));
         }
-        super::run_hook(argv, &[&plan.to_string_lossy()], &env, self.timeout)
+        crate::agent::exec::run_hook(argv, &[&plan.to_string_lossy()], &env, self.timeout)
     }
 }
 

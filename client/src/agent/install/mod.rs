@@ -432,7 +432,9 @@ fn run_apply_hooks(
             ),
         };
         let env = hook_env(journal, &op.app, &version, &state);
-        if let Err(e) = run_hook(argv, &[&op.app, &version, &state], &env, hooks.timeout) {
+        if let Err(e) =
+            super::exec::run_hook(argv, &[&op.app, &version, &state], &env, hooks.timeout)
+        {
             tracing::warn!("on_apply hook for {}: {e}", op.app);
             journal.hook_errors.push(format!("{}: {e}", op.app));
         }
@@ -464,7 +466,9 @@ fn run_restore_hooks(
             ),
         };
         let env = hook_env(journal, &op.app, &version, &state);
-        if let Err(e) = run_hook(argv, &[&op.app, &version, &state], &env, hooks.timeout) {
+        if let Err(e) =
+            super::exec::run_hook(argv, &[&op.app, &version, &state], &env, hooks.timeout)
+        {
             tracing::warn!("on_apply hook for the restored {}: {e}", op.app);
         }
         journal.restore_hooks_done += 1;
@@ -485,7 +489,7 @@ fn health_check(h: &HealthConfig, journal: &Journal) -> Result<(), String> {
         if attempt > 0 {
             std::thread::sleep(h.interval);
         }
-        match run_hook(&h.command, &[], &env, h.timeout) {
+        match super::exec::run_hook(&h.command, &[], &env, h.timeout) {
             Ok(()) => {
                 tracing::info!("health check passed (try {})", attempt + 1);
                 return Ok(());
@@ -504,28 +508,6 @@ fn health_check(h: &HealthConfig, journal: &Journal) -> Result<(), String> {
             String::new()
         }
     ))
-}
-
-/// Runs a hook command: `argv` then `args`, with `env`, no input, at most `timeout`; it
-/// must exit 0. Its output goes to the agent's log (stderr is quoted on failure).
-pub fn run_hook(
-    argv: &[String],
-    args: &[&str],
-    env: &[(&str, String)],
-    timeout: Duration,
-) -> Result<(), String> {
-    let mut spec = super::exec::CommandSpec::new(argv, timeout);
-    for a in args {
-        spec = spec.arg(*a);
-    }
-    for (k, v) in env {
-        spec = spec.env(*k, v.as_str());
-    }
-    let out = super::exec::run_bounded(&spec).map_err(|e| e.to_string())?;
-    if !out.stderr.is_empty() {
-        tracing::info!("{}: {}", spec.program(), out.stderr);
-    }
-    Ok(())
 }
 
 /// Recovers from an interrupted install before the agent does anything else: a journal
