@@ -35,8 +35,8 @@ use std::path::{Path, PathBuf};
 
 use serde::Deserialize;
 
+use super::error::AgentError;
 use super::inventory::InventorySource;
-use super::AgentError;
 use crate::manifest::{DEFAULT_BIN_DIGITS, MAX_BIN_DIGITS};
 
 /// The default location of the configuration file.

@@ -31,8 +31,8 @@ use std::io::{self, Read};
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
+use super::error::AgentError;
 use super::exec::{run_bounded, CommandSpec};
-use super::AgentError;
 use crate::decide::{InstalledApp, Inventory};
 use crate::manifest::{check_id, check_sha256_hex, check_version};
 

@@ -8,8 +8,8 @@ use std::path::{Path, PathBuf};
 use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
 
+use super::error::AgentError;
 use super::state::StatePaths;
-use super::AgentError;
 use crate::decide::{Plan, Step};
 use crate::manifest::ManifestHash;
 use crate::tuf::updater::write_atomic;

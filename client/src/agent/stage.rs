@@ -30,8 +30,8 @@ use std::path::{Path, PathBuf};
 use chrono::{DateTime, Utc};
 use serde::Serialize;
 
+use super::error::AgentError;
 use super::state::{AgentState, StatePaths};
-use super::AgentError;
 use crate::decide::{
     ArtifactInfo, CampaignDecision, Decision, DeltaInfo, DownloadItem, Plan, StagedItem, Status,
 };

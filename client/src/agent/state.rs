@@ -21,7 +21,7 @@ use std::time::{Duration, Instant};
 use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
 
-use super::AgentError;
+use super::error::AgentError;
 use crate::decide::{InstallAttempt, LastReport, LocalState, SeenRevisions, StagedItem};
 use crate::tuf::updater::write_atomic;
 

@@ -10,7 +10,7 @@ use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
 
 use super::ApplyError;
-use crate::agent::AgentError;
+use crate::agent::error::AgentError;
 use crate::manifest::{ManifestHash, PostInstall};
 use crate::tuf::updater::write_atomic;
 

@@ -25,8 +25,8 @@ use chrono::{DateTime, Utc};
 use serde::Serialize;
 
 use super::config::HealthConfig;
+use super::error::AgentError;
 use super::plan::StagedPlan;
-use super::AgentError;
 use crate::manifest::ManifestHash;
 use journal::{Journal, JournalOp, Phase, JOURNAL_SCHEMA_VERSION};
 
