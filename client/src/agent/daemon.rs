@@ -109,10 +109,12 @@ pub fn run(
                 continue;
             }
         };
+        let mut progress = ProgressLog::default();
         let result = agent.update_with(
             None,
             UpdateHooks {
                 stop: Some(stop),
+                progress: Some(Box::new(move |p| progress.record(p))),
                 ..UpdateHooks::default()
             },
         );
@@ -156,6 +158,45 @@ pub fn run(
         sleep_until(next, stop);
     }
     Ok(cycles)
+}
+
+/// Logs download progress as structured records (`download progress` with target, bytes,
+/// total, resumed): when a download starts, at most every [`ProgressLog::EVERY`] while it
+/// runs, and when it completes.
+#[derive(Debug, Default)]
+pub struct ProgressLog {
+    last: Option<(String, Instant)>,
+}
+
+impl ProgressLog {
+    /// The least time between two records of one download.
+    pub const EVERY: Duration = Duration::from_secs(5);
+
+    /// Takes one progress report.
+    pub fn record(&mut self, p: &crate::tuf::updater::DownloadProgress) {
+        let due = match &self.last {
+            Some((t, at)) if t == p.target => at.elapsed() >= Self::EVERY || p.bytes >= p.total,
+            _ => true,
+        };
+        if due {
+            tracing::info!(
+                target_path = p.target,
+                bytes = p.bytes,
+                total = p.total,
+                resumed = p.resumed,
+                "download progress: {} {} of {} bytes{}",
+                p.target,
+                p.bytes,
+                p.total,
+                if p.resumed > 0 {
+                    format!(" (resumed at {})", p.resumed)
+                } else {
+                    String::new()
+                }
+            );
+            self.last = Some((p.target.to_string(), Instant::now()));
+        }
+    }
 }
 
 /// A random delay in `[0, max]`.

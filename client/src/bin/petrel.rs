@@ -397,7 +397,9 @@ fn parse_std_duration(s: &str) -> Result<std::time::Duration, String> {
 }
 
 fn init_logging(verbose: u8, format: LogFormat, daemon: bool) {
-    let default = match (verbose, daemon) {
+    // The resident agent and JSON logs (for log shippers) say what they do by default;
+    // a command at a terminal only warns.
+    let default = match (verbose, daemon || format == LogFormat::Json) {
         (0, false) => "warn",
         (0, true) | (1, _) => "info",
         (2, _) => "debug",
@@ -501,12 +503,21 @@ fn run(cli: Cli) -> Result<(), Failure> {
             let _runner = StatePaths::new(&config.state_dir).lock_runner()?;
             let mut agent = Agent::open(config)?;
             let stop = daemon::stop_flag();
-            let bars =
-                progress::Bars::new(!json && std::io::IsTerminal::is_terminal(&std::io::stderr()));
+            let tty = !json && std::io::IsTerminal::is_terminal(&std::io::stderr());
+            let bars = progress::Bars::new(tty);
+            let mut log = daemon::ProgressLog::default();
             let out = agent.update_with(
                 None,
                 UpdateHooks {
-                    progress: Some(Box::new(|p| bars.update(p))),
+                    progress: Some(Box::new(
+                        |p| {
+                            if tty {
+                                bars.update(p)
+                            } else {
+                                log.record(p)
+                            }
+                        },
+                    )),
                     stop: Some(&stop),
                     ..UpdateHooks::default()
                 },
