@@ -1310,3 +1310,114 @@ fn a_status_serializes_for_reports() {
     assert_eq!(j["status"], "waiting_for_wave");
     assert_eq!(s.kind(), "waiting_for_wave");
 }
+
+#[test]
+fn a_device_side_precondition_holds_downloads_and_installs_back_and_says_why() {
+    let v = view(vec![campaign()]);
+    let mut st = LocalState {
+        inhibit: Some("the machine is vending".into()),
+        ..LocalState::default()
+    };
+    match status_of(&v, &st, now()) {
+        Status::WaitingForDevice {
+            reason,
+            before,
+            until,
+        } => {
+            assert_eq!(reason, "the machine is vending");
+            assert_eq!(before, "download");
+            assert_eq!(until, None);
+        }
+        other => panic!("{other:?}"),
+    }
+    stage_all(&v, &mut st);
+    let d = decide(&v, &profile(), &st, now());
+    assert!(
+        matches!(
+            &d.campaigns[0].status,
+            Status::WaitingForDevice {
+                before: "install",
+                ..
+            }
+        ),
+        "{:?}",
+        d.campaigns[0].status
+    );
+    assert!(d
+        .explain()
+        .contains("the device says to wait: the machine is vending"));
+    assert!(
+        !d.campaigns[0].report_due,
+        "waiting for the device is never reported"
+    );
+    st.inhibit = None;
+    assert!(matches!(
+        status_of(&v, &st, now()),
+        Status::ReadyToInstall { .. }
+    ));
+}
+
+#[test]
+fn only_a_consent_free_or_forced_campaign_stops_waiting_for_the_device_after_its_inhibit_deadline()
+{
+    let deadline = now() + Duration::hours(1);
+    let mut c = campaign(); // consent policy none
+    c.schedule.inhibit_deadline = Some(UtcTime(deadline));
+    let v = view(vec![c.clone()]);
+    let mut st = LocalState {
+        inhibit: Some("battery at 12 %".into()),
+        ..LocalState::default()
+    };
+    stage_all(&v, &mut st);
+    match status_of(&v, &st, now()) {
+        Status::WaitingForDevice { until, .. } => assert_eq!(until, Some(deadline)),
+        other => panic!("{other:?}"),
+    }
+    let d = decide(&v, &profile(), &st, now());
+    assert_eq!(
+        d.wake_at,
+        Some(deadline),
+        "the agent wakes up at the deadline"
+    );
+    assert!(matches!(
+        status_of(&v, &st, deadline),
+        Status::ReadyToInstall { .. }
+    ));
+    // A campaign that needs the user's consent may not carry one.
+    c.consent.policy = ConsentPolicy::Required;
+    let e = c.validate().unwrap_err().to_string();
+    assert!(e.contains("schedule.inhibit_deadline"), "{e}");
+}
+
+#[test]
+fn an_error_drawn_from_a_part_of_the_repository_that_could_not_be_read_is_not_reported() {
+    let mut v = view(vec![campaign()]);
+    let plan = decide(&v, &profile(), &LocalState::default(), now())
+        .plan
+        .expect("the device has a plan");
+    let target = plan
+        .targets()
+        .next()
+        .expect("the plan downloads")
+        .to_string();
+    v.artifacts.remove(&target);
+    let st = LocalState::default();
+    // Listed nowhere: the campaign's error, reported.
+    let d = decide(&v, &profile(), &st, now());
+    assert!(matches!(d.campaigns[0].status, Status::Error { .. }));
+    assert!(d.campaigns[0].report_due);
+    // Could not be fetched or verified this time: waiting for the repository, not reported.
+    v.incomplete
+        .push((target.clone(), "HTTP status 500".into()));
+    let d = decide(&v, &profile(), &st, now());
+    match &d.campaigns[0].status {
+        Status::WaitingForRepository { reason } => {
+            assert!(
+                reason.contains(&target) && reason.contains("500"),
+                "{reason}"
+            )
+        }
+        other => panic!("{other:?}"),
+    }
+    assert!(!d.campaigns[0].report_due);
+}

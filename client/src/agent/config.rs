@@ -229,7 +229,8 @@ enum RawDuration {
 impl RawDuration {
     fn parse(&self, field: &str) -> Result<std::time::Duration, String> {
         match self {
-            RawDuration::Secs(s) => Ok(std::time::Duration::from_secs(*s)),
+            RawDuration::Secs(s) if *s <= 366 * 86400 => Ok(std::time::Duration::from_secs(*s)),
+            RawDuration::Secs(s) => Err(format!("{field}: {s} s is more than a year")),
             RawDuration::Text(t) => parse_duration(t).map_err(|e| format!("{field}: {e}")),
         }
     }

@@ -226,7 +226,7 @@ impl StageError {
     fn download(target: &str, e: UpdateError, dir: &Path) -> StageError {
         let temporary = match &e {
             UpdateError::TargetIo { source, .. } => {
-                if crate::agent::install::is_environmental_io(source) {
+                if crate::agent::install::is_disk_full(source) {
                     remove_all_partials(dir);
                 }
                 crate::agent::install::is_environmental_io(source)

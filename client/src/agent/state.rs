@@ -108,10 +108,9 @@ impl StatePaths {
         Ok(())
     }
 
-    /// Takes the agent lock. Another holder is waited for only briefly ([`LOCK_WAIT`]: a
-    /// child process between fork and exec may still share the file); then
-    /// [`AgentError::Busy`] names the other command (its pid and command line, which the
-    /// holder writes into the lock file).
+    /// Takes the agent lock, waiting up to [`LOCK_WAIT`] for another command (or a cycle
+    /// of `petrel run`) to finish; then [`AgentError::Busy`] names the other command (its
+    /// pid and command line, which the holder writes into the lock file).
     pub fn lock(&self) -> Result<File, AgentError> {
         lock_file(&self.root, &self.lock_file(), LOCK_WAIT)
     }

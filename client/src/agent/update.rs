@@ -371,7 +371,12 @@ impl Agent {
         );
     }
 
+    /// Drops staging no campaign needs any more, unless the view is incomplete: a part of
+    /// the repository that could not be read this time never throws staged bytes away.
     fn tidy(&self, ev: &mut Evaluation, out: &mut UpdateOutcome) -> Result<(), AgentError> {
+        if !ev.view.incomplete.is_empty() {
+            return Ok(());
+        }
         for d in stage::tidy(&self.paths, &mut ev.state, &ev.decision)? {
             out.notes.push(format!(
                 "removed {} (no campaign needs it any more)",
@@ -512,6 +517,16 @@ impl Agent {
                 (result == InstallResult::Installed)
                     .then_some(ReportResult::Succeeded)
                     .or(Some(ReportResult::Failed))
+            }
+            Err(e) if self.paths.journal().exists() => {
+                // Past the commit point: the journal completes (or rolls back) the install
+                // at the next start, which reports it. Nothing to count or report now.
+                outcome.result = InstallResult::Deferred;
+                outcome.reason = format!(
+                    "the install passed its commit point and stopped ({e}); the next start completes it from its journal"
+                );
+                tracing::warn!("{}", outcome.reason);
+                None
             }
             Err(e) if e.is_environmental() => {
                 outcome.result = InstallResult::Deferred;

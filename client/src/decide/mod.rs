@@ -170,6 +170,9 @@ pub enum Status {
         reason: String,
         /// Before download or before install.
         before: &'static str,
+        /// When the campaign stops waiting for it (its `schedule.inhibit_deadline`), if it
+        /// may.
+        until: Option<DateTime<Utc>>,
     },
     /// Everything is staged and allowed: install the plan now.
     ReadyToInstall {
@@ -242,6 +245,7 @@ impl Status {
             Status::Postponed { until, .. } => Some(*until),
             Status::WaitingForConsent { deadline, .. } => *deadline,
             Status::ReadyToInstall { window_closes_at } => *window_closes_at,
+            Status::WaitingForDevice { until, .. } => *until,
             _ => None,
         }
     }
@@ -307,8 +311,12 @@ impl fmt::Display for Status {
             Status::WaitingForRepository { reason } => {
                 write!(f, "waiting for the repository: {reason}; tried again at the next poll")
             }
-            Status::WaitingForDevice { reason, before } => {
-                write!(f, "waiting for the device: {reason} (checked before {before})")
+            Status::WaitingForDevice { reason, before, until } => {
+                write!(f, "waiting for the device: {reason} (checked before {before})")?;
+                if let Some(u) = until {
+                    write!(f, "; from {} on the campaign no longer waits", t(u))?;
+                }
+                Ok(())
             }
             Status::ReadyToInstall { window_closes_at } => {
                 write!(f, "ready to install")?;
@@ -767,7 +775,14 @@ fn decide_campaign(ctx: &Ctx, e: &CampaignEntry) -> CampaignDecision {
     let mut trace = Trace(Vec::new());
     let mut plan = None;
     let mut status = evaluate(ctx, e, &mut trace, &mut plan);
-    if let (Status::Error { .. }, Some((path, why))) = (&status, ctx.view.incomplete.first()) {
+    let own_part_unread = ctx
+        .view
+        .incomplete
+        .iter()
+        .any(|(p, _)| p.starts_with("assign/") || p.starts_with("groups/"));
+    let blamed = matches!(status, Status::Error { .. })
+        || (own_part_unread && matches!(status, Status::NotApplicable { .. }));
+    if let (true, Some((path, why))) = (blamed, ctx.view.incomplete.first()) {
         // An error drawn from an incomplete view is not the campaign's: wait for the
         // repository instead of reporting a failure.
         let reason = format!("{path} could not be fetched or verified ({why})");
@@ -1344,8 +1359,13 @@ fn inhibited(
     let reason = ctx.state.inhibit.as_ref()?;
     let overrides = matches!(c.method, crate::manifest::Method::Forced)
         || c.consent.policy == ConsentPolicy::None;
-    if let Some(d) = c.schedule.inhibit_deadline.map(|t| t.0) {
-        if overrides && ctx.now >= d {
+    let deadline = c
+        .schedule
+        .inhibit_deadline
+        .map(|t| t.0)
+        .filter(|_| overrides);
+    if let Some(d) = deadline {
+        if ctx.now >= d {
             tr.note(
                 "inhibit",
                 format!(
@@ -1360,5 +1380,6 @@ fn inhibited(
     Some(Status::WaitingForDevice {
         reason: reason.clone(),
         before,
+        until: deadline,
     })
 }

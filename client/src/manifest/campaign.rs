@@ -507,6 +507,23 @@ impl Manifest for CampaignManifest {
             ),
             _ => {}
         }
+        if self.schedule.inhibit_deadline.is_some()
+            && self.method != Method::Forced
+            && self.consent.policy != ConsentPolicy::None
+        {
+            p.push(
+                "schedule.inhibit_deadline",
+                "only a forced campaign or one without consent (policy \"none\") may override the device's preconditions",
+            );
+        }
+        if let (Some(d), Some(na)) = (self.schedule.inhibit_deadline, self.schedule.not_after) {
+            if d.0 >= na.0 {
+                p.push(
+                    "schedule.inhibit_deadline",
+                    "must be before schedule.not_after",
+                );
+            }
+        }
         for (app, versions) in &self.forced_from {
             let f = format!("forced_from.{}", key(app));
             p.check(&f, check_id(app));

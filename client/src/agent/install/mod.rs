@@ -115,6 +115,14 @@ impl ApplyError {
     }
 }
 
+/// Whether an I/O error says the file system is full (no space, or the quota).
+pub fn is_disk_full(e: &io::Error) -> bool {
+    matches!(
+        e.kind(),
+        io::ErrorKind::StorageFull | io::ErrorKind::QuotaExceeded
+    ) || matches!(e.raw_os_error(), Some(28 | 122))
+}
+
 /// Whether an I/O error is the device's environment: disk full, quota, read-only file
 /// system, missing directory, permission, busy.
 pub fn is_environmental_io(e: &io::Error) -> bool {
