@@ -185,23 +185,45 @@ impl Agent {
         };
         if let Some(install::Recovery::RolledForward(a)) = &agent.recovered {
             let mut state = AgentState::load(&agent.paths.state_file())?;
+            // Already recorded before the interruption (the journal is deleted last)?
+            let final_status = if a.succeeded() { "succeeded" } else { "failed" };
+            let recorded = state.reports.get(&a.campaign).is_some_and(|r| {
+                r.manifest_sha256 == a.manifest_sha256 && r.status == final_status
+            });
             let (result, text) = agent.settled(a, &mut state);
+            if !recorded {
+                state.reports.insert(
+                    a.campaign.clone(),
+                    crate::decide::LastReport {
+                        manifest_sha256: a.manifest_sha256.clone(),
+                        status: final_status.to_string(),
+                        at: now_seconds(),
+                    },
+                );
+            }
             state.save(&agent.paths.state_file())?;
             let reason = format!("{text} (completed after an interruption)");
             let result = match result {
                 InstallResult::Installed => crate::report::ReportResult::Succeeded,
                 _ => crate::report::ReportResult::Failed,
             };
-            if let Err(e) = agent.queue_report(
-                &a.campaign,
-                a.revision,
-                a.wave,
-                result,
-                &reason,
-                a.rolled_back,
-            ) {
-                tracing::warn!("{e}");
+            if !recorded {
+                if let Err(e) = agent.queue_report(
+                    &a.campaign,
+                    a.revision,
+                    a.wave,
+                    result,
+                    &reason,
+                    a.rolled_back,
+                ) {
+                    tracing::warn!("{e}");
+                }
             }
+            // Recorded: now the install is over.
+            install::finish(&agent.paths.journal()).map_err(|e| AgentError::State {
+                path: agent.paths.journal(),
+                reason: e.to_string(),
+            })?;
         }
         Ok(agent)
     }

@@ -164,6 +164,7 @@ pub fn stage(
                         out.bytes += bytes;
                     }
                 }
+                super::faults::point("stage", &format!("staged {}", item.target));
                 state.staged.insert(
                     item.target.clone(),
                     StagedItem {

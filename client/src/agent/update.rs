@@ -507,6 +507,7 @@ impl Agent {
         self.reload_inventory()?;
         outcome.inventory_after = self.profile.inventory.clone();
         let mut rolled_back = false;
+        let installed_and_recorded = result.is_ok();
         let report_result = match result {
             Ok(applied) => {
                 outcome.changes = applied.changes.clone();
@@ -581,6 +582,13 @@ impl Agent {
             };
             let reason = outcome.reason.clone();
             self.report(&mut ev, campaign, r, status, reason, rolled_back, out);
+        }
+        if installed_and_recorded {
+            // The outcome is recorded (state and report): the install is over.
+            install::finish(&self.paths.journal()).map_err(|e| AgentError::State {
+                path: self.paths.journal(),
+                reason: e.to_string(),
+            })?;
         }
         if outcome.result == InstallResult::Installed || outcome.result == InstallResult::RolledBack
         {
@@ -702,6 +710,7 @@ impl Agent {
         };
         let (revision, sha) = (d.revision, d.manifest_sha256.clone());
         let wave = self.wave_of(ev, campaign);
+        faults::point("report", &format!("queue {result} {campaign}"));
         match self.queue_report(campaign, revision, wave, result, &reason, rolled_back) {
             Ok(id) => {
                 out.reports.push(QueuedReport {

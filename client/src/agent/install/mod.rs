@@ -238,7 +238,8 @@ pub enum Recovery {
 /// nothing, with the journal at `journal_path`: a failure before the commit point undoes
 /// the prepared set and returns the error (nothing is installed); after it, the hooks and
 /// the health check decide between keeping the new set and restoring the previous one
-/// ([`Applied::failure`], [`Applied::rolled_back`]). `step_hook` is called before each
+/// ([`Applied::failure`], [`Applied::rolled_back`]). The journal stays until the caller
+/// has recorded the outcome and calls [`finish`]. `step_hook` is called before each
 /// durable step.
 #[allow(clippy::too_many_arguments)]
 pub fn install(
@@ -374,34 +375,37 @@ fn proceed(
             }
             Phase::Confirmed => {
                 installer.clean(journal, st)?;
-                st.step("remove the journal".into())?;
-                let applied = Applied::from_journal(journal);
-                journal::remove(journal_path)?;
-                return Ok(applied);
+                return Ok(Applied::from_journal(journal));
             }
             Phase::RollingBack => {
                 match installer.restore(journal, st) {
                     Ok(()) => {}
                     Err(ApplyError::Hook(e)) => {
-                        // The handler could not restore: say so, and end the install.
+                        // The handler could not restore: say so, and end the install with
+                        // the set as it is (confirmed, so a restart does not try again).
                         let why = journal.failure.clone().unwrap_or_default();
                         journal.failure = Some(format!("{why}; {e}"));
-                        let mut applied = Applied::from_journal(journal);
-                        applied.rolled_back = false;
-                        journal::remove(journal_path)?;
-                        return Ok(applied);
+                        st.step("write the journal (confirmed)".into())?;
+                        journal.enter(Phase::Confirmed, journal_path)?;
+                        return Ok(Applied::from_journal(journal));
                     }
                     Err(e) => return Err(e),
                 }
                 run_restore_hooks(journal, journal_path, hooks, st)?;
                 installer.clean(journal, st)?;
-                st.step("remove the journal".into())?;
-                let applied = Applied::from_journal(journal);
-                journal::remove(journal_path)?;
-                return Ok(applied);
+                return Ok(Applied::from_journal(journal));
             }
         }
     }
+}
+
+/// Ends a finished install (confirmed, or rolled back) by deleting its journal. The caller
+/// first records the outcome (the failed attempt, the report): until the journal is gone,
+/// every start finishes the install again and so records it again, so no outcome is lost
+/// to a power cut.
+pub fn finish(journal_path: &Path) -> Result<(), ApplyError> {
+    super::faults::point("apply", "remove the journal");
+    journal::remove(journal_path)
 }
 
 fn hook_env(
@@ -521,7 +525,9 @@ fn health_check(h: &HealthConfig, journal: &Journal) -> Result<(), String> {
 /// Recovers from an interrupted install before the agent does anything else: a journal
 /// before its commit point is undone (the old set stays); a committed one is switched; with
 /// `settle`, a switched one then runs its hooks and health check and is confirmed or rolled
-/// back; confirmed and rolling-back journals are finished. `Ok(None)`: there was no journal.
+/// back; confirmed and rolling-back journals are finished. A finished install
+/// ([`Recovery::RolledForward`]) keeps its journal until the caller has recorded it and
+/// called [`finish`]. `Ok(None)`: there was no journal.
 /// `installer_for` builds the handler for the journal (the inventory directory it names, or
 /// the configured installer command).
 pub fn recover(
@@ -573,7 +579,7 @@ pub fn recover(
             "cannot complete the interrupted install of campaign {campaign} revision {revision}: {e}"
         ),
     })?;
-    if journal_path.exists() {
+    if journal.phase == Phase::Switched {
         Ok(Some(Recovery::Pending { campaign, revision }))
     } else {
         Ok(Some(Recovery::RolledForward(applied)))
