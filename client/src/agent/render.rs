@@ -613,7 +613,12 @@ pub fn update_text(agent: &Agent, out: &super::UpdateOutcome) -> String {
                 } else {
                     "download FAILED"
                 };
-                let _ = write!(line, "{sep}{what}: {e} (the next run resumes)");
+                let next = if s.error_is_temporary {
+                    "the next run resumes"
+                } else {
+                    "the next run downloads it again"
+                };
+                let _ = write!(line, "{sep}{what}: {e} ({next})");
             }
             (None, Some(p)) => {
                 let _ = write!(line, "; staged plan {}", p.display());
