@@ -1,6 +1,24 @@
 //! One agent cycle (`petrel update`, and each cycle of `petrel run`): refresh → decide →
 //! download → stage → re-check → install → hooks → health → confirm or roll back → report,
 //! for every campaign that is due.
+//!
+//! Each phase leaves its result in one persisted type, which is all the next start needs
+//! to continue after a power cut:
+//!
+//! | phase | persisted as | where |
+//! |---|---|---|
+//! | recover | [`install::journal::Journal`] (finished or undone first) | `apply.journal.json` |
+//! | refresh | the verified TUF metadata ([`crate::tuf::updater::Updater`]) | `metadata/` |
+//! | decide | [`AgentState`] (revisions seen, [`super::LastCheck`]) | `state.json` |
+//! | download | partial files, then [`crate::decide::StagedItem`]s | `staging/…/.petrel-part-*`, `state.json` |
+//! | stage | [`StagedPlan`] | `staging/<campaign>-<revision>/plan.json` |
+//! | re-check | nothing new: the same metadata and decision, refreshed | |
+//! | install, hooks, health, confirm or roll back | [`install::journal::Phase`] in the journal | `apply.journal.json` |
+//! | report | [`crate::report::SignedReport`]s, [`crate::decide::LastReport`] | `outbox/`, `state.json` |
+//!
+//! The install phases go through one [`install::Installer`] (files or command), so the
+//! resident agent, `petrel update`, `petrel recover` and the crash tests drive the same
+//! machine.
 
 use std::collections::BTreeMap;
 use std::path::PathBuf;
