@@ -41,19 +41,35 @@ pub struct Cycle {
     pub why: &'static str,
 }
 
-/// A flag that SIGTERM and SIGINT raise (registered once per process).
+/// A flag that SIGTERM and SIGINT raise (registered once per process). They also write
+/// to a pipe that [`run`]'s sleep waits on, so the resident agent sleeps without waking up
+/// until the next instant that matters or a signal.
 pub fn stop_flag() -> Arc<AtomicBool> {
-    static FLAG: std::sync::OnceLock<Arc<AtomicBool>> = std::sync::OnceLock::new();
-    FLAG.get_or_init(|| {
+    signals().0.clone()
+}
+
+fn signals() -> &'static (Arc<AtomicBool>, Option<std::os::unix::net::UnixStream>) {
+    static SIGNALS: std::sync::OnceLock<(Arc<AtomicBool>, Option<std::os::unix::net::UnixStream>)> =
+        std::sync::OnceLock::new();
+    SIGNALS.get_or_init(|| {
         let f = Arc::new(AtomicBool::new(false));
+        let pipe = std::os::unix::net::UnixStream::pair().ok();
         for sig in [signal_hook::consts::SIGTERM, signal_hook::consts::SIGINT] {
             if let Err(e) = signal_hook::flag::register(sig, f.clone()) {
                 tracing::warn!("cannot handle signal {sig}: {e}");
             }
+            if let Some((_, w)) = &pipe {
+                if let Ok(w) = w.try_clone() {
+                    let _ = signal_hook::low_level::pipe::register(sig, w);
+                }
+            }
         }
-        f
+        let read = pipe.and_then(|(r, _w)| {
+            // The write end stays open in the signal handlers' registrations.
+            r.set_nonblocking(true).ok().map(|()| r)
+        });
+        (f, read)
     })
-    .clone()
 }
 
 /// Runs the resident agent until `stop` is raised (or `max_cycles`), calling `on_cycle`
@@ -210,10 +226,12 @@ fn jitter(max: Duration) -> Duration {
     Duration::from_millis(ms)
 }
 
-/// Sleeps until `t` (wall clock), waking early when `stop` is raised. Re-reads the clock
-/// every 200 ms, so a clock set forward (NTP at boot) is followed.
+/// Sleeps until `t` (wall clock), waking early when `stop` is raised. Waits on the signal
+/// pipe in slices of at most a minute (re-reading the clock after each, so a clock set
+/// forward, e.g. by NTP at boot, is followed); without the pipe, in slices of a second.
 fn sleep_until(t: DateTime<Utc>, stop: &AtomicBool) {
     let started = Instant::now();
+    let pipe = signals().1.as_ref();
     loop {
         if stop.load(Ordering::SeqCst) {
             return;
@@ -222,6 +240,22 @@ fn sleep_until(t: DateTime<Utc>, stop: &AtomicBool) {
         if left.is_zero() || started.elapsed() > Duration::from_secs(366 * 86400) {
             return;
         }
-        std::thread::sleep(left.min(Duration::from_millis(200)));
+        match pipe {
+            Some(p) => {
+                let slice = left.min(Duration::from_secs(60));
+                let timeout = rustix::event::Timespec {
+                    tv_sec: slice.as_secs() as i64,
+                    tv_nsec: i64::from(slice.subsec_nanos()),
+                };
+                let mut fds = [rustix::event::PollFd::new(p, rustix::event::PollFlags::IN)];
+                if let Ok(n) = rustix::event::poll(&mut fds, Some(&timeout)) {
+                    if n > 0 {
+                        let mut buf = [0u8; 64];
+                        let _ = std::io::Read::read(&mut &*p, &mut buf);
+                    }
+                }
+            }
+            None => std::thread::sleep(left.min(Duration::from_secs(1))),
+        }
     }
 }

@@ -289,7 +289,7 @@ impl Agent {
             .with_target_base_url(repo.targets_url.clone());
         Ok(Updater::new(
             config,
-            AutoTransport::new(http),
+            shared_transport(http),
             self.paths.metadata(),
         )?)
     }
@@ -559,6 +559,24 @@ fn open_consent(paths: &StatePaths) -> Result<(ConsentStore, consent::OpenReport
                 std::thread::sleep(std::time::Duration::from_millis(20))
             }
             r => return Ok(r?),
+        }
+    }
+}
+
+/// One transport per process and HTTP setting, so the resident agent's cycles (and the
+/// refresh and re-check of one cycle) reuse its connections and its TLS setup instead of
+/// opening new ones at every poll.
+fn shared_transport(http: HttpConfig) -> std::sync::Arc<AutoTransport> {
+    type Cache = Option<(Option<PathBuf>, std::sync::Arc<AutoTransport>)>;
+    static CACHE: std::sync::Mutex<Cache> = std::sync::Mutex::new(None);
+    let mut cache = CACHE.lock().unwrap_or_else(|e| e.into_inner());
+    match &*cache {
+        Some((ca, t)) if *ca == http.extra_ca_pem => t.clone(),
+        _ => {
+            let ca = http.extra_ca_pem.clone();
+            let t = std::sync::Arc::new(AutoTransport::new(http));
+            *cache = Some((ca, t.clone()));
+            t
         }
     }
 }

@@ -168,10 +168,14 @@ fn lock_file(root: &Path, path: &Path, wait: Duration) -> Result<File, AgentErro
         std::env::args().collect::<Vec<_>>().join(" ")
     );
     use std::io::{Seek, Write};
-    let _ = f
-        .set_len(0)
-        .and_then(|()| f.seek(io::SeekFrom::Start(0)))
-        .and_then(|_| f.write_all(me.as_bytes()));
+    let mut held = String::new();
+    let _ = (&f).take(4096).read_to_string(&mut held);
+    if held != me {
+        let _ = f
+            .set_len(0)
+            .and_then(|()| f.seek(io::SeekFrom::Start(0)))
+            .and_then(|_| f.write_all(me.as_bytes()));
+    }
     Ok(f)
 }
 
@@ -257,10 +261,14 @@ impl AgentState {
         Ok(s)
     }
 
-    /// Writes `state.json` atomically.
+    /// Writes `state.json` atomically, unless it already holds exactly these bytes (a
+    /// poll that changes nothing writes nothing: no fsync, no flash wear).
     pub fn save(&self, path: &Path) -> Result<(), AgentError> {
         let mut bytes = serde_json::to_vec_pretty(self).expect("state serializes");
         bytes.push(b'\n');
+        if fs::read(path).is_ok_and(|old| old == bytes) {
+            return Ok(());
+        }
         write_atomic(path, &bytes).map_err(|e| AgentError::State {
             path: path.to_path_buf(),
             reason: e.to_string(),
