@@ -8,7 +8,7 @@ use chrono::{Duration, Utc};
 use petrel_client::fetch::FetchError;
 use petrel_client::tuf::keys::KeySource;
 use petrel_client::tuf::schema::{DelegatedRole, Hashes, MetaFile, Metadata, Root, Unrecognized};
-use petrel_client::tuf::updater::{Limits, UpdateError, Updater};
+use petrel_client::tuf::updater::{Limits, TargetInfo, UpdateError, Updater};
 use support::*;
 use tempfile::TempDir;
 
@@ -460,6 +460,123 @@ fn repeated_signatures_by_one_key_do_not_meet_a_threshold_of_two() {
         .insert("timestamp".into(), vec![first, second]);
     f.sim.publish();
     f.refresh().unwrap();
+}
+
+/// Makes `role` sign with its first key twice: the same valid signature, listed twice.
+fn sign_twice(sim: &mut RepoSim, role: &str) -> String {
+    let k = sim.signers[role][0].clone();
+    sim.signers.insert(role.into(), vec![k.clone(), k.clone()]);
+    k.key_id().0.clone()
+}
+
+/// `None` if `result` is the refusal of a signature list repeating `keyid`, for the role
+/// and version `what`; `Some(case)` if the metadata was accepted.
+fn accepted_despite_repeated_keyid(
+    case: &str,
+    what: &str,
+    keyid: &str,
+    result: Result<(), UpdateError>,
+) -> Option<String> {
+    let Err(err) = result else {
+        return Some(case.to_string());
+    };
+    let msg = err.to_string();
+    assert!(
+        matches!(err, UpdateError::Signature { .. }),
+        "{case}: {msg}"
+    );
+    assert!(msg.starts_with(what), "{case}: {msg}");
+    assert!(msg.contains("repeats a key id"), "{case}: {msg}");
+    assert!(msg.contains(keyid), "{case}: the key id is named: {msg}");
+    None
+}
+
+#[test]
+fn a_signature_list_repeating_a_key_id_is_rejected_for_every_role() {
+    // Every role has threshold 1, so the first of the two signatures alone would meet it:
+    // only the repeated key id is wrong.
+    let mut accepted = Vec::new();
+
+    // Root rotation: root v2 signed twice by the root key, which is both the trusted root's
+    // and the new root's root key.
+    let mut f = Fixture::new();
+    let keyid = sign_twice(&mut f.sim, "root");
+    f.sim.bump_root();
+    let result = f.refresh().map(|_| ());
+    accepted.extend(accepted_despite_repeated_keyid(
+        "root rotation",
+        "root v2: ",
+        &keyid,
+        result,
+    ));
+    if accepted.is_empty() {
+        assert_eq!(f.stored_version::<Root>("root.json"), 1, "root v1 is kept");
+    }
+
+    // The trusted root itself, checked against its own root keys when installed.
+    let mut sim = RepoSim::new();
+    let keyid = sign_twice(&mut sim, "root");
+    let bytes = sim.sign("root", &sim.root);
+    let dir = TempDir::new().unwrap();
+    let result = Updater::init_trusted_root(dir.path(), &bytes);
+    let case = accepted_despite_repeated_keyid("trusted root", "root v1: ", &keyid, result);
+    if case.is_none() {
+        assert!(!dir.path().join("root.json").exists(), "nothing installed");
+    }
+    accepted.extend(case);
+
+    // Timestamp, snapshot and top-level targets: a new release signed twice by the role's key.
+    for role in ["timestamp", "snapshot", "targets"] {
+        let mut f = Fixture::new();
+        let keyid = sign_twice(&mut f.sim, role);
+        match role {
+            "timestamp" => {
+                f.sim.timestamp.version += 1;
+                f.sim.publish();
+            }
+            "snapshot" => f.sim.commit(),
+            _ => {
+                f.sim.targets.version += 1;
+                f.sim.commit();
+            }
+        }
+        let file = f.md_dir().join(format!("{role}.json"));
+        let before = std::fs::read(&file).unwrap();
+        let result = f.refresh().map(|_| ());
+        let case = accepted_despite_repeated_keyid(role, &format!("{role} v2: "), &keyid, result);
+        if case.is_none() {
+            assert_eq!(
+                std::fs::read(&file).unwrap(),
+                before,
+                "{role}.json unchanged"
+            );
+        }
+        accepted.extend(case);
+    }
+
+    // A delegated role.
+    let mut f = delegation_fixture(&[("targets", "A", &["*"], false)]);
+    f.sim.add_target("A", "f", b"x");
+    f.sim.role_mut("A").version += 1;
+    let keyid = sign_twice(&mut f.sim, "A");
+    f.sim.commit();
+    let mut u = f.refresh().unwrap();
+    let result = u.get_target_info("f").map(|_| ());
+    let case = accepted_despite_repeated_keyid(
+        "delegated role",
+        "targets role \"A\" v2: ",
+        &keyid,
+        result,
+    );
+    if case.is_none() {
+        assert!(!f.md_dir().join("A.json").exists(), "A is not stored");
+    }
+    accepted.extend(case);
+
+    assert!(
+        accepted.is_empty(),
+        "metadata whose signature list repeats a key id was accepted: {accepted:?}"
+    );
 }
 
 #[test]
@@ -1281,17 +1398,144 @@ fn stored_delegated_roles_are_reused_across_updaters() {
     assert_eq!(role_requests(&f), Vec::<String>::new());
 }
 
+/// `targets` delegates `a/*` to A and `b/*` to B; A and B both delegate R (for `a/*` and
+/// `b/*`), A with key K1 and B with key K2. R is signed with K1 only and lists `a/x` and
+/// `b/x`.
+fn two_delegators_fixture() -> Fixture {
+    let mut sim = RepoSim::new();
+    sim.delegate("targets", "A", &["a/*"], false);
+    sim.delegate("targets", "B", &["b/*"], false);
+    sim.delegate("A", "R", &["a/*"], false);
+    sim.delegate("B", "R", &["b/*"], false);
+    // B gives R another key, K2 (the simulator reuses R's key K1 for a second delegation).
+    let k2 = new_key();
+    let d = sim.role_mut("B").delegations.as_mut().unwrap();
+    d.keys.clear();
+    d.keys.insert(k2.key_id().clone(), k2.public_key().clone());
+    d.roles.as_mut().unwrap()[0].keyids = vec![k2.key_id().clone()];
+    sim.add_target("R", "a/x", b"through A");
+    sim.add_target("R", "b/x", b"through B");
+    for r in ["A", "B", "R"] {
+        sim.role_mut(r).version += 1;
+    }
+    sim.targets.version += 1;
+    sim.commit();
+    Fixture::with(sim)
+}
+
+fn requests_for(f: &Fixture, file: &str) -> usize {
+    requests(&f.sim)
+        .iter()
+        .filter(|r| r.ends_with(&format!(".{file}")) || r.ends_with(&format!("/{file}")))
+        .count()
+}
+
 #[test]
-fn role_names_are_encoded_in_urls_and_file_names() {
-    let mut f = delegation_fixture(&[("targets", "../evil role", &["*"], false)]);
-    f.sim.add_target("../evil role", "f", b"x");
-    f.sim.role_mut("../evil role").version += 1;
-    f.sim.commit();
+fn a_role_reached_through_another_delegator_is_verified_against_that_delegator() {
+    let f = two_delegators_fixture();
+    let not_trusted_through_b = |result: Result<Option<TargetInfo>, UpdateError>| match result {
+        Ok(found) => panic!("R was trusted through B, whose key K2 did not sign it: {found:?}"),
+        Err(err) => {
+            let msg = err.to_string();
+            assert!(matches!(err, UpdateError::Signature { .. }), "{msg}");
+            assert!(msg.starts_with("targets role \"R\" v2: "), "{msg}");
+            assert!(
+                msg.contains("keys delegated by targets role \"B\""),
+                "the error names the delegator whose threshold failed: {msg}"
+            );
+        }
+    };
+
+    // Through A first: R verifies with K1. Then through B: the same bytes, B's key K2.
     let mut u = f.refresh().unwrap();
     f.sim.transport.clear_log();
-    u.get_target_info("f").unwrap().unwrap();
-    assert_eq!(requests(&f.sim), ["metadata/2.%2E.%2Fevil%20role.json"]);
-    assert!(f.md_dir().join("%2E.%2Fevil%20role.json").exists());
+    let info = u.get_target_info("a/x").unwrap().unwrap();
+    assert_eq!(info.delegation_chain, ["targets", "A", "R"]);
+    not_trusted_through_b(u.get_target_info("b/x"));
+    // R is still trusted through A, and was fetched once.
+    assert_eq!(u.get_target_info("a/x").unwrap().unwrap().role, "R");
+    assert_eq!(requests_for(&f, "R.json"), 1, "{:?}", requests(&f.sim));
+
+    // Through B first, in a fresh installation (no stored R): the one download of R is
+    // refused through B, then verified through A without being fetched again.
+    let dir = TempDir::new().unwrap();
+    let mut u = f.sim.updater(dir.path());
+    u.refresh().unwrap();
+    f.sim.transport.clear_log();
+    not_trusted_through_b(u.get_target_info("b/x"));
+    assert!(
+        !dir.path().join("R.json").exists(),
+        "untrusted R is not stored"
+    );
+    assert_eq!(u.get_target_info("a/x").unwrap().unwrap().role, "R");
+    assert!(
+        dir.path().join("R.json").exists(),
+        "R trusted through A is stored"
+    );
+    not_trusted_through_b(u.get_target_info("b/x"));
+    assert_eq!(requests_for(&f, "R.json"), 1, "{:?}", requests(&f.sim));
+
+    // A new updater on the first directory loads R from its stored copy through A: the
+    // same rule, without any request for R.
+    let mut u = f.updater();
+    u.refresh().unwrap();
+    f.sim.transport.clear_log();
+    assert_eq!(u.get_target_info("a/x").unwrap().unwrap().role, "R");
+    not_trusted_through_b(u.get_target_info("b/x"));
+    assert_eq!(requests_for(&f, "R.json"), 0, "{:?}", requests(&f.sim));
+}
+
+#[test]
+fn role_names_in_urls_are_one_rfc3986_segment_and_local_names_escape_a_leading_dot() {
+    // (role, URL segment, local file name): in the URL only reserved characters are
+    // escaped (`/` too, so the name stays one segment); the local name also escapes a
+    // leading `.`, so that no role can name a hidden file or a parent directory.
+    let cases = [
+        (".hidden/bin", ".hidden%2Fbin", "%2Ehidden%2Fbin.json"),
+        (
+            "../evil role",
+            "..%2Fevil%20role",
+            "%2E.%2Fevil%20role.json",
+        ),
+        ("bins-0a_~x", "bins-0a_~x", "bins-0a_~x.json"),
+    ];
+    for consistent in [true, false] {
+        for (role, segment, local) in cases {
+            let mut sim = RepoSim::new();
+            if !consistent {
+                sim.root.consistent_snapshot = Some(false);
+                sim.bump_root();
+            }
+            sim.delegate("targets", role, &["*"], false);
+            sim.add_target(role, "f", b"x");
+            sim.role_mut(role).version += 1;
+            sim.targets.version += 1;
+            sim.commit();
+            // Serve the role only under its RFC 3986 URL.
+            let name = if consistent {
+                format!("2.{segment}.json")
+            } else {
+                format!("{segment}.json")
+            };
+            let bytes = sim.transport.get(&sim.role_url(role)).unwrap();
+            sim.transport.remove(&sim.role_url(role));
+            sim.transport.insert(sim.md(&name), bytes);
+            let f = Fixture::with(sim);
+            let mut u = f.refresh().unwrap();
+            f.sim.transport.clear_log();
+            let found = u.get_target_info("f");
+            assert_eq!(
+                requests(&f.sim),
+                [format!("metadata/{name}")],
+                "{role:?}, consistent snapshots {consistent}"
+            );
+            assert_eq!(found.unwrap().unwrap().role, role);
+            assert!(
+                f.md_dir().join(local).exists(),
+                "{role:?} is stored as {local}"
+            );
+        }
+    }
 }
 
 // ---------------------------------------------------------------------------------------

@@ -139,27 +139,18 @@ pub fn run(
             Err(e) => e.exit_code() == 3,
             Ok(out) => out.status() == RunStatus::Temporary || out.reports_pending,
         };
-        let jitter = jitter(poll.jitter);
-        let mut next = now + chrono::Duration::from_std(poll.interval + jitter).unwrap_or_default();
-        let mut why = "poll";
-        if let Ok(out) = &result {
-            if let Some(w) = out.decision.as_ref().and_then(|d| d.wake_at) {
-                if w > now && w < next {
-                    next = w;
-                    why = "wake";
-                }
-            }
-        }
-        if network {
-            let b = now + chrono::Duration::from_std(backoff).unwrap_or_default();
-            if b < next {
-                next = b;
-                why = "backoff";
-            }
-            backoff = (backoff * 2).min(poll.interval);
-        } else {
-            backoff = FIRST_BACKOFF.min(poll.interval);
-        }
+        let wake_at = result
+            .as_ref()
+            .ok()
+            .and_then(|o| o.decision.as_ref())
+            .and_then(|d| d.wake_at);
+        let (next, why) = schedule(
+            now,
+            poll.interval + jitter(poll.jitter),
+            wake_at,
+            network.then_some(backoff),
+        );
+        backoff = next_backoff(backoff, network, poll.interval);
         let cycle = Cycle {
             number: cycles,
             result,
@@ -215,6 +206,42 @@ impl ProgressLog {
     }
 }
 
+/// When the next cycle starts, and why: the next poll (`poll` from now), unless the
+/// decision names an earlier instant at which something changes by itself (`wake`), or a
+/// network problem asks to try again sooner (`backoff`, its delay). A verification failure
+/// is not a network problem: it waits for the next poll.
+pub fn schedule(
+    now: DateTime<Utc>,
+    poll: Duration,
+    wake_at: Option<DateTime<Utc>>,
+    backoff: Option<Duration>,
+) -> (DateTime<Utc>, &'static str) {
+    let mut next = now + chrono::Duration::from_std(poll).unwrap_or(chrono::Duration::hours(1));
+    let mut why = "poll";
+    if let Some(w) = wake_at.filter(|w| *w > now && *w < next) {
+        next = w;
+        why = "wake";
+    }
+    if let Some(b) = backoff {
+        let b = now + chrono::Duration::from_std(b).unwrap_or_default();
+        if b < next {
+            next = b;
+            why = "backoff";
+        }
+    }
+    (next, why)
+}
+
+/// The delay before retrying after the next network problem: doubled after each one, up to
+/// the poll interval; back to [`FIRST_BACKOFF`] after a cycle without one.
+pub fn next_backoff(current: Duration, network_problem: bool, poll: Duration) -> Duration {
+    if network_problem {
+        (current * 2).min(poll)
+    } else {
+        FIRST_BACKOFF.min(poll)
+    }
+}
+
 /// A random delay in `[0, max]`.
 fn jitter(max: Duration) -> Duration {
     if max.is_zero() {
@@ -257,5 +284,63 @@ fn sleep_until(t: DateTime<Utc>, stop: &AtomicBool) {
             }
             None => std::thread::sleep(left.min(Duration::from_secs(1))),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_agent_sleeps_until_the_earlier_of_the_next_poll_and_the_next_instant_that_matters() {
+        let now = DateTime::from_timestamp(1_900_000_000, 0).unwrap();
+        let hour = Duration::from_secs(3600);
+        let window = now + chrono::Duration::seconds(90);
+        assert_eq!(
+            schedule(now, hour, None, None),
+            (now + chrono::Duration::hours(1), "poll")
+        );
+        assert_eq!(schedule(now, hour, Some(window), None), (window, "wake"));
+        // A wake-up in the past or after the poll changes nothing.
+        assert_eq!(
+            schedule(now, hour, Some(now - chrono::Duration::seconds(1)), None).1,
+            "poll"
+        );
+        assert_eq!(
+            schedule(now, hour, Some(now + chrono::Duration::hours(2)), None).1,
+            "poll"
+        );
+        // A network problem tries again sooner, but never later than the poll.
+        assert_eq!(
+            schedule(now, hour, Some(window), Some(Duration::from_secs(5))),
+            (now + chrono::Duration::seconds(5), "backoff")
+        );
+        assert_eq!(
+            schedule(now, hour, Some(window), Some(Duration::from_secs(7200))),
+            (window, "wake")
+        );
+    }
+
+    #[test]
+    fn the_backoff_doubles_from_five_seconds_and_is_capped_at_the_poll_interval() {
+        let poll = Duration::from_secs(60);
+        let mut b = next_backoff(Duration::from_secs(3600), false, poll);
+        let mut seen = Vec::new();
+        for _ in 0..6 {
+            seen.push(b.as_secs());
+            b = next_backoff(b, true, poll);
+        }
+        assert_eq!(seen, [5, 10, 20, 40, 60, 60]);
+        assert_eq!(
+            next_backoff(b, false, poll),
+            FIRST_BACKOFF,
+            "reset after a good cycle"
+        );
+        let fast = Duration::from_secs(2);
+        assert_eq!(
+            next_backoff(FIRST_BACKOFF, false, fast),
+            fast,
+            "never beyond the poll"
+        );
     }
 }

@@ -429,7 +429,9 @@ impl Transport for AutoTransport {
     }
 }
 
-/// Percent-encodes one URL path segment: every byte outside `[A-Za-z0-9._~-]` becomes `%XX`.
+/// Percent-encodes one URL path segment (RFC 3986): the unreserved characters
+/// `A–Z a–z 0–9 - . _ ~` stay as they are, wherever they stand; every other byte of the
+/// UTF-8 form, `/` and `%` included, becomes `%XX` with uppercase hex digits.
 pub fn encode_path_segment(segment: &str) -> String {
     let mut out = String::with_capacity(segment.len());
     for &b in segment.as_bytes() {
@@ -487,6 +489,23 @@ mod tests {
         assert_eq!(decode_path_segment(&e).unwrap(), b"a b/c%");
         assert!(decode_path_segment("%4").is_none());
         assert!(decode_path_segment("%zz").is_none());
+    }
+
+    #[test]
+    fn path_segments_keep_exactly_the_rfc3986_unreserved_characters() {
+        for b in 0u8..0x80 {
+            let c = b as char;
+            let unreserved = c.is_ascii_alphanumeric() || "-._~".contains(c);
+            let expected = if unreserved {
+                c.to_string()
+            } else {
+                format!("%{b:02X}")
+            };
+            assert_eq!(encode_path_segment(&c.to_string()), expected, "{b:#04x}");
+        }
+        assert_eq!(encode_path_segment(".hidden/bin"), ".hidden%2Fbin");
+        assert_eq!(encode_path_segment("..~x"), "..~x");
+        assert_eq!(encode_path_segment("é"), "%C3%A9");
     }
 
     #[test]

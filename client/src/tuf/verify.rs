@@ -5,7 +5,8 @@ use std::fmt;
 
 use crate::tuf::schema::{Key, KeyId, Signature};
 
-/// Why a role's signatures do not reach its threshold.
+/// Why a role's signatures are not accepted: they do not reach its threshold, or the
+/// signature list names a key id more than once.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ThresholdError {
     /// The role whose metadata was checked.
@@ -16,10 +17,35 @@ pub struct ThresholdError {
     pub threshold: u32,
     /// One line per signature that did not count, and why.
     pub problems: Vec<String>,
+    /// A key id that more than one signature names. Key ids must be unique in a signature
+    /// list (spec: "multiple signatures with the same keyid are not allowed"), so such a list
+    /// is rejected as a whole, before any signature is checked: `valid` is then 0 and
+    /// `problems` is empty.
+    pub repeated_keyid: Option<KeyId>,
+}
+
+impl ThresholdError {
+    /// What kind of failure this is, for the start of a message: `signature threshold not
+    /// met`, or `signature list repeats a key id`.
+    pub fn headline(&self) -> &'static str {
+        if self.repeated_keyid.is_some() {
+            "signature list repeats a key id"
+        } else {
+            "signature threshold not met"
+        }
+    }
 }
 
 impl fmt::Display for ThresholdError {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        if let Some(keyid) = &self.repeated_keyid {
+            return write!(
+                f,
+                "{}: key id {keyid} names more than one signature; key ids must be unique in \
+                 the signature list",
+                self.role
+            );
+        }
         write!(
             f,
             "{}: {} valid signature(s) from authorized keys, threshold is {}",
@@ -37,9 +63,11 @@ impl std::error::Error for ThresholdError {}
 /// Checks that `signatures` over `message` include at least `threshold` valid signatures
 /// from distinct keys among `keyids` (looked up in `keys`).
 ///
-/// Each key id counts once however many signatures name it, and two key ids that carry the
-/// same public key count once. Signatures by unknown or unauthorized keys are ignored (and
-/// reported), never counted. Returns the number of valid signatures.
+/// A signature list that names a key id more than once is rejected outright, whatever the
+/// other signatures are and whether or not that key is authorized
+/// ([`ThresholdError::repeated_keyid`]). Two key ids that carry the same public key count
+/// once. Signatures by unknown or unauthorized keys are ignored (and reported), never
+/// counted. Returns the number of valid signatures.
 pub fn verify_threshold(
     role: &str,
     message: &[u8],
@@ -48,8 +76,17 @@ pub fn verify_threshold(
     threshold: u32,
     keys: &BTreeMap<KeyId, Key>,
 ) -> Result<usize, ThresholdError> {
+    let mut listed: BTreeSet<&KeyId> = BTreeSet::new();
+    if let Some(sig) = signatures.iter().find(|s| !listed.insert(&s.keyid)) {
+        return Err(ThresholdError {
+            role: role.to_string(),
+            valid: 0,
+            threshold,
+            problems: Vec::new(),
+            repeated_keyid: Some(sig.keyid.clone()),
+        });
+    }
     let authorized: BTreeSet<&KeyId> = keyids.iter().collect();
-    let mut counted_ids: BTreeSet<&KeyId> = BTreeSet::new();
     let mut counted_keys: BTreeSet<(&str, &str)> = BTreeSet::new();
     let mut problems = Vec::new();
     for sig in signatures {
@@ -58,9 +95,6 @@ pub fn verify_threshold(
                 "key {} is not authorized for {role}",
                 sig.keyid.short()
             ));
-            continue;
-        }
-        if counted_ids.contains(&sig.keyid) {
             continue;
         }
         let Some(key) = keys.get(&sig.keyid) else {
@@ -72,7 +106,6 @@ pub fn verify_threshold(
         };
         match key.verify_hex(message, &sig.sig) {
             Ok(()) => {
-                counted_ids.insert(&sig.keyid);
                 if !counted_keys.insert((key.keytype.as_str(), key.keyval.public.as_str())) {
                     problems.push(format!(
                         "key {} duplicates another counted key",
@@ -95,6 +128,7 @@ pub fn verify_threshold(
             valid,
             threshold,
             problems,
+            repeated_keyid: None,
         })
     }
 }
@@ -136,11 +170,33 @@ mod tests {
     }
 
     #[test]
-    fn repeated_signature_by_one_key_counts_once() {
+    fn a_signature_list_repeating_a_key_id_is_rejected_even_when_the_threshold_is_met() {
         let (ks, keys, ids) = setup(2);
+        // Threshold 1, met by the first signature alone; the repeat makes the list invalid.
         let sigs = vec![sign(&ks[0], b"m"), sign(&ks[0], b"m")];
-        let err = verify_threshold("r", b"m", &sigs, &ids, 2, &keys).unwrap_err();
-        assert_eq!(err.valid, 1);
+        let err = verify_threshold("r", b"m", &sigs, &ids, 1, &keys).unwrap_err();
+        assert_eq!(err.repeated_keyid.as_ref(), Some(ks[0].key_id()));
+        assert_eq!(err.valid, 0);
+        let msg = err.to_string();
+        assert!(msg.starts_with("r: key id "), "{msg}");
+        assert!(msg.contains(&ks[0].key_id().0), "{msg}");
+        assert_eq!(err.headline(), "signature list repeats a key id");
+        // Also when another, distinct key meets the threshold, and when the repeated key is
+        // not authorized for the role at all.
+        let sigs = vec![
+            sign(&ks[1], b"m"),
+            sign(&ks[0], b"m"),
+            sign(&ks[0], b"other"),
+        ];
+        let err = verify_threshold("r", b"m", &sigs, &ids, 1, &keys).unwrap_err();
+        assert_eq!(err.repeated_keyid.as_ref(), Some(ks[0].key_id()));
+        let err = verify_threshold("r", b"m", &sigs, &ids[1..], 1, &keys).unwrap_err();
+        assert_eq!(err.repeated_keyid.as_ref(), Some(ks[0].key_id()));
+        // Without the repeat, the same signatures verify.
+        assert_eq!(
+            verify_threshold("r", b"m", &sigs[..2], &ids, 1, &keys).unwrap(),
+            2
+        );
     }
 
     #[test]

@@ -367,9 +367,12 @@ pub(crate) use impl_metadata_accessors;
 /// Role names Petrel and the specification reserve for top-level roles.
 pub const TOP_LEVEL_ROLES: [&str; 4] = ["root", "timestamp", "snapshot", "targets"];
 
-/// Encodes a role name for use as (part of) a file name or URL path segment: every byte
-/// outside `[A-Za-z0-9._~-]` is percent-encoded, so a role name can never name a
-/// directory, a parent, or a hidden file.
+/// Encodes a role name for use as (part of) a local file name: every byte outside
+/// `[A-Za-z0-9._~-]`, and a leading `.`, is percent-encoded, so a role name can never name
+/// a directory, a parent, or a hidden file.
+///
+/// Not for URLs: a role name in a request URL is one RFC 3986 path segment, where `.` is
+/// unreserved wherever it stands ([`crate::fetch::encode_path_segment`]).
 pub fn encode_role_name(name: &str) -> String {
     let mut out = String::with_capacity(name.len());
     for &b in name.as_bytes() {

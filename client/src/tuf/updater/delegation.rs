@@ -3,6 +3,12 @@
 //! Only roles whose delegation matches the requested path are fetched. A role is reached
 //! only through delegations that all match the path, so a role listing a target outside the
 //! paths delegated to it can never make that listing count.
+//!
+//! A role is trusted only through the delegation the search reached it by: a role that
+//! two roles delegate with different keys or thresholds is verified against the keys and
+//! threshold of each delegator it is reached through, even when it was already loaded
+//! through the other one. Its file is fetched at most once per refresh; the bytes are kept
+//! and verified again per delegator.
 
 use std::collections::BTreeSet;
 
@@ -216,21 +222,38 @@ impl Updater {
         Ok(None)
     }
 
-    /// Makes `role` available in `trusted`: from memory, from a current stored copy, or by
-    /// downloading, verifying and persisting it.
+    /// Makes `role`, as delegated by `parent`, available in `trusted`: verified against the
+    /// keys and threshold `parent` gives it, from the bytes already loaded in this refresh (a
+    /// role delegated by several roles is fetched once, and verified through each delegator
+    /// a search reaches it through), from a current stored copy, or by downloading,
+    /// verifying and persisting it.
     fn load_role(
         &self,
         trusted: &mut TrustedMetadata,
         role: &str,
         parent: Option<&str>,
     ) -> Result<(), UpdateError> {
-        if trusted.role(role).is_some() {
+        let Some(parent) = parent else {
+            // Top-level targets, verified by the refresh.
+            return match trusted.role(role) {
+                Some(_) => Ok(()),
+                None => Err(UpdateError::Invalid {
+                    what: describe(role, None),
+                    reason: "no delegating role".into(),
+                }),
+            };
+        };
+        let first_trust = trusted.role(role).is_none();
+        if trusted.trust_loaded_through(role, parent)? {
+            if first_trust {
+                // Downloaded earlier in this refresh, and trusted for the first time now.
+                let bytes = trusted
+                    .delegated_bytes(role)
+                    .expect("bytes were just verified");
+                self.persist(&role_file_name(role), bytes)?;
+            }
             return Ok(());
         }
-        let parent = parent.ok_or_else(|| UpdateError::Invalid {
-            what: describe(role, None),
-            reason: "no delegating role".into(),
-        })?;
         let meta = trusted.role_meta(role)?.clone();
         let max = self.config.limits.targets_max_length;
         let file = role_file_name(role);
@@ -241,7 +264,7 @@ impl Updater {
                         "stored {} is current: not downloading",
                         describe(role, Some(meta.version))
                     );
-                    trusted.insert_delegated(role, v);
+                    trusted.insert_delegated(role, parent, bytes, v);
                     return Ok(());
                 }
                 Err(e) => debug!("stored {} is not current: {e}", describe(role, None)),
@@ -256,10 +279,16 @@ impl Updater {
                     source,
                 }
             })?;
-        let verified = trusted.verify_delegated(role, parent, &bytes)?;
+        let verified = match trusted.verify_delegated(role, parent, &bytes) {
+            Ok(v) => v,
+            Err(e) => {
+                trusted.keep_downloaded(role, bytes);
+                return Err(e);
+            }
+        };
         self.persist(&file, &bytes)?;
         info!("loaded {}", describe(role, Some(meta.version)));
-        trusted.insert_delegated(role, verified);
+        trusted.insert_delegated(role, parent, bytes, verified);
         Ok(())
     }
 }

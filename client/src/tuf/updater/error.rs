@@ -41,8 +41,9 @@ pub enum UpdateError {
         #[source]
         source: SchemaError,
     },
-    /// Not enough valid signatures (arbitrary software attack).
-    #[error("{what}: signature threshold not met: {source}")]
+    /// Not enough valid signatures (arbitrary software attack), or a signature list that
+    /// names a key id more than once.
+    #[error("{what}: {}: {source}", .source.headline())]
     Signature {
         /// The role and version, and whose keys were checked.
         what: String,

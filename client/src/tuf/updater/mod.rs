@@ -44,8 +44,8 @@ pub use error::UpdateError;
 pub use store::{role_file_name, write_atomic, MetadataStore};
 pub use trusted::{TrustedMetadata, TrustedRoot, Verified, WithSnapshot, WithTimestamp};
 
-use crate::fetch::{fetch_to_vec, FetchError, Transport};
-use crate::tuf::schema::{encode_role_name, Signed, Snapshot, Timestamp};
+use crate::fetch::{encode_path_segment, fetch_to_vec, FetchError, Transport};
+use crate::tuf::schema::{Signed, Snapshot, Timestamp};
 use error::describe;
 
 /// The clock used for the fixed update start time.
@@ -376,9 +376,13 @@ impl Updater {
         )
     }
 
-    /// The URL of a targets role's metadata: `V.<role>.json` with consistent snapshots.
+    /// The URL of a targets role's metadata: `V.<role>.json` with consistent snapshots,
+    /// `<role>.json` without. The role name is percent-encoded as one URL path segment
+    /// (RFC 3986: unreserved characters as they are, everything else, `/` included, as
+    /// `%XX`), so `.hidden/bin` is requested as `.hidden%2Fbin.json`. The local file name
+    /// ([`role_file_name`]) escapes more: a leading `.` too.
     fn role_url(&self, role: &str, version: u64, consistent: bool) -> String {
-        let enc = encode_role_name(role);
+        let enc = encode_path_segment(role);
         if consistent {
             self.metadata_url(&format!("{version}.{enc}.json"))
         } else {

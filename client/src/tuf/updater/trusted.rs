@@ -476,6 +476,8 @@ impl WithSnapshot {
             timestamp: self.timestamp,
             snapshot: self.snapshot,
             targets: roles,
+            delegated_bytes: BTreeMap::new(),
+            trusted_through: BTreeSet::new(),
             reference_time: now,
         }
     }
@@ -498,12 +500,22 @@ fn check_role_version(
 
 /// A complete refresh: root, timestamp, snapshot, top-level targets, and the delegated
 /// targets roles loaded so far by target searches.
+///
+/// A delegated role is trusted *through a delegator*: a role that two roles delegate with
+/// different keys or thresholds may meet one delegator's threshold and not the other's.
+/// Its bytes are kept, so that reaching it through another delegator verifies them again
+/// against that delegator, without fetching the role again.
 #[derive(Clone, Debug)]
 pub struct TrustedMetadata {
     root: TrustedRoot,
     timestamp: Signed<Timestamp>,
     snapshot: Signed<Snapshot>,
     targets: BTreeMap<String, Signed<Targets>>,
+    /// The bytes each delegated role was obtained as in this refresh: the stored copy or the
+    /// download it was loaded from, or a download no delegator has accepted yet.
+    delegated_bytes: BTreeMap<String, Vec<u8>>,
+    /// (role, delegator) pairs: the role met the threshold the delegator gives it.
+    trusted_through: BTreeSet<(String, String)>,
     reference_time: DateTime<Utc>,
 }
 
@@ -528,9 +540,18 @@ impl TrustedMetadata {
         &self.targets["targets"]
     }
 
-    /// A trusted targets role (top-level or delegated) if it has been loaded.
+    /// A trusted targets role (top-level or delegated) if it has been loaded. A delegated
+    /// role is here once it has been verified through one delegator; whether it is trusted
+    /// through a given one is [`TrustedMetadata::is_trusted_through`].
     pub fn role(&self, name: &str) -> Option<&Signed<Targets>> {
         self.targets.get(name)
+    }
+
+    /// Whether the delegated role `role` has been verified against the keys and threshold
+    /// that `delegator` gives it.
+    pub fn is_trusted_through(&self, role: &str, delegator: &str) -> bool {
+        self.trusted_through
+            .contains(&(role.to_string(), delegator.to_string()))
     }
 
     /// The fixed update start time of the refresh that produced this set.
@@ -597,9 +618,60 @@ impl TrustedMetadata {
         Ok(Verified(new))
     }
 
-    /// Adds a verified delegated role to the set.
-    pub fn insert_delegated(&mut self, role: &str, verified: Verified<Targets>) {
+    /// Adds a delegated role verified through `parent` ([`TrustedMetadata::verify_delegated`]
+    /// over `bytes`), keeping `bytes` so that another delegator can verify them
+    /// ([`TrustedMetadata::trust_loaded_through`]).
+    pub fn insert_delegated(
+        &mut self,
+        role: &str,
+        parent: &str,
+        bytes: Vec<u8>,
+        verified: Verified<Targets>,
+    ) {
         self.targets.insert(role.to_string(), verified.0);
+        self.delegated_bytes.insert(role.to_string(), bytes);
+        self.trusted_through
+            .insert((role.to_string(), parent.to_string()));
+    }
+
+    /// Keeps the downloaded `bytes` of a delegated role that did not verify through the
+    /// delegator that asked for it, if they are the file the snapshot names (the length and
+    /// hashes it pins, when it pins them): another delegator then verifies these bytes
+    /// instead of fetching the role again. The role stays untrusted.
+    pub fn keep_downloaded(&mut self, role: &str, bytes: Vec<u8>) {
+        let pinned =
+            self.snapshot.signed.role_meta(role).is_some_and(|meta| {
+                verify_bytes(&bytes, meta.length, meta.hashes.as_ref()).is_ok()
+            });
+        if pinned && !self.delegated_bytes.contains_key(role) {
+            self.delegated_bytes.insert(role.to_string(), bytes);
+        }
+    }
+
+    /// The bytes kept for a delegated role in this refresh: the stored copy or the download
+    /// it was loaded from, or a download no delegator has accepted yet.
+    pub fn delegated_bytes(&self, role: &str) -> Option<&[u8]> {
+        self.delegated_bytes.get(role).map(Vec::as_slice)
+    }
+
+    /// For a delegated role whose bytes this refresh already holds: makes sure it is trusted
+    /// through `parent`, verifying the kept bytes against the keys and threshold `parent`
+    /// gives it ([`TrustedMetadata::verify_delegated`]) unless that was done before.
+    /// `Ok(true)`: trusted through `parent`; `Ok(false)`: no bytes held yet; an error: the
+    /// bytes do not verify through `parent`, and the role stays untrusted through it (and
+    /// trusted through the delegators it did verify through).
+    pub fn trust_loaded_through(&mut self, role: &str, parent: &str) -> Result<bool, UpdateError> {
+        if self.is_trusted_through(role, parent) {
+            return Ok(true);
+        }
+        let Some(bytes) = self.delegated_bytes.get(role) else {
+            return Ok(false);
+        };
+        let verified = self.verify_delegated(role, parent, bytes)?;
+        self.targets.entry(role.to_string()).or_insert(verified.0);
+        self.trusted_through
+            .insert((role.to_string(), parent.to_string()));
+        Ok(true)
     }
 }
 
