@@ -1317,3 +1317,55 @@ fn a_revision_published_right_before_the_install_waits_for_the_next_run_and_reus
     assert_eq!(i.revision, 2);
     assert_eq!(dev.apps(), new_set());
 }
+
+/// A campaign without windows that converges the device to its group.
+fn converge(id: &str, revision: u64, state: &str) -> String {
+    windowed(revision, state)
+        .replace("id = \"converge\"", &format!("id = \"{id}\""))
+        .lines()
+        .filter(|l| !l.contains("_window") && !l.contains("[schedule"))
+        .collect::<Vec<_>>()
+        .join("\n")
+}
+
+/// Every campaign that is ready is tried in the same run: when the first is halted right
+/// before its install, the next one ready (another campaign for the same group) installs
+/// in that same run instead of waiting for the next.
+#[test]
+fn every_ready_campaign_is_tried_in_one_run() {
+    let mut fleet = Fleet::new(&converge("a-first", 1, "active"));
+    fleet.campaign(&converge("b-second", 1, "active"));
+    let dev = Device::new(&fleet, "");
+    let mut halted = false;
+    {
+        let fleet_ref = std::cell::RefCell::new(&mut fleet);
+        let hooks = UpdateHooks {
+            before_recheck: Some(Box::new(|| {
+                if !halted {
+                    fleet_ref
+                        .borrow_mut()
+                        .campaign(&converge("a-first", 2, "halted"));
+                    halted = true;
+                }
+            })),
+            ..UpdateHooks::default()
+        };
+        let out = dev.agent().update_with(Some(at(2, 30)), hooks).unwrap();
+        let tried: Vec<(&str, InstallResult)> = out
+            .installs
+            .iter()
+            .map(|i| (i.campaign.as_str(), i.result))
+            .collect();
+        assert_eq!(
+            tried,
+            [
+                ("a-first", InstallResult::NotInstalled),
+                ("b-second", InstallResult::Installed)
+            ],
+            "{:?}",
+            out.installs
+        );
+    }
+    assert!(halted);
+    assert_eq!(dev.apps(), new_set());
+}
