@@ -363,33 +363,10 @@ fn parse_instant(s: &str) -> Result<DateTime<Utc>, String> {
     UtcTime::parse(s).map(|t| t.0)
 }
 
+/// A duration like `30m`, `4h`, `2d` or `1d12h` (the configuration's rule).
 fn parse_duration(s: &str) -> Result<Duration, String> {
-    let bad = || format!("{s:?} is not a duration like 30m, 4h, 2d or 1d12h");
-    let mut total = 0i64;
-    let mut num = String::new();
-    for ch in s.trim().chars() {
-        if ch.is_ascii_digit() {
-            num.push(ch);
-            continue;
-        }
-        let n: i64 = num.parse().map_err(|_| bad())?;
-        num.clear();
-        let unit = match ch {
-            's' => 1,
-            'm' => 60,
-            'h' => 3600,
-            'd' => 86400,
-            _ => return Err(bad()),
-        };
-        total = n
-            .checked_mul(unit)
-            .and_then(|v| total.checked_add(v))
-            .ok_or_else(bad)?;
-    }
-    if !num.is_empty() || total <= 0 || total > 366 * 86400 {
-        return Err(bad());
-    }
-    Ok(Duration::seconds(total))
+    let d = petrel_client::agent::config::parse_duration(s)?;
+    Duration::from_std(d).map_err(|e| format!("{s:?}: {e}"))
 }
 
 fn parse_std_duration(s: &str) -> Result<std::time::Duration, String> {
