@@ -273,6 +273,7 @@ pub struct AccessRecord {
     path: String,
     status: StatusCode,
     started: Instant,
+    range: Option<String>,
 }
 
 impl AccessRecord {
@@ -283,20 +284,32 @@ impl AccessRecord {
             path,
             status,
             started,
+            range: None,
         }
+    }
+
+    /// Records the request's `Range` header (logged as `range=…`, so a resumed download
+    /// shows in the access log).
+    pub fn with_range(mut self, range: Option<&str>) -> Self {
+        self.range = range.map(|r| r.chars().take(100).collect());
+        self
     }
 
     fn emit(self, bytes: u64) {
         let micros = self.started.elapsed().as_micros();
         tracing::info!(
             target: "petrel_server::access",
-            "{} {} {} {} {}.{:03}ms",
+            "{} {} {} {} {}.{:03}ms{}",
             self.method,
             self.path,
             self.status.as_u16(),
             bytes,
             micros / 1000,
-            micros % 1000
+            micros % 1000,
+            self.range
+                .as_ref()
+                .map(|r| format!(" range={r}"))
+                .unwrap_or_default()
         );
     }
 }

@@ -104,7 +104,12 @@ impl App {
         if !self.access_log {
             return Ok(response);
         }
-        let record = AccessRecord::new(method, path.to_owned(), response.status(), started);
+        let range = parts
+            .headers
+            .get(http::header::RANGE)
+            .and_then(|v| v.to_str().ok());
+        let record = AccessRecord::new(method, path.to_owned(), response.status(), started)
+            .with_range(range);
         Ok(response.map(|body| body.with_access_log(record)))
     }
 }

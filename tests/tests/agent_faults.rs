@@ -67,6 +67,8 @@ fn noise(seed: u64, n: usize) -> Vec<u8> {
 struct PetrelServer {
     child: Child,
     url: String,
+    /// Its access log (stderr lines), as they arrive.
+    log: std::sync::Arc<std::sync::Mutex<Vec<String>>>,
 }
 
 impl PetrelServer {
@@ -74,11 +76,11 @@ impl PetrelServer {
         let mut cmd = Command::new(petrel_server_bin());
         cmd.args(["serve", "--root"])
             .arg(tree)
-            .args(["--listen", "127.0.0.1:0", "--workers", "1"])
+            .args(["--listen", "127.0.0.1:0", "--workers", "1", "--access-log"])
             .env_remove("RUST_LOG")
             .stdin(Stdio::null())
             .stdout(Stdio::piped())
-            .stderr(Stdio::null());
+            .stderr(Stdio::piped());
         std::os::unix::process::CommandExt::process_group(&mut cmd, 0);
         let mut child = cmd.spawn().expect("start petrel-server");
         let stdout = child.stdout.take().expect("piped stdout");
@@ -91,9 +93,19 @@ impl PetrelServer {
             // Keep draining (bounded by the server's life).
             let _ = std::io::copy(&mut lines, &mut std::io::sink());
         });
+        let log = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+        let stderr = child.stderr.take().expect("piped stderr");
+        let sink = log.clone();
+        std::thread::spawn(move || {
+            // Bounded by the server's life: ends when it is killed.
+            for line in BufReader::new(stderr).lines().map_while(Result::ok) {
+                sink.lock().unwrap().push(line);
+            }
+        });
         let mut server = PetrelServer {
             child,
             url: String::new(),
+            log,
         };
         let line = rx
             .recv_timeout(Duration::from_secs(20))
@@ -128,7 +140,7 @@ impl Drop for PetrelServer {
 /// scenario's temporary directory.
 struct Fleet {
     proxy: FaultProxy,
-    _server: PetrelServer,
+    server: PetrelServer,
     s: Scenario,
     old: Vec<u8>,
     new: Vec<u8>,
@@ -175,7 +187,7 @@ group = { id = "kiosk-eu", revision = 1 }
     let proxy = FaultProxy::start(&server.url).expect("fault proxy");
     Fleet {
         proxy,
-        _server: server,
+        server,
         s,
         old: noise(7, 64 * 1024),
         new,
@@ -520,6 +532,26 @@ fn network_fault(make: impl FnOnce(&Fleet) -> NetFault) {
             "the next run resumes from the {n} bytes kept: {fetched:?}"
         );
         assert_eq!(fetched[0].status, Some(206), "{fetched:?}");
+        // And the server's own access log shows the ranged request it answered.
+        let want = format!(" range=bytes={n}-");
+        let deadline = std::time::Instant::now() + Duration::from_secs(5);
+        let logged = loop {
+            let log = fl.server.log.lock().unwrap().clone();
+            if let Some(l) = log.iter().find(|l| {
+                l.contains("GET /targets/apps/") && l.contains(" 206 ") && l.ends_with(&want)
+            }) {
+                break Some(l.clone());
+            }
+            if std::time::Instant::now() > deadline {
+                break None;
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        };
+        assert!(
+            logged.is_some(),
+            "no `GET /targets/apps/… 206 …{want}` line in the server's access log: {:?}",
+            fl.server.log.lock().unwrap()
+        );
         assert_eq!(
             v["staged"][0]["bytes"],
             serde_json::json!(ARTIFACT_LEN - n),
