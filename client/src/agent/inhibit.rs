@@ -12,9 +12,15 @@ const MAX_OUTPUT: usize = 4096;
 pub fn check(cfg: &InhibitConfig) -> Option<String> {
     for f in &cfg.files {
         if f.exists() {
-            let detail = std::fs::read_to_string(f)
-                .ok()
-                .and_then(|t| t.lines().next().map(|l| l.trim().to_string()))
+            // Only the start of the file is read: its first line is the reason.
+            let mut head = Vec::new();
+            let _ = std::fs::File::open(f).and_then(|file| {
+                std::io::Read::read_to_end(&mut std::io::Read::take(file, 512), &mut head)
+            });
+            let detail = String::from_utf8_lossy(&head)
+                .lines()
+                .next()
+                .map(|l| l.trim().to_string())
                 .filter(|l| !l.is_empty() && l.len() <= 200);
             return Some(match detail {
                 Some(d) => format!("{} is present: {d}", f.display()),

@@ -243,13 +243,6 @@ impl Agent {
         self.recovered.as_ref()
     }
 
-    /// Reads the device profile and the actual inventory again (each cycle of `petrel run`
-    /// starts with it).
-    pub fn reload(&mut self) -> Result<(), AgentError> {
-        self.profile = load_profile(&self.config)?;
-        Ok(())
-    }
-
     /// Reads the actual inventory again (after an apply, or right before one).
     pub fn reload_inventory(&mut self) -> Result<(), AgentError> {
         self.profile.inventory = inventory::read_inventory(&self.config.inventory)?;

@@ -195,9 +195,12 @@ pub struct UpdateHooks<'a> {
 
 impl UpdateHooks<'_> {
     fn stopping(&self) -> bool {
-        self.stop
-            .is_some_and(|s| s.load(std::sync::atomic::Ordering::SeqCst))
+        stop_raised(self.stop)
     }
+}
+
+fn stop_raised(stop: Option<&std::sync::atomic::AtomicBool>) -> bool {
+    stop.is_some_and(|s| s.load(std::sync::atomic::Ordering::SeqCst))
 }
 
 /// The most campaigns one run stages or installs (a bound, not a limit anyone meets).
@@ -279,7 +282,7 @@ impl Agent {
                 if let Some(f) = hooks.progress.as_mut() {
                     f(p);
                 }
-                if stop.is_some_and(|s| s.load(std::sync::atomic::Ordering::SeqCst)) {
+                if stop_raised(stop) {
                     std::ops::ControlFlow::Break(())
                 } else {
                     std::ops::ControlFlow::Continue(())

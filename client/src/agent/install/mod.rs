@@ -127,16 +127,16 @@ pub fn is_disk_full(e: &io::Error) -> bool {
 /// system, missing directory, permission, busy.
 pub fn is_environmental_io(e: &io::Error) -> bool {
     use io::ErrorKind as K;
-    matches!(
-        e.kind(),
-        K::StorageFull
-            | K::QuotaExceeded
-            | K::ReadOnlyFilesystem
-            | K::NotFound
-            | K::PermissionDenied
-            | K::ResourceBusy
-            | K::WouldBlock
-    ) || matches!(e.raw_os_error(), Some(28 | 122 | 30 | 16))
+    is_disk_full(e)
+        || matches!(
+            e.kind(),
+            K::ReadOnlyFilesystem
+                | K::NotFound
+                | K::PermissionDenied
+                | K::ResourceBusy
+                | K::WouldBlock
+        )
+        || matches!(e.raw_os_error(), Some(30 | 16))
 }
 
 /// Called before each durable step with its number (from 0) and name; an `Err` stops the
