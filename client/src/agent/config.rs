@@ -87,6 +87,91 @@ pub struct AgentConfig {
     /// Device-side preconditions checked before downloading and before installing
     /// (`[inhibit]`).
     pub inhibit: InhibitConfig,
+    /// Marks the running system good after a command install that needed a reboot passed
+    /// its health check (`inventory.confirm_command`, e.g. `rauc status mark-good`).
+    pub confirm_command: Option<Vec<String>>,
+    /// The two system image slots and their bootloader (`[slots]`), if the device has them.
+    pub slots: Option<SlotsConfig>,
+    /// How the device reboots into a new system (`[reboot]`).
+    pub reboot: RebootConfig,
+}
+
+/// The two system image slots (`[slots]`, see `docs/images.md`).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct SlotsConfig {
+    /// The application id the slots hold (group applications with `install_type = "slot"`).
+    pub app: String,
+    /// Slot A: a block device or a file.
+    pub a: PathBuf,
+    /// Slot B.
+    pub b: PathBuf,
+    /// The bootloader adapter.
+    pub bootloader: BootloaderConfig,
+    /// Boot tries a new slot gets before the bootloader falls back (`attempts`, default 3).
+    pub attempts: u32,
+    /// Where the booted slot is read (`cmdline`, default `/proc/cmdline`): `petrel.slot=A`
+    /// or `rauc.slot=A`.
+    pub cmdline: PathBuf,
+    /// The version of a slot Petrel has no record of (a factory image), read from this file
+    /// of the running system (`version_file`).
+    pub version_file: Option<PathBuf>,
+}
+
+/// A bootloader adapter (`slots.bootloader`).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum BootloaderConfig {
+    /// U-Boot's environment through `fw_printenv` / `fw_setenv`, with RAUC's variables
+    /// (`BOOT_ORDER`, `BOOT_<slot>_LEFT`).
+    Uboot {
+        /// `slots.uboot.printenv`.
+        printenv: String,
+        /// `slots.uboot.setenv`.
+        setenv: String,
+    },
+    /// GRUB's environment block through `grub-editenv`, with RAUC's variables (`ORDER`,
+    /// `<slot>_OK`, `<slot>_TRY`).
+    Grub {
+        /// `slots.grub.editenv`.
+        editenv: String,
+        /// `slots.grub.env_file`.
+        env_file: PathBuf,
+    },
+    /// The board's own commands (`[slots.command]`), each given the slot name.
+    Command {
+        /// Prints the booted slot (`A` or `B`).
+        get_active: Option<Vec<String>>,
+        /// `… SLOT ATTEMPTS`: boot SLOT next, with ATTEMPTS tries.
+        set_next: Vec<String>,
+        /// `… SLOT`: the running slot is good.
+        mark_good: Vec<String>,
+        /// `… SLOT`: never boot SLOT again (until it is written anew).
+        mark_bad: Vec<String>,
+    },
+    /// A JSON state file standing in for the bootloader (simulators and tests).
+    File {
+        /// `slots.file.path`.
+        path: PathBuf,
+    },
+}
+
+/// How the device reboots (`[reboot]`).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct RebootConfig {
+    /// The command (`command`, default `systemctl reboot`).
+    pub command: Vec<String>,
+    /// A file whose content changes at every boot (`boot_id_file`, default
+    /// `/proc/sys/kernel/random/boot_id`): how the agent tells "not rebooted yet" from "the
+    /// new system did not come up".
+    pub boot_id_file: PathBuf,
+}
+
+impl Default for RebootConfig {
+    fn default() -> Self {
+        RebootConfig {
+            command: vec!["systemctl".into(), "reboot".into()],
+            boot_id_file: PathBuf::from("/proc/sys/kernel/random/boot_id"),
+        }
+    }
 }
 
 /// The health check (`[health]`): after an apply and its `on_apply` hooks, the previous
@@ -195,6 +280,76 @@ struct RawConfig {
     poll: RawPoll,
     #[serde(default)]
     inhibit: RawInhibit,
+    #[serde(default)]
+    slots: Option<RawSlots>,
+    #[serde(default)]
+    reboot: Option<RawReboot>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawSlots {
+    app: String,
+    a: PathBuf,
+    b: PathBuf,
+    bootloader: String,
+    #[serde(default)]
+    attempts: Option<u32>,
+    #[serde(default)]
+    cmdline: Option<PathBuf>,
+    #[serde(default)]
+    version_file: Option<PathBuf>,
+    #[serde(default)]
+    uboot: Option<RawUboot>,
+    #[serde(default)]
+    grub: Option<RawGrub>,
+    #[serde(default)]
+    command: Option<RawSlotCommands>,
+    #[serde(default)]
+    file: Option<RawSlotFile>,
+}
+
+#[derive(Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawUboot {
+    #[serde(default)]
+    printenv: Option<String>,
+    #[serde(default)]
+    setenv: Option<String>,
+}
+
+#[derive(Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawGrub {
+    #[serde(default)]
+    editenv: Option<String>,
+    #[serde(default)]
+    env_file: Option<PathBuf>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawSlotCommands {
+    #[serde(default)]
+    get_active: Option<Vec<String>>,
+    set_next: Vec<String>,
+    mark_good: Vec<String>,
+    mark_bad: Vec<String>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawSlotFile {
+    path: PathBuf,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawReboot {
+    #[serde(default)]
+    command: Option<Vec<String>>,
+    #[serde(default)]
+    boot_id_file: Option<PathBuf>,
 }
 
 #[derive(Deserialize)]
@@ -288,6 +443,8 @@ struct RawInventory {
     install_command: Option<Vec<String>>,
     #[serde(default)]
     rollback_command: Option<Vec<String>>,
+    #[serde(default)]
+    confirm_command: Option<Vec<String>>,
 }
 
 #[derive(Default, Deserialize)]
@@ -365,6 +522,7 @@ impl AgentConfig {
                 &raw.inventory.rollback_command,
             ),
             ("hooks.on_apply", &raw.hooks.on_apply),
+            ("inventory.confirm_command", &raw.inventory.confirm_command),
         ] {
             if argv
                 .as_ref()
@@ -481,6 +639,22 @@ impl AgentConfig {
                 None
             }
         };
+        if raw.inventory.confirm_command.is_some() && raw.inventory.install_command.is_none() {
+            problems.push("inventory.confirm_command: only with inventory.install_command".into());
+        }
+        let slots = raw.slots.and_then(|s| parse_slots(s, base, &mut problems));
+        let mut reboot = RebootConfig::default();
+        if let Some(r) = raw.reboot {
+            if let Some(c) = r.command {
+                if c.is_empty() || c[0].is_empty() {
+                    problems.push("reboot.command: must name a program".into());
+                }
+                reboot.command = c;
+            }
+            if let Some(f) = r.boot_id_file {
+                reboot.boot_id_file = resolve(base, &f);
+            }
+        }
         if !problems.is_empty() {
             return Err(err(problems.join("; ")));
         }
@@ -505,8 +679,129 @@ impl AgentConfig {
             health,
             poll,
             inhibit,
+            confirm_command: raw.inventory.confirm_command,
+            slots,
+            reboot,
         })
     }
+}
+
+/// The most boot tries a new slot may be given (`slots.attempts`): one digit, because
+/// U-Boot scripts count with `setexpr`, which reads numbers as hexadecimal.
+const MAX_BOOT_ATTEMPTS: u32 = 9;
+
+fn parse_slots(s: RawSlots, base: &Path, problems: &mut Vec<String>) -> Option<SlotsConfig> {
+    let start = problems.len();
+    if let Err(e) = crate::manifest::check_id(&s.app) {
+        problems.push(format!(
+            "slots.app: {:?} is not an application id: {e}",
+            s.app
+        ));
+    }
+    let (a, b) = (resolve(base, &s.a), resolve(base, &s.b));
+    if a == b {
+        problems.push(format!(
+            "slots.a and slots.b are the same ({}); give the two partitions",
+            a.display()
+        ));
+    }
+    let attempts = s.attempts.unwrap_or(3);
+    if !(1..=MAX_BOOT_ATTEMPTS).contains(&attempts) {
+        problems.push(format!(
+            "slots.attempts: {attempts} is not in 1..={MAX_BOOT_ATTEMPTS}"
+        ));
+    }
+    let program = |field: &str, argv: &[String], problems: &mut Vec<String>| {
+        if argv.is_empty() || argv[0].is_empty() {
+            problems.push(format!("{field}: must name a program"));
+        }
+    };
+    let others = [
+        ("uboot", s.uboot.is_some()),
+        ("grub", s.grub.is_some()),
+        ("command", s.command.is_some()),
+        ("file", s.file.is_some()),
+    ];
+    for (name, given) in others {
+        if given && name != s.bootloader {
+            problems.push(format!(
+                "[slots.{name}] is given but slots.bootloader is {:?}; remove it or set bootloader = {name:?}",
+                s.bootloader
+            ));
+        }
+    }
+    let bootloader = match s.bootloader.as_str() {
+        "uboot" => {
+            let u = s.uboot.unwrap_or_default();
+            Some(BootloaderConfig::Uboot {
+                printenv: u.printenv.unwrap_or_else(|| "fw_printenv".into()),
+                setenv: u.setenv.unwrap_or_else(|| "fw_setenv".into()),
+            })
+        }
+        "grub" => {
+            let g = s.grub.unwrap_or_default();
+            Some(BootloaderConfig::Grub {
+                editenv: g.editenv.unwrap_or_else(|| "grub-editenv".into()),
+                env_file: resolve(
+                    base,
+                    &g.env_file
+                        .unwrap_or_else(|| PathBuf::from("/boot/grub/grubenv")),
+                ),
+            })
+        }
+        "command" => match s.command {
+            Some(c) => {
+                if let Some(g) = &c.get_active {
+                    program("slots.command.get_active", g, problems);
+                }
+                program("slots.command.set_next", &c.set_next, problems);
+                program("slots.command.mark_good", &c.mark_good, problems);
+                program("slots.command.mark_bad", &c.mark_bad, problems);
+                Some(BootloaderConfig::Command {
+                    get_active: c.get_active,
+                    set_next: c.set_next,
+                    mark_good: c.mark_good,
+                    mark_bad: c.mark_bad,
+                })
+            }
+            None => {
+                problems.push(
+                    "slots.bootloader = \"command\" needs [slots.command] with set_next, mark_good and mark_bad".into(),
+                );
+                None
+            }
+        },
+        "file" => match s.file {
+            Some(f) => Some(BootloaderConfig::File {
+                path: resolve(base, &f.path),
+            }),
+            None => {
+                problems.push("slots.bootloader = \"file\" needs [slots.file] with path".into());
+                None
+            }
+        },
+        other => {
+            problems.push(format!(
+                "slots.bootloader: {other:?} is not one of uboot, grub, command, file"
+            ));
+            None
+        }
+    };
+    if problems.len() > start {
+        return None;
+    }
+    Some(SlotsConfig {
+        app: s.app,
+        a,
+        b,
+        bootloader: bootloader?,
+        attempts,
+        cmdline: resolve(
+            base,
+            &s.cmdline.unwrap_or_else(|| PathBuf::from("/proc/cmdline")),
+        ),
+        version_file: s.version_file.map(|f| resolve(base, &f)),
+    })
 }
 
 fn resolve(base: &Path, p: &Path) -> PathBuf {

@@ -163,9 +163,14 @@ impl Agent {
         faults::point("recover", "recover from the journal");
         let hooks = hooks_of(&config);
         let mut installer_for = |j: &install::journal::Journal| -> Box<dyn install::Installer> {
-            match &j.inventory_dir {
-                Some(d) => Box::new(install::files::FilesInstaller::new(d.clone())),
-                None => installer_of(&config, &paths),
+            match (&j.installer, &j.inventory_dir, &config.slots) {
+                (Some(k), _, Some(s)) if k == install::slot::INSTALL_TYPE => {
+                    Box::new(install::slot::SlotInstaller::new(
+                        install::slot::Slots::new(s, &config.reboot, &paths),
+                    ))
+                }
+                (_, Some(d), _) => Box::new(install::files::FilesInstaller::new(d.clone())),
+                _ => installer_of(&config, &paths, false),
             }
         };
         let recovered = install::recover(
@@ -175,6 +180,16 @@ impl Agent {
             settle,
             &mut |_, _| Ok(()),
         )?;
+        if recovered.is_none() && settle {
+            // The running system came up and nothing is being installed: keep the
+            // bootloader booting it.
+            if let Some(s) = &config.slots {
+                let mut slots = install::slot::Slots::new(s, &config.reboot, &paths);
+                if let Err(e) = slots.confirm_running() {
+                    tracing::warn!("slots: cannot mark the running slot good: {e}");
+                }
+            }
+        }
         let profile = load_profile(&config)?;
         let agent = Agent {
             config,
@@ -202,7 +217,11 @@ impl Agent {
                 );
             }
             state.save(&agent.paths.state_file())?;
-            let reason = format!("{text} (completed after an interruption)");
+            let reason = if a.after_reboot {
+                format!("{text} (after the reboot)")
+            } else {
+                format!("{text} (completed after an interruption)")
+            };
             let result = match result {
                 InstallResult::Installed => crate::report::ReportResult::Succeeded,
                 _ => crate::report::ReportResult::Failed,
@@ -233,9 +252,37 @@ impl Agent {
         hooks_of(&self.config)
     }
 
-    /// The install handler for the configured inventory.
-    pub fn installer(&self) -> Box<dyn install::Installer> {
-        installer_of(&self.config, &self.paths)
+    /// The install handler for `plan`: the slots for a system image (install type
+    /// `slot`, when `[slots]` is configured), else the configured inventory's.
+    pub fn installer(&self, plan: &plan::StagedPlan) -> Box<dyn install::Installer> {
+        let image = plan
+            .steps
+            .iter()
+            .any(|s| s.step.install_type.as_deref() == Some(install::slot::INSTALL_TYPE));
+        installer_of(&self.config, &self.paths, image)
+    }
+
+    /// The system image slots, if configured.
+    pub fn slots(&self) -> Option<install::slot::Slots> {
+        self.config
+            .slots
+            .as_ref()
+            .map(|s| install::slot::Slots::new(s, &self.config.reboot, &self.paths))
+    }
+
+    /// Runs the reboot command (`[reboot]`): the install waits for the system it names.
+    pub fn request_reboot(&self, into: &str) -> Result<(), String> {
+        tracing::warn!("rebooting: {into}");
+        faults::point("apply", "reboot");
+        exec::run_hook(
+            &self.config.reboot.command,
+            &[],
+            &[("PETREL_REBOOT_REASON", into.to_string())],
+            std::time::Duration::from_secs(120),
+        )
+        .map_err(|e| {
+            format!("the reboot command failed: {e}; reboot the device to continue ({into})")
+        })
     }
 
     /// An interrupted apply completed or undone when the agent was opened.
@@ -245,7 +292,7 @@ impl Agent {
 
     /// Reads the actual inventory again (after an apply, or right before one).
     pub fn reload_inventory(&mut self) -> Result<(), AgentError> {
-        self.profile.inventory = inventory::read_inventory(&self.config.inventory)?;
+        self.profile.inventory = read_device_inventory(&self.config)?;
         Ok(())
     }
 
@@ -269,6 +316,16 @@ impl Agent {
         check_locale(locale).map_err(|e| AgentError::Refused(format!("--locale: {e}")))?;
         self.profile.locale = Some(locale.to_string());
         Ok(())
+    }
+
+    /// The installed bytes deltas may start from: application id → SHA-256 (see
+    /// [`repo::delta_bases`]), with the running slot's image.
+    fn delta_bases(&self) -> std::collections::BTreeMap<String, String> {
+        let mut bases = repo::delta_bases(&self.config.inventory, &self.profile.inventory);
+        if let Some((_, _, sha)) = self.slots().and_then(|s| s.delta_base()) {
+            bases.insert(self.config.slots.as_ref().expect("slots").app.clone(), sha);
+        }
+        bases
     }
 
     /// A TUF updater for the configured repository and the trusted metadata directory.
@@ -314,7 +371,7 @@ impl Agent {
             &self.profile.id,
             self.config.repository.assign_bin_digits,
             &self.paths.manifests(),
-            &repo::delta_bases(&self.config.inventory, &self.profile.inventory),
+            &self.delta_bases(),
         )?;
         let mut local = state.local_state(consent.records().clone());
         local.inhibit = inhibit::check(&self.config.inhibit);
@@ -582,16 +639,55 @@ fn hooks_of(config: &AgentConfig) -> install::Hooks {
     }
 }
 
-fn installer_of(config: &AgentConfig, paths: &StatePaths) -> Box<dyn install::Installer> {
+fn installer_of(
+    config: &AgentConfig,
+    paths: &StatePaths,
+    image: bool,
+) -> Box<dyn install::Installer> {
+    if let (true, Some(s)) = (image, &config.slots) {
+        return Box::new(install::slot::SlotInstaller::new(
+            install::slot::Slots::new(s, &config.reboot, paths),
+        ));
+    }
     match &config.inventory {
         InventorySource::Dir(d) => Box::new(install::files::FilesInstaller::new(d.clone())),
-        InventorySource::Command(_) => Box::new(install::command::CommandInstaller::new(
-            config.install_command.clone(),
-            config.rollback_command.clone(),
+        InventorySource::Command(c) => Box::new(install::command::CommandInstaller::new(
+            install::command::Commands {
+                install: config.install_command.clone(),
+                rollback: config.rollback_command.clone(),
+                confirm: config.confirm_command.clone(),
+                inventory: c.clone(),
+            },
+            config.reboot.boot_id_file.clone(),
             paths.clone(),
             config.hook_timeout,
         )),
     }
+}
+
+/// The device's actual inventory: the configured source's, plus the system image the
+/// running slot holds (`[slots]`).
+pub fn read_device_inventory(config: &AgentConfig) -> Result<crate::decide::Inventory, AgentError> {
+    let mut inv = inventory::read_inventory(&config.inventory)?;
+    if let Some(s) = &config.slots {
+        let slots =
+            install::slot::Slots::new(s, &config.reboot, &StatePaths::new(&config.state_dir));
+        let err = |reason: String| AgentError::Inventory {
+            from: format!("the slots {} and {}", s.a.display(), s.b.display()),
+            reason,
+        };
+        if inv.remove(&s.app).is_some() {
+            tracing::warn!(
+                "inventory: {} is the system image (slots.app); ignoring the {} entry",
+                s.app,
+                config.inventory
+            );
+        }
+        if let Some(app) = slots.installed().map_err(err)? {
+            inv.insert(s.app.clone(), app);
+        }
+    }
+    Ok(inv)
 }
 
 /// The current instant, whole seconds (what manifests and records can express).
@@ -622,7 +718,7 @@ pub fn load_profile(config: &AgentConfig) -> Result<DeviceProfile, AgentError> {
             config.inventory
         )));
     }
-    profile.inventory = inventory::read_inventory(&config.inventory)?;
+    profile.inventory = read_device_inventory(config)?;
     if config.utc_offset == UtcOffsetSource::System {
         let secs = chrono::Local::now().offset().local_minus_utc();
         profile.utc_offset_minutes = (secs / 60).clamp(-840, 840);

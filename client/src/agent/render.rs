@@ -630,6 +630,7 @@ pub fn update_text(agent: &Agent, out: &super::UpdateOutcome) -> String {
     for i in &out.installs {
         let head = match i.result {
             InstallResult::Installed => "Installed",
+            InstallResult::PendingReboot => "Installed, PENDING REBOOT",
             InstallResult::RolledBack => "Install FAILED and ROLLED BACK",
             InstallResult::Failed => "Install FAILED",
             InstallResult::Deferred => "Not installed now",
@@ -686,6 +687,15 @@ pub fn recovery_text(r: &super::install::Recovery) -> String {
         Recovery::RolledBack { campaign, revision } => format!(
             "Recovered: the install of campaign {campaign} revision {revision} was interrupted before its commit point and was undone; the previous set is installed."
         ),
+        Recovery::RolledForward(a) if a.after_reboot => format!(
+            "After the reboot, campaign {} revision {}: {}.",
+            a.campaign,
+            a.revision,
+            match &a.failure {
+                None => format!("the new system is healthy and marked good ({})", a.changes.join("; ")),
+                Some(f) => format!("{f}; the previous system runs"),
+            }
+        ),
         Recovery::RolledForward(a) if a.rolled_back => format!(
             "Recovered: the install of campaign {} revision {} was interrupted and has been rolled back ({}); the previous set is installed.",
             a.campaign,
@@ -699,7 +709,16 @@ pub fn recovery_text(r: &super::install::Recovery) -> String {
             a.changes.join("; "),
             a.failure.as_ref().map(|f| format!(" ({f})")).unwrap_or_default()
         ),
-        Recovery::Pending { campaign, revision } => format!(
+        Recovery::Pending {
+            campaign,
+            revision,
+            reboot: Some(into),
+        } => format!(
+            "The install of campaign {campaign} revision {revision} waits for a reboot ({into}); it goes on after it."
+        ),
+        Recovery::Pending {
+            campaign, revision, ..
+        } => format!(
             "Recovered: the new set of campaign {campaign} revision {revision} is in place; its hooks and health check run at the agent's next start (the previous set is kept until then)."
         ),
     }
@@ -840,6 +859,105 @@ pub fn consent_show_text(ev: &Evaluation, r: &ConsentRequest, locale_flag: Optio
             );
         }
         ConsentPolicy::None => {}
+    }
+    o
+}
+
+/// `petrel slots status --json`: the slots, the booted one, the bootloader's variables and
+/// what each slot holds.
+pub fn slots_json(slots: &super::install::slot::Slots) -> Value {
+    use super::install::bootloader::Slot;
+    let state = slots.state();
+    let booted = slots.booted();
+    let bl = slots.bootloader();
+    let per_slot: Vec<Value> = [Slot::A, Slot::B]
+        .into_iter()
+        .map(|s| {
+            let rec = state.as_ref().ok().and_then(|st| st.slots.get(&s).cloned());
+            json!({
+                "slot": s.name(),
+                "path": slots.path(s).display().to_string(),
+                "booted": booted.as_ref().ok() == Some(&s),
+                "tries_left": bl.tries_left(s).ok().flatten(),
+                "holds": rec,
+            })
+        })
+        .collect();
+    json!({
+        "app": slots.config().app,
+        "bootloader": bl.name(),
+        "booted": match &booted {
+            Ok(s) => s.name().to_string(),
+            Err(e) => format!("unknown ({e})"),
+        },
+        "variables": bl.variables().unwrap_or_default(),
+        "slots": per_slot,
+        "install_in_progress": state.as_ref().ok().and_then(|s| s.target.clone()),
+        "error": state.err(),
+    })
+}
+
+/// `petrel slots status`.
+pub fn slots_text(slots: &super::install::slot::Slots, v: &Value) -> String {
+    let mut o = String::new();
+    let _ = writeln!(
+        o,
+        "System image {} in two slots; bootloader: {}",
+        slots.config().app,
+        v["bootloader"].as_str().unwrap_or("")
+    );
+    let _ = writeln!(o, "Booted: {}", v["booted"].as_str().unwrap_or("?"));
+    for s in v["slots"].as_array().into_iter().flatten() {
+        let holds = match &s["holds"] {
+            Value::Null => "nothing Petrel wrote".to_string(),
+            h => format!(
+                "{} {} (image {} bytes, sha256 {}, written {})",
+                h["app"].as_str().unwrap_or(""),
+                h["version"].as_str().unwrap_or(""),
+                h["image_length"],
+                &h["image_sha256"].as_str().unwrap_or("")
+                    [..12.min(h["image_sha256"].as_str().unwrap_or("").len())],
+                h["written_at"].as_str().unwrap_or("")
+            ),
+        };
+        let _ = writeln!(
+            o,
+            "  slot {} {}{}: {holds}{}",
+            s["slot"].as_str().unwrap_or(""),
+            s["path"].as_str().unwrap_or(""),
+            if s["booted"] == json!(true) {
+                " (booted)"
+            } else {
+                ""
+            },
+            match s["tries_left"].as_u64() {
+                Some(n) => format!("; {n} boot tries left"),
+                None => String::new(),
+            }
+        );
+    }
+    if let Some(t) = v.get("install_in_progress").filter(|t| !t.is_null()) {
+        let _ = writeln!(
+            o,
+            "Install in progress: slot {} (from {}){}",
+            t["slot"].as_str().unwrap_or(""),
+            t["from"].as_str().unwrap_or(""),
+            if t.get("switched_in_boot").is_some() {
+                ", set to boot next"
+            } else {
+                ", being written"
+            }
+        );
+    }
+    if let Some(vars) = v["variables"].as_object().filter(|m| !m.is_empty()) {
+        let text: Vec<String> = vars
+            .iter()
+            .map(|(k, x)| format!("{k}={}", x.as_str().unwrap_or("")))
+            .collect();
+        let _ = writeln!(o, "Bootloader variables: {}", text.join(" "));
+    }
+    if let Some(e) = v["error"].as_str() {
+        let _ = writeln!(o, "Problem: {e}");
     }
     o
 }

@@ -71,6 +71,10 @@ impl StatePaths {
     pub fn journal(&self) -> PathBuf {
         self.root.join(JOURNAL_FILE)
     }
+    /// `slots.json`: what the system image slots hold ([`super::install::slot::SlotsState`]).
+    pub fn slots_file(&self) -> PathBuf {
+        self.root.join("slots.json")
+    }
     /// `device.key`: the device's report signing key.
     pub fn device_key(&self) -> PathBuf {
         self.root.join("device.key")

@@ -45,6 +45,9 @@ use crate::tuf::updater::DownloadProgress;
 pub enum InstallResult {
     /// The new set is installed (and passed the health check, if one is configured).
     Installed,
+    /// The new system is written and set to boot next: it runs, and is checked, after the
+    /// reboot the agent requested. Reported as `installed_pending_reboot` (not final).
+    PendingReboot,
     /// The new set was installed, but a hook or the health check failed and the previous
     /// set was restored. Reported as failed; the same manifest is not tried again.
     RolledBack,
@@ -122,6 +125,9 @@ pub struct UpdateOutcome {
     pub installs: Vec<InstallOutcome>,
     /// Reports queued in this run.
     pub reports: Vec<QueuedReport>,
+    /// The reboot the run requested (an install waits for it), in words.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub reboot: Option<String>,
     /// Reports sent to `report_url` in this run (`None`: no URL configured).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub sent: Option<String>,
@@ -246,6 +252,7 @@ impl Agent {
             staged: Vec::new(),
             installs: Vec::new(),
             reports: Vec::new(),
+            reboot: None,
             sent: None,
             reports_pending: false,
             problems: Vec::new(),
@@ -318,10 +325,26 @@ impl Agent {
         // Reports the decision says are due (errors, declines, rejections, expiry).
         self.due_reports(&mut ev, &mut out);
 
+        // An install waiting for a reboot holds every other install back.
+        if let Some(Recovery::Pending {
+            campaign,
+            reboot: Some(into),
+            ..
+        }) = &out.recovered
+        {
+            out.notes.push(format!(
+                "the install of campaign {campaign} waits for a reboot ({into}); nothing else is installed before it"
+            ));
+            out.reboot = Some(into.clone());
+        }
+
         // Installs, for every campaign ready to install (each changes the inventory, so
         // the next is decided again from the device as it then is).
         let mut attempted = Vec::new();
         for _ in 0..MAX_CAMPAIGNS_PER_RUN {
+            if out.reboot.is_some() {
+                break;
+            }
             let next = ev.decision.actions().into_iter().find_map(|a| match a {
                 Action::Install {
                     campaign,
@@ -349,6 +372,12 @@ impl Agent {
         ev.state.save(&self.paths.state_file())?;
         faults::point("report", "send reports");
         self.send_reports(&mut out);
+        if let Some(into) = &out.reboot {
+            if let Err(e) = self.request_reboot(into) {
+                tracing::error!("{e}");
+                out.problems.push(e);
+            }
+        }
         out.decision = Some(ev.decision);
         out.state = Some(ev.state);
         Ok(out)
@@ -510,7 +539,7 @@ impl Agent {
             Some(h) => &mut **h,
             None => &mut cont,
         };
-        let mut installer = self.installer();
+        let mut installer = self.installer(&staged);
         let result = install::install(
             installer.as_mut(),
             &staged,
@@ -528,8 +557,34 @@ impl Agent {
         self.reload_inventory()?;
         outcome.inventory_after = self.profile.inventory.clone();
         let mut rolled_back = false;
-        let installed_and_recorded = result.is_ok();
+        let installed_and_recorded = result.as_ref().is_ok_and(|a| a.reboot.is_none());
         let report_result = match result {
+            Ok(applied) if applied.reboot.is_some() && applied.failure.is_none() => {
+                let into = applied.reboot.clone().unwrap_or_default();
+                outcome.changes = applied.changes.clone();
+                outcome.result = InstallResult::PendingReboot;
+                outcome.reason = format!(
+                    "installed group {} revision {} ({}); it runs after the reboot ({into}), then its health check decides",
+                    applied.group.0,
+                    applied.group.1,
+                    applied.changes.join("; ")
+                );
+                out.reboot = Some(into);
+                Some(ReportResult::InstalledPendingReboot)
+            }
+            Ok(applied) if applied.reboot.is_some() => {
+                // Failed right away and restored, but the previous system runs only after
+                // a reboot: the final report follows it.
+                let into = applied.reboot.clone().unwrap_or_default();
+                outcome.changes = applied.changes.clone();
+                outcome.result = InstallResult::Deferred;
+                outcome.reason = format!(
+                    "{}; the previous system runs after the reboot ({into})",
+                    applied.failure.clone().unwrap_or_default()
+                );
+                out.reboot = Some(into);
+                None
+            }
             Ok(applied) => {
                 outcome.changes = applied.changes.clone();
                 let (result, reason) = self.settled(&applied, &mut ev.state);
@@ -599,6 +654,7 @@ impl Agent {
         if let Some(r) = report_result {
             let status = match r {
                 ReportResult::Succeeded => "succeeded",
+                ReportResult::InstalledPendingReboot => "installed_pending_reboot",
                 _ => "failed",
             };
             let reason = outcome.reason.clone();
@@ -789,11 +845,10 @@ impl Agent {
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => Vec::new(),
             Err(e) => return Err(fail(e.to_string())),
         };
-        let inventory_after: BTreeMap<_, _> =
-            super::inventory::read_inventory(&self.config.inventory)
-                .unwrap_or_else(|_| self.profile.inventory.clone())
-                .into_iter()
-                .collect();
+        let inventory_after: BTreeMap<_, _> = super::read_device_inventory(&self.config)
+            .unwrap_or_else(|_| self.profile.inventory.clone())
+            .into_iter()
+            .collect();
         let report = Report::new(ReportFields {
             device_id: self.profile.id.clone(),
             campaign: campaign.to_string(),

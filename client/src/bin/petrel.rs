@@ -173,6 +173,18 @@ kept until the health check passes).")]
 Example:
   petrel device-key > kiosk-0042.pub.pem")]
     DeviceKey,
+    /// System image slots: which one runs, what each holds, the bootloader's view.
+    #[command(
+        subcommand,
+        after_help = "\
+Examples:
+  petrel slots status
+  petrel slots status --json
+  petrel slots boot --init     (a simulated board: the file bootloader only)
+
+See docs/images.md."
+    )]
+    Slots(SlotsCommand),
     /// Consent: list pending requests, show a notice, answer it.
     #[command(
         subcommand,
@@ -187,6 +199,25 @@ Answers are appended to <state_dir>/consent.log, bound to the SHA-256 of the exa
 campaign manifest shown; a changed campaign asks again."
     )]
     Consent(ConsentCommand),
+}
+
+#[derive(Subcommand, Debug)]
+enum SlotsCommand {
+    /// The slots, the booted one, the bootloader's variables and what each slot holds.
+    Status {
+        /// Machine-readable JSON.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Power on a simulated board (slots.bootloader = "file"): what a bootloader does at
+    /// boot (the first slot in the order with tries left loses one and boots). Prints the
+    /// slot booted; exits 1 when no slot has tries left.
+    Boot {
+        /// Create the boot state (slot A booted, every slot with slots.attempts tries) if
+        /// there is none, instead of powering on.
+        #[arg(long)]
+        init: bool,
+    },
 }
 
 #[derive(Args, Debug)]
@@ -542,10 +573,79 @@ fn run(cli: Cli) -> Result<(), Failure> {
                 None => println!("Nothing to recover: no install was interrupted."),
             }
         }
+        Command::Slots(c) => slots(&config, c)?,
         Command::DeviceKey => {
             print!("{}", Agent::device_key_pem(&config)?);
         }
         Command::Consent(c) => consent(config, c)?,
+    }
+    Ok(())
+}
+
+/// `petrel slots …`.
+fn slots(config: &AgentConfig, c: SlotsCommand) -> Result<(), Failure> {
+    use petrel_client::agent::config::BootloaderConfig;
+    use petrel_client::agent::install::bootloader::{FileBootState, FileBootloader};
+    use petrel_client::agent::install::slot::Slots;
+    let Some(sc) = &config.slots else {
+        return Err(Failure {
+            message: format!(
+                "{} has no [slots]: this device installs no system images (docs/images.md)",
+                config.path.display()
+            ),
+            code: 2,
+        });
+    };
+    match c {
+        SlotsCommand::Status { json } => {
+            let slots = Slots::new(sc, &config.reboot, &StatePaths::new(&config.state_dir));
+            let v = render::slots_json(&slots);
+            if json {
+                print_json(&v);
+            } else {
+                print!("{}", render::slots_text(&slots, &v));
+            }
+        }
+        SlotsCommand::Boot { init } => {
+            let BootloaderConfig::File { path } = &sc.bootloader else {
+                return Err(Failure {
+                    message: "petrel slots boot simulates a board: it needs slots.bootloader = \"file\"; a real board's bootloader boots it".into(),
+                    code: 2,
+                });
+            };
+            let b = FileBootloader::new(path);
+            if init {
+                if path.exists() {
+                    println!("{} exists; left as it is", path.display());
+                } else {
+                    b.save(&FileBootState::new(sc.attempts))
+                        .map_err(|m| Failure {
+                            message: m,
+                            code: 1,
+                        })?;
+                    println!("Created {}: slot A booted", path.display());
+                }
+                return Ok(());
+            }
+            let mut s = b.load().map_err(|m| Failure {
+                message: m,
+                code: 1,
+            })?;
+            let booted = s.power_on();
+            b.save(&s).map_err(|m| Failure {
+                message: m,
+                code: 1,
+            })?;
+            match booted {
+                Some(slot) => println!("{slot}"),
+                None => {
+                    return Err(Failure {
+                        message: "no slot has tries left: the board does not boot".into(),
+                        code: 1,
+                    })
+                }
+            }
+        }
     }
     Ok(())
 }

@@ -81,7 +81,7 @@ pub fn group_target_path(id: &str) -> String {
 
 /// Install types Petrel's own installer knows; others are allowed in the format (for
 /// custom installers) but must be identifiers.
-pub const KNOWN_INSTALL_TYPES: [&str; 3] = ["file", "tree", "package"];
+pub const KNOWN_INSTALL_TYPES: [&str; 4] = ["file", "tree", "package", "slot"];
 
 impl Manifest for GroupManifest {
     const KIND: ManifestKind = ManifestKind::Group;

@@ -39,7 +39,7 @@ pub const MAX_REPORT_BYTES: usize = 1024 * 1024;
 
 /// The outcome a report states.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
-#[serde(rename_all = "lowercase")]
+#[serde(rename_all = "snake_case")]
 pub enum ReportResult {
     /// The campaign's change was applied (final).
     Succeeded,
@@ -49,6 +49,9 @@ pub enum ReportResult {
     Declined,
     /// Downloaded and verified into staging, waiting for the apply window (pending).
     Staged,
+    /// A new system is written and set to boot next; it counts as succeeded only after the
+    /// reboot, once its health check passed (pending).
+    InstalledPendingReboot,
 }
 
 impl ReportResult {
@@ -64,6 +67,7 @@ impl ReportResult {
             ReportResult::Failed => "failed",
             ReportResult::Declined => "declined",
             ReportResult::Staged => "staged",
+            ReportResult::InstalledPendingReboot => "installed_pending_reboot",
         }
     }
 }
@@ -82,8 +86,9 @@ impl std::str::FromStr for ReportResult {
             "failed" => Ok(ReportResult::Failed),
             "declined" => Ok(ReportResult::Declined),
             "staged" => Ok(ReportResult::Staged),
+            "installed_pending_reboot" => Ok(ReportResult::InstalledPendingReboot),
             other => Err(format!(
-                "unknown report result {other:?} (expected succeeded, failed, declined or staged)"
+                "unknown report result {other:?} (expected succeeded, failed, declined, staged or installed_pending_reboot)"
             )),
         }
     }

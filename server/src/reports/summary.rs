@@ -49,12 +49,16 @@ pub struct Counts {
     pub succeeded: u64,
     /// Devices whose latest report is `failed`.
     pub failed: u64,
-    /// Devices whose latest report is `declined` or `staged`.
+    /// Devices whose latest report is `declined`, `staged` or `installed_pending_reboot`.
     pub pending: u64,
     /// Of `pending`: `declined`.
     pub declined: u64,
     /// Of `pending`: `staged`.
     pub staged: u64,
+    /// Of `pending`: `installed_pending_reboot` (a new system waits for its reboot and
+    /// health check; only a confirmed boot counts as succeeded).
+    #[serde(default)]
+    pub pending_reboot: u64,
     /// Failure reasons, most frequent first.
     pub failure_reasons: Vec<ReasonCount>,
 }
@@ -95,6 +99,10 @@ impl Counts {
             ReportResult::Staged => {
                 self.pending += 1;
                 self.staged += 1;
+            }
+            ReportResult::InstalledPendingReboot => {
+                self.pending += 1;
+                self.pending_reboot += 1;
             }
         }
     }

@@ -77,6 +77,10 @@ impl Installer for FilesInstaller {
         format!("inventory directory {}", self.dir.display())
     }
 
+    fn kind(&self) -> &'static str {
+        "files"
+    }
+
     fn inventory_dir(&self) -> Option<&Path> {
         Some(&self.dir)
     }

@@ -87,6 +87,10 @@ pub struct Journal {
     pub schema_version: u32,
     /// How far the install got.
     pub phase: Phase,
+    /// The install handler ([`super::Installer::kind`]); absent in journals of agents
+    /// that knew only directories and commands (told apart by `inventory_dir`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub installer: Option<String>,
     /// The inventory directory changed (installs into a directory), or `None` (an
     /// installer command).
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -118,6 +122,9 @@ pub struct Journal {
     /// How many `on_apply` hook runs for the restored versions are done.
     #[serde(default)]
     pub restore_hooks_done: usize,
+    /// The install waited for a reboot (a new system image, an installer that exited 3).
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub awaited_reboot: bool,
 }
 
 impl Journal {

@@ -13,9 +13,11 @@
 //! complete old set or the complete new set, and the previous set is deleted only after
 //! the health check passed.
 
+pub mod bootloader;
 pub mod command;
 pub mod files;
 pub mod journal;
+pub mod slot;
 
 use std::io;
 use std::path::{Path, PathBuf};
@@ -37,6 +39,8 @@ use journal::{Journal, JournalOp, Phase, JOURNAL_SCHEMA_VERSION};
 pub trait Installer {
     /// What is installed into, for messages (`inventory directory /opt/apps`).
     fn name(&self) -> String;
+    /// The handler's kind, recorded in the journal (`files`, `command`, `slot`).
+    fn kind(&self) -> &'static str;
     /// The inventory directory, when the installer owns one (recorded in the journal).
     fn inventory_dir(&self) -> Option<&Path> {
         None
@@ -57,6 +61,13 @@ pub trait Installer {
     fn discard(&mut self, journal: &Journal);
     /// Makes the prepared set live, keeping the previous set aside.
     fn switch(&mut self, journal: &Journal, st: &mut Stepper) -> Result<(), ApplyError>;
+    /// After [`Installer::switch`] (journal phase switched) or [`Installer::restore`]
+    /// (rolling back): whether the set wanted is the one running, or a reboot is needed
+    /// first, or the device rebooted and came up with the previous set (the bootloader fell
+    /// back). Handlers whose switch takes effect at once keep the default.
+    fn boot_state(&mut self, _journal: &Journal) -> Result<Boot, ApplyError> {
+        Ok(Boot::Current)
+    }
     /// Whether [`Installer::restore`] can bring the previous set back.
     fn can_restore(&self) -> bool;
     /// Makes the previous set live again.
@@ -64,6 +75,17 @@ pub trait Installer {
     /// Deletes what was kept aside (the previous set after a confirmed install, the refused
     /// set after a rollback).
     fn clean(&mut self, journal: &Journal, st: &mut Stepper) -> Result<(), ApplyError>;
+}
+
+/// Whether the set an install wants is running (see [`Installer::boot_state`]).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Boot {
+    /// It is running.
+    Current,
+    /// It runs after a reboot (what to reboot into, in words).
+    RebootNeeded(String),
+    /// The device rebooted and runs the previous set: the new one did not come up (why).
+    FellBack(String),
 }
 
 /// The commands run around an install (see `docs/device.md`).
@@ -187,6 +209,12 @@ pub struct Applied {
     pub failure: Option<String>,
     /// Whether the previous set was restored after that failure.
     pub rolled_back: bool,
+    /// The install waits for a reboot (into the new system, or back into the previous one
+    /// after a failure): what to reboot into. The journal stays.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub reboot: Option<String>,
+    /// The install went on after a reboot it waited for.
+    pub after_reboot: bool,
 }
 
 impl Applied {
@@ -206,7 +234,21 @@ impl Applied {
             wave: j.wave,
             failure: j.failure.clone(),
             rolled_back: j.phase == Phase::RollingBack,
+            reboot: None,
+            after_reboot: j.awaited_reboot,
         }
+    }
+
+    /// The install waits for a reboot: recorded in the journal, so the next boot knows.
+    fn waiting_for(j: &mut Journal, path: &Path, reboot: String) -> Result<Applied, ApplyError> {
+        if !j.awaited_reboot {
+            j.awaited_reboot = true;
+            j.save(path)?;
+        }
+        Ok(Applied {
+            reboot: Some(reboot),
+            ..Applied::from_journal(j)
+        })
     }
 }
 
@@ -225,12 +267,16 @@ pub enum Recovery {
     /// [`Applied::rolled_back`]) restored to the previous set.
     RolledForward(Applied),
     /// The new set is live and the previous one kept aside; its hooks and health check
-    /// have not run yet (recovery without settling, as `petrel recover` does at boot).
+    /// have not run yet (recovery without settling, as `petrel recover` does at boot), or
+    /// the install waits for a reboot ([`Recovery::Pending::reboot`]).
     Pending {
         /// The campaign.
         campaign: String,
         /// Its revision.
         revision: u64,
+        /// What the device must reboot into before the install can go on.
+        #[serde(skip_serializing_if = "Option::is_none")]
+        reboot: Option<String>,
     },
 }
 
@@ -281,6 +327,7 @@ pub fn install(
     let mut journal = Journal {
         schema_version: JOURNAL_SCHEMA_VERSION,
         phase: Phase::Prepared,
+        installer: Some(installer.kind().to_string()),
         inventory_dir: installer.inventory_dir().map(Path::to_path_buf),
         campaign: plan.campaign.clone(),
         revision: plan.revision,
@@ -293,6 +340,7 @@ pub fn install(
         wave: plan.wave,
         failure: None,
         restore_hooks_done: 0,
+        awaited_reboot: false,
     };
     st.step("write the journal (prepared)".into())?;
     journal.save(journal_path)?;
@@ -329,6 +377,27 @@ fn proceed(
             Phase::Switched => {
                 if !settle {
                     return Ok(Applied::from_journal(journal));
+                }
+                match installer.boot_state(journal)? {
+                    Boot::Current => {}
+                    Boot::RebootNeeded(into) => {
+                        return Applied::waiting_for(journal, journal_path, into)
+                    }
+                    Boot::FellBack(why) => {
+                        tracing::warn!(
+                            "campaign {} revision {}: {why}",
+                            journal.campaign,
+                            journal.revision
+                        );
+                        journal.failure = Some(why);
+                        // The previous set runs: nothing to undo but the bootloader's view;
+                        // no hook ran for the new set, none runs for the restored one.
+                        journal.hooks_done = journal.ops.len();
+                        journal.restore_hooks_done = journal.ops.len();
+                        st.step("write the journal (rolling back)".into())?;
+                        journal.enter(Phase::RollingBack, journal_path)?;
+                        continue;
+                    }
                 }
                 run_apply_hooks(journal, journal_path, hooks, st)?;
                 let failure = if !journal.hook_errors.is_empty() {
@@ -390,6 +459,12 @@ fn proceed(
                         return Ok(Applied::from_journal(journal));
                     }
                     Err(e) => return Err(e),
+                }
+                match installer.boot_state(journal)? {
+                    Boot::Current | Boot::FellBack(_) => {}
+                    Boot::RebootNeeded(into) => {
+                        return Applied::waiting_for(journal, journal_path, into)
+                    }
                 }
                 run_restore_hooks(journal, journal_path, hooks, st)?;
                 installer.clean(journal, st)?;
@@ -579,8 +654,12 @@ pub fn recover(
             "cannot complete the interrupted install of campaign {campaign} revision {revision}: {e}"
         ),
     })?;
-    if journal.phase == Phase::Switched {
-        Ok(Some(Recovery::Pending { campaign, revision }))
+    if journal.phase == Phase::Switched || applied.reboot.is_some() {
+        Ok(Some(Recovery::Pending {
+            campaign,
+            revision,
+            reboot: applied.reboot,
+        }))
     } else {
         Ok(Some(Recovery::RolledForward(applied)))
     }
