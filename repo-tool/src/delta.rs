@@ -24,6 +24,38 @@ pub struct DeltaOptions {
     /// The role to list the deltas in (default: `deltas` if the repository has that role,
     /// else `targets`; a role delegating to hashed bins places each delta in its bin).
     pub role: Option<String>,
+    /// The format (default: [`DeltaFormat::Auto`]).
+    pub format: DeltaFormat,
+}
+
+/// Which delta format to build.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum DeltaFormat {
+    /// Chunked for new versions of [`CHUNKED_FROM`] bytes or more (system images: devices
+    /// apply them with bounded memory), whole-file patch-from below.
+    #[default]
+    Auto,
+    /// Whole-file zstd patch-from ([`delta::FORMAT`]).
+    Patch,
+    /// Chunked ([`delta::chunked::FORMAT`]).
+    Chunked,
+}
+
+/// From this size on, [`DeltaFormat::Auto`] builds chunked deltas.
+pub const CHUNKED_FROM: usize = 16 * 1024 * 1024;
+
+impl std::str::FromStr for DeltaFormat {
+    type Err = String;
+    fn from_str(s: &str) -> std::result::Result<Self, String> {
+        match s {
+            "auto" => Ok(DeltaFormat::Auto),
+            "zstd-patch" | "patch" => Ok(DeltaFormat::Patch),
+            "zstd-chunked" | "chunked" => Ok(DeltaFormat::Chunked),
+            other => Err(format!(
+                "{other:?} is not a delta format (auto, zstd-patch, zstd-chunked)"
+            )),
+        }
+    }
 }
 
 /// What happened to one `--from`.
@@ -84,10 +116,34 @@ pub fn make_deltas(ws: &Workspace, opts: &DeltaOptions) -> Result<Vec<DeltaOutco
                 ),
             ));
         }
-        let bytes = delta::make(&old, &new_bytes)
-            .map_err(|e| Error::target(from, format!("building the delta: {e}")))?;
+        let chunked = match opts.format {
+            DeltaFormat::Auto => new_bytes.len() >= CHUNKED_FROM,
+            DeltaFormat::Patch => false,
+            DeltaFormat::Chunked => true,
+        };
+        let built_bytes = if chunked {
+            delta::chunked::make_with(&old, &new_bytes, delta::chunked::CHUNK_SIZE, |n, f| {
+                use rayon::prelude::*;
+                (0..n).into_par_iter().map(f).collect()
+            })
+        } else {
+            delta::make(&old, &new_bytes)
+        };
+        let bytes =
+            built_bytes.map_err(|e| Error::target(from, format!("building the delta: {e}")))?;
         let mut check = Vec::with_capacity(new_bytes.len());
-        delta::apply(&old, &bytes[..], new_bytes.len() as u64, &mut check).map_err(|e| {
+        let applied = if chunked {
+            delta::chunked::apply(
+                std::io::Cursor::new(&old),
+                old.len() as u64,
+                &bytes[..],
+                new_bytes.len() as u64,
+                &mut check,
+            )
+        } else {
+            delta::apply(&old, &bytes[..], new_bytes.len() as u64, &mut check)
+        };
+        applied.map_err(|e| {
             Error::target(from, format!("the delta just built does not apply: {e}"))
         })?;
         if check != new_bytes {
@@ -105,7 +161,11 @@ pub fn make_deltas(ws: &Workspace, opts: &DeltaOptions) -> Result<Vec<DeltaOutco
             continue;
         }
         let meta = DeltaMeta {
-            format: delta::FORMAT.into(),
+            format: if chunked {
+                delta::chunked::FORMAT.into()
+            } else {
+                delta::FORMAT.into()
+            },
             base_sha256,
             base_length: old.len() as u64,
             result_sha256: result_sha256.clone(),

@@ -71,7 +71,10 @@ enum Command {
     },
     /// Add whole-file binary deltas from earlier versions of an artifact to a new one.
     #[command(after_help = "\
-Each delta is a zstd frame with the old bytes as reference prefix, added as the target
+Each delta is a zstd frame with the old bytes as reference prefix (zstd-patch) or, for new
+versions of 16 MiB and more (system images), a series of 4 MiB chunks each compressed
+against a window of the old bytes, which devices apply with bounded memory (zstd-chunked);
+added as the target
 deltas/<new sha256>/<old sha256>.zst with custom metadata naming both hashes and lengths
 (docs/formats.md, Deltas). Devices that have exactly the old bytes installed download the
 delta instead of the artifact and check the result against the artifact's signed hash.
@@ -91,6 +94,10 @@ Example:
         /// The role to list the deltas in (a role delegating to hashed bins places each).
         #[arg(long)]
         role: Option<String>,
+        /// auto (zstd-chunked from 16 MiB on, else zstd-patch), zstd-patch or zstd-chunked
+        /// (applied by devices with bounded memory: system images).
+        #[arg(long, default_value = "auto")]
+        format: petrel_repo::delta::DeltaFormat,
     },
     /// Delegate target paths (or hashed bins) to a new role with its own keys.
     #[command(
@@ -623,7 +630,12 @@ fn run(cli: Cli) -> Result<()> {
             );
             Ok(())
         }
-        Command::Delta { from, to, role } => {
+        Command::Delta {
+            from,
+            to,
+            role,
+            format,
+        } => {
             let ws = open_for_edit(&cli)?;
             let outcomes = petrel_repo::delta::make_deltas(
                 &ws,
@@ -631,6 +643,7 @@ fn run(cli: Cli) -> Result<()> {
                     from: from.clone(),
                     to: to.clone(),
                     role: role.clone(),
+                    format: *format,
                 },
             )?;
             let mut added = 0;

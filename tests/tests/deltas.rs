@@ -89,6 +89,7 @@ fn add_delta(s: &mut Scenario) -> u64 {
             from: vec![OLD.into()],
             to: NEW.into(),
             role: None,
+            ..DeltaOptions::default()
         },
     )
     .expect("petrel-repo delta");

@@ -498,6 +498,110 @@ fn an_image_larger_than_the_slot_is_refused_before_anything_is_written() {
     assert!(!board.take_reboot_request());
 }
 
+/// 1.2: 1.1 with a new header, a few changed blocks and a moved region.
+fn next_image(old: &[u8]) -> Vec<u8> {
+    let mut new = old.to_vec();
+    let head = b"PETREL-SIM-IMAGE version=1.2 kind=good\n";
+    new[..head.len()].copy_from_slice(head);
+    for i in 0..2000 {
+        new[1_500_000 + i * 7] ^= 0x5a;
+    }
+    let moved = old[100_000..400_000].to_vec();
+    new[3_000_000..3_300_000].copy_from_slice(&moved);
+    new
+}
+
+/// A board running 1.1 in slot B (installed by the agent, so its exact bytes are recorded),
+/// and 1.2 published with a chunked delta from 1.1.
+fn board_on_1_1(s: &mut Scenario) -> (Board, Vec<u8>) {
+    let old = image("1.1", "good", IMAGE_SIZE);
+    publish(s, "os-1.1", 1, "1.1", &old, false);
+    let board = Board::new(s);
+    board.update();
+    assert!(board.take_reboot_request());
+    let (slot, code, _) = board.reboot();
+    assert_eq!((slot.as_str(), code), ("B", 0));
+    let new = next_image(&old);
+    s.repo().add("targets", &target("1.2", false), &new);
+    let out = petrel_repo::delta::make_deltas(
+        s.repo().workspace(),
+        &petrel_repo::delta::DeltaOptions {
+            from: vec![target("1.1", false)],
+            to: target("1.2", false),
+            role: None,
+            format: petrel_repo::delta::DeltaFormat::Chunked,
+        },
+    )
+    .expect("petrel-repo delta");
+    assert!(
+        matches!(
+            out.as_slice(),
+            [petrel_repo::delta::DeltaOutcome::Added { .. }]
+        ),
+        "{out:?}"
+    );
+    s.group(&group(2, "1.2", false));
+    s.create_campaign(&campaign("os-1.2", 2));
+    s.publish();
+    (board, new)
+}
+
+#[test]
+fn an_image_delta_is_applied_from_the_running_slot_with_its_exact_bytes() {
+    let mut s = Scenario::new();
+    let (board, new) = board_on_1_1(&mut s);
+    let (code, v) = board.update();
+    assert_eq!(
+        (code, results(&v)),
+        (0, vec!["pending_reboot".to_string()]),
+        "{v:#}"
+    );
+    let staged = &v["staged"][0];
+    assert_eq!(
+        staged["via_delta"],
+        serde_json::json!([target("1.2", false)]),
+        "{v:#}"
+    );
+    let bytes = staged["bytes"].as_u64().unwrap();
+    assert!(
+        bytes * 10 < IMAGE_SIZE as u64,
+        "{bytes} bytes moved for a {IMAGE_SIZE}-byte image"
+    );
+    assert!(board.take_reboot_request());
+    let (slot, code, _) = board.reboot();
+    assert_eq!((slot.as_str(), code), ("A", 0));
+    assert_eq!(board.slot_sha("A", new.len()), sha256_hex(&new));
+    assert_eq!(board.os_version().as_deref(), Some("1.2"));
+}
+
+#[test]
+fn a_delta_against_a_modified_slot_falls_back_to_the_full_image() {
+    let mut s = Scenario::new();
+    let (board, new) = board_on_1_1(&mut s);
+    // Someone changed the running system's bytes (a remount read-write, a bad block).
+    let b = board.dir().join("slots/b.img");
+    let mut bytes = std::fs::read(&b).unwrap();
+    bytes[2_000_000] ^= 1;
+    std::fs::write(&b, bytes).unwrap();
+    let (code, v) = board.update();
+    assert_eq!(
+        (code, results(&v)),
+        (0, vec!["pending_reboot".to_string()]),
+        "{v:#}"
+    );
+    let staged = &v["staged"][0];
+    assert_eq!(staged["via_delta"], serde_json::json!([]), "{v:#}");
+    let fallbacks = staged["delta_fallbacks"].to_string();
+    assert!(
+        fallbacks.contains("changed since the decision"),
+        "{fallbacks}"
+    );
+    assert!(board.take_reboot_request());
+    let (slot, code, _) = board.reboot();
+    assert_eq!((slot.as_str(), code), ("A", 0));
+    assert_eq!(board.slot_sha("A", new.len()), sha256_hex(&new));
+}
+
 // ---------------------------------------------------------------------------------------
 // Power cuts
 // ---------------------------------------------------------------------------------------

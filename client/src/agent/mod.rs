@@ -328,6 +328,20 @@ impl Agent {
         bases
     }
 
+    /// Where deltas read the installed bytes: the inventory directory, the running slot.
+    pub(crate) fn delta_sources(&self) -> stage::DeltaSources {
+        stage::DeltaSources {
+            inventory_dir: match &self.config.inventory {
+                InventorySource::Dir(d) => Some(d.clone()),
+                InventorySource::Command(_) => None,
+            },
+            slot: self.slots().and_then(|s| {
+                let (path, len, _) = s.delta_base()?;
+                Some((s.config().app.clone(), path, len))
+            }),
+        }
+    }
+
     /// A TUF updater for the configured repository and the trusted metadata directory.
     pub fn updater(&self) -> Result<Updater, AgentError> {
         let repo = &self.config.repository;

@@ -117,7 +117,7 @@ pub fn stage(
     c: &CampaignDecision,
     items: &[DownloadItem],
     artifacts: &BTreeMap<String, ArtifactInfo>,
-    inventory_dir: Option<&Path>,
+    bases: &DeltaSources,
     now: DateTime<Utc>,
     progress: &mut dyn FnMut(&DownloadProgress) -> ControlFlow<()>,
 ) -> Result<StageOutcome, AgentError> {
@@ -144,7 +144,7 @@ pub fn stage(
             updater,
             &dir,
             item,
-            inventory_dir,
+            bases,
             &mut out.delta_fallbacks,
             progress,
         ) {
@@ -193,6 +193,39 @@ pub fn stage(
         }
     }
     Ok(out)
+}
+
+/// Where the installed bytes deltas start from are read.
+#[derive(Clone, Debug, Default)]
+pub struct DeltaSources {
+    /// The inventory directory (an application's artifact is one file in it).
+    pub inventory_dir: Option<PathBuf>,
+    /// The system image: its application id, the running slot and the length of the
+    /// image written there.
+    pub slot: Option<(String, PathBuf, u64)>,
+}
+
+impl DeltaSources {
+    /// The installed bytes of `app`: a file or slot, and how many of its first bytes.
+    fn base_of(&self, app: &str) -> Result<(PathBuf, Option<u64>), String> {
+        if let Some((a, path, len)) = &self.slot {
+            if a == app {
+                return Ok((path.clone(), Some(*len)));
+            }
+        }
+        let Some(dir) = &self.inventory_dir else {
+            return Err(
+                "the inventory is not a directory, so the installed bytes cannot be read".into(),
+            );
+        };
+        let p = super::inventory::installed_artifact_file(dir, app).ok_or_else(|| {
+            format!(
+                "the installed artifact of {app} is not one file in {}",
+                dir.join(app).display()
+            )
+        })?;
+        Ok((p, None))
+    }
 }
 
 /// How [`stage_one`] staged an item.
@@ -313,7 +346,7 @@ fn stage_one(
     updater: &mut Updater,
     dir: &Path,
     item: &DownloadItem,
-    inventory_dir: Option<&Path>,
+    bases: &DeltaSources,
     fallbacks: &mut Vec<String>,
     progress: &mut dyn FnMut(&DownloadProgress) -> ControlFlow<()>,
 ) -> Result<Staged, StageError> {
@@ -356,12 +389,7 @@ fn stage_one(
     }
     let mut wasted = 0;
     if let Some(d) = &item.delta {
-        let tried = match inventory_dir {
-            Some(inv) => stage_via_delta(updater, dir, &dest, item, &signed, d, inv),
-            None => Err(
-                "the inventory is not a directory, so the installed bytes cannot be read".into(),
-            ),
-        };
+        let tried = stage_via_delta(updater, dir, &dest, item, &signed, d, bases);
         match tried {
             Ok(bytes) => {
                 tracing::info!(
@@ -414,7 +442,7 @@ fn stage_via_delta(
     item: &DownloadItem,
     signed: &ArtifactInfo,
     d: &DeltaInfo,
-    inventory_dir: &Path,
+    bases: &DeltaSources,
 ) -> Result<u64, String> {
     let info = updater
         .get_target_info(&d.target)
@@ -428,27 +456,49 @@ fn stage_via_delta(
             signed.length
         ));
     }
-    // The base: exactly the bytes the delta names (read into memory, bounded by its
-    // signed length).
-    let base_path = super::inventory::installed_artifact_file(inventory_dir, &item.app)
-        .ok_or_else(|| {
-            format!(
-                "the installed artifact of {} is not one file in {}",
-                item.app,
-                inventory_dir.join(&item.app).display()
-            )
-        })?;
-    let mut base = Vec::new();
-    fs::File::open(&base_path)
-        .and_then(|f| f.take(meta.base_length + 1).read_to_end(&mut base))
-        .map_err(|e| format!("{}: {e}", base_path.display()))?;
-    if base.len() as u64 != meta.base_length
-        || !crate::manifest::sha256_hex(&base).eq_ignore_ascii_case(&meta.base_sha256)
-    {
+    // The base: exactly the bytes the delta names (a whole file, or a slot's first bytes),
+    // hashed as they are read.
+    let (base_path, prefix) = bases.base_of(&item.app)?;
+    if let Some(n) = prefix.filter(|n| *n != meta.base_length) {
         return Err(format!(
+            "the running slot holds a {n}-byte image, the delta's base is {} bytes",
+            meta.base_length
+        ));
+    }
+    let chunked = meta.format == crate::delta::chunked::FORMAT;
+    let changed = || {
+        format!(
             "the installed bytes {} changed since the decision (not the delta's base)",
             base_path.display()
-        ));
+        )
+    };
+    let mut base = Vec::new();
+    if chunked {
+        // Streamed: hashed here, read window by window while applying.
+        let f = fs::File::open(&base_path).map_err(|e| format!("{}: {e}", base_path.display()))?;
+        let len = if prefix.is_some() {
+            meta.base_length
+        } else {
+            f.metadata().map_err(|e| e.to_string())?.len()
+        };
+        let (sha, n) = hash_reader(f.take(prefix.unwrap_or(meta.base_length + 1)))
+            .map_err(|e| format!("{}: {e}", base_path.display()))?;
+        if len != meta.base_length
+            || n != meta.base_length
+            || !sha.eq_ignore_ascii_case(&meta.base_sha256)
+        {
+            return Err(changed());
+        }
+    } else {
+        let limit = prefix.unwrap_or(meta.base_length + 1);
+        fs::File::open(&base_path)
+            .and_then(|f| f.take(limit).read_to_end(&mut base))
+            .map_err(|e| format!("{}: {e}", base_path.display()))?;
+        if base.len() as u64 != meta.base_length
+            || !crate::manifest::sha256_hex(&base).eq_ignore_ascii_case(&meta.base_sha256)
+        {
+            return Err(changed());
+        }
     }
     // The delta, through the updater: verified against its signed length and hashes.
     let name = local_target_file_name(&d.target).map_err(|e| e.to_string())?;
@@ -468,8 +518,21 @@ fn stage_via_delta(
         let expected =
             crate::tuf::schema::Hashes::from([("sha256".to_string(), signed.sha256.clone())]);
         let mut w = HashingWriter::new(&expected, io::BufWriter::new(tmp.as_file_mut()));
-        crate::delta::apply(&base, io::BufReader::new(delta_file), signed.length, &mut w)
+        if chunked {
+            let b =
+                fs::File::open(&base_path).map_err(|e| format!("{}: {e}", base_path.display()))?;
+            crate::delta::chunked::apply(
+                b,
+                meta.base_length,
+                io::BufReader::new(delta_file),
+                signed.length,
+                &mut w,
+            )
             .map_err(|e| e.to_string())?;
+        } else {
+            crate::delta::apply(&base, io::BufReader::new(delta_file), signed.length, &mut w)
+                .map_err(|e| e.to_string())?;
+        }
         let mut out = w
             .verify(Some(signed.length), &expected)
             .map_err(|e| format!("the result is not the signed artifact: {e}"))?;
@@ -490,6 +553,22 @@ fn stage_via_delta(
     }
     // (On failure the caller counts the fetched bytes and removes the copy.)
     result
+}
+
+/// The SHA-256 and length of what `r` yields, read in chunks.
+fn hash_reader(mut r: impl Read) -> io::Result<(String, u64)> {
+    let mut ctx = ring::digest::Context::new(&ring::digest::SHA256);
+    let mut buf = vec![0u8; 256 * 1024];
+    let mut n = 0u64;
+    loop {
+        let k = r.read(&mut buf)?;
+        if k == 0 {
+            break;
+        }
+        ctx.update(&buf[..k]);
+        n += k as u64;
+    }
+    Ok((hex::encode(ctx.finish()), n))
 }
 
 /// The SHA-256 and length of a file, read in chunks.

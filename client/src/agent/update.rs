@@ -30,7 +30,7 @@ use super::faults;
 use super::install::{self, Applied, ApplyError, Recovery, StepHook};
 use super::stage::{self, StageOutcome, StagedPlan};
 use super::AgentState;
-use super::{now_seconds, Agent, AgentError, Evaluation, InventorySource};
+use super::{now_seconds, Agent, AgentError, Evaluation};
 use crate::consent::verify_log;
 use crate::decide::rollout::{position, Position};
 use crate::decide::CampaignDecision;
@@ -302,10 +302,7 @@ impl Agent {
                 &c,
                 &items,
                 &ev.view.artifacts,
-                match &self.config.inventory {
-                    InventorySource::Dir(d) => Some(d.as_path()),
-                    InventorySource::Command(_) => None,
-                },
+                &self.delta_sources(),
                 ev.now,
                 &mut progress,
             )?;

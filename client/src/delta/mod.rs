@@ -1,4 +1,5 @@
-//! Owns the delta format: building and applying zstd patch-from deltas, bounded.
+//! Owns the delta formats: building and applying zstd patch-from deltas, bounded, and
+//! (in [`chunked`]) chunked deltas applied with bounded memory.
 //!
 //! A delta turns the exact bytes with SHA-256 `B` (the *base*, what a device has installed)
 //! into the bytes with SHA-256 `R` (the *result*, a signed artifact). It is published as the
@@ -18,6 +19,8 @@ use std::io::{self, BufRead, BufReader, Read, Write};
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 use zstd::zstd_safe::{self, CParameter};
+
+pub mod chunked;
 
 /// The `format` of a zstd patch-from delta.
 pub const FORMAT: &str = "zstd-patch";
@@ -90,10 +93,11 @@ impl DeltaMeta {
             .ok_or("its custom metadata has no \"delta\" object")?;
         let m: DeltaMeta = serde_json::from_value(v.clone())
             .map_err(|e| format!("custom metadata \"delta\": {e}"))?;
-        if m.format != FORMAT {
+        if m.format != FORMAT && m.format != chunked::FORMAT {
             return Err(format!(
-                "custom metadata \"delta\".format is {:?}; this version reads only {FORMAT:?}",
-                m.format
+                "custom metadata \"delta\".format is {:?}; this version reads {FORMAT:?} and {:?}",
+                m.format,
+                chunked::FORMAT
             ));
         }
         for (field, h) in [
