@@ -1178,6 +1178,7 @@ fn hand_plan(dir: &Path, install_type: Option<&str>) -> StagedPlan {
                 sha256: petrel_client::manifest::sha256_hex(&bytes),
                 length: bytes.len() as u64,
                 file: "clock.staged".into(),
+                in_slot: false,
             }),
         }],
     }

@@ -134,6 +134,11 @@ fn petrel(config: &Path, args: &[&str]) -> Command {
 impl Board {
     /// A board running the factory image 1.0 in slot A, slot B empty.
     fn new(s: &Scenario) -> Board {
+        Board::with(s, "")
+    }
+
+    /// [`Board::new`] with more `[slots]` keys.
+    fn with(s: &Scenario, slots_keys: &str) -> Board {
         let device = s.device(DEVICE, BOARD);
         let dir = device.dir().to_path_buf();
         std::fs::create_dir_all(dir.join("slots")).unwrap();
@@ -159,7 +164,7 @@ impl Board {
         std::fs::write(
             &config,
             format!(
-                "{text}\n[slots]\napp = {OS:?}\na = \"slots/a.img\"\nb = \"slots/b.img\"\nbootloader = \"file\"\nattempts = {ATTEMPTS}\nversion_file = \"factory-version\"\n\n[slots.file]\npath = \"boot.json\"\n\n[reboot]\ncommand = [\"sh\", \"-c\", \"touch '{}'\"]\n\n[health]\ncommand = [\"sh\", {:?}]\ntimeout_secs = 10\n",
+                "{text}\n[slots]\napp = {OS:?}\na = \"slots/a.img\"\nb = \"slots/b.img\"\nbootloader = \"file\"\nattempts = {ATTEMPTS}\nversion_file = \"factory-version\"\n{slots_keys}\n\n[slots.file]\npath = \"boot.json\"\n\n[reboot]\ncommand = [\"sh\", \"-c\", \"touch '{}'\"]\n\n[health]\ncommand = [\"sh\", {:?}]\ntimeout_secs = 10\n",
                 dir.join("reboot-requested").display(),
                 health.display().to_string()
             ),
@@ -472,6 +477,46 @@ fn an_image_that_does_not_boot_is_reported_as_the_bootloaders_fallback() {
 }
 
 #[test]
+fn an_image_can_stream_straight_into_the_inactive_slot_without_a_staging_copy() {
+    let mut s = Scenario::new();
+    let new = image("1.1", "good", IMAGE_SIZE);
+    publish(&mut s, "os-1.1", 1, "1.1", &new, true);
+    let board = Board::with(&s, "staging = \"slot\"");
+    let (code, v) = board.update();
+    assert_eq!(
+        (code, results(&v)),
+        (0, vec!["pending_reboot".to_string()]),
+        "{v:#}"
+    );
+    // No copy of the image in staging: it went into slot B, decompressed and verified.
+    let staging = board.dir().join("state/staging");
+    let copies: Vec<_> = walk(&staging)
+        .into_iter()
+        .filter(|p| std::fs::metadata(p).is_ok_and(|m| m.len() > 1024 * 1024))
+        .collect();
+    assert!(copies.is_empty(), "staging holds {copies:?}");
+    assert_eq!(board.slot_sha("B", new.len()), sha256_hex(&new));
+    assert!(board.take_reboot_request());
+    let (slot, code, _) = board.reboot();
+    assert_eq!((slot.as_str(), code), ("B", 0));
+    assert_eq!(board.os_version().as_deref(), Some("1.1"));
+    assert_eq!(board.finals()[0].0, "succeeded");
+}
+
+fn walk(dir: &Path) -> Vec<PathBuf> {
+    let mut out = Vec::new();
+    for e in std::fs::read_dir(dir).into_iter().flatten().flatten() {
+        let p = e.path();
+        if p.is_dir() {
+            out.extend(walk(&p));
+        } else {
+            out.push(p);
+        }
+    }
+    out
+}
+
+#[test]
 fn an_image_larger_than_the_slot_is_refused_before_anything_is_written() {
     let mut s = Scenario::new();
     let new = image("1.1", "good", SLOT_SIZE + 1);
@@ -680,6 +725,12 @@ fn settle(board: &Board, images: &[(&str, &[u8])]) -> Result<(), String> {
             return Err(format!("petrel recover: {}", describe(&out)));
         }
         let (code, v) = board.update();
+        let log = board.dir().join("settle.log");
+        let mut text = std::fs::read_to_string(&log).unwrap_or_default();
+        text.push_str(&format!(
+            "booted {slot}; petrel update exited {code}: {v:#}\n"
+        ));
+        std::fs::write(&log, text).unwrap();
         if code != 0 && code != 1 {
             return Err(format!("petrel update exited {code}: {v:#}"));
         }
@@ -694,6 +745,7 @@ fn settle(board: &Board, images: &[(&str, &[u8])]) -> Result<(), String> {
 /// (`second` false) or of the first start after the reboot (`second` true).
 fn power_cuts(
     kind: &str,
+    keys: &str,
     want_slot: &str,
     want_version: &str,
     want_result: &str,
@@ -707,7 +759,7 @@ fn power_cuts(
         // Learn the points on a clean board.
         let mut s1 = Scenario::new();
         publish(&mut s1, "os-1.1", 1, "1.1", &new, false);
-        let learn = Board::new(&s1);
+        let learn = Board::with(&s1, keys);
         if second {
             learn.update();
             assert!(learn.take_reboot_request());
@@ -719,7 +771,10 @@ fn power_cuts(
             .iter()
             .enumerate()
             .filter(|(_, p)| {
-                p.starts_with("apply") || p.starts_with("report") || p.starts_with("recover")
+                p.starts_with("apply")
+                    || p.starts_with("report")
+                    || p.starts_with("recover")
+                    || p.contains("into slot")
             })
             .map(|(i, p)| (i as u64 + 1, p.clone()))
             .collect();
@@ -728,7 +783,7 @@ fn power_cuts(
         for (n, what) in wanted.iter().step_by(step) {
             let mut s2 = Scenario::new();
             publish(&mut s2, "os-1.1", 1, "1.1", &new, false);
-            let board = Board::new(&s2);
+            let board = Board::with(&s2, keys);
             if second {
                 board.update();
                 assert!(board.take_reboot_request());
@@ -740,8 +795,9 @@ fn power_cuts(
             cuts += 1;
             settle(&board, &images).unwrap_or_else(|e| panic!("{kind}, cut at {n} ({what}): {e}"));
             let ctx = format!(
-                "{kind}, {} run, cut at {n} ({what})",
-                if second { "second" } else { "first" }
+                "{kind} {keys}, {} run, cut at {n} ({what}); after the cut:\n{}",
+                if second { "second" } else { "first" },
+                std::fs::read_to_string(board.dir().join("settle.log")).unwrap_or_default()
             );
             let st = board.slots_status();
             assert_eq!(st["booted"], want_slot, "{ctx}: {st:#}");
@@ -767,9 +823,12 @@ fn power_cuts(
 fn a_power_cut_anywhere_in_the_write_switch_or_confirmation_leaves_a_complete_verified_slot() {
     // Three scenarios side by side (each trial is mostly waiting on child processes).
     let (good, bad, noboot) = std::thread::scope(|t| {
-        let good = t.spawn(|| power_cuts("good", "B", "1.1", "succeeded", 1));
-        let bad = t.spawn(|| power_cuts("unhealthy", "A", "1.0", "failed", 1));
-        let noboot = t.spawn(|| power_cuts("noboot", "A", "1.0", "failed", 1));
+        let good = t.spawn(|| {
+            power_cuts("good", "", "B", "1.1", "succeeded", 1)
+                + power_cuts("good", "staging = \"slot\"", "B", "1.1", "succeeded", 2)
+        });
+        let bad = t.spawn(|| power_cuts("unhealthy", "", "A", "1.0", "failed", 1));
+        let noboot = t.spawn(|| power_cuts("noboot", "", "A", "1.0", "failed", 1));
         let join = |h: std::thread::ScopedJoinHandle<'_, usize>| {
             h.join().unwrap_or_else(|e| std::panic::resume_unwind(e))
         };
@@ -780,5 +839,5 @@ fn a_power_cut_anywhere_in_the_write_switch_or_confirmation_leaves_a_complete_ve
         all >= MIN_CUTS,
         "only {all} power cuts ({good} in a good install, {bad} in one whose health check fails, {noboot} in one that does not boot)"
     );
-    eprintln!("power cuts: {good} in a good install, {bad} in one whose health check fails, {noboot} in one that does not boot");
+    eprintln!("power cuts: {good} in a good install (some streaming straight into the slot), {bad} in one whose health check fails, {noboot} in one that does not boot");
 }

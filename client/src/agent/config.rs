@@ -115,6 +115,23 @@ pub struct SlotsConfig {
     /// The version of a slot Petrel has no record of (a factory image), read from this file
     /// of the running system (`version_file`).
     pub version_file: Option<PathBuf>,
+    /// Where an image is downloaded to (`staging`).
+    pub staging: SlotStaging,
+}
+
+/// Where a system image is downloaded to (`slots.staging`).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum SlotStaging {
+    /// Into the staging directory when it has room, else straight into the inactive slot
+    /// (`auto`, the default).
+    #[default]
+    Auto,
+    /// Always straight into the inactive slot (`slot`): no second copy, but a download
+    /// that is interrupted starts over and deltas are not used.
+    Slot,
+    /// Always into the staging directory (`file`): resumable, deltas used; needs room for
+    /// the whole image.
+    File,
 }
 
 /// A bootloader adapter (`slots.bootloader`).
@@ -299,6 +316,8 @@ struct RawSlots {
     cmdline: Option<PathBuf>,
     #[serde(default)]
     version_file: Option<PathBuf>,
+    #[serde(default)]
+    staging: Option<String>,
     #[serde(default)]
     uboot: Option<RawUboot>,
     #[serde(default)]
@@ -787,10 +806,22 @@ fn parse_slots(s: RawSlots, base: &Path, problems: &mut Vec<String>) -> Option<S
             None
         }
     };
+    let staging = match s.staging.as_deref() {
+        None | Some("auto") => SlotStaging::Auto,
+        Some("slot") => SlotStaging::Slot,
+        Some("file") => SlotStaging::File,
+        Some(other) => {
+            problems.push(format!(
+                "slots.staging: {other:?} is not one of auto, slot, file"
+            ));
+            SlotStaging::Auto
+        }
+    };
     if problems.len() > start {
         return None;
     }
     Some(SlotsConfig {
+        staging,
         app: s.app,
         a,
         b,

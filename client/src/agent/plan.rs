@@ -74,6 +74,10 @@ pub struct StagedArtifact {
     pub length: u64,
     /// The file name inside the staging directory.
     pub file: String,
+    /// The artifact was streamed straight into the inactive slot (a system image, when the
+    /// staging directory has no room for it): there is no file.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub in_slot: bool,
 }
 
 impl StagedPlan {

@@ -30,7 +30,9 @@ use std::path::{Path, PathBuf};
 use chrono::{DateTime, Utc};
 use serde::Serialize;
 
+use super::config::SlotStaging;
 use super::error::AgentError;
+use super::install::slot::Slots;
 use super::state::{AgentState, StatePaths};
 use crate::decide::{
     ArtifactInfo, CampaignDecision, Decision, DeltaInfo, DownloadItem, Plan, StagedItem, Status,
@@ -118,6 +120,7 @@ pub fn stage(
     items: &[DownloadItem],
     artifacts: &BTreeMap<String, ArtifactInfo>,
     bases: &DeltaSources,
+    slots: Option<&Slots>,
     now: DateTime<Utc>,
     progress: &mut dyn FnMut(&DownloadProgress) -> ControlFlow<()>,
 ) -> Result<StageOutcome, AgentError> {
@@ -133,21 +136,44 @@ pub fn stage(
         dir: dir.clone(),
         ..StageOutcome::default()
     };
-    if let Err(e) = check_space(&dir, items) {
+    // A system image goes straight into the inactive slot when so configured, or when the
+    // staging directory has no room for it (and has for the rest).
+    let direct = slots.and_then(|sl| {
+        let image = items.iter().find(|i| i.app == sl.config().app)?;
+        let rest: Vec<DownloadItem> = items.iter().filter(|i| *i != image).cloned().collect();
+        let wanted = match sl.config().staging {
+            SlotStaging::Slot => true,
+            SlotStaging::File => false,
+            SlotStaging::Auto => {
+                check_space(&dir, items).is_err() && check_space(&dir, &rest).is_ok()
+            }
+        };
+        wanted.then(|| (image.target.clone(), sl))
+    });
+    let spaced: Vec<DownloadItem> = items
+        .iter()
+        .filter(|i| direct.as_ref().is_none_or(|(t, _)| *t != i.target))
+        .cloned()
+        .collect();
+    if let Err(e) = check_space(&dir, &spaced) {
         out.error = Some(e);
         out.error_is_temporary = true;
         return Ok(out);
     }
     for item in items {
         super::faults::point("download", &item.target);
-        match stage_one(
-            updater,
-            &dir,
-            item,
-            bases,
-            &mut out.delta_fallbacks,
-            progress,
-        ) {
+        let staged = match &direct {
+            Some((t, sl)) if *t == item.target => stage_into_slot(updater, sl, item, &dir),
+            _ => stage_one(
+                updater,
+                &dir,
+                item,
+                bases,
+                &mut out.delta_fallbacks,
+                progress,
+            ),
+        };
+        match staged {
             Ok(how) => {
                 match how {
                     Staged::Kept => out.kept.push(item.target.clone()),
@@ -182,7 +208,7 @@ pub fn stage(
         }
     }
     if let Some(plan) = &c.plan {
-        match record_plan(paths, state, c, plan, artifacts, now)? {
+        match record_plan(paths, state, c, plan, artifacts, slots, now)? {
             Ok((path, _)) => out.plan = Some(path),
             Err(missing) => {
                 out.error = Some(format!(
@@ -420,6 +446,59 @@ fn stage_one(
     })
 }
 
+/// Stages a system image straight into the inactive slot (no staging copy; not
+/// resumable, no delta): verified while it streams.
+fn stage_into_slot(
+    updater: &mut Updater,
+    slots: &Slots,
+    item: &DownloadItem,
+    dir: &Path,
+) -> Result<Staged, StageError> {
+    if slots.holds_staged(&item.target, &item.sha256) {
+        return Ok(Staged::Kept);
+    }
+    let info = updater
+        .get_target_info(&item.target)
+        .map_err(|e| StageError::temporary(format!("{}: {e}", item.target)))?
+        .ok_or_else(|| {
+            StageError::temporary(format!(
+                "{}: no longer in the repository's signed metadata",
+                item.target
+            ))
+        })?;
+    if info.length() != item.length {
+        return Err(StageError::temporary(format!(
+            "{}: the signed length changed since the decision; decide again",
+            item.target
+        )));
+    }
+    tracing::info!(
+        "staging: {} goes straight into the inactive slot ({} bytes)",
+        item.target,
+        item.length
+    );
+    let mut failure = None;
+    slots
+        .stage_direct(&item.target, &item.sha256, item.length, |w| {
+            updater.download_target_to_writer(&info, w).map_err(|e| {
+                let msg = e.to_string();
+                failure = Some(e);
+                msg
+            })
+        })
+        .map_err(|msg| match failure.take() {
+            Some(e) => StageError::download(&item.target, e, dir),
+            None => StageError {
+                message: format!("{}: {msg}", item.target),
+                temporary: false,
+            },
+        })?;
+    Ok(Staged::Full {
+        wasted: 0,
+        transferred: item.length,
+    })
+}
+
 /// The bytes of delta `d` fetched by a failed attempt (its downloaded copy, kept for this
 /// count until the next attempt), then removes that copy.
 fn fetched_delta_bytes(dir: &Path, d: &DeltaInfo) -> u64 {
@@ -597,6 +676,7 @@ pub fn record_plan(
     c: &CampaignDecision,
     plan: &Plan,
     artifacts: &BTreeMap<String, ArtifactInfo>,
+    slots: Option<&Slots>,
     now: DateTime<Utc>,
 ) -> Result<Result<(PathBuf, StagedPlan), Vec<String>>, AgentError> {
     let dir = campaign_dir(paths, &c.id, c.revision);
@@ -621,7 +701,8 @@ pub fn record_plan(
                 let here = dir.join(&file);
                 let ok = verify_file(&here, &art.sha256, art.length)
                     || adopt(paths, &dir, &file, &art.sha256, art.length);
-                if !ok {
+                let in_slot = !ok && slots.is_some_and(|sl| sl.holds_staged(target, &art.sha256));
+                if !ok && !in_slot {
                     state.staged.remove(target);
                     missing.push(target.to_string());
                     continue;
@@ -630,6 +711,7 @@ pub fn record_plan(
                     sha256: art.sha256.clone(),
                     length: art.length,
                     file,
+                    in_slot,
                 })
             }
         };
@@ -751,6 +833,7 @@ pub fn tidy(
     paths: &StatePaths,
     state: &mut AgentState,
     d: &Decision,
+    slots: Option<&Slots>,
 ) -> Result<Vec<PathBuf>, AgentError> {
     let mut changed = false;
     for t in &d.stale_staged {
@@ -805,11 +888,13 @@ pub fn tidy(
             None => remove_dir(&dir, &mut removed),
         }
     }
-    // Entries whose file is gone everywhere are not staged any more.
+    // Entries whose file is gone everywhere (and that are not in the inactive slot) are
+    // not staged any more.
     let names: Vec<(String, String)> = state
         .staged
-        .keys()
-        .filter_map(|t| local_target_file_name(t).ok().map(|n| (t.clone(), n)))
+        .iter()
+        .filter(|(t, i)| !slots.is_some_and(|sl| sl.holds_staged(t, &i.sha256)))
+        .filter_map(|(t, _)| local_target_file_name(t).ok().map(|n| (t.clone(), n)))
         .collect();
     for (target, name) in names {
         let found = fs::read_dir(paths.staging())

@@ -303,6 +303,7 @@ impl Agent {
                 &items,
                 &ev.view.artifacts,
                 &self.delta_sources(),
+                self.slots().as_ref(),
                 ev.now,
                 &mut progress,
             )?;
@@ -424,7 +425,12 @@ impl Agent {
         if !ev.view.incomplete.is_empty() {
             return Ok(());
         }
-        for d in stage::tidy(&self.paths, &mut ev.state, &ev.decision)? {
+        for d in stage::tidy(
+            &self.paths,
+            &mut ev.state,
+            &ev.decision,
+            self.slots().as_ref(),
+        )? {
             out.notes.push(format!(
                 "removed {} (no campaign needs it any more)",
                 d.display()
@@ -469,6 +475,7 @@ impl Agent {
             &c,
             plan,
             &ev.view.artifacts,
+            self.slots().as_ref(),
             ev.now,
         )?;
         let (_plan_path, mut staged) = match staged {

@@ -82,6 +82,25 @@ pub struct SlotsState {
     /// The boot in which the running slot was last marked good.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub marked_good_in_boot: Option<String>,
+    /// An image downloaded straight into the inactive slot, waiting to be installed.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub staged: Option<StagedInSlot>,
+}
+
+/// An image downloaded (verified) straight into the inactive slot.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct StagedInSlot {
+    /// The slot.
+    pub slot: Slot,
+    /// The artifact's target path.
+    pub target: String,
+    /// Its signed SHA-256.
+    pub artifact_sha256: String,
+    /// SHA-256 of the image bytes written.
+    pub image_sha256: String,
+    /// Length of the image written.
+    pub image_length: u64,
 }
 
 impl SlotsState {
@@ -258,6 +277,71 @@ impl Slots {
         state.save(&self.state_file).map_err(|e| e.to_string())
     }
 
+    /// Whether the inactive slot holds the artifact `target` with SHA-256 `sha256`,
+    /// downloaded into it by [`Slots::stage_direct`].
+    pub fn holds_staged(&self, target: &str, sha256: &str) -> bool {
+        let (Ok(state), Ok(booted)) = (self.state(), self.booted()) else {
+            return false;
+        };
+        state.staged.as_ref().is_some_and(|s| {
+            s.slot == booted.other()
+                && s.target == target
+                && s.artifact_sha256.eq_ignore_ascii_case(sha256)
+        })
+    }
+
+    /// Downloads the artifact `target` (signed `sha256`, `length`) straight into the
+    /// inactive slot through `fetch` (which streams the verified bytes into the writer it
+    /// is given and fails on any mismatch); a zstd-compressed image is decompressed on the
+    /// way. The slot's record is dropped first, and the image is recorded as staged only
+    /// after the whole download verified.
+    pub fn stage_direct(
+        &self,
+        target: &str,
+        sha256: &str,
+        length: u64,
+        fetch: impl FnOnce(&mut dyn Write) -> Result<(), String>,
+    ) -> Result<(), String> {
+        let slot = self.booted()?.other();
+        let dest = self.path(slot).to_path_buf();
+        let capacity = capacity(&dest).map_err(|e| e.to_string())?;
+        let mut state = self.state()?;
+        state.slots.remove(&slot);
+        state.staged = None;
+        self.save(&state).map_err(|e| e.to_string())?;
+        let file = OpenOptions::new()
+            .write(true)
+            .open(&dest)
+            .map_err(|e| format!("{}: {e}", dest.display()))?;
+        let mut sink = SlotSink::Undecided {
+            raw: RawSink {
+                file,
+                ctx: ring::digest::Context::new(&ring::digest::SHA256),
+                n: 0,
+                cap: capacity,
+                slot,
+                next_point: POINT_EVERY,
+            },
+            head: Vec::new(),
+        };
+        fetch(&mut sink)?;
+        let raw = sink
+            .finish()
+            .map_err(|e| format!("writing slot {slot} ({}): {e}", dest.display()))?;
+        raw.file
+            .sync_all()
+            .map_err(|e| format!("{}: {e}", dest.display()))?;
+        state.staged = Some(StagedInSlot {
+            slot,
+            target: target.to_string(),
+            artifact_sha256: sha256.to_ascii_lowercase(),
+            image_sha256: hex::encode(raw.ctx.finish()),
+            image_length: raw.n,
+        });
+        let _ = length;
+        self.save(&state).map_err(|e| e.to_string())
+    }
+
     fn save(&self, state: &SlotsState) -> Result<(), ApplyError> {
         state.save(&self.state_file)
     }
@@ -287,6 +371,61 @@ impl SlotInstaller {
 
 fn boot_err(e: String) -> ApplyError {
     ApplyError::Hook(e)
+}
+
+impl SlotInstaller {
+    /// [`Installer::prepare`] for an image downloaded straight into the inactive slot:
+    /// read back and checked against what the download wrote, then recorded.
+    fn prepare_in_slot(
+        &mut self,
+        s: &crate::agent::plan::StagedStep,
+        art: &crate::agent::plan::StagedArtifact,
+        version: &str,
+        from: Slot,
+        st: &mut Stepper,
+    ) -> Result<(), ApplyError> {
+        let slot = from.other();
+        let dest = self.slots.path(slot).to_path_buf();
+        let mut state = self.slots.load()?;
+        let staged = state
+            .staged
+            .clone()
+            .filter(|x| x.slot == slot && x.artifact_sha256.eq_ignore_ascii_case(&art.sha256))
+            .ok_or_else(|| {
+                ApplyError::Verify(format!(
+                    "slot {slot} no longer holds the image downloaded into it ({}); it is downloaded again",
+                    art.file
+                ))
+            })?;
+        st.step(format!("read back slot {slot}"))?;
+        let got = hash_prefix(&dest, staged.image_length, Some(slot))?;
+        if got != staged.image_sha256 {
+            return Err(ApplyError::Verify(format!(
+                "slot {slot} ({}) does not read back the image downloaded into it (sha256 {got}, written {}); nothing switched",
+                dest.display(),
+                staged.image_sha256
+            )));
+        }
+        st.step(format!("record what slot {slot} holds"))?;
+        state.staged = None;
+        state.target = Some(SlotTarget {
+            slot,
+            from,
+            switched_in_boot: None,
+        });
+        state.slots.insert(
+            slot,
+            SlotRecord {
+                app: s.step.app.clone(),
+                version: version.to_string(),
+                artifact_sha256: art.sha256.to_ascii_lowercase(),
+                image_sha256: staged.image_sha256,
+                image_length: staged.image_length,
+                written_at: crate::agent::now_seconds(),
+            },
+        );
+        self.slots.save(&state)
+    }
 }
 
 impl Installer for SlotInstaller {
@@ -346,6 +485,9 @@ impl Installer for SlotInstaller {
         let from = self.slots.booted().map_err(boot_err)?;
         let slot = from.other();
         let dest = self.slots.path(slot).to_path_buf();
+        if art.in_slot {
+            return self.prepare_in_slot(s, art, version, from, st);
+        }
         let src = staging_dir.join(&art.file);
         // Refused before anything is written: an image that does not fit.
         let capacity = capacity(&dest)?;
@@ -361,6 +503,7 @@ impl Installer for SlotInstaller {
         st.step(format!("forget what slot {slot} holds"))?;
         let mut state = self.slots.load()?;
         state.slots.remove(&slot);
+        state.staged = None;
         state.target = Some(SlotTarget {
             slot,
             from,
@@ -469,6 +612,112 @@ impl Installer for SlotInstaller {
         st.step("end the slot install".into())?;
         state.target = None;
         self.slots.save(&state)
+    }
+}
+
+/// Writes into a slot, hashing, at most `cap` bytes.
+struct RawSink {
+    file: File,
+    ctx: ring::digest::Context,
+    n: u64,
+    cap: u64,
+    slot: Slot,
+    next_point: u64,
+}
+
+impl Write for RawSink {
+    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+        if self.n + buf.len() as u64 > self.cap {
+            return Err(io::Error::other(format!(
+                "the image is longer than slot {} ({} bytes)",
+                self.slot, self.cap
+            )));
+        }
+        self.file.write_all(buf)?;
+        self.ctx.update(buf);
+        self.n += buf.len() as u64;
+        while self.n >= self.next_point {
+            crate::agent::faults::point(
+                "download",
+                &format!("into slot {} at {} KiB", self.slot, self.next_point >> 10),
+            );
+            self.next_point += POINT_EVERY;
+        }
+        Ok(buf.len())
+    }
+
+    fn flush(&mut self) -> io::Result<()> {
+        self.file.flush()
+    }
+}
+
+/// The download's sink: raw, or through a zstd decoder, decided by the first 4 bytes.
+enum SlotSink {
+    Undecided { raw: RawSink, head: Vec<u8> },
+    Raw(RawSink),
+    Zstd(Box<zstd::stream::write::Decoder<'static, RawSink>>),
+    Done,
+}
+
+impl SlotSink {
+    fn decide(&mut self) -> io::Result<()> {
+        if let SlotSink::Undecided { .. } = self {
+            let SlotSink::Undecided { raw, head } = std::mem::replace(self, SlotSink::Done) else {
+                unreachable!()
+            };
+            *self = if head.len() >= 4 && head[..4] == ZSTD_MAGIC {
+                let mut d = zstd::stream::write::Decoder::new(raw)?;
+                d.write_all(&head)?;
+                SlotSink::Zstd(Box::new(d))
+            } else {
+                let mut r = raw;
+                r.write_all(&head)?;
+                SlotSink::Raw(r)
+            };
+        }
+        Ok(())
+    }
+
+    fn finish(mut self) -> io::Result<RawSink> {
+        self.decide()?;
+        match self {
+            SlotSink::Raw(mut r) => {
+                r.flush()?;
+                Ok(r)
+            }
+            SlotSink::Zstd(mut d) => {
+                d.flush()?;
+                Ok(d.into_inner())
+            }
+            _ => Err(io::Error::other("nothing was written")),
+        }
+    }
+}
+
+impl Write for SlotSink {
+    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+        if let SlotSink::Undecided { head, .. } = self {
+            let take = (4 - head.len()).min(buf.len());
+            head.extend_from_slice(&buf[..take]);
+            if head.len() < 4 {
+                return Ok(take);
+            }
+            self.decide()?;
+            return Ok(take);
+        }
+        match self {
+            SlotSink::Raw(r) => r.write(buf),
+            SlotSink::Zstd(d) => d.write(buf),
+            _ => Err(io::Error::other("the sink is finished")),
+        }
+    }
+
+    fn flush(&mut self) -> io::Result<()> {
+        match self {
+            SlotSink::Raw(r) => r.flush(),
+            SlotSink::Zstd(d) => d.flush(),
+            _ => Ok(()),
+        }
     }
 }
 

@@ -438,6 +438,45 @@ impl Updater {
         Ok(())
     }
 
+    /// Streams a target from the configured target base URL into `sink` (a device, a
+    /// decoder): at most `length` bytes are accepted, hashed on the way, and the result is
+    /// `Ok` only when the length and every supported hash match. The sink has then
+    /// received exactly the signed bytes; on an error it holds a prefix the caller must
+    /// not use. Not resumable: a new call starts from byte 0.
+    pub fn download_target_to_writer(
+        &self,
+        info: &TargetInfo,
+        sink: &mut dyn Write,
+    ) -> Result<(), UpdateError> {
+        let base = self
+            .config
+            .target_base_url
+            .as_deref()
+            .ok_or_else(|| UpdateError::Target {
+                path: info.path.clone(),
+                reason: "no target base URL configured".into(),
+            })?;
+        let trusted = self.trusted.as_ref().ok_or(UpdateError::NotRefreshed)?;
+        let prefix = trusted.consistent_snapshot() && self.config.prefix_targets_with_hash;
+        let url = target_url(base, &info.path, &info.file.hashes, prefix)?;
+        debug!("streaming {:?} from {url}", info.path);
+        let mut hashing = HashingWriter::new(&info.file.hashes, sink);
+        self.transport
+            .fetch(&url, info.file.length, &mut hashing)
+            .map_err(|source| UpdateError::TargetFetch {
+                path: info.path.clone(),
+                url: url.clone(),
+                source,
+            })?;
+        hashing
+            .verify(Some(info.file.length), &info.file.hashes)
+            .map_err(|reason| UpdateError::LengthOrHash {
+                what: format!("target {:?} from {url}", info.path),
+                reason,
+            })?;
+        Ok(())
+    }
+
     /// Downloads a target from the configured target base URL to `dest`, resuming from
     /// (and leaving, on failure) a partial file beside it ([`partial_download_path`]), so
     /// that neither an interruption within this call nor a crash, reboot or network error
