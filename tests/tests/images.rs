@@ -259,42 +259,52 @@ impl Board {
 
     /// The queued reports (result, reason, rolled_back), in order.
     fn reports(&self) -> Vec<(String, String, bool)> {
-        let dir = self.dir().join("state/outbox");
-        let mut files: Vec<PathBuf> = std::fs::read_dir(&dir)
-            .map(|r| {
-                r.flatten()
-                    .map(|e| e.path())
-                    .filter(|p| p.extension().is_some_and(|x| x == "json"))
-                    .collect()
-            })
-            .unwrap_or_default();
-        files.sort();
-        files
-            .iter()
-            .map(|f| {
-                let v: Value = serde_json::from_slice(&std::fs::read(f).unwrap()).unwrap();
-                let r = find_report(&v).unwrap_or_else(|| panic!("{}: no report", f.display()));
-                (
-                    r["result"].as_str().unwrap_or("").to_string(),
-                    r["reason"].as_str().unwrap_or("").to_string(),
-                    r["rolled_back"].as_bool().unwrap_or(false),
-                )
-            })
-            .collect()
+        reports_in(self.dir())
     }
 
     /// The final reports (succeeded, failed).
     fn finals(&self) -> Vec<(String, String, bool)> {
-        self.reports()
-            .into_iter()
-            .filter(|(r, _, _)| r == "succeeded" || r == "failed")
-            .collect()
+        finals_in(self.dir())
     }
 
     /// SHA-256 of the first `n` bytes of `slot`.
     fn slot_sha(&self, slot: &str, n: usize) -> String {
         sha256_hex(&self.slot_bytes(slot, n))
     }
+}
+
+/// The queued reports (result, reason, rolled_back), in order.
+fn reports_in(device_dir: &Path) -> Vec<(String, String, bool)> {
+    let dir = device_dir.join("state/outbox");
+    let mut files: Vec<PathBuf> = std::fs::read_dir(&dir)
+        .map(|r| {
+            r.flatten()
+                .map(|e| e.path())
+                .filter(|p| p.extension().is_some_and(|x| x == "json"))
+                .collect()
+        })
+        .unwrap_or_default();
+    files.sort();
+    files
+        .iter()
+        .map(|f| {
+            let v: Value = serde_json::from_slice(&std::fs::read(f).unwrap()).unwrap();
+            let r = find_report(&v).unwrap_or_else(|| panic!("{}: no report", f.display()));
+            (
+                r["result"].as_str().unwrap_or("").to_string(),
+                r["reason"].as_str().unwrap_or("").to_string(),
+                r["rolled_back"].as_bool().unwrap_or(false),
+            )
+        })
+        .collect()
+}
+
+/// The final reports (succeeded, failed).
+fn finals_in(device_dir: &Path) -> Vec<(String, String, bool)> {
+    reports_in(device_dir)
+        .into_iter()
+        .filter(|(r, _, _)| r == "succeeded" || r == "failed")
+        .collect()
 }
 
 fn find_report(v: &Value) -> Option<&Value> {
@@ -645,6 +655,173 @@ fn a_delta_against_a_modified_slot_falls_back_to_the_full_image() {
     let (slot, code, _) = board.reboot();
     assert_eq!((slot.as_str(), code), ("A", 0));
     assert_eq!(board.slot_sha("A", new.len()), sha256_hex(&new));
+}
+
+// ---------------------------------------------------------------------------------------
+// An OS updater behind the installer command (the RAUC and SWUpdate recipes' contract)
+// ---------------------------------------------------------------------------------------
+
+/// A device whose inventory and installs are commands: the installer "writes" the other
+/// system and exits 3 (a reboot is needed); a reboot (the harness) changes the boot id and
+/// brings up what the installer wrote, unless told the new system fails to come up.
+struct OsUpdaterDevice {
+    device: Device,
+}
+
+impl OsUpdaterDevice {
+    fn new(s: &Scenario) -> OsUpdaterDevice {
+        let device = s.device(DEVICE, BOARD);
+        let d = device.dir().to_path_buf();
+        std::fs::write(d.join("running"), "1.0\n").unwrap();
+        std::fs::write(d.join("boot_id"), "boot-1\n").unwrap();
+        let sh = |name: &str, body: &str| {
+            let p = d.join(name);
+            std::fs::write(&p, format!("#!/bin/sh\nset -eu\n{body}\n")).unwrap();
+            p.display().to_string()
+        };
+        let inventory = sh(
+            "inventory.sh",
+            &format!(
+                "printf '{{\"{OS}\": {{\"version\": \"%s\"}}}}' \"$(cat '{0}/running')\"",
+                d.display()
+            ),
+        );
+        let install = sh(
+            "install.sh",
+            &format!(
+                "v=$(sed -n 's/.*\"to\": *\"\\([^\"]*\\)\".*/\\1/p' \"$1\" | head -n1)\n[ -n \"$v\" ] || v=$(sed -n 's/.*\"version\": *\"\\([^\"]*\\)\".*/\\1/p' \"$1\" | head -n1)\necho \"$v\" > '{0}/written'\necho installed >> '{0}/calls'\nexit 3",
+                d.display()
+            ),
+        );
+        let confirm = sh(
+            "confirm.sh",
+            &format!("echo confirmed >> '{}/calls'", d.display()),
+        );
+        let rollback = sh(
+            "rollback.sh",
+            &format!("echo rollback >> '{}/calls'\nexit 3", d.display()),
+        );
+        let config = d.join("device.toml");
+        let text = std::fs::read_to_string(&config)
+            .unwrap()
+            .replace("[inventory]\ndir = \"apps\"\n", "");
+        std::fs::write(
+            &config,
+            format!(
+                "{text}\n[inventory]\ncommand = [\"sh\", {inventory:?}]\ninstall_command = [\"sh\", {install:?}]\nconfirm_command = [\"sh\", {confirm:?}]\nrollback_command = [\"sh\", {rollback:?}]\n\n[reboot]\ncommand = [\"sh\", \"-c\", \"touch '{}'\"]\nboot_id_file = \"boot_id\"\n",
+                d.join("reboot-requested").display()
+            ),
+        )
+        .unwrap();
+        OsUpdaterDevice { device }
+    }
+
+    fn dir(&self) -> &Path {
+        self.device.dir()
+    }
+
+    fn update(&self) -> (i32, Value) {
+        let out = run_with_timeout(
+            &mut petrel(&self.dir().join("device.toml"), &["update", "--json"]),
+            LIMIT,
+        )
+        .unwrap();
+        let v = serde_json::from_slice(&out.stdout)
+            .unwrap_or_else(|e| panic!("no JSON ({e}): {}", describe(&out)));
+        (out.status.code().unwrap_or(-1), v)
+    }
+
+    /// A reboot: a new boot id; the written system comes up if `comes_up`.
+    fn reboot(&self, comes_up: bool) {
+        assert!(
+            std::fs::remove_file(self.dir().join("reboot-requested")).is_ok(),
+            "the agent asked for no reboot"
+        );
+        let id = std::fs::read_to_string(self.dir().join("boot_id")).unwrap();
+        std::fs::write(self.dir().join("boot_id"), format!("{}x\n", id.trim())).unwrap();
+        if comes_up {
+            let w = std::fs::read_to_string(self.dir().join("written")).unwrap();
+            std::fs::write(self.dir().join("running"), w).unwrap();
+        }
+    }
+
+    fn calls(&self) -> String {
+        std::fs::read_to_string(self.dir().join("calls")).unwrap_or_default()
+    }
+
+    fn finals(&self) -> Vec<(String, String)> {
+        finals_in(self.dir())
+            .into_iter()
+            .map(|(r, why, _)| (r, why))
+            .collect()
+    }
+}
+
+fn publish_bundle(s: &mut Scenario) {
+    let t = format!("apps/{OS}/1.1/os.bundle");
+    s.repo()
+        .add("targets", &t, b"an OS updater's bundle, version 1.1\n");
+    s.group(&format!(
+        "kind = \"group\"\nschema_version = 1\nid = \"boards\"\nrevision = 1\n\n[apps.{OS:?}]\nversion = \"1.1\"\ntarget = {t:?}\ninstall_type = \"bundle\"\n"
+    ));
+    s.assign("boards", &[DEVICE], false, &[]);
+    s.create_campaign(&campaign("os-1.1", 1));
+    s.publish();
+}
+
+#[test]
+fn an_installer_that_needs_a_reboot_is_confirmed_only_after_the_new_system_runs() {
+    let mut s = Scenario::new();
+    publish_bundle(&mut s);
+    let d = OsUpdaterDevice::new(&s);
+    let (code, v) = d.update();
+    assert_eq!(
+        (code, results(&v)),
+        (0, vec!["pending_reboot".to_string()]),
+        "{v:#}"
+    );
+    assert_eq!(d.calls(), "installed\n");
+    // Not rebooted yet: a second run installs nothing and asks for the reboot again.
+    let (code, v) = d.update();
+    assert_eq!((code, results(&v)), (0, vec![]), "{v:#}");
+    d.reboot(true);
+    let (code, v) = d.update();
+    assert_eq!(code, 0, "{v:#}");
+    assert_eq!(
+        d.calls(),
+        "installed\nconfirmed\n",
+        "confirmed once, after the reboot"
+    );
+    let finals = d.finals();
+    assert_eq!(finals.len(), 1, "{finals:?}");
+    assert_eq!(finals[0].0, "succeeded", "{finals:?}");
+    assert!(!d.dir().join("reboot-requested").exists());
+}
+
+#[test]
+fn an_installer_whose_new_system_does_not_come_up_is_reported_as_a_fallback() {
+    let mut s = Scenario::new();
+    publish_bundle(&mut s);
+    let d = OsUpdaterDevice::new(&s);
+    let (code, _) = d.update();
+    assert_eq!(code, 0);
+    d.reboot(false);
+    let (code, v) = d.update();
+    assert_eq!(code, 0, "{v:#}");
+    let finals = d.finals();
+    assert_eq!(finals.len(), 1, "{finals:?}");
+    assert_eq!(finals[0].0, "failed");
+    assert!(finals[0].1.contains("did not come up"), "{finals:?}");
+    assert!(!d.calls().contains("confirmed"), "{}", d.calls());
+    assert!(
+        !d.calls().contains("rollback"),
+        "the previous system already runs: nothing to roll back ({})",
+        d.calls()
+    );
+    assert!(
+        !d.dir().join("reboot-requested").exists(),
+        "no further reboot"
+    );
 }
 
 // ---------------------------------------------------------------------------------------

@@ -63,6 +63,7 @@ pub struct Agent {
     paths: StatePaths,
     profile: DeviceProfile,
     recovered: Option<install::Recovery>,
+    recovered_report: Option<QueuedReport>,
     _lock: File,
 }
 
@@ -191,11 +192,12 @@ impl Agent {
             }
         }
         let profile = load_profile(&config)?;
-        let agent = Agent {
+        let mut agent = Agent {
             config,
             paths,
             profile,
             recovered,
+            recovered_report: None,
             _lock: lock,
         };
         if let Some(install::Recovery::RolledForward(a)) = &agent.recovered {
@@ -227,7 +229,7 @@ impl Agent {
                 _ => crate::report::ReportResult::Failed,
             };
             if !recorded {
-                if let Err(e) = agent.queue_report(
+                match agent.queue_report(
                     &a.campaign,
                     a.revision,
                     a.wave,
@@ -235,7 +237,16 @@ impl Agent {
                     &reason,
                     a.rolled_back,
                 ) {
-                    tracing::warn!("{e}");
+                    Ok(id) => {
+                        agent.recovered_report = Some(QueuedReport {
+                            campaign: a.campaign.clone(),
+                            revision: a.revision,
+                            result,
+                            reason,
+                            report_id: id,
+                        })
+                    }
+                    Err(e) => tracing::warn!("{e}"),
                 }
             }
             // Recorded: now the install is over.

@@ -943,7 +943,7 @@ pub fn slots_text(slots: &super::install::slot::Slots, v: &Value) -> String {
             t["slot"].as_str().unwrap_or(""),
             t["from"].as_str().unwrap_or(""),
             if t.get("switched_in_boot").is_some() {
-                ", set to boot next"
+                ", switched: the reboot and its health check decide (the bootloader variables say what boots next)"
             } else {
                 ", being written"
             }

@@ -251,7 +251,7 @@ impl Agent {
             recovered: self.recovered.take(),
             staged: Vec::new(),
             installs: Vec::new(),
-            reports: Vec::new(),
+            reports: self.recovered_report.take().into_iter().collect(),
             reboot: None,
             sent: None,
             reports_pending: false,

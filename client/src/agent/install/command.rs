@@ -19,11 +19,11 @@ use crate::agent::state::StatePaths;
 /// The exit status of an installer or rollback command meaning "done; the result runs
 /// after a reboot".
 pub const EXIT_REBOOT_NEEDED: i32 = 3;
-/// The marker (in the campaign's staging directory) of an install waiting for a reboot:
-/// it holds the boot id of the boot that installed.
-const INSTALL_REBOOT_MARK: &str = "reboot-after-install";
+/// The marker (in the state directory; one install runs at a time) of an install waiting
+/// for a reboot: it holds the boot id of the boot that installed.
+const INSTALL_REBOOT_MARK: &str = "install.reboot";
 /// The same after a rollback command.
-const ROLLBACK_REBOOT_MARK: &str = "reboot-after-rollback";
+const ROLLBACK_REBOOT_MARK: &str = "rollback.reboot";
 
 /// Installs through external commands: `argv… PLAN.json`, with `PETREL_STAGING` (the
 /// directory holding the verified artifacts) and `PETREL_CAMPAIGN` in the environment;
@@ -117,8 +117,8 @@ impl CommandInstaller {
             .map_err(|e| ApplyError::Io(self.boot_id_file.clone(), e))
     }
 
-    fn mark(&self, journal: &Journal, name: &str) -> PathBuf {
-        campaign_dir(&self.paths, &journal.campaign, journal.revision).join(name)
+    fn mark(&self, _journal: &Journal, name: &str) -> PathBuf {
+        self.paths.root.join(name)
     }
 
     fn set_mark(&self, journal: &Journal, name: &str) -> Result<(), ApplyError> {
@@ -134,6 +134,23 @@ impl CommandInstaller {
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
             Err(e) => Err(ApplyError::Io(self.mark(journal, name), e)),
         }
+    }
+}
+
+impl CommandInstaller {
+    /// Whether the inventory shows the previous set (after a reboot the bootloader fell
+    /// back from).
+    fn previous_runs(&self, journal: &Journal) -> bool {
+        if !journal.awaited_reboot || self.inventory.is_empty() {
+            return false;
+        }
+        let Ok(inv) = read_command_inventory(&self.inventory) else {
+            return false;
+        };
+        journal
+            .ops
+            .iter()
+            .all(|op| inv.get(&op.app).map(|a| &a.version) == op.from_version.as_ref())
     }
 }
 
@@ -234,6 +251,9 @@ impl Installer for CommandInstaller {
         };
         if self.waiting(journal, ROLLBACK_REBOOT_MARK)?.is_some() {
             return Ok(()); // ran already; the reboot is what remains
+        }
+        if self.previous_runs(journal) {
+            return Ok(()); // the bootloader fell back already: nothing to restore
         }
         st.step("run the rollback command".into())?;
         let dir = campaign_dir(&self.paths, &journal.campaign, journal.revision);

@@ -632,12 +632,21 @@ pub fn recover(
             revision: journal.revision,
         }));
     }
-    tracing::warn!(
-        "install of campaign {} revision {} was interrupted ({}): completing it",
-        journal.campaign,
-        journal.revision,
-        journal.phase.name()
-    );
+    if journal.awaited_reboot {
+        tracing::info!(
+            "install of campaign {} revision {} continues after the reboot ({})",
+            journal.campaign,
+            journal.revision,
+            journal.phase.name()
+        );
+    } else {
+        tracing::warn!(
+            "install of campaign {} revision {} was interrupted ({}): completing it",
+            journal.campaign,
+            journal.revision,
+            journal.phase.name()
+        );
+    }
     let mut st = Stepper::new(step_hook);
     let (campaign, revision) = (journal.campaign.clone(), journal.revision);
     let applied = proceed(
