@@ -6,14 +6,23 @@
 # staging and applying the update all or nothing, and reporting the result, which the repo
 # tool turns into rollout status; then the resident agent (`petrel run`) installs a security
 # fix by itself, and restores the previous firmware by itself when the next one fails the
-# device's health check.
+# device's health check. Last, a simulated board (examples/board: two slot files, the `file`
+# bootloader, a health check reading the booted image) takes system images into its A/B
+# slots (docs/images.md): image 1.1 is written into slot B, boots, fails its health check,
+# is marked bad, and the board reboots into slot A and reports the failure, rolled back;
+# image 1.2 (zstd-compressed when zstd is installed) boots from B, passes, is marked good
+# and reported succeeded. Needs bash, python3 (the board's image maker and summaries) and
+# coreutils' timeout.
 # Usage: ./demo.sh [WORK_DIR]
+#   PETREL_DEMO_NO_BUILD=1 ./demo.sh [WORK_DIR]   uses the binaries already built (no cargo build)
 set -euo pipefail
 cd "$(dirname "$0")"
 top=$PWD
 
-echo "==> building"
-cargo build -q --bins
+if [ -z "${PETREL_DEMO_NO_BUILD:-}" ]; then
+  echo "==> building"
+  cargo build -q --bins
+fi
 bin="${CARGO_TARGET_DIR:-$top/target}/debug"
 repo_tool="$bin/petrel-repo"
 server="$bin/petrel-server"
@@ -24,7 +33,7 @@ work="${1:-$(mktemp -d -t petrel-demo.XXXXXX)}"
 mkdir -p "$work"
 repo="$work/repo"
 device="$work/device"
-rm -rf "$repo" "$device" "$work"/reports.db*
+rm -rf "$repo" "$device" "$work/board" "$work/images" "$work"/reports.db*
 demo="$top/examples/demo"
 content="$demo/content"
 
@@ -149,4 +158,123 @@ grep -E "installed group|restored|cycle done" "$work/agent.log" | sed -e 's/^/  
 [ "$status" = 0 ] || { echo "petrel run should exit 0 on SIGTERM"; exit 1; }
 "$agent" status
 "$repo_tool" -r "$repo" rollout status --reports "$url"
-echo "demo complete: repository $repo, device state $device"
+
+echo "==> a board with a system image in two slots (docs/images.md): factory image 1.0 in slot A"
+# The simulated board of examples/board: slot files, the `file` bootloader (boot.json,
+# powered on with `petrel slots boot`), a reboot command that leaves a marker, and a health
+# check that reads the booted image's header. Every petrel command runs under a time bound.
+board_ex="$top/examples/board"
+board="$work/board"
+images="$work/images"
+mkdir -p "$board/slots" "$board/apps" "$images/1.1" "$images/1.2"
+image_kib=4096 # the images: 4 MiB
+slot_size=8M   # each slot
+board_agent() { timeout 60 "$agent" --config "$board/device.toml" "$@"; }
+python3 "$board_ex/make-image.py" 1.0 good "$image_kib" "$images/factory.img"
+cp "$images/factory.img" "$board/slots/a.img"
+truncate -s "$slot_size" "$board/slots/a.img" "$board/slots/b.img"
+echo 1.0 >"$board/factory-version"
+sed -e "s|@URL@|$url|g" -e "s|@BOARD@|$board|g" -e "s|@EXAMPLES@|$board_ex|g" \
+  "$board_ex/device.toml.in" >"$board/device.toml"
+board_agent init --root "$repo/tree/metadata/1.root.json"
+board_agent slots boot --init
+board_agent device-key >"$work/board.pub.pem"
+"$server" enroll --reports-db "$work/reports.db" --device "$(sed -n 's/^id *= *"\(.*\)"/\1/p' "$board_ex/profile.toml")" \
+  --public-key "$work/board.pub.pem"
+board_agent slots status
+
+# board_update: one `petrel update --json` on the board, summarized; it must exit 0.
+board_step=0
+board_update() {
+  board_step=$((board_step + 1))
+  local out="$work/board-update-$board_step.json" status=0
+  board_agent update --json >"$out" || status=$?
+  python3 - "$out" <<'PY'
+import json, sys
+v = json.load(open(sys.argv[1]))
+r = v.get("recovered")
+if r:
+    print("    recovered: campaign %s: %s%s" % (r["campaign"], r["outcome"], ", rolled back" if r.get("rolled_back") else ""))
+for i in v.get("installs", []):
+    print("    install: campaign %s: %s" % (i["campaign"], i["result"]))
+for q in v.get("reports", []):
+    print("    report: campaign %s: %s: %s" % (q["campaign"], q["result"], q["reason"]))
+if not (r or v.get("installs") or v.get("reports")):
+    print("    nothing to install")
+PY
+  [ -e "$board/reboot-requested" ] && echo "    the agent asked for a reboot"
+  [ "$status" = 0 ] || { echo "petrel update exited $status (see $out)"; exit 1; }
+}
+# reboot_board: the simulated power cycle. The bootloader picks a slot (the first in the
+# order with tries left takes one), the system starts `petrel recover`, then the agent.
+reboot_board() {
+  rm -f "$board/reboot-requested"
+  local slot
+  slot=$(board_agent slots boot)
+  echo "    power on: the bootloader boots slot $slot"
+  board_agent recover
+  board_update
+}
+booted() { [ "$(sed -n 's/.*"booted": *"\([AB]\)".*/\1/p' "$board/boot.json")" = "$1" ]; }
+expect() { # expect WHAT COMMAND...: stop the demo unless COMMAND succeeds
+  local what=$1; shift
+  "$@" || { echo "expected: $what"; board_agent slots status; exit 1; }
+}
+
+echo "==> system image 1.1 (it fails the board's self-test) is published as campaign os-1.1"
+python3 "$board_ex/make-image.py" 1.1 unhealthy "$image_kib" "$images/1.1/rootfs.img"
+head -n 1 "$images/1.1/rootfs.img" | sed -e 's/^/    header: /'
+"$repo_tool" -r "$repo" add "$images/1.1/rootfs.img" --name apps/acme/os/1.1/rootfs.img --role acme
+"$repo_tool" -r "$repo" group set "$board_ex/group-boards-1.1.toml"
+"$repo_tool" -r "$repo" assign --group boards --devices "$board_ex/devices.txt"
+"$repo_tool" -r "$repo" campaign create "$board_ex/campaign-os-1.1.toml"
+"$repo_tool" -r "$repo" publish
+echo "==> the board installs 1.1 into slot B, reads it back, and sets B to boot next"
+board_update
+expect "a reboot request" test -e "$board/reboot-requested"
+board_agent slots status
+echo "==> reboot: B comes up, fails its health check, is marked bad; the agent reboots into A"
+reboot_board
+expect "slot B booted" booted B
+expect "a reboot request" test -e "$board/reboot-requested"
+board_agent slots status
+echo "==> reboot: A, the previous system, runs again; the agent reports 1.1 failed and rolled back"
+reboot_board
+expect "slot A booted" booted A
+expect "no reboot request" test ! -e "$board/reboot-requested"
+board_agent slots status
+"$repo_tool" -r "$repo" rollout status --reports "$url" --campaign os-1.1
+
+echo "==> the fixed image 1.2 is published as campaign os-1.2 (group boards revision 2)"
+python3 "$board_ex/make-image.py" 1.2 good "$image_kib" "$images/1.2/rootfs.img"
+group_12="$board_ex/group-boards-1.2.toml"
+if command -v zstd >/dev/null; then
+  zstd -q -19 -f "$images/1.2/rootfs.img" -o "$images/1.2/rootfs.img.zst"
+  echo "    zstd-compressed: $(wc -c <"$images/1.2/rootfs.img") bytes -> $(wc -c <"$images/1.2/rootfs.img.zst") bytes; the agent decompresses it into the slot"
+  "$repo_tool" -r "$repo" add "$images/1.2/rootfs.img.zst" --name apps/acme/os/1.2/rootfs.img.zst --role acme
+else
+  echo "    zstd is not installed: the image is published uncompressed"
+  sed -e 's|rootfs\.img\.zst|rootfs.img|' "$group_12" >"$images/group-boards-1.2.toml"
+  group_12="$images/group-boards-1.2.toml"
+  "$repo_tool" -r "$repo" add "$images/1.2/rootfs.img" --name apps/acme/os/1.2/rootfs.img --role acme
+fi
+"$repo_tool" -r "$repo" group set "$group_12"
+"$repo_tool" -r "$repo" campaign create "$board_ex/campaign-os-1.2.toml"
+"$repo_tool" -r "$repo" publish
+echo "==> the board installs 1.2 into slot B"
+board_update
+expect "a reboot request" test -e "$board/reboot-requested"
+echo "==> reboot: B comes up, passes its health check, is marked good; the agent reports success"
+reboot_board
+expect "slot B booted" booted B
+expect "no reboot request" test ! -e "$board/reboot-requested"
+cmp -n "$(wc -c <"$images/1.2/rootfs.img")" "$images/1.2/rootfs.img" "$board/slots/b.img"
+cmp -n "$(wc -c <"$images/factory.img")" "$images/factory.img" "$board/slots/a.img"
+echo "    slot B holds exactly image 1.2; slot A still holds the factory image"
+board_agent slots status
+rejected=$(find "$board/state/outbox" -name '*.reason.txt' | head -n 5)
+[ -z "$rejected" ] || { echo "the report endpoint rejected reports of the board:"; cat $rejected; exit 1; }
+echo "==> the release engineer's view: rollout status of both image campaigns from the board's reports"
+"$repo_tool" -r "$repo" rollout status --reports "$url" --campaign os-1.1
+"$repo_tool" -r "$repo" rollout status --reports "$url" --campaign os-1.2
+echo "demo complete: repository $repo, device state $device, board $board"

@@ -12,5 +12,7 @@ PETREL_NGINX="$(scripts/ensure-nginx.sh)"
 export PETREL_NGINX
 echo "==> formatting"
 cargo fmt --all -- --check
+echo "==> installer recipes (RAUC, SWUpdate) against stand-ins of their tools"
+bash tests/recipes/run.sh
 echo "==> tests"
 cargo test --workspace --all-targets --locked

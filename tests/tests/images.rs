@@ -527,6 +527,27 @@ fn walk(dir: &Path) -> Vec<PathBuf> {
 }
 
 #[test]
+fn a_group_without_the_system_image_does_not_remove_it() {
+    let mut s = Scenario::new();
+    s.group("kind = \"group\"\nschema_version = 1\nid = \"boards\"\nrevision = 1\n");
+    s.assign("boards", &[DEVICE], false, &[]);
+    s.create_campaign(&campaign("empty", 1));
+    s.publish();
+    let board = Board::new(&s);
+    let before = board.boot_state();
+    let (code, v) = board.update();
+    assert_eq!(
+        (code, results(&v)),
+        (1, vec!["failed".to_string()]),
+        "{v:#}"
+    );
+    let reason = v["installs"][0]["reason"].as_str().unwrap_or("");
+    assert!(reason.contains("cannot be removed"), "{reason}");
+    assert_eq!(board.boot_state(), before);
+    assert_eq!(board.os_version().as_deref(), Some("1.0"));
+}
+
+#[test]
 fn an_image_larger_than_the_slot_is_refused_before_anything_is_written() {
     let mut s = Scenario::new();
     let new = image("1.1", "good", SLOT_SIZE + 1);

@@ -266,10 +266,14 @@ impl Agent {
     /// The install handler for `plan`: the slots for a system image (install type
     /// `slot`, when `[slots]` is configured), else the configured inventory's.
     pub fn installer(&self, plan: &plan::StagedPlan) -> Box<dyn install::Installer> {
-        let image = plan
-            .steps
-            .iter()
-            .any(|s| s.step.install_type.as_deref() == Some(install::slot::INSTALL_TYPE));
+        let image = plan.steps.iter().any(|s| {
+            s.step.install_type.as_deref() == Some(install::slot::INSTALL_TYPE)
+                || self
+                    .config
+                    .slots
+                    .as_ref()
+                    .is_some_and(|c| c.app == s.step.app)
+        });
         installer_of(&self.config, &self.paths, image)
     }
 

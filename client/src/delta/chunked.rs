@@ -34,9 +34,9 @@ pub const MAX_REF_LENGTH: u32 = 2 * MAX_CHUNK_SIZE;
 const ANCHOR_WINDOW: usize = 64;
 
 /// The buffers applying a delta with `chunk_size` chunks holds at most: the base window
-/// (up to two chunks), the frame (at most a chunk; incompressible chunks are larger by a
-/// little) and the chunk decoded in one call (so zstd keeps no window of its own): 16 MiB
-/// for [`CHUNK_SIZE`].
+/// (refused above two chunks), the frame (refused above a chunk and an eighth) and the
+/// chunk decoded in one call (so zstd keeps no window of its own): about 16 MiB for
+/// [`CHUNK_SIZE`], at most about 64 MiB for any delta a device accepts.
 pub fn apply_memory(chunk_size: u32) -> u64 {
     4 * u64::from(chunk_size)
 }
@@ -245,12 +245,14 @@ pub fn apply(
         let ref_offset = u64_of(&mut delta, "a chunk header")?;
         let ref_len = u32_of(&mut delta, "a chunk header")?;
         let frame_len = u32_of(&mut delta, "a chunk header")?;
-        if ref_len > MAX_REF_LENGTH || ref_offset.saturating_add(u64::from(ref_len)) > base_len {
+        if ref_len > MAX_REF_LENGTH.min(2 * chunk_size)
+            || ref_offset.saturating_add(u64::from(ref_len)) > base_len
+        {
             return Err(decode(format!(
                 "chunk {i}: base window {ref_offset}+{ref_len} is outside the {base_len}-byte base or too large"
             )));
         }
-        if frame_len > MAX_CHUNK_SIZE + MAX_CHUNK_SIZE / 8 + 1024 {
+        if frame_len > chunk_size + chunk_size / 8 + 1024 {
             return Err(decode(format!(
                 "chunk {i}: a {frame_len}-byte frame is too large"
             )));

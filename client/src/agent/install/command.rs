@@ -244,6 +244,9 @@ impl Installer for CommandInstaller {
     }
 
     fn restore(&mut self, journal: &Journal, st: &mut Stepper) -> Result<(), ApplyError> {
+        if self.waiting(journal, ROLLBACK_REBOOT_MARK)?.is_none() && self.previous_runs(journal) {
+            return Ok(()); // the bootloader fell back already: nothing to restore
+        }
         let Some(argv) = self.rollback.clone() else {
             return Err(ApplyError::Unsupported(
                 "no inventory.rollback_command is configured".into(),
@@ -251,9 +254,6 @@ impl Installer for CommandInstaller {
         };
         if self.waiting(journal, ROLLBACK_REBOOT_MARK)?.is_some() {
             return Ok(()); // ran already; the reboot is what remains
-        }
-        if self.previous_runs(journal) {
-            return Ok(()); // the bootloader fell back already: nothing to restore
         }
         st.step("run the rollback command".into())?;
         let dir = campaign_dir(&self.paths, &journal.campaign, journal.revision);
@@ -271,8 +271,11 @@ impl Installer for CommandInstaller {
             if let Some(argv) = self.confirm.clone() {
                 st.step("run the confirm command".into())?;
                 let dir = campaign_dir(&self.paths, &journal.campaign, journal.revision);
-                self.run(&argv, &journal.campaign, &dir, false)
-                    .map_err(|e| ApplyError::Hook(format!("the confirm command failed: {e}")))?;
+                // A failure is logged, never blocks the agent: the OS updater's own
+                // fallback (its try counter) decides then.
+                if let Err(e) = self.run(&argv, &journal.campaign, &dir, false) {
+                    tracing::error!("the confirm command failed: {e}");
+                }
             }
         }
         for m in [INSTALL_REBOOT_MARK, ROLLBACK_REBOOT_MARK] {

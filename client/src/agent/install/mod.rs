@@ -449,7 +449,7 @@ fn proceed(
             Phase::RollingBack => {
                 match installer.restore(journal, st) {
                     Ok(()) => {}
-                    Err(ApplyError::Hook(e)) => {
+                    Err(ApplyError::Hook(e) | ApplyError::Unsupported(e)) => {
                         // The handler could not restore: say so, and end the install with
                         // the set as it is (confirmed, so a restart does not try again).
                         let why = journal.failure.clone().unwrap_or_default();

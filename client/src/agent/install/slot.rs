@@ -444,7 +444,8 @@ impl Installer for SlotInstaller {
     fn check(&self, plan: &StagedPlan) -> Result<(), ApplyError> {
         let app = &self.slots.config.app;
         for s in &plan.steps {
-            let is_image = s.step.install_type.as_deref() == Some(INSTALL_TYPE);
+            let is_image =
+                s.step.install_type.as_deref() == Some(INSTALL_TYPE) || s.step.app == *app;
             if is_image && s.step.app != *app {
                 return Err(ApplyError::Unsupported(format!(
                     "{}: install type \"slot\", but this device's slots hold {app} (slots.app); nothing installed",
@@ -603,11 +604,16 @@ impl Installer for SlotInstaller {
         };
         if journal.phase == Phase::Confirmed {
             st.step(format!("mark slot {} good", t.slot))?;
-            self.slots
+            match self
+                .slots
                 .bootloader
                 .mark_good(t.slot, self.slots.config.attempts)
-                .map_err(boot_err)?;
-            state.marked_good_in_boot = self.slots.boot_id().ok();
+            {
+                Ok(()) => state.marked_good_in_boot = self.slots.boot_id().ok(),
+                // Tried again at every start (the running slot is marked good once per
+                // boot); until then the bootloader may fall back.
+                Err(e) => tracing::error!("cannot mark slot {} good: {e}", t.slot),
+            }
         }
         st.step("end the slot install".into())?;
         state.target = None;
