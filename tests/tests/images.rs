@@ -903,7 +903,7 @@ fn points(board: &Board) -> Vec<String> {
     let text = std::fs::read_to_string(&log).unwrap_or_default();
     let _ = std::fs::remove_file(&log);
     text.lines()
-        .map(|l| l.splitn(2, ' ').nth(1).unwrap_or("").to_string())
+        .map(|l| l.split_once(' ').map_or("", |x| x.1).to_string())
         .collect()
 }
 
@@ -989,6 +989,14 @@ fn power_cuts(
                 board.ok(&["recover"]);
             }
             cut_at(&board, *n).unwrap_or_else(|e| panic!("{kind}, cut at {n} ({what}): {e}"));
+            if what.contains("write slot B") || what.contains("into slot B") {
+                // A slot being written is never bootable.
+                assert_eq!(
+                    board.boot_state()["left"]["B"],
+                    0,
+                    "{kind}, cut at {n} ({what}): slot B is bootable while written"
+                );
+            }
             board.take_reboot_request();
             cuts += 1;
             settle(&board, &images).unwrap_or_else(|e| panic!("{kind}, cut at {n} ({what}): {e}"));

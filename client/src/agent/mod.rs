@@ -170,6 +170,12 @@ impl Agent {
                         install::slot::Slots::new(s, &config.reboot, &paths),
                     ))
                 }
+                (Some(k), _, None) if k == install::slot::INSTALL_TYPE => {
+                    Box::new(install::Unavailable(format!(
+                        "the interrupted install wrote a system image, but {} has no [slots] any more; restore [slots] (docs/images.md) so the agent can finish it",
+                        config.path.display()
+                    )))
+                }
                 (_, Some(d), _) => Box::new(install::files::FilesInstaller::new(d.clone())),
                 _ => installer_of(&config, &paths, false),
             }
@@ -208,17 +214,6 @@ impl Agent {
                 r.manifest_sha256 == a.manifest_sha256 && r.status == final_status
             });
             let (result, text) = agent.settled(a, &mut state);
-            if !recorded {
-                state.reports.insert(
-                    a.campaign.clone(),
-                    crate::decide::LastReport {
-                        manifest_sha256: a.manifest_sha256.clone(),
-                        status: final_status.to_string(),
-                        at: now_seconds(),
-                    },
-                );
-            }
-            state.save(&agent.paths.state_file())?;
             let reason = if a.after_reboot {
                 format!("{text} (after the reboot)")
             } else {
@@ -228,6 +223,8 @@ impl Agent {
                 InstallResult::Installed => crate::report::ReportResult::Succeeded,
                 _ => crate::report::ReportResult::Failed,
             };
+            // Queued before it is remembered as sent: a power cut in between repeats the
+            // report (the endpoint keeps a device's latest), never loses it.
             if !recorded {
                 match agent.queue_report(
                     &a.campaign,
@@ -248,7 +245,16 @@ impl Agent {
                     }
                     Err(e) => tracing::warn!("{e}"),
                 }
+                state.reports.insert(
+                    a.campaign.clone(),
+                    crate::decide::LastReport {
+                        manifest_sha256: a.manifest_sha256.clone(),
+                        status: final_status.to_string(),
+                        at: now_seconds(),
+                    },
+                );
             }
+            state.save(&agent.paths.state_file())?;
             // Recorded: now the install is over.
             install::finish(&agent.paths.journal()).map_err(|e| AgentError::State {
                 path: agent.paths.journal(),

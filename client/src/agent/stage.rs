@@ -466,9 +466,13 @@ fn stage_into_slot(
                 item.target
             ))
         })?;
-    if info.length() != item.length {
+    let signed = ArtifactInfo::from_target(&info).ok_or_else(|| StageError {
+        message: format!("{}: the target has no signed sha256", item.target),
+        temporary: false,
+    })?;
+    if signed.length != item.length || !signed.sha256.eq_ignore_ascii_case(&item.sha256) {
         return Err(StageError::temporary(format!(
-            "{}: the signed length changed since the decision; decide again",
+            "{}: the signed length or hash changed since the decision; decide again",
             item.target
         )));
     }
@@ -545,6 +549,13 @@ fn stage_via_delta(
         ));
     }
     let chunked = meta.format == crate::delta::chunked::FORMAT;
+    if prefix.is_some() && !chunked {
+        return Err(format!(
+            "a {} delta holds the whole base in memory; an image delta must be {} (petrel-repo delta --format zstd-chunked)",
+            meta.format,
+            crate::delta::chunked::FORMAT
+        ));
+    }
     let changed = || {
         format!(
             "the installed bytes {} changed since the decision (not the delta's base)",

@@ -81,11 +81,11 @@ pub trait Bootloader {
         Ok(None)
     }
     /// Boots `slot` next, with `attempts` tries before falling back to the other one.
-    fn set_next(&mut self, slot: Slot, attempts: u32) -> Result<(), String>;
+    fn set_next(&self, slot: Slot, attempts: u32) -> Result<(), String>;
     /// The running `slot` is good: it keeps booting (its tries are refilled).
-    fn mark_good(&mut self, slot: Slot, attempts: u32) -> Result<(), String>;
+    fn mark_good(&self, slot: Slot, attempts: u32) -> Result<(), String>;
     /// Never boots `slot` again (until it is set next anew); the other slot boots first.
-    fn mark_bad(&mut self, slot: Slot) -> Result<(), String>;
+    fn mark_bad(&self, slot: Slot) -> Result<(), String>;
     /// The bootloader's variables, for `petrel slots status`.
     fn variables(&self) -> Result<BTreeMap<String, String>, String>;
     /// Whether `slot` still has tries left (`None`: the bootloader cannot say).
@@ -174,7 +174,12 @@ impl Uboot {
             &["-s".into(), script.path().to_string_lossy().into_owned()],
         )
         .map(|_| ())
-        .map_err(|e| format!("setting the U-Boot environment: {e}"))
+        .map_err(|e| {
+            format!(
+                "setting {} in the U-Boot environment: {e} (check /etc/fw_env.config and that the environment is writable)",
+                vars.iter().map(|(k, v)| format!("{k}={v}")).collect::<Vec<_>>().join(" ")
+            )
+        })
     }
 }
 
@@ -183,18 +188,18 @@ impl Bootloader for Uboot {
         format!("U-Boot environment ({})", self.setenv)
     }
 
-    fn set_next(&mut self, slot: Slot, attempts: u32) -> Result<(), String> {
+    fn set_next(&self, slot: Slot, attempts: u32) -> Result<(), String> {
         self.set(&[
             (format!("BOOT_{slot}_LEFT"), attempts.to_string()),
             ("BOOT_ORDER".into(), order_with_first(slot)),
         ])
     }
 
-    fn mark_good(&mut self, slot: Slot, attempts: u32) -> Result<(), String> {
+    fn mark_good(&self, slot: Slot, attempts: u32) -> Result<(), String> {
         self.set(&[(format!("BOOT_{slot}_LEFT"), attempts.to_string())])
     }
 
-    fn mark_bad(&mut self, slot: Slot) -> Result<(), String> {
+    fn mark_bad(&self, slot: Slot) -> Result<(), String> {
         self.set(&[
             (format!("BOOT_{slot}_LEFT"), "0".into()),
             ("BOOT_ORDER".into(), order_with_first(slot.other())),
@@ -234,7 +239,13 @@ impl Grub {
         args.extend(vars.iter().map(|(k, v)| format!("{k}={v}")));
         run(std::slice::from_ref(&self.editenv), &args)
             .map(|_| ())
-            .map_err(|e| format!("setting the GRUB environment: {e}"))
+            .map_err(|e| {
+                format!(
+                    "setting {} in the GRUB environment {}: {e} (is slots.grub.env_file right and writable?)",
+                    vars.iter().map(|(k, v)| format!("{k}={v}")).collect::<Vec<_>>().join(" "),
+                    self.env_file.display()
+                )
+            })
     }
 }
 
@@ -243,7 +254,7 @@ impl Bootloader for Grub {
         format!("GRUB environment {}", self.env_file.display())
     }
 
-    fn set_next(&mut self, slot: Slot, _attempts: u32) -> Result<(), String> {
+    fn set_next(&self, slot: Slot, _attempts: u32) -> Result<(), String> {
         self.set(&[
             (format!("{slot}_OK"), "1".into()),
             (format!("{slot}_TRY"), "0".into()),
@@ -251,14 +262,14 @@ impl Bootloader for Grub {
         ])
     }
 
-    fn mark_good(&mut self, slot: Slot, _attempts: u32) -> Result<(), String> {
+    fn mark_good(&self, slot: Slot, _attempts: u32) -> Result<(), String> {
         self.set(&[
             (format!("{slot}_OK"), "1".into()),
             (format!("{slot}_TRY"), "0".into()),
         ])
     }
 
-    fn mark_bad(&mut self, slot: Slot) -> Result<(), String> {
+    fn mark_bad(&self, slot: Slot) -> Result<(), String> {
         self.set(&[
             (format!("{slot}_OK"), "0".into()),
             (format!("{slot}_TRY"), "0".into()),
@@ -309,19 +320,19 @@ impl Bootloader for CommandBootloader {
         })
     }
 
-    fn set_next(&mut self, slot: Slot, attempts: u32) -> Result<(), String> {
+    fn set_next(&self, slot: Slot, attempts: u32) -> Result<(), String> {
         run(&self.set_next, &[slot.to_string(), attempts.to_string()])
             .map(|_| ())
             .map_err(|e| format!("slots.command.set_next: {e}"))
     }
 
-    fn mark_good(&mut self, slot: Slot, _attempts: u32) -> Result<(), String> {
+    fn mark_good(&self, slot: Slot, _attempts: u32) -> Result<(), String> {
         run(&self.mark_good, &[slot.to_string()])
             .map(|_| ())
             .map_err(|e| format!("slots.command.mark_good: {e}"))
     }
 
-    fn mark_bad(&mut self, slot: Slot) -> Result<(), String> {
+    fn mark_bad(&self, slot: Slot) -> Result<(), String> {
         run(&self.mark_bad, &[slot.to_string()])
             .map(|_| ())
             .map_err(|e| format!("slots.command.mark_bad: {e}"))
@@ -428,20 +439,20 @@ impl Bootloader for FileBootloader {
         Ok(Some(self.load()?.booted))
     }
 
-    fn set_next(&mut self, slot: Slot, attempts: u32) -> Result<(), String> {
+    fn set_next(&self, slot: Slot, attempts: u32) -> Result<(), String> {
         self.update(|s| {
             s.left.insert(slot, attempts);
             s.order = vec![slot, slot.other()];
         })
     }
 
-    fn mark_good(&mut self, slot: Slot, attempts: u32) -> Result<(), String> {
+    fn mark_good(&self, slot: Slot, attempts: u32) -> Result<(), String> {
         self.update(|s| {
             s.left.insert(slot, attempts);
         })
     }
 
-    fn mark_bad(&mut self, slot: Slot) -> Result<(), String> {
+    fn mark_bad(&self, slot: Slot) -> Result<(), String> {
         self.update(|s| {
             s.left.insert(slot, 0);
             s.order = vec![slot.other(), slot];
@@ -508,7 +519,7 @@ mod tests {
         let path = dir.path().join("boot.json");
         let b = FileBootloader::new(&path);
         b.save(&FileBootState::new(3)).unwrap();
-        let mut bl: Box<dyn Bootloader> = Box::new(FileBootloader::new(&path));
+        let bl: Box<dyn Bootloader> = Box::new(FileBootloader::new(&path));
         assert_eq!(bl.booted().unwrap(), Some(Slot::A));
         bl.set_next(Slot::B, 3).unwrap();
         let mut s = b.load().unwrap();
@@ -540,7 +551,7 @@ mod tests {
         )
         .unwrap();
         std::fs::set_permissions(&tool, std::fs::Permissions::from_mode(0o755)).unwrap();
-        let mut u = Uboot {
+        let u = Uboot {
             printenv: "false".into(),
             setenv: tool.to_string_lossy().into_owned(),
         };

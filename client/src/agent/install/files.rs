@@ -93,6 +93,11 @@ impl Installer for FilesInstaller {
                 .filter(|t| *t != "file")
                 .map(|t| (&s.step.app, t))
         }) {
+            if t == super::slot::INSTALL_TYPE {
+                return Err(ApplyError::Unsupported(format!(
+                    "{app}: install type \"slot\" is a system image, and this device has no [slots] with slots.app = {app:?} in its configuration (docs/images.md); nothing installed"
+                )));
+            }
             return Err(ApplyError::Unsupported(format!(
                 "{app}: install type {t:?} has no installer in an inventory directory (only \"file\"); nothing installed. Use inventory.command with an inventory.install_command that knows it"
             )));

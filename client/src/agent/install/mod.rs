@@ -77,6 +77,44 @@ pub trait Installer {
     fn clean(&mut self, journal: &Journal, st: &mut Stepper) -> Result<(), ApplyError>;
 }
 
+/// The handler of a journal this configuration cannot finish: every step fails with the
+/// reason, so recovery stops and says what to fix.
+pub struct Unavailable(pub String);
+
+impl Installer for Unavailable {
+    fn name(&self) -> String {
+        "an installer this configuration lacks".into()
+    }
+    fn kind(&self) -> &'static str {
+        "unavailable"
+    }
+    fn prepare(
+        &mut self,
+        _: &Journal,
+        _: &StagedPlan,
+        _: &Path,
+        _: &mut Stepper,
+    ) -> Result<(), ApplyError> {
+        Err(ApplyError::Verify(self.0.clone()))
+    }
+    fn discard(&mut self, _: &Journal) {}
+    fn switch(&mut self, _: &Journal, _: &mut Stepper) -> Result<(), ApplyError> {
+        Err(ApplyError::Verify(self.0.clone()))
+    }
+    fn boot_state(&mut self, _: &Journal) -> Result<Boot, ApplyError> {
+        Err(ApplyError::Verify(self.0.clone()))
+    }
+    fn can_restore(&self) -> bool {
+        false
+    }
+    fn restore(&mut self, _: &Journal, _: &mut Stepper) -> Result<(), ApplyError> {
+        Err(ApplyError::Verify(self.0.clone()))
+    }
+    fn clean(&mut self, _: &Journal, _: &mut Stepper) -> Result<(), ApplyError> {
+        Err(ApplyError::Verify(self.0.clone()))
+    }
+}
+
 /// Whether the set an install wants is running (see [`Installer::boot_state`]).
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum Boot {
@@ -443,6 +481,22 @@ fn proceed(
                 }
             }
             Phase::Confirmed => {
+                if journal.failure.is_none() {
+                    // A power cut after the health check but before the new set was made
+                    // permanent may have let the bootloader fall back.
+                    if let Boot::FellBack(why) = installer.boot_state(journal)? {
+                        tracing::warn!(
+                            "campaign {} revision {}: {why}",
+                            journal.campaign,
+                            journal.revision
+                        );
+                        journal.failure = Some(why);
+                        journal.restore_hooks_done = journal.ops.len();
+                        st.step("write the journal (rolling back)".into())?;
+                        journal.enter(Phase::RollingBack, journal_path)?;
+                        continue;
+                    }
+                }
                 installer.clean(journal, st)?;
                 return Ok(Applied::from_journal(journal));
             }
@@ -456,6 +510,7 @@ fn proceed(
                         journal.failure = Some(format!("{why}; {e}"));
                         st.step("write the journal (confirmed)".into())?;
                         journal.enter(Phase::Confirmed, journal_path)?;
+                        installer.clean(journal, st)?;
                         return Ok(Applied::from_journal(journal));
                     }
                     Err(e) => return Err(e),

@@ -306,9 +306,19 @@ impl Slots {
         let dest = self.path(slot).to_path_buf();
         let capacity = capacity(&dest).map_err(|e| e.to_string())?;
         let mut state = self.state()?;
+        if let Some(t) = &state.target {
+            return Err(format!(
+                "an image install into slot {} is in progress (see petrel slots status); the download waits until it ends",
+                t.slot
+            ));
+        }
         state.slots.remove(&slot);
         state.staged = None;
         self.save(&state).map_err(|e| e.to_string())?;
+        // Never boot a slot being written, whatever happens before the switch.
+        self.bootloader
+            .mark_bad(slot)
+            .map_err(|e| format!("before writing slot {slot}: {e}"))?;
         let file = OpenOptions::new()
             .write(true)
             .open(&dest)
@@ -511,6 +521,8 @@ impl Installer for SlotInstaller {
             switched_in_boot: None,
         });
         self.slots.save(&state)?;
+        st.step(format!("keep the bootloader off slot {slot}"))?;
+        self.slots.bootloader.mark_bad(slot).map_err(boot_err)?;
         st.step(format!("write the image into slot {slot}"))?;
         let (image_sha256, image_length) =
             write_image(&src, &dest, slot, &art.sha256, art.length, capacity)?;
@@ -549,10 +561,18 @@ impl Installer for SlotInstaller {
     fn switch(&mut self, _journal: &Journal, st: &mut Stepper) -> Result<(), ApplyError> {
         let mut state = self.slots.load()?;
         let Some(t) = state.target.clone() else {
-            return Err(ApplyError::Verify("no slot install in progress".into()));
+            return Err(ApplyError::Verify(format!(
+                "{} names no slot install in progress, but the journal is committed; check `petrel slots status`",
+                self.slots.state_file.display()
+            )));
         };
-        st.step(format!("boot slot {} next", t.slot))?;
         let boot = self.slots.boot_id().map_err(boot_err)?;
+        if t.switched_in_boot.as_ref().is_some_and(|b| *b != boot) {
+            // Switched before a reboot the journal did not record: what booted decides
+            // (a second round of tries for a slot that failed would hide the fallback).
+            return Ok(());
+        }
+        st.step(format!("boot slot {} next", t.slot))?;
         state.target = Some(SlotTarget {
             switched_in_boot: Some(boot),
             ..t.clone()
@@ -602,7 +622,7 @@ impl Installer for SlotInstaller {
         let Some(t) = state.target.clone() else {
             return Ok(());
         };
-        if journal.phase == Phase::Confirmed {
+        if journal.phase == Phase::Confirmed && journal.failure.is_none() {
             st.step(format!("mark slot {} good", t.slot))?;
             match self
                 .slots
@@ -936,6 +956,67 @@ pub fn hash_prefix(path: &Path, len: u64, slot: Option<Slot>) -> Result<String, 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::agent::config::{BootloaderConfig, SlotStaging};
+
+    fn slots_in(dir: &Path) -> Slots {
+        fs::write(dir.join("a.img"), vec![0u8; 1 << 20]).unwrap();
+        fs::write(dir.join("b.img"), vec![7u8; 1 << 20]).unwrap();
+        let boot = dir.join("boot.json");
+        super::bootloader::FileBootloader::new(&boot)
+            .save(&super::bootloader::FileBootState::new(3))
+            .unwrap();
+        let config = SlotsConfig {
+            app: "acme.os".into(),
+            a: dir.join("a.img"),
+            b: dir.join("b.img"),
+            bootloader: BootloaderConfig::File { path: boot },
+            attempts: 3,
+            cmdline: dir.join("cmdline"),
+            version_file: None,
+            staging: SlotStaging::Slot,
+        };
+        Slots::new(&config, &RebootConfig::default(), &StatePaths::new(dir))
+    }
+
+    #[test]
+    fn streaming_into_a_slot_marks_it_unbootable_first_and_waits_for_an_install_in_progress() {
+        let dir = tempfile::tempdir().unwrap();
+        let slots = slots_in(dir.path());
+        let image = vec![42u8; 300_000];
+        slots
+            .stage_direct(
+                "apps/os/1.1/os.img",
+                &sha(&image),
+                image.len() as u64,
+                |w| {
+                    // Mid-download: B must not be bootable.
+                    assert_eq!(slots.bootloader().tries_left(Slot::B).unwrap(), Some(0));
+                    w.write_all(&image).map_err(|e| e.to_string())
+                },
+            )
+            .unwrap();
+        assert!(slots.holds_staged("apps/os/1.1/os.img", &sha(&image)));
+        assert_eq!(
+            hash_prefix(&dir.path().join("b.img"), 300_000, None).unwrap(),
+            sha(&image)
+        );
+        // While an install is in progress, the inactive slot is not written.
+        let mut st = slots.state().unwrap();
+        st.target = Some(SlotTarget {
+            slot: Slot::B,
+            from: Slot::A,
+            switched_in_boot: Some("boot 1".into()),
+        });
+        st.save(&dir.path().join("slots.json")).unwrap();
+        let before = fs::read(dir.path().join("b.img")).unwrap();
+        let e = slots
+            .stage_direct("apps/os/1.2/os.img", &sha(b"x"), 1, |w| {
+                w.write_all(b"x").map_err(|e| e.to_string())
+            })
+            .unwrap_err();
+        assert!(e.contains("in progress"), "{e}");
+        assert_eq!(fs::read(dir.path().join("b.img")).unwrap(), before);
+    }
 
     fn sha(b: &[u8]) -> String {
         hex::encode(ring::digest::digest(&ring::digest::SHA256, b))
