@@ -513,6 +513,75 @@ fn an_image_can_stream_straight_into_the_inactive_slot_without_a_staging_copy() 
     assert_eq!(board.finals()[0].0, "succeeded");
 }
 
+/// A tmpfs mounted on a directory, unmounted on drop (even on panic).
+struct Tmpfs {
+    dir: PathBuf,
+}
+
+impl Tmpfs {
+    /// Mounts a tmpfs of `size` on `dir`; `None` (after saying why) when this is not root
+    /// and it cannot be mounted. As root it must work.
+    fn mount(dir: &Path, size: &str) -> Option<Tmpfs> {
+        let out = Command::new("mount")
+            .args(["-t", "tmpfs", "-o", &format!("size={size}"), "tmpfs"])
+            .arg(dir)
+            .output();
+        match out {
+            Ok(o) if o.status.success() => Some(Tmpfs {
+                dir: dir.to_path_buf(),
+            }),
+            other => {
+                let root = Command::new("id")
+                    .arg("-u")
+                    .output()
+                    .is_ok_and(|o| String::from_utf8_lossy(&o.stdout).trim() == "0");
+                assert!(
+                    !root,
+                    "running as root, but mounting a tmpfs failed: {other:?}"
+                );
+                eprintln!("skipped: cannot mount tmpfs (not root?): {other:?}");
+                None
+            }
+        }
+    }
+}
+
+impl Drop for Tmpfs {
+    fn drop(&mut self) {
+        let ok = Command::new("umount")
+            .arg(&self.dir)
+            .status()
+            .is_ok_and(|s| s.success());
+        if !ok {
+            let _ = Command::new("umount").arg("-l").arg(&self.dir).status();
+        }
+    }
+}
+
+#[test]
+fn an_image_staging_has_no_room_for_goes_straight_into_the_inactive_slot() {
+    let mut s = Scenario::new();
+    let new = image("1.1", "good", IMAGE_SIZE);
+    publish(&mut s, "os-1.1", 1, "1.1", &new, false);
+    let board = Board::new(&s);
+    let staging = board.dir().join("state/staging");
+    let Some(_fs) = Tmpfs::mount(&staging, "2m") else {
+        return;
+    };
+    // staging = "auto" (the default): 2 MiB of staging, a 5 MiB image.
+    let (code, v) = board.update();
+    assert_eq!(
+        (code, results(&v)),
+        (0, vec!["pending_reboot".to_string()]),
+        "{v:#}"
+    );
+    assert_eq!(board.slot_sha("B", new.len()), sha256_hex(&new));
+    assert!(board.take_reboot_request());
+    let (slot, code, _) = board.reboot();
+    assert_eq!((slot.as_str(), code), ("B", 0));
+    assert_eq!(board.os_version().as_deref(), Some("1.1"));
+}
+
 fn walk(dir: &Path) -> Vec<PathBuf> {
     let mut out = Vec::new();
     for e in std::fs::read_dir(dir).into_iter().flatten().flatten() {
