@@ -230,21 +230,29 @@ impl RolloutSummary {
             );
             let _ = writeln!(
                 out,
-                "  {:<10} {:<6} {:>9} {:>7} {:>8} {:>8} {:>7}",
-                "REVISION", "WAVE", "SUCCEEDED", "FAILED", "PENDING", "DECLINED", "STAGED"
+                "  {:<10} {:<6} {:>9} {:>7} {:>8} {:>8} {:>7} {:>7}",
+                "REVISION",
+                "WAVE",
+                "SUCCEEDED",
+                "FAILED",
+                "PENDING",
+                "DECLINED",
+                "STAGED",
+                "REBOOT"
             );
             for w in &c.waves {
                 let wave = w.wave.map_or("-".to_string(), |n| n.to_string());
                 let _ = writeln!(
                     out,
-                    "  {:<10} {:<6} {:>9} {:>7} {:>8} {:>8} {:>7}",
+                    "  {:<10} {:<6} {:>9} {:>7} {:>8} {:>8} {:>7} {:>7}",
                     w.revision,
                     wave,
                     w.counts.succeeded,
                     w.counts.failed,
                     w.counts.pending,
                     w.counts.declined,
-                    w.counts.staged
+                    w.counts.staged,
+                    w.counts.pending_reboot
                 );
             }
             if !c.counts.failure_reasons.is_empty() {
@@ -285,6 +293,29 @@ mod tests {
     }
 
     use ReportResult::*;
+
+    #[test]
+    fn a_system_waiting_for_its_reboot_counts_as_pending_until_its_boot_is_confirmed() {
+        let rows = vec![
+            row(1, "a", "os", None, Staged, "", 0),
+            row(2, "a", "os", None, InstalledPendingReboot, "", 1),
+            row(3, "b", "os", None, InstalledPendingReboot, "", 1),
+            row(4, "b", "os", None, Succeeded, "after the reboot", 2),
+        ];
+        let s = summarize(rows, None);
+        let c = s.campaign("os").unwrap();
+        assert_eq!(
+            (
+                c.counts.succeeded,
+                c.counts.pending,
+                c.counts.pending_reboot,
+                c.counts.failure_rate()
+            ),
+            (1, 1, 1, Some(0.0))
+        );
+        let text = s.render_text();
+        assert!(text.contains("REBOOT"), "{text}");
+    }
 
     #[test]
     fn latest_report_per_device_wins_and_pending_counts_declined_and_staged() {
