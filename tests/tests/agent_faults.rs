@@ -19,7 +19,7 @@ use petrel_client::manifest::{assign_target_path, sha256_hex};
 use petrel_client::report::{Outbox, ReportResult};
 use petrel_tests::fault_proxy::{Fault, FaultProxy};
 use petrel_tests::scenario::{every_file, Scenario};
-use petrel_tests::{describe, petrel_bin, petrel_server_bin, run_with_timeout};
+use petrel_tests::{describe, petrel_bin, petrel_server_bin, run_with_timeout, Tmpfs};
 
 const PLAYER: &str = "acme.player";
 const NEW: &str = "apps/acme.player/1.1/acme.player.bin";
@@ -1050,68 +1050,6 @@ fn a_failed_download_says_it_failed_or_was_interrupted_never_nothing_to_download
 // ---------------------------------------------------------------------------------------
 // 7. A full disk
 // ---------------------------------------------------------------------------------------
-
-/// A tmpfs mounted on a directory, unmounted on drop (even on panic).
-struct Tmpfs {
-    dir: PathBuf,
-}
-
-fn is_root() -> bool {
-    Command::new("id")
-        .arg("-u")
-        .output()
-        .is_ok_and(|o| String::from_utf8_lossy(&o.stdout).trim() == "0")
-}
-
-impl Tmpfs {
-    /// Mounts a tmpfs of `size` (`1m`, `4m`) on `dir`. `None` (after printing why) when
-    /// it cannot be mounted and this is not root; as root it must work.
-    fn mount(dir: &Path, size: &str) -> Option<Tmpfs> {
-        let out = Command::new("mount")
-            .args(["-t", "tmpfs", "-o", &format!("size={size}"), "tmpfs"])
-            .arg(dir)
-            .output();
-        match out {
-            Ok(o) if o.status.success() => Some(Tmpfs {
-                dir: dir.to_path_buf(),
-            }),
-            other => {
-                assert!(
-                    !is_root(),
-                    "running as root, but mounting a tmpfs on {} failed: {other:?}",
-                    dir.display()
-                );
-                eprintln!("skipped: cannot mount tmpfs (not root?): {other:?}");
-                None
-            }
-        }
-    }
-
-    fn resize(&self, size: &str) {
-        let out = Command::new("mount")
-            .args(["-o", &format!("remount,size={size}")])
-            .arg(&self.dir)
-            .output()
-            .expect("mount -o remount");
-        assert!(out.status.success(), "remount: {out:?}");
-    }
-
-    fn free(&self) -> u64 {
-        petrel_client::agent::stage::free_space(&self.dir).expect("statvfs")
-    }
-}
-
-impl Drop for Tmpfs {
-    fn drop(&mut self) {
-        let ok = Command::new("umount")
-            .arg(&self.dir)
-            .status()
-            .is_ok_and(|s| s.success());
-        if !ok {
-            let _ = Command::new("umount").arg("-l").arg(&self.dir).status();
-        }
-    }
-}
 
 /// Catches: downloading into a disk that cannot hold the artifact (a partial that fills it
 /// and stays), a full disk counted as a failed install attempt (three in a row would block

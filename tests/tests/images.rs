@@ -17,7 +17,7 @@ use std::time::{Duration, Instant};
 
 use petrel_client::manifest::sha256_hex;
 use petrel_tests::scenario::{Device, Scenario};
-use petrel_tests::{describe, petrel_bin, run_with_timeout};
+use petrel_tests::{describe, petrel_bin, run_with_timeout, Tmpfs};
 use serde_json::Value;
 
 const OS: &str = "acme.os";
@@ -511,51 +511,6 @@ fn an_image_can_stream_straight_into_the_inactive_slot_without_a_staging_copy() 
     assert_eq!((slot.as_str(), code), ("B", 0));
     assert_eq!(board.os_version().as_deref(), Some("1.1"));
     assert_eq!(board.finals()[0].0, "succeeded");
-}
-
-/// A tmpfs mounted on a directory, unmounted on drop (even on panic).
-struct Tmpfs {
-    dir: PathBuf,
-}
-
-impl Tmpfs {
-    /// Mounts a tmpfs of `size` on `dir`; `None` (after saying why) when this is not root
-    /// and it cannot be mounted. As root it must work.
-    fn mount(dir: &Path, size: &str) -> Option<Tmpfs> {
-        let out = Command::new("mount")
-            .args(["-t", "tmpfs", "-o", &format!("size={size}"), "tmpfs"])
-            .arg(dir)
-            .output();
-        match out {
-            Ok(o) if o.status.success() => Some(Tmpfs {
-                dir: dir.to_path_buf(),
-            }),
-            other => {
-                let root = Command::new("id")
-                    .arg("-u")
-                    .output()
-                    .is_ok_and(|o| String::from_utf8_lossy(&o.stdout).trim() == "0");
-                assert!(
-                    !root,
-                    "running as root, but mounting a tmpfs failed: {other:?}"
-                );
-                eprintln!("skipped: cannot mount tmpfs (not root?): {other:?}");
-                None
-            }
-        }
-    }
-}
-
-impl Drop for Tmpfs {
-    fn drop(&mut self) {
-        let ok = Command::new("umount")
-            .arg(&self.dir)
-            .status()
-            .is_ok_and(|s| s.success());
-        if !ok {
-            let _ = Command::new("umount").arg("-l").arg(&self.dir).status();
-        }
-    }
 }
 
 #[test]

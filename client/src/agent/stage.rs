@@ -21,6 +21,7 @@
 //! into place only if it is exactly the artifact's signed length and SHA-256. Any problem
 //! falls back to the full artifact (the reason is logged and kept in [`StageOutcome`]).
 
+use crate::tuf::updater::TargetInfo;
 use std::collections::{BTreeMap, BTreeSet};
 use std::fs;
 use std::io::{self, Read};
@@ -365,17 +366,12 @@ fn remove_all_partials(dir: &Path) {
     }
 }
 
-/// Stages one item: keeps a verified copy, else tries its delta (if any; a failure is
-/// logged, pushed to `fallbacks` and ends in the full download), else downloads the full
-/// artifact, resuming a partial download.
-fn stage_one(
+/// The item's target info, looked up again in the verified metadata, and its signed
+/// length and SHA-256, which must still be the decision's.
+fn signed_target(
     updater: &mut Updater,
-    dir: &Path,
     item: &DownloadItem,
-    bases: &DeltaSources,
-    fallbacks: &mut Vec<String>,
-    progress: &mut dyn FnMut(&DownloadProgress) -> ControlFlow<()>,
-) -> Result<Staged, StageError> {
+) -> Result<(TargetInfo, ArtifactInfo), StageError> {
     let info = updater
         .get_target_info(&item.target)
         .map_err(|e| StageError::temporary(format!("{}: {e}", item.target)))?
@@ -395,6 +391,21 @@ fn stage_one(
             item.target
         )));
     }
+    Ok((info, signed))
+}
+
+/// Stages one item: keeps a verified copy, else tries its delta (if any; a failure is
+/// logged, pushed to `fallbacks` and ends in the full download), else downloads the full
+/// artifact, resuming a partial download.
+fn stage_one(
+    updater: &mut Updater,
+    dir: &Path,
+    item: &DownloadItem,
+    bases: &DeltaSources,
+    fallbacks: &mut Vec<String>,
+    progress: &mut dyn FnMut(&DownloadProgress) -> ControlFlow<()>,
+) -> Result<Staged, StageError> {
+    let (info, signed) = signed_target(updater, item)?;
     let name = local_target_file_name(&item.target).map_err(|e| StageError {
         message: e.to_string(),
         temporary: false,
@@ -457,25 +468,7 @@ fn stage_into_slot(
     if slots.holds_staged(&item.target, &item.sha256) {
         return Ok(Staged::Kept);
     }
-    let info = updater
-        .get_target_info(&item.target)
-        .map_err(|e| StageError::temporary(format!("{}: {e}", item.target)))?
-        .ok_or_else(|| {
-            StageError::temporary(format!(
-                "{}: no longer in the repository's signed metadata",
-                item.target
-            ))
-        })?;
-    let signed = ArtifactInfo::from_target(&info).ok_or_else(|| StageError {
-        message: format!("{}: the target has no signed sha256", item.target),
-        temporary: false,
-    })?;
-    if signed.length != item.length || !signed.sha256.eq_ignore_ascii_case(&item.sha256) {
-        return Err(StageError::temporary(format!(
-            "{}: the signed length or hash changed since the decision; decide again",
-            item.target
-        )));
-    }
+    let (info, _) = signed_target(updater, item)?;
     tracing::info!(
         "staging: {} goes straight into the inactive slot ({} bytes)",
         item.target,

@@ -16,9 +16,9 @@
 use std::collections::HashMap;
 use std::io::{self, Read, Seek, SeekFrom, Write};
 
-use zstd::zstd_safe::{self, CParameter, DParameter};
+use zstd::zstd_safe::{self, DParameter};
 
-use super::{DeltaError, LEVEL};
+use super::DeltaError;
 
 /// The `format` of a chunked delta.
 pub const FORMAT: &str = "zstd-chunked";
@@ -104,34 +104,10 @@ fn window_for(
     (from, to - from)
 }
 
-fn zstd_err(what: &str, code: usize) -> io::Error {
-    io::Error::other(format!("{what}: {}", zstd_safe::get_error_name(code)))
-}
-
-/// Compresses `chunk` with `reference` as prefix: one frame with content size and
-/// checksum, a window covering both.
+/// Compresses `chunk` with `reference` as prefix: one frame of the whole-file format
+/// ([`super::make`]), its window covering both.
 fn compress_chunk(reference: &[u8], chunk: &[u8]) -> io::Result<Vec<u8>> {
-    let total = reference.len() as u64 + chunk.len() as u64;
-    let wlog = super::window_log_for(total).ok_or_else(|| io::Error::other("window too large"))?;
-    let mut cctx = zstd_safe::CCtx::create();
-    for p in [
-        CParameter::CompressionLevel(LEVEL),
-        CParameter::WindowLog(wlog),
-        CParameter::EnableLongDistanceMatching(true),
-        CParameter::ChecksumFlag(true),
-        CParameter::ContentSizeFlag(true),
-    ] {
-        cctx.set_parameter(p)
-            .map_err(|c| zstd_err("setting a zstd parameter", c))?;
-    }
-    cctx.set_pledged_src_size(Some(chunk.len() as u64))
-        .map_err(|c| zstd_err("setting the chunk size", c))?;
-    cctx.ref_prefix(reference)
-        .map_err(|c| zstd_err("referencing the base", c))?;
-    let mut out = Vec::with_capacity(zstd_safe::compress_bound(chunk.len()));
-    cctx.compress2(&mut out, chunk)
-        .map_err(|c| zstd_err("compressing", c))?;
-    Ok(out)
+    super::make(reference, chunk)
 }
 
 /// Builds the chunked delta that turns `base` into `result`, chunks compressed in parallel

@@ -438,16 +438,9 @@ impl Updater {
         Ok(())
     }
 
-    /// Streams a target from the configured target base URL into `sink` (a device, a
-    /// decoder): at most `length` bytes are accepted, hashed on the way, and the result is
-    /// `Ok` only when the length and every supported hash match. The sink has then
-    /// received exactly the signed bytes; on an error it holds a prefix the caller must
-    /// not use. Not resumable: a new call starts from byte 0.
-    pub fn download_target_to_writer(
-        &self,
-        info: &TargetInfo,
-        sink: &mut dyn Write,
-    ) -> Result<(), UpdateError> {
+    /// The URL of a target under the configured target base URL (hash-prefixed when the
+    /// trusted root asks for consistent snapshots).
+    fn configured_target_url(&self, info: &TargetInfo) -> Result<String, UpdateError> {
         let base = self
             .config
             .target_base_url
@@ -459,6 +452,20 @@ impl Updater {
         let trusted = self.trusted.as_ref().ok_or(UpdateError::NotRefreshed)?;
         let prefix = trusted.consistent_snapshot() && self.config.prefix_targets_with_hash;
         let url = target_url(base, &info.path, &info.file.hashes, prefix)?;
+        Ok(url)
+    }
+
+    /// Streams a target from the configured target base URL into `sink` (a device, a
+    /// decoder): at most `length` bytes are accepted, hashed on the way, and the result is
+    /// `Ok` only when the length and every supported hash match. The sink has then
+    /// received exactly the signed bytes; on an error it holds a prefix the caller must
+    /// not use. Not resumable: a new call starts from byte 0.
+    pub fn download_target_to_writer(
+        &self,
+        info: &TargetInfo,
+        sink: &mut dyn Write,
+    ) -> Result<(), UpdateError> {
+        let url = self.configured_target_url(info)?;
         debug!("streaming {:?} from {url}", info.path);
         let mut hashing = HashingWriter::new(&info.file.hashes, sink);
         self.transport
@@ -508,17 +515,7 @@ impl Updater {
         dest: &Path,
         progress: &mut dyn FnMut(DownloadProgress<'_>) -> ControlFlow<()>,
     ) -> Result<DownloadStats, UpdateError> {
-        let base = self
-            .config
-            .target_base_url
-            .as_deref()
-            .ok_or_else(|| UpdateError::Target {
-                path: info.path.clone(),
-                reason: "no target base URL configured".into(),
-            })?;
-        let trusted = self.trusted.as_ref().ok_or(UpdateError::NotRefreshed)?;
-        let prefix = trusted.consistent_snapshot() && self.config.prefix_targets_with_hash;
-        let url = target_url(base, &info.path, &info.file.hashes, prefix)?;
+        let url = self.configured_target_url(info)?;
         let hashes = &info.file.hashes;
         if !hashes
             .keys()
