@@ -29,7 +29,10 @@
 //! command = ["/usr/libexec/battery-above-30"]
 //! ```
 //!
-//! Relative paths are relative to the directory of the configuration file.
+//! Relative paths are relative to the directory of the configuration file, and so are
+//! the programs of commands named by a relative path (`hooks/on-apply`); a bare program
+//! name is looked up on `PATH`. Every configured program must exist when the file is
+//! loaded.
 
 use std::path::{Path, PathBuf};
 
@@ -503,7 +506,84 @@ impl AgentConfig {
             .parent()
             .filter(|p| !p.as_os_str().is_empty())
             .unwrap_or(Path::new("."));
-        AgentConfig::parse(&text, path, base)
+        let config = AgentConfig::parse(&text, path, base)?;
+        let missing = config.missing_programs();
+        if !missing.is_empty() {
+            return Err(err(missing.join("; ")));
+        }
+        Ok(config)
+    }
+
+    /// The configured commands by key, as they will be run (programs resolved).
+    fn commands(&self) -> Vec<(&'static str, &[String])> {
+        let mut out: Vec<(&'static str, &[String])> = Vec::new();
+        if let InventorySource::Command(c) = &self.inventory {
+            out.push(("inventory.command", c));
+        }
+        for (key, argv) in [
+            ("inventory.install_command", &self.install_command),
+            ("inventory.rollback_command", &self.rollback_command),
+            ("inventory.confirm_command", &self.confirm_command),
+            ("hooks.on_apply", &self.on_apply),
+            ("inhibit.command", &self.inhibit.command),
+        ] {
+            if let Some(a) = argv {
+                out.push((key, a));
+            }
+        }
+        if let Some(h) = &self.health {
+            out.push(("health.command", &h.command));
+        }
+        if self.reboot.command != RebootConfig::default().command {
+            out.push(("reboot.command", &self.reboot.command));
+        }
+        out
+    }
+
+    /// One problem per configured command whose program does not exist or cannot be
+    /// run: a program named by a path must be an executable file; a bare name must be
+    /// found on `PATH`. Checked when the file is loaded, so a mistyped hook is reported
+    /// before an install depends on it.
+    pub fn missing_programs(&self) -> Vec<String> {
+        self.commands()
+            .into_iter()
+            .filter_map(|(key, argv)| {
+                let program = argv.first()?;
+                program_problem(program).map(|reason| format!("{key}: {reason}"))
+            })
+            .collect()
+    }
+
+    /// Resolves the program of every configured command that is named by a relative path
+    /// (`hooks/on-apply`, `./check`) against `base`; bare names (`systemctl`) are left to
+    /// `PATH`, absolute paths as they are.
+    fn resolve_programs(&mut self, base: &Path) {
+        let fix = |argv: &mut Vec<String>| {
+            if let Some(p) = argv.first_mut() {
+                if p.contains('/') && !Path::new(p.as_str()).is_absolute() {
+                    *p = base.join(p.as_str()).to_string_lossy().into_owned();
+                }
+            }
+        };
+        if let InventorySource::Command(c) = &mut self.inventory {
+            fix(c);
+        }
+        for argv in [
+            &mut self.install_command,
+            &mut self.rollback_command,
+            &mut self.confirm_command,
+            &mut self.on_apply,
+            &mut self.inhibit.command,
+        ]
+        .into_iter()
+        .flatten()
+        {
+            fix(argv);
+        }
+        if let Some(h) = &mut self.health {
+            fix(&mut h.command);
+        }
+        fix(&mut self.reboot.command);
     }
 
     /// Parses configuration text; relative paths are resolved against `base`.
@@ -679,7 +759,7 @@ impl AgentConfig {
         }
         let mut repository = raw.repository;
         repository.extra_ca = repository.extra_ca.map(|p| resolve(base, &p));
-        Ok(AgentConfig {
+        let mut config = AgentConfig {
             path: path.to_path_buf(),
             repository,
             state_dir: resolve(
@@ -701,7 +781,9 @@ impl AgentConfig {
             confirm_command: raw.inventory.confirm_command,
             slots,
             reboot,
-        })
+        };
+        config.resolve_programs(base);
+        Ok(config)
     }
 }
 
@@ -835,6 +917,31 @@ fn parse_slots(s: RawSlots, base: &Path, problems: &mut Vec<String>) -> Option<S
     })
 }
 
+/// Why `program` cannot be run, if it cannot: a path that is not an executable file, or
+/// a bare name that is on no directory of `PATH`.
+fn program_problem(program: &str) -> Option<String> {
+    use std::os::unix::fs::PermissionsExt;
+    if program.contains('/') {
+        return match std::fs::metadata(program) {
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Some(format!(
+                "{program} does not exist (a relative program path is taken from the configuration file's directory; give the right path)"
+            )),
+            Err(e) => Some(format!("{program}: {e}")),
+            Ok(m) if !m.is_file() => Some(format!("{program} is not a file")),
+            Ok(m) if m.permissions().mode() & 0o111 == 0 => Some(format!(
+                "{program} is not executable (chmod +x {program})"
+            )),
+            Ok(_) => None,
+        };
+    }
+    let path = std::env::var_os("PATH").unwrap_or_default();
+    let found = std::env::split_paths(&path).any(|dir| {
+        std::fs::metadata(dir.join(program))
+            .is_ok_and(|m| m.is_file() && m.permissions().mode() & 0o111 != 0)
+    });
+    (!found).then(|| format!("program {program:?} is not on PATH; give its absolute path"))
+}
+
 fn resolve(base: &Path, p: &Path) -> PathBuf {
     if p.is_absolute() {
         p.to_path_buf()
@@ -873,6 +980,57 @@ dir = "/opt/apps"
         assert_eq!(c.repository.assign_bin_digits, 2);
         assert_eq!(c.inventory, InventorySource::Dir("/opt/apps".into()));
         assert_eq!(c.utc_offset, UtcOffsetSource::Profile);
+    }
+
+    #[test]
+    fn relative_program_paths_resolve_against_the_file_and_missing_programs_fail_at_load() {
+        use std::os::unix::fs::PermissionsExt;
+        let dir = tempfile::tempdir().unwrap();
+        let hooks = dir.path().join("hooks");
+        std::fs::create_dir(&hooks).unwrap();
+        let hook = hooks.join("on-apply");
+        std::fs::write(&hook, "#!/bin/sh\n").unwrap();
+        std::fs::set_permissions(&hook, std::fs::Permissions::from_mode(0o755)).unwrap();
+        let config = dir.path().join("device.toml");
+        let write = |on_apply: &str, health: &str| {
+            std::fs::write(
+                &config,
+                format!(
+                    "profile = \"p.toml\"\n[repository]\nmetadata_url = \"file:///m\"\ntargets_url = \"file:///t\"\n[inventory]\ndir = \"apps\"\n[hooks]\non_apply = [\"{on_apply}\", \"--flag\"]\n[health]\ncommand = [\"{health}\"]\n"
+                ),
+            )
+            .unwrap();
+        };
+        // A relative program path is taken from the configuration file's directory, from
+        // whatever working directory the agent runs in; a bare name stays for PATH.
+        write("hooks/on-apply", "sh");
+        let c = AgentConfig::load(&config).unwrap();
+        assert_eq!(
+            c.on_apply,
+            Some(vec![hook.to_string_lossy().into_owned(), "--flag".into()])
+        );
+        assert_eq!(c.health.unwrap().command, vec!["sh".to_string()]);
+        // A hook that does not exist is reported when the file is loaded, naming the key
+        // and the resolved path.
+        write("hooks/on-aply", "sh");
+        let err = AgentConfig::load(&config).unwrap_err().to_string();
+        let missing = hooks.join("on-aply");
+        assert!(
+            err.contains(&format!(
+                "hooks.on_apply: {} does not exist",
+                missing.display()
+            )),
+            "{err}"
+        );
+        // Not executable, and a bare name on no PATH directory.
+        std::fs::set_permissions(&hook, std::fs::Permissions::from_mode(0o644)).unwrap();
+        write("hooks/on-apply", "petrel-no-such-health-check");
+        let err = AgentConfig::load(&config).unwrap_err().to_string();
+        assert!(err.contains("is not executable (chmod +x"), "{err}");
+        assert!(
+            err.contains("health.command: program \"petrel-no-such-health-check\" is not on PATH"),
+            "{err}"
+        );
     }
 
     #[test]
