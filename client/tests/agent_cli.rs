@@ -421,6 +421,21 @@ fn check_shows_why_a_campaign_does_not_apply_and_asks_for_consent() {
     let show = dev.ok(&["consent", "show", "player-2.1"]);
     assert_ne!(manifest_hash(&show), hash);
     assert!(show.contains("Now with a typo fixed."), "{show}");
+    // A hash no manifest of the campaign ever had is a typo, not a change.
+    let typo: String = manifest_hash(&show)
+        .chars()
+        .map(|c| if c == '0' { '1' } else { '0' })
+        .collect();
+    let err = dev.fails(&["consent", "accept", "player-2.1", "--sha256", &typo]);
+    assert!(!err.contains("changed since it was shown"), "{err}");
+    assert!(
+        err.contains(&format!(
+            "--sha256 {typo} is not the hash of campaign player-2.1's manifest"
+        )),
+        "{err}"
+    );
+    assert!(err.contains("Check the value for a typo"), "{err}");
+    assert!(err.contains("nothing recorded"), "{err}");
 }
 
 #[test]
@@ -761,6 +776,18 @@ fn provisioning_and_configuration_errors_are_clear() {
     fs::write(dev.path("bad-root.json"), b"{}").unwrap();
     let err = dev.fails(&["init", "--root", "bad-root.json", "--force"]);
     assert!(err.contains("petrel: "), "{err}");
+    // An unusable root names the file and what to give instead; nothing here is about
+    // the network, and the provisioned root stays.
+    assert!(
+        err.contains("bad-root.json: not a usable trusted root"),
+        "{err}"
+    );
+    assert!(err.contains("metadata/1.root.json"), "{err}");
+    assert!(!err.contains("refresh"), "{err}");
+    assert_eq!(
+        fs::read(dev.path("state/metadata/root.json")).unwrap(),
+        fleet.sim.initial_root()
+    );
 
     // An empty inventory directory is a device with nothing installed.
     let out = dev.ok(&["check"]);

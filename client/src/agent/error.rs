@@ -55,6 +55,14 @@ pub enum AgentError {
         /// The trusted root file.
         path: PathBuf,
     },
+    /// `init` was given bytes that are not a usable trusted root.
+    #[error("{}not a usable trusted root: {reason}; give the root metadata the repository publishes (its metadata/1.root.json, or the root.json its release engineers hand out), unchanged", .path.as_ref().map(|p| format!("{}: ", p.display())).unwrap_or_default())]
+    BadRoot {
+        /// The file given, if the bytes came from one.
+        path: Option<PathBuf>,
+        /// What is wrong with it.
+        reason: UpdateError,
+    },
     /// The TUF client failed (nothing is decided on unverified metadata).
     #[error("cannot refresh the repository's signed metadata: {0}")]
     Update(#[from] UpdateError),

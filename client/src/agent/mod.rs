@@ -117,8 +117,36 @@ pub enum Answer {
 
 impl Agent {
     /// Provisions the trusted root into `<state_dir>/metadata` and creates the state
-    /// directory layout. Refuses to replace an existing root unless `force`.
+    /// directory layout. Refuses to replace an existing root unless `force`, and refuses
+    /// bytes that are not a self-signed root ([`AgentError::BadRoot`]).
     pub fn init(config: &AgentConfig, root: &[u8], force: bool) -> Result<InitReport, AgentError> {
+        Agent::init_with(config, None, root, force)
+    }
+
+    /// [`Agent::init`] with the root read from `root_path`; errors name the file.
+    pub fn init_file(
+        config: &AgentConfig,
+        root_path: &std::path::Path,
+        force: bool,
+    ) -> Result<InitReport, AgentError> {
+        let bytes = std::fs::read(root_path).map_err(|e| {
+            AgentError::Refused(format!("cannot read the root {}: {e}", root_path.display()))
+        })?;
+        Agent::init_with(config, Some(root_path), &bytes, force)
+    }
+
+    fn init_with(
+        config: &AgentConfig,
+        root_path: Option<&std::path::Path>,
+        root: &[u8],
+        force: bool,
+    ) -> Result<InitReport, AgentError> {
+        let version = crate::tuf::updater::TrustedRoot::from_trusted_bytes(root)
+            .map_err(|reason| AgentError::BadRoot {
+                path: root_path.map(std::path::Path::to_path_buf),
+                reason,
+            })?
+            .version();
         let paths = StatePaths::new(&config.state_dir);
         paths.create_dirs()?;
         let _lock = paths.lock()?;
@@ -127,7 +155,6 @@ impl Agent {
         if replaced && !force {
             return Err(AgentError::AlreadyProvisioned { path: root_file });
         }
-        let version = crate::tuf::updater::TrustedRoot::from_trusted_bytes(root)?.version();
         Updater::init_trusted_root(paths.metadata(), root)?;
         let state_file = paths.state_file();
         if !state_file.exists() {
@@ -441,7 +468,8 @@ impl Agent {
     /// Records a consent answer for `campaign`, bound to the hash of the exact manifest
     /// bytes fetched (and verified) in `ev`. With `expected_sha256` (the full hash or a
     /// prefix of at least 8 hex digits, as `petrel consent show` prints it), the answer is
-    /// refused if the campaign changed since it was shown. Decides again afterwards.
+    /// refused unless it is the hash of the manifest now current (mistyped, or the
+    /// campaign changed since it was shown). Decides again afterwards.
     pub fn answer(
         &self,
         ev: &mut Evaluation,
@@ -458,10 +486,26 @@ impl Agent {
                 )));
             }
             if !entry.sha256.0.starts_with(&want) {
-                return Err(AgentError::Refused(format!(
-                    "campaign {campaign} changed since it was shown: its manifest is now sha256 {} (revision {}), not {want}; nothing recorded. Show it again: petrel consent show {campaign}",
-                    entry.sha256, entry.manifest.revision
-                )));
+                // An earlier answer names the hash: the campaign really changed. Otherwise
+                // the value is most likely mistyped (or copied from a `consent show` that
+                // was never answered): say both, the typo first.
+                let earlier = ev
+                    .consent
+                    .records()
+                    .for_campaign(campaign)
+                    .filter(|e| e.manifest_sha256.0.starts_with(&want))
+                    .last()
+                    .map(|e| e.revision);
+                return Err(AgentError::Refused(match earlier {
+                    Some(rev) => format!(
+                        "campaign {campaign} changed since it was shown: --sha256 {want} is revision {rev}, answered before; the manifest is now sha256 {} (revision {}); nothing recorded. Show it again: petrel consent show {campaign}",
+                        entry.sha256, entry.manifest.revision
+                    ),
+                    None => format!(
+                        "--sha256 {want} is not the hash of campaign {campaign}'s manifest, which is sha256 {} (revision {}); nothing recorded. Check the value for a typo, or, if you copied it from an earlier `petrel consent show {campaign}`, the campaign has changed since: show it again and answer for what it says now",
+                        entry.sha256, entry.manifest.revision
+                    ),
+                }));
             }
         }
         if let Some(d) = ev.decision.campaign(campaign) {

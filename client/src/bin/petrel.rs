@@ -471,10 +471,7 @@ fn run(cli: Cli) -> Result<(), Failure> {
     let config = AgentConfig::load(&cli.config)?;
     match cli.command {
         Command::Init { root, force } => {
-            let bytes = std::fs::read(&root).map_err(|e| {
-                AgentError::Refused(format!("cannot read the root {}: {e}", root.display()))
-            })?;
-            let r = Agent::init(&config, &bytes, force)?;
+            let r = Agent::init_file(&config, &root, force)?;
             println!(
                 "{} trusted root version {} in {}",
                 if r.replaced {
