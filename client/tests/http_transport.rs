@@ -147,6 +147,26 @@ fn http_connection_refused_is_a_network_error_after_retries() {
 }
 
 #[test]
+fn https_url_to_a_plain_http_server_says_the_server_speaks_no_tls() {
+    let s = TestServer::start();
+    s.route("/timestamp.json", Route::Ok(b"{}".to_vec()));
+    let url = s.url("/timestamp.json").replacen("http://", "https://", 1);
+    let err = transport().fetch(&url, 100, &mut Vec::new()).unwrap_err();
+    let msg = err.to_string();
+    assert!(matches!(err, FetchError::Network { .. }), "{msg}");
+    assert!(msg.contains(&url), "{msg}");
+    assert!(
+        msg.contains("probably a plain-HTTP server; use an http:// URL"),
+        "{msg}"
+    );
+    // Over plain HTTP the same server answers: the hint is not a blanket suffix.
+    let err = transport()
+        .fetch(&s.url("/missing"), 100, &mut Vec::new())
+        .unwrap_err();
+    assert!(!err.to_string().contains("plain-HTTP"), "{err}");
+}
+
+#[test]
 fn http_redirects_are_followed() {
     let s = TestServer::start();
     s.route("/old", Route::Redirect("/new".into()));

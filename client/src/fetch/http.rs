@@ -291,7 +291,7 @@ impl HttpTransport {
                 })?
                 .map_err(|e| FetchError::Network {
                     url: current.clone(),
-                    reason: error_chain(&e),
+                    reason: network_reason(&e),
                 })?;
             let status = resp.status();
             if status.is_redirection() && status != StatusCode::NOT_MODIFIED {
@@ -414,7 +414,7 @@ impl HttpTransport {
                 let Some(frame) = frame else { break };
                 let frame = frame.map_err(|e| FetchError::Network {
                     url: current.clone(),
-                    reason: error_chain(&e),
+                    reason: network_reason(&e),
                 })?;
                 let Ok(data) = frame.into_data() else {
                     continue; // trailers
@@ -544,7 +544,7 @@ impl HttpTransport {
             })?
             .map_err(|e| FetchError::Network {
                 url: url.to_string(),
-                reason: error_chain(&e),
+                reason: network_reason(&e),
             })?;
         let (parts, body) = resp.into_parts();
         let limited =
@@ -576,6 +576,45 @@ impl HttpTransport {
             body,
         })
     }
+}
+
+/// [`error_chain`] of a request error, with the likely fix when the cause is known: an
+/// `https://` URL answered by a server that does not speak TLS (usually a plain-HTTP
+/// server) makes rustls read a garbled record.
+fn network_reason(e: &(dyn std::error::Error + 'static)) -> String {
+    let mut reason = error_chain(e);
+    if speaks_no_tls(e) {
+        reason.push_str(
+            " (the server answered without TLS: it is probably a plain-HTTP server; use an http:// URL, or the port where it serves HTTPS)",
+        );
+    }
+    reason
+}
+
+/// Whether a cause of `e` is rustls finding that the peer's first record is not TLS.
+fn speaks_no_tls(e: &(dyn std::error::Error + 'static)) -> bool {
+    let mut cur: Option<&(dyn std::error::Error + 'static)> = Some(e);
+    // Bounded: error chains are short; stop after 16 causes whatever happens.
+    for _ in 0..16 {
+        let Some(c) = cur else { return false };
+        if let Some(tls) = c.downcast_ref::<rustls::Error>() {
+            return matches!(
+                tls,
+                rustls::Error::InvalidMessage(
+                    rustls::InvalidMessage::InvalidContentType
+                        | rustls::InvalidMessage::UnknownProtocolVersion
+                        | rustls::InvalidMessage::MessageTooLarge
+                )
+            );
+        }
+        // An `io::Error` wrapping another error reports the wrapped one's cause as its
+        // source, skipping the wrapped error itself: look inside instead.
+        cur = match c.downcast_ref::<std::io::Error>().and_then(|io| io.get_ref()) {
+            Some(inner) => Some(inner as &(dyn std::error::Error + 'static)),
+            None => c.source(),
+        };
+    }
+    false
 }
 
 impl Transport for HttpTransport {
