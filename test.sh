@@ -1,12 +1,12 @@
 #!/usr/bin/env bash
 # Runs the whole Petrel test suite (this is what CI runs). Installs what the tests need:
-# a Python virtual environment with python-tuf for the interop tests, and nginx for the
-# client's end-to-end tests against a plain web server.
+# Python virtual environments with python-tuf 7 and 6 for the interop tests, and nginx
+# for the client's end-to-end tests against a plain web server.
 set -euo pipefail
 cd "$(dirname "$0")"
-export PETREL_VENV="${PETREL_VENV:-$PWD/.venv}"
-echo "==> python-tuf environment"
-scripts/ensure-venv.sh >/dev/null
+echo "==> python-tuf environments (7 in .venv, 6 in .venv-tuf6)"
+PETREL_TUF_SERIES=7 PETREL_VENV="$PWD/.venv" scripts/ensure-venv.sh >/dev/null
+PETREL_TUF_SERIES=6 PETREL_VENV="$PWD/.venv-tuf6" scripts/ensure-venv.sh >/dev/null
 echo "==> nginx (client end-to-end tests against nginx)"
 PETREL_NGINX="$(scripts/ensure-nginx.sh)"
 export PETREL_NGINX

@@ -4,7 +4,8 @@
 # Idempotent. Creates ${PETREL_VENV:-<repo>/.venv} with `python3 -m venv` if it
 # is missing and installs the pinned python-tuf stack into it, but only when
 # `import tuf.ngclient` fails or the stamp file recording the pins is missing
-# or different.
+# or different. Two python-tuf series are tested: 7 (current, the default, in
+# <repo>/.venv) and 6 (PETREL_TUF_SERIES=6, in <repo>/.venv-tuf6).
 #
 # Output contract (callers rely on it):
 #   * stdout: exactly one line on success, the absolute path of the venv's
@@ -15,7 +16,9 @@
 #   * exit status: 0 on success, non-zero on any failure.
 #
 # Environment:
-#   PETREL_VENV         venv directory (default: <repo>/.venv)
+#   PETREL_TUF_SERIES   python-tuf major version to install: 7 (default) or 6
+#   PETREL_VENV         venv directory (default: <repo>/.venv for 7,
+#                       <repo>/.venv-tuf6 for 6)
 #   PETREL_BASE_PYTHON  interpreter used to create the venv (default: python3)
 #   PIP_INDEX_URL etc.  honoured by pip as usual
 #
@@ -23,9 +26,16 @@
 
 set -euo pipefail
 
-# Pins. Bump together; the stamp file makes every venv pick up a change.
+# Pins per python-tuf series. Bump together; the stamp file makes every venv pick
+# up a change.
+series="${PETREL_TUF_SERIES:-7}"
+case "${series}" in
+    7) tuf_pin="tuf==7.0.1" default_venv_name=".venv" ;;
+    6) tuf_pin="tuf==6.0.0" default_venv_name=".venv-tuf6" ;;
+    *) echo "ensure-venv: ERROR: PETREL_TUF_SERIES must be 6 or 7, not '${series}'" >&2; exit 1 ;;
+esac
 PINS=(
-    "tuf==6.0.0"
+    "${tuf_pin}"
     "securesystemslib[crypto]==1.6.0"
     "cryptography==50.0.2"
     "urllib3==2.8.0"
@@ -38,7 +48,7 @@ die() {
 
 script_dir="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
 repo_root="$(cd "${script_dir}/.." && pwd)"
-venv="${PETREL_VENV:-${repo_root}/.venv}"
+venv="${PETREL_VENV:-${repo_root}/${default_venv_name}}"
 base_python="${PETREL_BASE_PYTHON:-python3}"
 
 command -v "${base_python}" >/dev/null 2>&1 \

@@ -201,26 +201,68 @@ pub fn run_ok(cmd: &mut Command) -> Output {
 // The python-tuf venv
 // ---------------------------------------------------------------------------------------
 
-/// The python interpreter of the interop venv (`<workspace>/.venv`, python-tuf 6.0.0),
-/// created or checked once per test process by `scripts/ensure-venv.sh`.
+/// A python-tuf release series the interop tests run against.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum PyTuf {
+    /// python-tuf 7.0.1 (current; `Updater` requires the `bootstrap` trust anchor), in
+    /// `<workspace>/.venv`.
+    V7,
+    /// python-tuf 6.0.0, in `<workspace>/.venv-tuf6`.
+    V6,
+}
+
+impl PyTuf {
+    /// The value of `PETREL_TUF_SERIES` for `scripts/ensure-venv.sh`.
+    pub fn series(self) -> &'static str {
+        match self {
+            PyTuf::V7 => "7",
+            PyTuf::V6 => "6",
+        }
+    }
+
+    /// The venv directory of this series.
+    pub fn venv_dir(self) -> PathBuf {
+        workspace_root().join(match self {
+            PyTuf::V7 => ".venv",
+            PyTuf::V6 => ".venv-tuf6",
+        })
+    }
+}
+
+/// The python interpreter of the python-tuf 7 interop venv (`<workspace>/.venv`); see
+/// [`python_of`].
+pub fn python() -> &'static Path {
+    python_of(PyTuf::V7)
+}
+
+/// The python interpreter of the interop venv of `series`, created or checked once per
+/// test process by `scripts/ensure-venv.sh`.
 ///
 /// # Panics
 /// When the venv cannot be made (e.g. no network on first use). The interop tests must
 /// fail, not skip, in that case: CI runs the same script to install the venv.
-pub fn python() -> &'static Path {
-    static PY: OnceLock<Result<PathBuf, String>> = OnceLock::new();
-    let r = PY.get_or_init(|| {
+pub fn python_of(series: PyTuf) -> &'static Path {
+    static PY7: OnceLock<Result<PathBuf, String>> = OnceLock::new();
+    static PY6: OnceLock<Result<PathBuf, String>> = OnceLock::new();
+    let cell = match series {
+        PyTuf::V7 => &PY7,
+        PyTuf::V6 => &PY6,
+    };
+    let r = cell.get_or_init(|| {
         let script = workspace_root().join("scripts/ensure-venv.sh");
-        let venv = venv_dir();
+        let venv = series.venv_dir();
         let mut cmd = Command::new("bash");
-        cmd.arg(&script).env("PETREL_VENV", &venv);
+        cmd.arg(&script)
+            .env("PETREL_VENV", &venv)
+            .env("PETREL_TUF_SERIES", series.series());
         // The first run installs from PyPI; later runs take a fraction of a second.
         let out = run_with_timeout(&mut cmd, Duration::from_secs(900))
             .map_err(|e| format!("running {}: {e}", script.display()))?;
         if !out.status.success() {
             return Err(format!(
-                "{} could not create the python-tuf venv in {}: {}",
+                "{} could not create the python-tuf {} venv in {}: {}",
                 script.display(),
+                series.series(),
                 venv.display(),
                 describe(&out)
             ));
@@ -251,16 +293,22 @@ pub fn python() -> &'static Path {
     }
 }
 
-/// The venv directory the interop tests use: `<workspace>/.venv`.
+/// The venv directory of the python-tuf 7 interop venv: `<workspace>/.venv`.
 pub fn venv_dir() -> PathBuf {
-    workspace_root().join(".venv")
+    PyTuf::V7.venv_dir()
 }
 
-/// A [`Command`] running the venv's python on an interop script, with `PETREL_VENV` set.
+/// A [`Command`] running the python-tuf 7 venv's python on an interop script.
 pub fn python_script(script: &str) -> Command {
-    let mut cmd = Command::new(python());
+    python_script_of(PyTuf::V7, script)
+}
+
+/// A [`Command`] running the venv's python of `series` on an interop script, with
+/// `PETREL_VENV` set.
+pub fn python_script_of(series: PyTuf, script: &str) -> Command {
+    let mut cmd = Command::new(python_of(series));
     cmd.arg(interop_script(script))
-        .env("PETREL_VENV", venv_dir())
+        .env("PETREL_VENV", series.venv_dir())
         .env("PYTHONDONTWRITEBYTECODE", "1")
         .current_dir(workspace_root());
     cmd

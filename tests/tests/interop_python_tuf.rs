@@ -1,4 +1,7 @@
-//! Interop with python-tuf 6.0.0, the reference TUF implementation, both ways:
+//! Interop with python-tuf, the reference TUF implementation, both ways, against its
+//! current series 7 (7.0.1, whose `Updater` requires the `bootstrap` trust anchor) and its
+//! previous series 6 (6.0.0): each test runs once per series (`…::python_tuf_7`,
+//! `…::python_tuf_6`).
 //!
 //! * Petrel writes, python-tuf reads: `petrel-repo` builds a tree (top-level target,
 //!   delegated role with path patterns, succinct hashed bins), the tree is served over HTTP
@@ -20,9 +23,34 @@ use std::path::{Path, PathBuf};
 
 use petrel_repo::audit::{audit_tree, AuditReport};
 use petrel_tests::{
-    describe, petrel_repo, python_script, run_ok, run_with_timeout, PetrelRepo, StaticServer,
-    CHILD_TIMEOUT,
+    describe, petrel_repo, python_script_of, run_ok, run_with_timeout, PetrelRepo, PyTuf,
+    StaticServer, CHILD_TIMEOUT,
 };
+
+/// Runs the test function `$name(PyTuf)` once per python-tuf series, as
+/// `$name::python_tuf_7` and `$name::python_tuf_6`.
+macro_rules! per_series {
+    ($($name:ident),* $(,)?) => {$(
+        mod $name {
+            #[test]
+            fn python_tuf_7() {
+                super::$name(petrel_tests::PyTuf::V7)
+            }
+            #[test]
+            fn python_tuf_6() {
+                super::$name(petrel_tests::PyTuf::V6)
+            }
+        }
+    )*};
+}
+
+per_series!(
+    python_tuf_ngclient_reads_petrel_tree,
+    python_tuf_ngclient_reads_petrel_tree_without_consistent_snapshots,
+    python_tuf_ngclient_ignores_targets_outside_petrel_delegations,
+    petrel_verify_accepts_python_tuf_tree,
+    petrel_verify_accepts_python_tuf_tree_without_consistent_snapshots,
+);
 use serde_json::Value;
 
 /// Bytes that text handling would mangle (NUL, CR/LF, invalid UTF-8).
@@ -86,13 +114,14 @@ struct Fetch {
 
 /// Runs `ngclient_fetch.py` against `server`, caching metadata in `metadata_dir`.
 fn ngclient_fetch(
+    py: PyTuf,
     server: &StaticServer,
     trusted_root: &Path,
     metadata_dir: &Path,
     download_dir: &Path,
     targets: &[&str],
 ) -> Fetch {
-    let mut cmd = python_script("ngclient_fetch.py");
+    let mut cmd = python_script_of(py, "ngclient_fetch.py");
     cmd.arg("--metadata-url")
         .arg(server.url("metadata/"))
         .arg("--targets-url")
@@ -152,8 +181,7 @@ fn fetched_paths(server: &StaticServer) -> BTreeMap<String, u16> {
         .collect()
 }
 
-#[test]
-fn python_tuf_ngclient_reads_petrel_tree() {
+fn python_tuf_ngclient_reads_petrel_tree(py: PyTuf) {
     let tmp = tempfile::tempdir().unwrap();
     let mut repo = petrel_sample(tmp.path(), true);
     let server = StaticServer::serve(repo.tree()).unwrap();
@@ -168,6 +196,7 @@ fn python_tuf_ngclient_reads_petrel_tree() {
 
     // 1. First contact: trust 1.root.json, refresh, download from every kind of role.
     let fetch = ngclient_fetch(
+        py,
         &server,
         &repo.trusted_root(),
         &md,
@@ -220,6 +249,7 @@ fn python_tuf_ngclient_reads_petrel_tree() {
     server.clear_requests();
     let targets2 = ["readme.txt", "apps/acme/tool/1.1/tool.bin"];
     let fetch = ngclient_fetch(
+        py,
         &server,
         &repo.trusted_root(),
         &md,
@@ -242,6 +272,7 @@ fn python_tuf_ngclient_reads_petrel_tree() {
     evil[0] ^= 0x20;
     server.respond_with(&readme_url, 200, evil);
     let fetch = ngclient_fetch(
+        py,
         &server,
         &repo.trusted_root(),
         &md,
@@ -256,8 +287,7 @@ fn python_tuf_ngclient_reads_petrel_tree() {
     );
 }
 
-#[test]
-fn python_tuf_ngclient_reads_petrel_tree_without_consistent_snapshots() {
+fn python_tuf_ngclient_reads_petrel_tree_without_consistent_snapshots(py: PyTuf) {
     let tmp = tempfile::tempdir().unwrap();
     let repo = petrel_sample(tmp.path(), false);
     let server = StaticServer::serve(repo.tree()).unwrap();
@@ -269,6 +299,7 @@ fn python_tuf_ngclient_reads_petrel_tree_without_consistent_snapshots() {
         bin_b.as_str(),
     ];
     let fetch = ngclient_fetch(
+        py,
         &server,
         &repo.trusted_root(),
         &tmp.path().join("md"),
@@ -291,8 +322,7 @@ fn python_tuf_ngclient_reads_petrel_tree_without_consistent_snapshots() {
 /// A delegated role that lists a target outside its delegated paths: python-tuf must not
 /// find that target (and everything else keeps working); a path inside a delegation that
 /// no role lists is simply not found.
-#[test]
-fn python_tuf_ngclient_ignores_targets_outside_petrel_delegations() {
+fn python_tuf_ngclient_ignores_targets_outside_petrel_delegations(py: PyTuf) {
     let tmp = tempfile::tempdir().unwrap();
     let mut repo = petrel_sample(tmp.path(), true);
     repo.add_unchecked("apps", "rogue/evil.bin", b"not for you\n");
@@ -310,6 +340,7 @@ fn python_tuf_ngclient_ignores_targets_outside_petrel_delegations() {
     let md = tmp.path().join("md");
     for missing in ["rogue/evil.bin", "apps/acme/tool/1.0/missing.bin"] {
         let fetch = ngclient_fetch(
+            py,
             &server,
             &repo.trusted_root(),
             &md,
@@ -327,6 +358,7 @@ fn python_tuf_ngclient_ignores_targets_outside_petrel_delegations() {
     );
     let ok = ["readme.txt", "apps/acme/tool/1.0/tool.bin"];
     let fetch = ngclient_fetch(
+        py,
         &server,
         &repo.trusted_root(),
         &md,
@@ -341,8 +373,8 @@ fn python_tuf_ngclient_ignores_targets_outside_petrel_delegations() {
 // -------------------------------------------------------------------------------------
 
 /// Runs make_repo.py into `out` and returns its JSON summary.
-fn make_python_repo(out: &Path, extra: &[&str]) -> Value {
-    let mut cmd = python_script("make_repo.py");
+fn make_python_repo(py: PyTuf, out: &Path, extra: &[&str]) -> Value {
+    let mut cmd = python_script_of(py, "make_repo.py");
     cmd.arg(out).args(extra);
     let output = run_ok(&mut cmd);
     let stdout = String::from_utf8_lossy(&output.stdout);
@@ -396,11 +428,10 @@ fn flip_byte(file: &Path) {
     std::fs::write(file, bytes).unwrap();
 }
 
-#[test]
-fn petrel_verify_accepts_python_tuf_tree() {
+fn petrel_verify_accepts_python_tuf_tree(py: PyTuf) {
     let tmp = tempfile::tempdir().unwrap();
     let good = tmp.path().join("python-tuf");
-    let summary = make_python_repo(&good, &[]);
+    let summary = make_python_repo(py, &good, &[]);
     assert_eq!(summary["consistent_snapshot"], true);
     // The keys make_repo.py promises, so this test covers every scheme.
     let schemes: Vec<&str> = summary["keys"]
@@ -496,11 +527,10 @@ fn petrel_verify_accepts_python_tuf_tree() {
     }
 }
 
-#[test]
-fn petrel_verify_accepts_python_tuf_tree_without_consistent_snapshots() {
+fn petrel_verify_accepts_python_tuf_tree_without_consistent_snapshots(py: PyTuf) {
     let tmp = tempfile::tempdir().unwrap();
     let tree = tmp.path().join("python-tuf");
-    let summary = make_python_repo(&tree, &["--no-consistent-snapshot"]);
+    let summary = make_python_repo(py, &tree, &["--no-consistent-snapshot"]);
     assert_eq!(summary["consistent_snapshot"], false);
     let report = audit(&tree);
     assert!(report.problems.is_empty(), "{report}");

@@ -10,6 +10,9 @@ Steps:
   1. If METADATA_DIR has no root.json, copy --trusted-root there as root.json.
      (ngclient then turns root.json into a symlink to
      root_history/<N>.root.json and caches every metadata file it accepts.)
+     python-tuf 7 requires the trust anchor as `bootstrap` bytes: the
+     --trusted-root bytes are passed on every run, as an application passes
+     the root it ships with; python-tuf 6 reads the cached root.json.
   2. Updater.refresh(): root rotation, timestamp, snapshot, top-level targets.
   3. get_targetinfo() for every TARGET_PATH (walks delegations, fetching
      delegated metadata on demand). A path no role lists -> exit 3.
@@ -29,6 +32,7 @@ from __future__ import annotations
 
 import argparse
 import hashlib
+import inspect
 import json
 import logging
 import os
@@ -121,8 +125,13 @@ def main(argv: list[str]) -> int:
         _err(f"cannot prepare directories / trusted root: {e}")
         return EXIT_TUF_ERROR
 
+    anchor = {}
+    if "bootstrap" in inspect.signature(Updater.__init__).parameters:
+        anchor["bootstrap"] = args.trusted_root.read_bytes()
+
     try:
         updater = Updater(
+            **anchor,
             metadata_dir=str(metadata_dir),
             metadata_base_url=args.metadata_url,
             target_dir=str(download_dir),
