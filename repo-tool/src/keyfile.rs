@@ -1,19 +1,96 @@
-//! Reading public keys given on the command line: TUF key JSON, PEM public keys, or the
-//! public half of a PKCS#8 private key.
+//! Keys given on the command line: a file (TUF key JSON, PEM public key, or a PKCS#8
+//! private key) or a `pkcs11:` URI naming a key in an HSM or token ([`crate::pkcs11`]).
 
-use std::path::Path;
+use std::fmt;
+use std::path::{Path, PathBuf};
+use std::str::FromStr;
 
 use petrel_client::tuf::keys::KeySource;
 use petrel_client::tuf::schema::{Key, KeyVal, Unrecognized};
 use spki::der::Decode;
 
 use crate::error::{Error, Result};
+use crate::pkcs11::{self, Pkcs11Key, Pkcs11Uri};
 use crate::workspace::load_private_key;
+
+/// Where a key is: a file, or a key in a PKCS#11 token.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum KeyRef {
+    /// A key file.
+    File(PathBuf),
+    /// A key in a PKCS#11 token.
+    Pkcs11(Box<Pkcs11Uri>),
+}
+
+impl FromStr for KeyRef {
+    type Err = String;
+
+    /// A `pkcs11:` URI, else a file path.
+    fn from_str(s: &str) -> std::result::Result<Self, String> {
+        if pkcs11::is_uri(s) {
+            s.parse().map(|u| KeyRef::Pkcs11(Box::new(u)))
+        } else {
+            Ok(KeyRef::File(PathBuf::from(s)))
+        }
+    }
+}
+
+impl fmt::Display for KeyRef {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            KeyRef::File(p) => write!(f, "{}", p.display()),
+            KeyRef::Pkcs11(u) => write!(f, "{u}"),
+        }
+    }
+}
+
+impl From<PathBuf> for KeyRef {
+    fn from(p: PathBuf) -> Self {
+        KeyRef::File(p)
+    }
+}
+
+/// A public key read from a [`KeyRef`], with the opened token key when it is one (so the
+/// caller can record where the private half lives).
+#[derive(Debug)]
+pub struct PublicKeyRef {
+    /// The TUF public key.
+    pub key: Key,
+    /// The token key, for a `pkcs11:` URI.
+    pub token_key: Option<Pkcs11Key>,
+}
+
+impl KeyRef {
+    /// The private key, to sign with: a PKCS#8 file or a token key.
+    pub fn signer(&self) -> Result<Box<dyn KeySource>> {
+        match self {
+            KeyRef::File(p) => Ok(Box::new(load_private_key(p)?)),
+            KeyRef::Pkcs11(u) => Ok(Box::new(pkcs11::open(u)?)),
+        }
+    }
+
+    /// The public key ([`public_key_from_file`] for a file; read from the token for a URI).
+    pub fn public_key(&self) -> Result<PublicKeyRef> {
+        match self {
+            KeyRef::File(p) => Ok(PublicKeyRef {
+                key: public_key_from_file(p)?,
+                token_key: None,
+            }),
+            KeyRef::Pkcs11(u) => {
+                let k = pkcs11::open(u)?;
+                Ok(PublicKeyRef {
+                    key: k.public_key().clone(),
+                    token_key: Some(k),
+                })
+            }
+        }
+    }
+}
 
 /// Loads a public key from `path`: a TUF key object (JSON), a `PUBLIC KEY` PEM
 /// (ed25519, ECDSA P-256 or RSA), or a `PRIVATE KEY` PEM whose public half is used.
 pub fn public_key_from_file(path: &Path) -> Result<Key> {
-    let text = std::fs::read_to_string(path).map_err(|e| Error::io(path, e))?;
+    let text = crate::workspace::read_key_text(path)?;
     let bad = |reason: String| Error::Usage(format!("{}: {reason}", path.display()));
     let trimmed = text.trim_start();
     if trimmed.starts_with('{') {

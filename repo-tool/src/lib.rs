@@ -3,6 +3,8 @@
 //! * [`workspace`] — the on-disk repository workspace: settings, keys, staged and current metadata.
 //! * [`editor`] — changes to roles: targets, delegations, key rotation.
 //! * [`signing`] — signing staged roles, thresholds, offline signatures.
+//! * [`keyfile`] and [`pkcs11`] — where keys are: files, or keys in an HSM or token named
+//!   by a `pkcs11:` URI.
 //! * [`publish`] — turning staged roles into the static tree, crash-safely.
 //! * [`audit`] — checking a published tree the way a client would, reporting every problem.
 //! * [`manifests`] — group manifests, assignment bins and campaigns as targets of their own
@@ -23,6 +25,7 @@ pub mod fixtures;
 pub mod fsutil;
 pub mod keyfile;
 pub mod manifests;
+pub mod pkcs11;
 pub mod publish;
 pub mod rollout;
 pub mod signing;

@@ -12,10 +12,12 @@ use petrel_client::tuf::schema::{
 use petrel_repo::editor::{
     self, BinsSpec, DelegationSpec, Editor, InitOptions, KeyType, RoleSpec, RotateSpec,
 };
+use petrel_repo::keyfile::KeyRef;
 use petrel_repo::manifests::{self, AssignOptions, StateChange};
+use petrel_repo::pkcs11::{self, Pkcs11Key};
 use petrel_repo::publish::{self, Refresh};
-use petrel_repo::workspace::{load_private_key, Settings, Workspace};
-use petrel_repo::{audit, duration, fixtures, fsutil, keyfile, signing, Error, Result};
+use petrel_repo::workspace::{Settings, Workspace};
+use petrel_repo::{audit, duration, fixtures, fsutil, signing, Error, Result};
 
 /// Sign and publish Petrel repositories: keys, roles, delegations, targets, and the static tree.
 #[derive(Parser, Debug)]
@@ -37,9 +39,10 @@ struct Cli {
     /// Directory of private keys (default: <repo>/keys).
     #[arg(long, global = true, env = "PETREL_KEYS_DIR")]
     keys_dir: Option<PathBuf>,
-    /// An extra private key file to sign with (repeatable), e.g. an offline root key.
-    #[arg(long = "key", global = true)]
-    key: Vec<PathBuf>,
+    /// An extra private key to sign with (repeatable): a PKCS#8 PEM file, e.g. an offline
+    /// root key, or a pkcs11: URI of a key in an HSM or token (docs/keys.md).
+    #[arg(long = "key", global = true, value_name = "FILE_OR_URI")]
+    key: Vec<KeyRef>,
     /// More logging (-v, -vv).
     #[arg(long, short, global = true, action = clap::ArgAction::Count)]
     verbose: u8,
@@ -116,7 +119,7 @@ Example:
     },
     /// Add, remove or replace keys of any role, root included.
     #[command(
-        after_help = "Examples:\n  petrel-repo rotate timestamp --generate 1 --remove-key 1a2b...\n  petrel-repo rotate root --add-key new-root.pub.pem --threshold 2 --key old-root.pem"
+        after_help = "Examples:\n  petrel-repo rotate timestamp --generate 1 --remove-key 1a2b...\n  petrel-repo rotate root --add-key new-root.pub.pem --threshold 2 --key old-root.pem\n  petrel-repo rotate timestamp --remove-key 1a2b... \\\n      --add-key 'pkcs11:token=online;object=timestamp?pin-source=file:/etc/petrel/hsm.pin'"
     )]
     Rotate(RotateArgs),
     /// Write a staged role for signing elsewhere (threshold signing with keys kept apart).
@@ -130,12 +133,12 @@ Example:
     },
     /// Sign a metadata file with one private key; writes a signature file. Needs no workspace.
     #[command(
-        after_help = "Example:\n  petrel-repo sign --signing-key root-2.pem root-v2.json -o root-v2.sig.json"
+        after_help = "Examples:\n  petrel-repo sign --signing-key root-2.pem root-v2.json -o root-v2.sig.json\n  petrel-repo sign --signing-key 'pkcs11:token=root-2;object=root' root-v2.json"
     )]
     Sign {
-        /// The private key (PKCS#8 PEM).
-        #[arg(long)]
-        signing_key: PathBuf,
+        /// The private key: a PKCS#8 PEM file or a pkcs11: URI.
+        #[arg(long, value_name = "FILE_OR_URI")]
+        signing_key: KeyRef,
         /// The metadata file.
         file: PathBuf,
         /// Output signature file (default: <file>.sig.json).
@@ -223,23 +226,32 @@ Examples:
 
 #[derive(Subcommand, Debug)]
 enum KeyCommand {
-    /// Generate a private key (PKCS#8 PEM, mode 0600).
-    #[command(
-        after_help = "Example:\n  petrel-repo key generate -o partner.pem && petrel-repo key public partner.pem > partner.pub.json"
-    )]
+    /// Generate a private key: a file (PKCS#8 PEM, mode 0600) or, for a pkcs11: URI, in the token.
+    #[command(after_help = "\
+In a token, the key pair is labelled with the URI's object= (and id=, else a random id);
+the private key is sensitive and not extractable. ed25519 needs CKM_EDDSA; where the
+token lacks it, use --type ecdsa (P-256).
+
+Examples:
+  petrel-repo key generate -o partner.pem && petrel-repo key public partner.pem > partner.pub.json
+  petrel-repo key generate --type ecdsa \\
+      -o 'pkcs11:token=online;object=timestamp-2?module-path=/usr/lib/softhsm/libsofthsm2.so&pin-source=file:/etc/petrel/hsm.pin'")]
     Generate {
         /// Key type.
         #[arg(long = "type", value_enum, default_value = "ed25519")]
         key_type: KeyTypeArg,
-        /// Output file.
-        #[arg(long, short)]
-        output: PathBuf,
+        /// Output file, or a pkcs11: URI to generate the key in a token.
+        #[arg(long, short, value_name = "FILE_OR_URI")]
+        output: KeyRef,
     },
-    /// Print the TUF public key object (JSON) and key id of a key file.
-    #[command(after_help = "Example:\n  petrel-repo key public partner.pem")]
+    /// Print the TUF public key object (JSON) and key id of a key file or token key.
+    #[command(
+        after_help = "Examples:\n  petrel-repo key public partner.pem\n  petrel-repo key public 'pkcs11:token=online;object=timestamp-2'"
+    )]
     Public {
-        /// A private key, PEM public key or TUF key JSON.
-        file: PathBuf,
+        /// A private key, PEM public key, TUF key JSON, or a pkcs11: URI.
+        #[arg(value_name = "FILE_OR_URI")]
+        file: KeyRef,
     },
 }
 
@@ -402,6 +414,11 @@ struct InitArgs {
     /// Where to write the static tree, relative to the workspace.
     #[arg(long, default_value = "tree")]
     tree: PathBuf,
+    /// Use this key for a top-level role instead of generating one, as ROLE=KEY (repeatable;
+    /// KEY: a pkcs11: URI, or a public or private key file), e.g. timestamp and snapshot
+    /// keys kept in an HSM.
+    #[arg(long = "role-key", value_parser = parse_role_key, value_name = "ROLE=KEY")]
+    role_keys: Vec<(String, KeyRef)>,
 }
 
 #[derive(Args, Debug)]
@@ -440,9 +457,9 @@ struct DelegateArgs {
     /// Delegate to N hashed bins (a power of two) instead of one role.
     #[arg(long)]
     bins: Option<u64>,
-    /// Use these public keys (TUF JSON, PEM public or private key files).
-    #[arg(long = "public-key")]
-    public_keys: Vec<PathBuf>,
+    /// Use these public keys (TUF JSON, PEM public or private key files, pkcs11: URIs).
+    #[arg(long = "public-key", value_name = "FILE_OR_URI")]
+    public_keys: Vec<KeyRef>,
     /// Generate this many new keys (default 1 when no --public-key is given).
     #[arg(long)]
     generate: Option<usize>,
@@ -465,9 +482,10 @@ struct DelegateArgs {
 struct RotateArgs {
     /// The role: root, targets, snapshot, timestamp, a delegated role, or a bins prefix.
     role: String,
-    /// Authorize these public keys (TUF JSON, PEM public or private key files).
-    #[arg(long = "add-key")]
-    add_key: Vec<PathBuf>,
+    /// Authorize these keys: TUF JSON, PEM public or private key files, or pkcs11: URIs of
+    /// token keys (recorded as keys/<keyid>.pkcs11, so publish signs with the token).
+    #[arg(long = "add-key", value_name = "FILE_OR_URI")]
+    add_key: Vec<KeyRef>,
     /// Generate and authorize this many new keys.
     #[arg(long, default_value_t = 0)]
     generate: usize,
@@ -483,6 +501,13 @@ fn parse_role_number(s: &str) -> std::result::Result<(String, u32), String> {
     let (role, n) = s.split_once('=').ok_or("expected ROLE=N")?;
     let n = n.parse().map_err(|_| format!("{n:?} is not a number"))?;
     Ok((role.to_string(), n))
+}
+
+fn parse_role_key(s: &str) -> std::result::Result<(String, KeyRef), String> {
+    let (role, key) = s
+        .split_once('=')
+        .ok_or("expected ROLE=KEY, e.g. timestamp=pkcs11:token=online;object=timestamp")?;
+    Ok((role.to_string(), key.parse()?))
 }
 
 fn parse_role_duration(s: &str) -> std::result::Result<(String, String), String> {
@@ -521,7 +546,7 @@ fn open(cli: &Cli) -> Result<Workspace> {
     if let Some(k) = &cli.keys_dir {
         ws.set_keys_dir(k.clone());
     }
-    ws.add_key_files(cli.key.clone());
+    ws.add_key_refs(cli.key.clone());
     Ok(ws)
 }
 
@@ -535,6 +560,32 @@ fn open_for_edit(cli: &Cli) -> Result<Workspace> {
 /// uses them has succeeded, so a refused edit leaves no stray key files.
 fn generate_keys(n: usize, kt: KeyType) -> Result<Vec<(PrivateKey, String)>> {
     (0..n).map(|_| kt.generate()).collect()
+}
+
+/// Public keys from files or tokens; token keys are returned too, to be recorded by
+/// [`save_token_keys`] once the edit that uses them has succeeded.
+fn public_keys(refs: &[KeyRef]) -> Result<(Vec<Key>, Vec<Pkcs11Key>)> {
+    let mut keys = Vec::new();
+    let mut tokens = Vec::new();
+    for r in refs {
+        let p = r.public_key()?;
+        keys.push(p.key);
+        tokens.extend(p.token_key);
+    }
+    Ok((keys, tokens))
+}
+
+fn save_token_keys(ws: &Workspace, keys: &[Pkcs11Key]) -> Result<()> {
+    for k in keys {
+        let path = ws.save_key_reference(k)?;
+        println!(
+            "key {} is in PKCS#11 token {:?} ({})",
+            k.key_id(),
+            k.token_label(),
+            path.display()
+        );
+    }
+    Ok(())
 }
 
 fn save_keys(ws: &Workspace, keys: &[(PrivateKey, String)]) -> Result<()> {
@@ -568,7 +619,33 @@ fn run(cli: Cli) -> Result<()> {
             let mut roles: BTreeMap<String, RoleSpec> = BTreeMap::new();
             for (role, n) in &a.keys {
                 check_top_level(role)?;
+                if a.role_keys.iter().any(|(r, _)| r == role) {
+                    return Err(Error::Usage(format!(
+                        "--keys {role}=N and --role-key {role}=KEY: give one or the other"
+                    )));
+                }
                 roles.entry(role.clone()).or_default().keys = *n as usize;
+            }
+            let mut given: BTreeMap<String, Vec<KeyRef>> = BTreeMap::new();
+            for (role, key) in &a.role_keys {
+                check_top_level(role)?;
+                given.entry(role.clone()).or_default().push(key.clone());
+            }
+            // Read the given keys before anything is created: a token that cannot be used
+            // leaves no half-made workspace behind.
+            let mut given_keys: BTreeMap<String, Vec<Key>> = BTreeMap::new();
+            let mut token_keys = Vec::new();
+            for (role, refs) in &given {
+                let (keys, tokens) = public_keys(refs)?;
+                let ids: std::collections::BTreeSet<KeyId> = keys.iter().map(Key::key_id).collect();
+                if ids.len() != keys.len() {
+                    return Err(Error::Usage(format!(
+                        "--role-key {role}=…: the same key is given twice"
+                    )));
+                }
+                roles.entry(role.clone()).or_default().keys = keys.len();
+                given_keys.insert(role.clone(), keys);
+                token_keys.extend(tokens);
             }
             for (role, n) in &a.threshold {
                 check_top_level(role)?;
@@ -580,6 +657,10 @@ fn run(cli: Cli) -> Result<()> {
                 roles,
             };
             let ws = editor::init(&cli.repo, &opts)?;
+            if !given_keys.is_empty() {
+                use_given_keys(&ws, &given_keys)?;
+                save_token_keys(&ws, &token_keys)?;
+            }
             println!("created repository workspace {}", ws.dir().display());
             println!(
                 "keys are in {} — move the root keys offline once published",
@@ -693,11 +774,7 @@ fn run(cli: Cli) -> Result<()> {
                 .as_deref()
                 .map(manifests::read_capabilities)
                 .transpose()?;
-            let mut keys: Vec<Key> = a
-                .public_keys
-                .iter()
-                .map(|p| keyfile::public_key_from_file(p))
-                .collect::<Result<_>>()?;
+            let (mut keys, token_keys) = public_keys(&a.public_keys)?;
             let n = a.generate.unwrap_or(if keys.is_empty() { 1 } else { 0 });
             let generated = generate_keys(n, KeyType::Ed25519)?;
             keys.extend(generated.iter().map(|(k, _)| k.public_key().clone()));
@@ -764,6 +841,7 @@ fn run(cli: Cli) -> Result<()> {
                 lines.push(format!("capabilities of every bin: {}", c.summary()));
             }
             save_keys(&ws, &generated)?;
+            save_token_keys(&ws, &token_keys)?;
             ed.save()?;
             for l in lines {
                 println!("{l}");
@@ -855,11 +933,7 @@ fn run(cli: Cli) -> Result<()> {
         }
         Command::Rotate(a) => {
             let ws = open_for_edit(&cli)?;
-            let mut add: Vec<Key> = a
-                .add_key
-                .iter()
-                .map(|p| keyfile::public_key_from_file(p))
-                .collect::<Result<_>>()?;
+            let (mut add, token_keys) = public_keys(&a.add_key)?;
             let generated = generate_keys(a.generate, KeyType::Ed25519)?;
             add.extend(generated.iter().map(|(k, _)| k.public_key().clone()));
             let mut ed = Editor::new(&ws);
@@ -870,6 +944,7 @@ fn run(cli: Cli) -> Result<()> {
                 threshold: a.threshold,
             })?;
             save_keys(&ws, &generated)?;
+            save_token_keys(&ws, &token_keys)?;
             let staged = ed.save()?;
             println!("staged {}; run `petrel-repo publish`", staged.join(", "));
             Ok(())
@@ -893,9 +968,9 @@ fn run(cli: Cli) -> Result<()> {
             file,
             output,
         } => {
-            let key = load_private_key(signing_key)?;
+            let key = signing_key.signer()?;
             let bytes = fsutil::read(file)?;
-            let sig = signing::sign_envelope_bytes(&bytes, &key)?;
+            let sig = signing::sign_envelope_bytes(&bytes, key.as_ref())?;
             let out = output.clone().unwrap_or_else(|| {
                 let mut p = file.clone().into_os_string();
                 p.push(".sig.json");
@@ -945,7 +1020,26 @@ fn run(cli: Cli) -> Result<()> {
                 )))
             }
         }
-        Command::Key(KeyCommand::Generate { key_type, output }) => {
+        Command::Key(KeyCommand::Generate {
+            key_type,
+            output: KeyRef::Pkcs11(uri),
+        }) => {
+            let kind = match key_type {
+                KeyTypeArg::Ed25519 => pkcs11::GenerateType::Ed25519,
+                KeyTypeArg::Ecdsa => pkcs11::GenerateType::EcdsaP256,
+            };
+            let k = pkcs11::generate(uri, kind)?;
+            println!(
+                "generated key {} in PKCS#11 token {:?}",
+                k.key_id(),
+                k.token_label()
+            );
+            Ok(())
+        }
+        Command::Key(KeyCommand::Generate {
+            key_type,
+            output: KeyRef::File(output),
+        }) => {
             if output.exists() {
                 return Err(Error::Usage(format!(
                     "{} exists; refusing to overwrite a key",
@@ -981,7 +1075,7 @@ fn run(cli: Cli) -> Result<()> {
             Ok(())
         }
         Command::Key(KeyCommand::Public { file }) => {
-            let key = keyfile::public_key_from_file(file)?;
+            let key = file.public_key()?.key;
             eprintln!("key id: {}", key.key_id());
             println!(
                 "{}",
@@ -1131,6 +1225,36 @@ fn campaign(cli: &Cli, command: &CampaignCommand) -> Result<()> {
         }
     }
     println!("run `petrel-repo publish`");
+    Ok(())
+}
+
+/// Replaces the keys `init` generated for a role with the given ones (the generated
+/// private keys are deleted: nothing was published with them).
+fn use_given_keys(ws: &Workspace, given: &BTreeMap<String, Vec<Key>>) -> Result<()> {
+    let root: Signed<Root> = ws
+        .staged("root")?
+        .ok_or_else(|| Error::State("init staged no root".into()))?;
+    let mut ed = Editor::new(ws);
+    let mut generated = Vec::new();
+    for (role, keys) in given {
+        let old = root
+            .signed
+            .role(role)
+            .map(|r| r.keyids.clone())
+            .unwrap_or_default();
+        ed.rotate(&RotateSpec {
+            role: role.clone(),
+            add: keys.clone(),
+            remove: old.clone(),
+            threshold: None,
+        })?;
+        generated.extend(old);
+    }
+    ed.save()?;
+    for id in generated {
+        let path = ws.keys_dir().join(format!("{id}.pem"));
+        std::fs::remove_file(&path).map_err(|e| Error::io(&path, e))?;
+    }
     Ok(())
 }
 

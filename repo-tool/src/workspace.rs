@@ -4,6 +4,7 @@
 //! ```text
 //! <repo>/petrel-repo.toml   settings (expiries, consistent snapshots, tree location)
 //! <repo>/keys/<keyid>.pem   private keys, PKCS#8 PEM (move root keys offline!)
+//! <repo>/keys/<keyid>.pkcs11  the pkcs11: URI of a key kept in an HSM or token
 //! <repo>/metadata/          the current signed metadata of every role (last publish)
 //! <repo>/staged/            roles changed since, waiting to be signed and published
 //! <repo>/content/<sha256>   a copy of every target file, hashed while it was copied
@@ -22,6 +23,8 @@ use serde::{Deserialize, Serialize};
 use crate::duration;
 use crate::error::{Error, Result};
 use crate::fsutil;
+use crate::keyfile::KeyRef;
+use crate::pkcs11::{self, Pkcs11Key};
 
 /// Name of the settings file at the root of a workspace.
 pub const SETTINGS_FILE: &str = "petrel-repo.toml";
@@ -147,7 +150,7 @@ pub struct Workspace {
     /// The workspace settings.
     pub settings: Settings,
     keys_dir: PathBuf,
-    extra_keys: Vec<PathBuf>,
+    extra_keys: Vec<KeyRef>,
     now: DateTime<Utc>,
     _lock: fs::File,
 }
@@ -246,7 +249,12 @@ impl Workspace {
 
     /// Adds individual private key files to sign with (e.g. an offline root key).
     pub fn add_key_files(&mut self, files: Vec<PathBuf>) {
-        self.extra_keys.extend(files);
+        self.extra_keys.extend(files.into_iter().map(KeyRef::File));
+    }
+
+    /// Adds keys to sign with: private key files or `pkcs11:` URIs of token keys.
+    pub fn add_key_refs(&mut self, keys: Vec<KeyRef>) {
+        self.extra_keys.extend(keys);
     }
 
     /// Where the static tree is written.
@@ -341,8 +349,26 @@ impl Workspace {
         Ok(path)
     }
 
+    /// Records where a token key lives as `keys/<keyid>.pkcs11` (its URI), so signing
+    /// finds it like a key file. The URI names the PIN's source, never holds the PIN
+    /// unless it was given with `pin-value`.
+    pub fn save_key_reference(&self, key: &Pkcs11Key) -> Result<PathBuf> {
+        let path = self
+            .keys_dir
+            .join(format!("{}.{}", key.key_id(), pkcs11::REFERENCE_EXT));
+        let text = format!(
+            "# petrel-repo: key {} on PKCS#11 token {:?}\n{}\n",
+            key.key_id(),
+            key.token_label(),
+            key.uri().as_given()
+        );
+        fsutil::write_atomic_mode(&path, text.as_bytes(), fsutil::PRIVATE_MODE)?;
+        Ok(path)
+    }
+
     /// Loads every available private key whose id is in `keyids`: from the keys directory
-    /// (`<keyid>.pem`) and from the extra key files given on the command line.
+    /// (`<keyid>.pem`, or `<keyid>.pkcs11` for a token key) and from the extra keys given
+    /// on the command line.
     pub fn signing_keys(&self, keyids: &[KeyId]) -> Result<Vec<Box<dyn KeySource>>> {
         let mut out: BTreeMap<KeyId, Box<dyn KeySource>> = BTreeMap::new();
         for id in keyids {
@@ -359,12 +385,29 @@ impl Workspace {
                     });
                 }
                 out.insert(id.clone(), Box::new(k));
+                continue;
+            }
+            let path = self
+                .keys_dir
+                .join(format!("{id}.{}", pkcs11::REFERENCE_EXT));
+            if path.exists() {
+                let uri = pkcs11::read_reference(&path)?;
+                let k = pkcs11::open(&uri)?;
+                if k.key_id() != id {
+                    return Err(Error::Usage(format!(
+                        "{}: is named for key {id} but {uri} is key {}; the token holds another \
+                         key under that name now",
+                        path.display(),
+                        k.key_id()
+                    )));
+                }
+                out.insert(id.clone(), Box::new(k));
             }
         }
-        for path in &self.extra_keys {
-            let k = load_private_key(path)?;
+        for key in &self.extra_keys {
+            let k = key.signer()?;
             if keyids.contains(k.key_id()) {
-                out.insert(k.key_id().clone(), Box::new(k));
+                out.insert(k.key_id().clone(), k);
             }
         }
         Ok(out.into_values().collect())
@@ -393,10 +436,25 @@ pub fn parse_role<T: Metadata>(path: &Path, bytes: &[u8]) -> Result<Signed<T>> {
 
 /// Loads a PKCS#8 PEM private key, naming the file in errors.
 pub fn load_private_key(path: &Path) -> Result<PrivateKey> {
-    let text = fs::read_to_string(path).map_err(|e| Error::io(path, e))?;
+    let text = read_key_text(path)?;
     PrivateKey::from_pem(&text).map_err(|source| Error::Key {
         path: path.to_path_buf(),
         source,
+    })
+}
+
+/// Reads a key file as text. A file that is not text (a DER key, a key store, a file
+/// given by mistake) gets an error naming it and the key formats that are read.
+pub fn read_key_text(path: &Path) -> Result<String> {
+    let bytes = fs::read(path).map_err(|e| Error::io(path, e))?;
+    String::from_utf8(bytes).map_err(|e| {
+        Error::Usage(format!(
+            "{}: not a key file petrel-repo reads: it is binary ({} bytes, not text at byte {}), and keys are PEM (PKCS#8 `PRIVATE KEY` or `PUBLIC KEY`) or TUF key JSON. A DER key converts with `openssl pkey -inform DER -in {} -out key.pem`",
+            path.display(),
+            e.as_bytes().len(),
+            e.utf8_error().valid_up_to(),
+            path.display()
+        ))
     })
 }
 

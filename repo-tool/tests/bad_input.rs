@@ -41,6 +41,13 @@ fn unreadable_key_files_fail_naming_the_file_and_change_nothing() {
         &["publish", "--key", path(&missing)],
         &[path(&missing), "No such file"],
     );
+    let binary = r.scratch("key.der");
+    std::fs::write(&binary, [0x30u8, 0x82, 0x01, 0xff, 0xfe, 0x00, 0x9c]).unwrap();
+    refused(
+        &r,
+        &["publish", "--key", path(&binary)],
+        &[path(&binary), "it is binary", "openssl pkey -inform DER"],
+    );
     let dir = r.scratch("a-directory.pem");
     std::fs::create_dir_all(&dir).unwrap();
     refused(
