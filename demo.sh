@@ -20,8 +20,13 @@ cd "$(dirname "$0")"
 top=$PWD
 
 if [ -z "${PETREL_DEMO_NO_BUILD:-}" ]; then
-  echo "==> building"
-  cargo build -q --bins
+  if [ -x "${CARGO_TARGET_DIR:-$top/target}/debug/petrel" ]; then
+    echo "==> building (only what changed)"
+  else
+    echo "==> building: the first build compiles every dependency, which takes several minutes on a small machine (see the README)"
+  fi
+  # Cargo's own progress: a progress bar on a terminal, one line per crate otherwise.
+  cargo build --bins
 fi
 bin="${CARGO_TARGET_DIR:-$top/target}/debug"
 repo_tool="$bin/petrel-repo"

@@ -61,7 +61,7 @@ pub enum AgentError {
         /// The file given, if the bytes came from one.
         path: Option<PathBuf>,
         /// What is wrong with it.
-        reason: UpdateError,
+        reason: Box<UpdateError>,
     },
     /// The TUF client failed (nothing is decided on unverified metadata).
     #[error("cannot refresh the repository's signed metadata: {0}")]

@@ -144,7 +144,7 @@ impl Agent {
         let version = crate::tuf::updater::TrustedRoot::from_trusted_bytes(root)
             .map_err(|reason| AgentError::BadRoot {
                 path: root_path.map(std::path::Path::to_path_buf),
-                reason,
+                reason: Box::new(reason),
             })?
             .version();
         let paths = StatePaths::new(&config.state_dir);
