@@ -184,6 +184,9 @@ impl UpdateOutcome {
     }
 }
 
+/// Called as downloads progress, with the figures so far.
+pub type ProgressHook<'a> = Box<dyn FnMut(&DownloadProgress) + 'a>;
+
 /// Test seams for [`Agent::update_with`].
 #[derive(Default)]
 pub struct UpdateHooks<'a> {
@@ -193,7 +196,7 @@ pub struct UpdateHooks<'a> {
     /// Called before each durable step of the install (see [`StepHook`]).
     pub step: Option<StepHook<'a>>,
     /// Called as downloads progress (the command line draws progress bars with it).
-    pub progress: Option<Box<dyn FnMut(&DownloadProgress) + 'a>>,
+    pub progress: Option<ProgressHook<'a>>,
     /// Raised to stop between steps (SIGTERM): no further download or install starts, and
     /// a download in progress stops, resumable.
     pub stop: Option<&'a std::sync::atomic::AtomicBool>,

@@ -167,18 +167,6 @@ pub(crate) fn describe(role: &str, version: Option<u64>) -> String {
     }
 }
 
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn roles_are_described_with_versions() {
-        assert_eq!(describe("snapshot", Some(7)), "snapshot v7");
-        assert_eq!(describe("vendor", Some(3)), "targets role \"vendor\" v3");
-        assert_eq!(describe("timestamp", None), "timestamp");
-    }
-}
-
 impl UpdateError {
     /// Whether the error is the network's or the server's (a fetch that failed: refused,
     /// reset, timed out, an HTTP error status, not found), so trying again later, with
@@ -191,5 +179,17 @@ impl UpdateError {
             }
             _ => false,
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn roles_are_described_with_versions() {
+        assert_eq!(describe("snapshot", Some(7)), "snapshot v7");
+        assert_eq!(describe("vendor", Some(3)), "targets role \"vendor\" v3");
+        assert_eq!(describe("timestamp", None), "timestamp");
     }
 }
