@@ -318,6 +318,15 @@ fn manifest_hash(show: &str) -> String {
         .to_string()
 }
 
+/// The offer hash `consent show` prints (what an answer is bound to).
+fn offer_hash(show: &str) -> String {
+    show.lines()
+        .find_map(|l| l.strip_prefix("Offer sha256 "))
+        .unwrap_or_else(|| panic!("no offer hash in:\n{show}"))
+        .trim()
+        .to_string()
+}
+
 #[test]
 fn check_shows_why_a_campaign_does_not_apply_and_asks_for_consent() {
     let mut fleet = Fleet::new();
@@ -364,13 +373,15 @@ fn check_shows_why_a_campaign_does_not_apply_and_asks_for_consent() {
     let show = dev.ok(&["consent", "show", "player-2.1", "--locale", "de"]);
     assert!(show.contains("Startet doppelt so schnell."), "{show}");
     assert!(show.contains("update acme.player 2.0.1 -> 2.1.0"), "{show}");
-    let hash = manifest_hash(&show);
+    let hash = offer_hash(&show);
+    let manifest = manifest_hash(&show);
+    assert_ne!(hash, manifest);
     assert!(
         show.contains(&format!("petrel consent accept player-2.1 --sha256 {hash}")),
         "{show}"
     );
 
-    // Accept, bound to the exact manifest shown.
+    // Accept, bound to the offer shown; the record names the exact manifest too.
     let accepted = dev.ok(&["consent", "accept", "player-2.1", "--sha256", &hash[..12]]);
     assert!(
         accepted.contains("Recorded: accept of campaign player-2.1 revision 1"),
@@ -382,7 +393,9 @@ fn check_shows_why_a_campaign_does_not_apply_and_asks_for_consent() {
     );
     let log = fs::read_to_string(dev.path("state/consent.log")).unwrap();
     assert!(
-        log.contains(&hash) && log.contains("\"type\":\"accept\""),
+        log.contains(&format!("\"offer_sha256\":\"{hash}\""))
+            && log.contains(&format!("\"manifest_sha256\":\"{manifest}\""))
+            && log.contains("\"type\":\"accept\""),
         "{log}"
     );
 
@@ -411,7 +424,7 @@ fn check_shows_why_a_campaign_does_not_apply_and_asks_for_consent() {
     );
     let explain = dev.ok(&["check", "--explain"]);
     assert!(
-        explain.contains("do not count: the manifest changed, so consent is asked again"),
+        explain.contains("do not count: its offer changed (notice, payload, consent policy or stage, method or forced set), so consent is asked again"),
         "{explain}"
     );
     // An answer bound to the old manifest is refused.
@@ -419,10 +432,10 @@ fn check_shows_why_a_campaign_does_not_apply_and_asks_for_consent() {
     assert!(err.contains("changed since it was shown"), "{err}");
     assert!(err.contains("nothing recorded"), "{err}");
     let show = dev.ok(&["consent", "show", "player-2.1"]);
-    assert_ne!(manifest_hash(&show), hash);
+    assert_ne!(offer_hash(&show), hash);
     assert!(show.contains("Now with a typo fixed."), "{show}");
-    // A hash no manifest of the campaign ever had is a typo, not a change.
-    let typo: String = manifest_hash(&show)
+    // A hash no offer of the campaign ever had is a typo, not a change.
+    let typo: String = offer_hash(&show)
         .chars()
         .map(|c| if c == '0' { '1' } else { '0' })
         .collect();
@@ -430,12 +443,79 @@ fn check_shows_why_a_campaign_does_not_apply_and_asks_for_consent() {
     assert!(!err.contains("changed since it was shown"), "{err}");
     assert!(
         err.contains(&format!(
-            "--sha256 {typo} is not the hash of campaign player-2.1's manifest"
+            "--sha256 {typo} is not the hash of campaign player-2.1's offer"
         )),
         "{err}"
     );
     assert!(err.contains("Check the value for a typo"), "{err}");
     assert!(err.contains("nothing recorded"), "{err}");
+}
+
+#[test]
+fn consent_holds_across_a_halt_and_a_resume_and_a_changed_notice_asks_again() {
+    let mut fleet = Fleet::new();
+    fleet.campaign(&required_campaign(1, "Faster."));
+    fleet.release();
+    let dev = Device::new(&fleet);
+    let offer = offer_hash(&dev.ok(&["consent", "show", "player-2.1"]));
+    dev.ok(&["consent", "accept", "player-2.1", "--sha256", &offer[..12]]);
+
+    // Halted (revision 2), then resumed (revision 3): the same offer.
+    fleet.campaign(
+        &required_campaign(2, "Faster.").replace("state = \"active\"", "state = \"halted\""),
+    );
+    fleet.release();
+    let out = dev.ok(&["check"]);
+    assert!(
+        campaign_line(&out, "player-2.1").contains("revision 2: halted"),
+        "{out}"
+    );
+    fleet.campaign(&required_campaign(3, "Faster."));
+    fleet.release();
+    let out = dev.ok(&["check"]);
+    let player = campaign_line(&out, "player-2.1");
+    assert!(
+        player.starts_with("  player-2.1 revision 3: ready to download 1 item(s)"),
+        "no new consent request after the resume:\n{out}"
+    );
+    assert!(dev
+        .ok(&["consent", "list"])
+        .contains("No consent requests are pending"));
+    let explain = dev.ok(&["check", "--explain"]);
+    assert!(
+        explain.contains(
+            "consent given for revision 1 still holds: revision 3 changes only the rollout state"
+        ),
+        "{explain}"
+    );
+    let show = dev.ok(&["consent", "show", "player-2.1"]);
+    assert_eq!(offer_hash(&show), offer, "the offer hash stays: {show}");
+    assert!(show.contains("still holds"), "{show}");
+    // The update proceeds: downloaded, verified and installed.
+    let out = dev.ok(&["update"]);
+    assert!(
+        out.contains("player-2.1 revision 3") && !out.contains("waiting for consent"),
+        "{out}"
+    );
+    let version = fs::read_to_string(dev.path("apps/acme.player/VERSION")).unwrap();
+    assert_eq!(version.trim(), "2.1.0", "{out}");
+
+    // A changed notice is another offer: asked again, and the old hash is refused.
+    fleet.campaign(&required_campaign(4, "Faster. The kiosk restarts once."));
+    fleet.release();
+    let out = dev.ok(&["check"]);
+    let player = campaign_line(&out, "player-2.1");
+    assert!(
+        player.starts_with("  player-2.1 revision 4: waiting for consent")
+            || player.contains("up to date"),
+        "{out}"
+    );
+    let show = dev.ok(&["consent", "show", "player-2.1"]);
+    assert_ne!(offer_hash(&show), offer);
+    assert!(show.contains("its offer changed"), "{show}");
+    assert!(show.contains("not given yet"), "asked again: {show}");
+    let err = dev.fails(&["consent", "accept", "player-2.1", "--sha256", &offer]);
+    assert!(err.contains("changed since it was shown"), "{err}");
 }
 
 #[test]

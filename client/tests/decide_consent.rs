@@ -272,7 +272,7 @@ fn each_policy_takes_only_its_own_answers() {
 }
 
 #[test]
-fn a_decline_then_a_changed_campaign_asks_again() {
+fn a_decline_holds_across_state_only_revisions_and_a_changed_notice_asks_again() {
     let dir = tempfile::tempdir().unwrap();
     let mut s = open(&dir);
     s.decline(&entry(required()), now(), None).unwrap();
@@ -284,12 +284,141 @@ fn a_decline_then_a_changed_campaign_asks_again() {
         decide(&view(vec![required()]), &profile(), &st, now()).campaigns[0].status,
         Status::Declined { .. }
     ));
-    let mut changed = required();
-    changed.revision = 4;
-    assert!(matches!(
-        decide(&view(vec![changed]), &profile(), &st, now()).campaigns[0].status,
-        Status::WaitingForConsent { .. }
-    ));
+    // Halted in revision 4, resumed in revision 5: the same offer, still declined.
+    let mut resumed = required();
+    resumed.revision = 5;
+    resumed.rollout.waves.clear();
+    let d = decide(&view(vec![resumed.clone()]), &profile(), &st, now());
+    assert!(
+        matches!(d.campaigns[0].status, Status::Declined { .. }),
+        "{}",
+        d.explain()
+    );
+    // A changed notice is another offer: asked again.
+    let mut changed = resumed;
+    changed.revision = 6;
+    changed.notice.get_mut("en").unwrap().body = "Faster start-up, fewer crashes.".into();
+    let d = decide(&view(vec![changed]), &profile(), &st, now());
+    assert!(
+        matches!(d.campaigns[0].status, Status::WaitingForConsent { .. }),
+        "{}",
+        d.explain()
+    );
+    assert!(d.explain().contains("its offer changed"), "{}", d.explain());
+}
+
+#[test]
+fn consent_holds_across_halt_and_resume_and_explain_says_why() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut s = open(&dir);
+    s.accept(&entry(required()), now(), Some("en")).unwrap();
+    let mut halted = required();
+    halted.revision = 4;
+    halted.state = CampaignState::Halted;
+    let mut resumed = required();
+    resumed.revision = 5;
+    let st = LocalState {
+        consent: s.records().clone(),
+        ..LocalState::default()
+    };
+    let d = decide(&view(vec![halted]), &profile(), &st, now());
+    assert!(
+        matches!(d.campaigns[0].status, Status::Halted),
+        "{}",
+        d.explain()
+    );
+    let d = decide(&view(vec![resumed]), &profile(), &st, now());
+    assert!(
+        matches!(d.campaigns[0].status, Status::ReadyToDownload { .. }),
+        "{}",
+        d.explain()
+    );
+    assert!(
+        d.explain().contains(
+            "consent given for revision 3 still holds: revision 5 changes only the rollout state"
+        ),
+        "{}",
+        d.explain()
+    );
+}
+
+#[test]
+fn each_record_names_the_offer_it_is_bound_to_and_the_manifest_shown() {
+    let dir = tempfile::tempdir().unwrap();
+    let e = three(&dir);
+    for l in lines(&dir) {
+        let v: serde_json::Value = serde_json::from_str(&l).unwrap();
+        assert_eq!(v["event"]["manifest_sha256"], e.sha256.0.as_str());
+        assert_eq!(
+            v["event"]["offer_sha256"],
+            e.manifest.offer_sha256().0.as_str()
+        );
+    }
+    // The offer hash is the SHA-256 of the offer's canonical JSON, which is not the
+    // manifest's.
+    let offer = e.manifest.offer().to_canonical_json();
+    assert_eq!(e.manifest.offer_sha256().0, sha256_hex(&offer));
+    assert_ne!(e.manifest.offer_sha256().0, e.sha256.0);
+}
+
+#[test]
+fn records_without_an_offer_hash_are_honoured_for_the_exact_manifest_they_name() {
+    // A log written by an agent that bound consent to the whole manifest hash: its lines
+    // have no offer_sha256.
+    let dir = tempfile::tempdir().unwrap();
+    let mut s = open(&dir);
+    let mut old = consent_event(&required(), ConsentAction::Accept, now());
+    old.offer_sha256 = None;
+    s.append(old).unwrap();
+    drop(s);
+    assert!(!lines(&dir)[0].contains("offer_sha256"));
+    let s = open(&dir);
+    let st = LocalState {
+        consent: s.records().clone(),
+        ..LocalState::default()
+    };
+    let d = decide(&view(vec![required()]), &profile(), &st, now());
+    assert!(
+        matches!(d.campaigns[0].status, Status::ReadyToDownload { .. }),
+        "{}",
+        d.explain()
+    );
+    // For another manifest, even one with the same offer, the record says nothing.
+    let mut next = required();
+    next.revision = 4;
+    let d = decide(&view(vec![next]), &profile(), &st, now());
+    assert!(
+        matches!(d.campaigns[0].status, Status::WaitingForConsent { .. }),
+        "{}",
+        d.explain()
+    );
+    assert!(
+        d.explain()
+            .contains("recorded before consent was bound to the offer"),
+        "{}",
+        d.explain()
+    );
+}
+
+#[test]
+fn a_record_naming_an_offer_counts_only_for_that_offer() {
+    // A record whose offer hash is not the manifest's offer does not count, even for the
+    // manifest it names.
+    let dir = tempfile::tempdir().unwrap();
+    let mut s = open(&dir);
+    let mut bad = consent_event(&required(), ConsentAction::Accept, now());
+    bad.offer_sha256 = Some(petrel_client::manifest::OfferHash("00".repeat(32)));
+    s.append(bad).unwrap();
+    let st = LocalState {
+        consent: s.records().clone(),
+        ..LocalState::default()
+    };
+    let d = decide(&view(vec![required()]), &profile(), &st, now());
+    assert!(
+        matches!(d.campaigns[0].status, Status::WaitingForConsent { .. }),
+        "{}",
+        d.explain()
+    );
 }
 
 fn admin(keys: &[&PrivateKey], threshold: u32) -> CampaignManifest {
@@ -417,4 +546,59 @@ fn unchecked_appends_are_chained_too() {
     let v = verify_log(&fs::read(dir.path().join("consent/log.jsonl")).unwrap()).unwrap();
     assert_eq!(v.entries.len(), 2);
     assert_eq!(v.entries[1].prev, sha256_hex(lines(&dir)[0].as_bytes()));
+}
+
+#[test]
+fn an_administrator_token_bound_to_the_offer_holds_across_halt_and_resume() {
+    let (k, _) = PrivateKey::generate_ed25519().unwrap();
+    let c = admin(&[&k], 1);
+    let dir = tempfile::tempdir().unwrap();
+    let mut s = open(&dir);
+    let a = assignment();
+    let exact = AdminConsentToken::sign(body(&c), &[&k]).unwrap();
+    let mut b = body(&c);
+    b.offer_sha256 = Some(c.offer_sha256());
+    let offer_token = AdminConsentToken::sign(b, &[&k]).unwrap();
+    let mut resumed = c.clone();
+    resumed.revision = 5;
+    resumed.schedule.not_after = Some(UtcTime::parse("2030-04-15T00:00:00Z").unwrap());
+    let decide_with = |records: &petrel_client::consent::ConsentRecords, m: &CampaignManifest| {
+        let v = view(vec![m.clone()]);
+        let mut st = LocalState {
+            consent: records.clone(),
+            ..LocalState::default()
+        };
+        stage_all(&v, &mut st);
+        decide(&v, &profile(), &st, now())
+    };
+
+    // A token for the exact manifest only: a later revision needs a new one.
+    s.add_admin_token(&entry(c.clone()), exact, &profile(), Some(&a), now())
+        .unwrap();
+    let d = decide_with(s.records(), &resumed);
+    assert!(
+        matches!(d.campaigns[0].status, Status::WaitingForConsent { .. }),
+        "{}",
+        d.explain()
+    );
+    // A token that names the offer covers it.
+    s.add_admin_token(&entry(c.clone()), offer_token, &profile(), Some(&a), now())
+        .unwrap();
+    let d = decide_with(s.records(), &resumed);
+    assert!(
+        matches!(d.campaigns[0].status, Status::ReadyToInstall { .. }),
+        "{}",
+        d.explain()
+    );
+    assert!(d.explain().contains("still holds"), "{}", d.explain());
+    // Not another offer.
+    let mut renamed = resumed;
+    renamed.revision = 6;
+    renamed.notice.get_mut("en").unwrap().title = "Player 2.1 (new)".into();
+    let d = decide_with(s.records(), &renamed);
+    assert!(
+        matches!(d.campaigns[0].status, Status::WaitingForConsent { .. }),
+        "{}",
+        d.explain()
+    );
 }

@@ -303,6 +303,7 @@ fn event(c: &CampaignManifest, kind: u8, at_h: i64, for_h: i64) -> ConsentEvent 
         campaign: c.id.clone(),
         revision: c.revision,
         manifest_sha256: hash_of(c),
+        offer_sha256: Some(c.offer_sha256()),
         at: at.into(),
         action,
         locale: None,
@@ -352,6 +353,168 @@ fn setup(s: &Scenario) -> (RepositoryView, DeviceProfile, LocalState) {
         .map(|(k, at, h)| event(&s.campaign, *k, *at, *h))
         .collect();
     (view, profile, state)
+}
+
+/// The answer that grants `c`'s policy, recorded by the store for `device` half an hour
+/// into the month: accept, acknowledge, or an administrator token bound to the offer.
+fn agreement(c: &CampaignManifest, device: &str) -> ConsentEvent {
+    let mut e = event(c, 0, 0, 1);
+    e.at = (base() + Duration::minutes(30)).into();
+    match c.consent.policy {
+        ConsentPolicy::Acknowledge => e.action = ConsentAction::Acknowledge,
+        ConsentPolicy::Administrator => {
+            let mut body = petrel_client::consent::ConsentTokenBody::for_devices(
+                &c.id,
+                hash_of(c),
+                [device],
+                base(),
+                base() + Duration::days(60),
+            );
+            body.offer_sha256 = Some(c.offer_sha256());
+            e.action = ConsentAction::Administrator {
+                token: Box::new(
+                    petrel_client::consent::AdminConsentToken::sign(body, &[admin_key()]).unwrap(),
+                ),
+            };
+        }
+        _ => {}
+    }
+    e
+}
+
+/// A new revision (`bump` higher) that changes only what is outside the offer: the state
+/// (active ↔ halted), the waves and canaries, the windows, the campaign's time span, the
+/// applicability, or the postponement bound. `seed` picks the new values.
+fn state_only_change(c: &mut CampaignManifest, kind: u8, bump: u64, seed: u64) {
+    let window = |x: u64| DailyWindow {
+        start: LocalTime::new((x % 24) as u32, 0).unwrap(),
+        end: LocalTime::new(((x + 1 + x % 5) % 24) as u32, 30).unwrap(),
+    };
+    match kind {
+        0 => {
+            c.state = match c.state {
+                CampaignState::Active => CampaignState::Halted,
+                _ => CampaignState::Active,
+            }
+        }
+        1 => {
+            c.rollout.canary = seed.is_multiple_of(2);
+            c.rollout.canary_passed = c.rollout.canary && seed.is_multiple_of(3);
+            let n = (seed % 4) as u32;
+            c.rollout.waves = (1..=n)
+                .map(|i| Wave {
+                    share_bp: i * 10_000 / n,
+                    start: (base() + Duration::hours(i as i64 * (seed % 97) as i64)).into(),
+                })
+                .collect();
+        }
+        2 => {
+            c.schedule.download_window = (!seed.is_multiple_of(3)).then(|| window(seed));
+            c.schedule.apply_window = (!seed.is_multiple_of(5)).then(|| window(seed / 7));
+        }
+        3 => {
+            if let Some(na) = c.schedule.not_after {
+                c.schedule.not_after = Some((na.0 + Duration::days(1 + (seed % 10) as i64)).into());
+            }
+            if let Some(nb) = c.schedule.not_before {
+                c.schedule.not_before = Some((nb.0 - Duration::hours((seed % 48) as i64)).into());
+            }
+        }
+        4 => {
+            c.applies_to.device_types = if c.applies_to.device_types.is_empty() {
+                BTreeSet::from(["kiosk".to_string()])
+            } else {
+                BTreeSet::new()
+            };
+        }
+        _ => {
+            if c.consent.policy.asks_user() {
+                c.consent.max_postpones = (seed % 5) as u32;
+            }
+        }
+    }
+    c.revision += bump;
+    c.validate()
+        .unwrap_or_else(|e| panic!("generated an invalid revision: {e}"));
+}
+
+/// How many kinds of offer change [`offer_change`] knows.
+const OFFER_CHANGES: u8 = 11;
+
+/// Changes one field of the offer.
+fn offer_change(c: &mut CampaignManifest, kind: u8) {
+    use petrel_client::manifest::{Notice, PostInstall, Severity};
+    let en = c
+        .notice
+        .get_mut("en")
+        .expect("the campaigns have an English notice");
+    match kind {
+        0 => en.body.push_str(" Now with a typo fixed."),
+        1 => en.title.push_str(" (updated)"),
+        2 => {
+            en.severity = if en.severity == Severity::Critical {
+                Severity::Info
+            } else {
+                Severity::Critical
+            }
+        }
+        3 => {
+            c.notice.insert(
+                "fr".into(),
+                Notice {
+                    title: "Lecteur 2.1".into(),
+                    body: "Démarre deux fois plus vite.".into(),
+                    severity: Severity::Recommended,
+                },
+            );
+        }
+        4 => {
+            if let Some(g) = c.payload.group.as_mut() {
+                g.revision += 1;
+            }
+        }
+        5 => {
+            c.payload.group = None;
+            c.payload.apps = BTreeMap::from([("a".to_string(), "2".to_string())]);
+        }
+        6 => {
+            c.consent.stage = match c.consent.stage {
+                ConsentStage::Download => ConsentStage::Install,
+                ConsentStage::Install => ConsentStage::Download,
+            }
+        }
+        7 => {
+            c.consent.policy = match c.consent.policy {
+                ConsentPolicy::Required => ConsentPolicy::Acknowledge,
+                _ => ConsentPolicy::Required,
+            }
+        }
+        8 => match c.method {
+            Method::Normal => {
+                c.method = Method::Forced;
+                c.forced_from =
+                    BTreeMap::from([("a".to_string(), BTreeSet::from(["1".to_string()]))]);
+            }
+            Method::Forced => {
+                let (_, set) = c.forced_from.iter_mut().next().unwrap();
+                if !set.insert("9".to_string()) {
+                    set.remove("9");
+                }
+            }
+        },
+        9 => {
+            c.post_install = match c.post_install {
+                Some(PostInstall::Stop) => Some(PostInstall::Start),
+                _ => Some(PostInstall::Stop),
+            }
+        }
+        _ => {
+            c.default_locale = match c.default_locale {
+                Some(_) => None,
+                None => Some("en".into()),
+            }
+        }
+    }
 }
 
 proptest! {
@@ -504,18 +667,104 @@ proptest! {
         }
     }
 
-    /// A changed manifest (another hash) asks for consent again, whatever was recorded for
-    /// the earlier one.
+    /// Consent binds to the offer, not to the rollout state: once the user (or the
+    /// administrator, with a token bound to the offer) has agreed, any sequence of new
+    /// revisions that change only the state (active, halted, active again), the rollout,
+    /// the schedule, the applicability or the postponement bound never asks again.
     #[test]
-    fn a_changed_manifest_asks_again(s in arb_scenario(), bump in 1u64..3) {
-        let c = &s.campaign;
-        prop_assume!(matches!(c.consent.policy, ConsentPolicy::Required | ConsentPolicy::Administrator));
-        let records: ConsentRecords = s.events.iter().map(|(k, at, h)| event(c, *k, *at, *h)).collect();
-        let mut changed = c.clone();
-        changed.revision += bump;
+    fn state_only_revisions_never_ask_for_consent_again(
+        s in arb_scenario(),
+        steps in prop::collection::vec((0u8..6, 1u64..3, any::<u64>()), 1..8),
+    ) {
+        let mut first = s.campaign.clone();
+        prop_assume!(first.consent.policy != ConsentPolicy::None);
+        first.state = CampaignState::Active;
+        let records: ConsentRecords = [agreement(&first, &s.device)].into_iter().collect();
+        let now = s.now.max(base() + Duration::hours(1));
+        let profile = DeviceProfile { id: s.device.clone(), device_type: "kiosk".into(), inventory: s.inventory.clone(), ..Default::default() };
+        let mut c = first.clone();
+        for (kind, bump, seed) in steps {
+            state_only_change(&mut c, kind, bump, seed);
+            prop_assert_eq!(c.offer_sha256(), first.offer_sha256());
+            let (state, notes) = evaluate(&records, &c, &hash_of(&c), &profile, None, now);
+            prop_assert!(state.is_granted(), "revision {} asks again: {:?} {:?}", c.revision, state, notes);
+            if let ConsentState::Granted { how } = &state {
+                prop_assert!(how.contains("still holds"), "{}", how);
+            }
+            let mut sc = s.clone();
+            sc.campaign = c.clone();
+            sc.now = now;
+            let (v, p, mut st) = setup(&sc);
+            st.consent = records.clone();
+            let d = decide(&v, &p, &st, now);
+            prop_assert!(
+                !d.actions().iter().any(|a| matches!(a, petrel_client::decide::Action::AskConsent { .. })),
+                "{}", d.explain()
+            );
+            prop_assert!(
+                !matches!(d.campaigns[0].status, Status::WaitingForConsent { .. } | Status::Postponed { .. } | Status::Declined { .. }),
+                "{}", d.explain()
+            );
+        }
+    }
+
+    /// Any single change to a field of the offer (a notice's title, body, severity or
+    /// locales, the payload, the consent policy or stage, the method or forced set, the
+    /// post-install state, the fallback locale) asks again, even after state-only
+    /// revisions that kept the consent.
+    #[test]
+    fn any_offer_change_asks_for_consent_again(
+        s in arb_scenario(),
+        before in prop::collection::vec((0u8..6, 1u64..3, any::<u64>()), 0..4),
+        change in 0u8..OFFER_CHANGES,
+        bump in 1u64..3,
+    ) {
+        let mut first = s.campaign.clone();
+        prop_assume!(first.consent.policy.asks_user());
+        first.state = CampaignState::Active;
+        let now = base() + Duration::hours(1);
+        prop_assume!(first.consent.deadline.is_none_or(|d| now < d.0));
+        let records: ConsentRecords = [agreement(&first, &s.device)].into_iter().collect();
         let profile = DeviceProfile { id: s.device.clone(), device_type: "kiosk".into(), ..Default::default() };
-        let (state, _) = evaluate(&records, &changed, &hash_of(&changed), &profile, None, s.now);
-        prop_assert!(matches!(state, ConsentState::Pending { .. } | ConsentState::Expired { .. }), "{:?}", state);
+        let mut c = first.clone();
+        for (kind, b, seed) in before {
+            state_only_change(&mut c, kind, b, seed);
+        }
+        prop_assert!(evaluate(&records, &c, &hash_of(&c), &profile, None, now).0.is_granted());
+        offer_change(&mut c, change);
+        c.revision += bump;
+        c.validate().unwrap();
+        prop_assert_ne!(c.offer_sha256(), first.offer_sha256());
+        let (state, notes) = evaluate(&records, &c, &hash_of(&c), &profile, None, now);
+        prop_assert!(matches!(state, ConsentState::Pending { .. }), "change {} kept consent: {:?} {:?}", change, state, notes);
+        prop_assert!(notes.iter().any(|n| n.contains("its offer changed")), "{:?}", notes);
+    }
+
+    /// Records of agents that predate the offer binding (no `offer_sha256`) are honoured
+    /// for the exact manifest they name, and for no other.
+    #[test]
+    fn records_without_an_offer_hash_count_for_their_exact_manifest_only(
+        s in arb_scenario(),
+        kind in 0u8..6,
+        bump in 1u64..3,
+        seed in any::<u64>(),
+    ) {
+        let mut c = s.campaign.clone();
+        prop_assume!(c.consent.policy.asks_user());
+        c.state = CampaignState::Active;
+        let mut old = agreement(&c, &s.device);
+        old.offer_sha256 = None;
+        let records: ConsentRecords = [old].into_iter().collect();
+        let now = base() + Duration::hours(1);
+        prop_assume!(c.consent.deadline.is_none_or(|d| now < d.0));
+        let profile = DeviceProfile { id: s.device.clone(), device_type: "kiosk".into(), ..Default::default() };
+        prop_assert!(evaluate(&records, &c, &hash_of(&c), &profile, None, now).0.is_granted());
+        let mut next = c.clone();
+        state_only_change(&mut next, kind, bump, seed);
+        prop_assume!(hash_of(&next) != hash_of(&c));
+        let (state, notes) = evaluate(&records, &next, &hash_of(&next), &profile, None, now);
+        prop_assert!(matches!(state, ConsentState::Pending { .. }), "{:?}", state);
+        prop_assert!(notes.iter().any(|n| n.contains("recorded before consent was bound to the offer")), "{:?}", notes);
     }
 
     /// Daily windows, including those that wrap midnight, agree with a minute-by-minute

@@ -782,7 +782,7 @@ fn required_consent_before_download_waits_then_proceeds_once_accepted() {
 }
 
 #[test]
-fn a_decline_is_final_for_the_manifest_and_a_changed_manifest_asks_again() {
+fn a_decline_is_final_for_the_offer_and_a_changed_offer_asks_again() {
     let c = consent(ConsentPolicy::Required, ConsentStage::Download);
     let mut st = LocalState::default();
     st.consent.push(consent_event(
@@ -807,9 +807,17 @@ fn a_decline_is_final_for_the_manifest_and_a_changed_manifest_asks_again() {
         status_of(&view(vec![c2]), &st2, now()),
         Status::Declined { .. }
     ));
-    // Revision 4 is a different manifest: ask again.
+    // Revision 4 changes only the rollout state: the same offer, still declined.
+    let mut resumed = c.clone();
+    resumed.revision = 4;
+    assert!(matches!(
+        status_of(&view(vec![resumed]), &st, now()),
+        Status::Declined { .. }
+    ));
+    // Revision 5 changes the notice: another offer, ask again.
     let mut changed = c;
-    changed.revision = 4;
+    changed.revision = 5;
+    changed.notice.get_mut("en").unwrap().body = "Faster start-up, fewer crashes.".into();
     let d = decide(&view(vec![changed]), &profile(), &st, now());
     assert!(matches!(
         d.campaigns[0].status,

@@ -327,8 +327,10 @@ Examples:
     },
     /// Stage a new revision of a campaign from its TOML (the revision must grow).
     #[command(after_help = "\
-Any change is a new manifest hash, so devices ask for consent again. A cancelled campaign
-stays cancelled.
+Consent is bound to the campaign's offer (notice, payload, consent policy and stage,
+method, forced set): a revision that changes it makes devices ask again; one that changes
+only the state, schedule, waves or applicability keeps the consent given. The command says
+which. A cancelled campaign stays cancelled.
 
 Example:
   petrel-repo campaign update player-2.1.toml && petrel-repo publish")]
@@ -1106,18 +1108,29 @@ fn campaign(cli: &Cli, command: &CampaignCommand) -> Result<()> {
             "{verb} campaign {}: revision {}, {}{was}; staged {} in role {}",
             r.id, r.revision, r.state, r.target, r.role
         );
-        match &r.previous_sha256 {
-            Some(old)
-                if verb == "updated"
+        match (&r.previous_sha256, &r.previous_offer_sha256) {
+            (Some(old), Some(old_offer))
+                if verb != "cancelled"
                     && r.policy != petrel_client::manifest::ConsentPolicy::None =>
             {
-                println!(
-                    "manifest sha256 {} (was {}): devices ask for consent again",
-                    r.sha256,
-                    old.short()
-                )
+                println!("manifest sha256 {} (was {})", r.sha256, old.short());
+                if *old_offer == r.offer_sha256 {
+                    println!(
+                        "offer sha256 {} (unchanged): consent already given still holds",
+                        r.offer_sha256
+                    )
+                } else {
+                    println!(
+                        "offer sha256 {} (was {}): the offer changed, so devices ask for consent again",
+                        r.offer_sha256,
+                        old_offer.short()
+                    )
+                }
             }
-            _ => println!("manifest sha256 {}", r.sha256),
+            _ => println!(
+                "manifest sha256 {}\noffer sha256 {}",
+                r.sha256, r.offer_sha256
+            ),
         }
     };
     match command {

@@ -404,7 +404,10 @@ fn revisions_only_grow_and_a_changed_campaign_asks_for_consent_again() {
             .as_bytes(),
     );
     let out = r.ok(&["campaign", "update", path(&c)]);
-    assert!(out.contains("devices ask for consent again"), "{out}");
+    assert!(
+        out.contains("the offer changed, so devices ask for consent again"),
+        "{out}"
+    );
     r.ok(&["publish"]);
     r.verify_ok();
     let after = show_json(&r, "player-2.1");
@@ -437,6 +440,12 @@ fn halt_resume_and_cancel_are_signed_revisions_and_cancel_is_final() {
         out.contains("revision 2, halted (was revision 1, active)"),
         "{out}"
     );
+    // A halt changes the state, not the offer: consent given holds.
+    assert!(
+        out.contains("(unchanged): consent already given still holds"),
+        "{out}"
+    );
+    assert!(!out.contains("ask for consent again"), "{out}");
     assert_eq!(
         tree_state(&r),
         (1, CampaignState::Active),

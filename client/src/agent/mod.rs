@@ -11,7 +11,8 @@
 //!    ([`state::AgentState`]);
 //! 4. calls `decide` with the current time, and persists the revisions observed
 //!    (rollback protection) and a summary of the result;
-//! 5. records consent answers bound to the exact manifest bytes shown;
+//! 5. records consent answers bound to the offer shown (notice, payload, consent policy,
+//!    method), naming the exact manifest bytes too;
 //! 6. [`Agent::update`]: downloads what is due into staging ([`stage`]), applies what is
 //!    due all or nothing after refreshing and deciding again ([`apply`], with a write-ahead
 //!    journal and crash recovery at every start), and queues signed reports
@@ -465,11 +466,13 @@ impl Agent {
         ))
     }
 
-    /// Records a consent answer for `campaign`, bound to the hash of the exact manifest
-    /// bytes fetched (and verified) in `ev`. With `expected_sha256` (the full hash or a
-    /// prefix of at least 8 hex digits, as `petrel consent show` prints it), the answer is
-    /// refused unless it is the hash of the manifest now current (mistyped, or the
-    /// campaign changed since it was shown). Decides again afterwards.
+    /// Records a consent answer for `campaign`, bound to the offer of the manifest fetched
+    /// (and verified) in `ev` (the record names the offer hash and the exact manifest hash).
+    /// With `expected_sha256` (the full hash or a prefix of at least 8 hex digits), the
+    /// answer is refused unless it is the offer hash `petrel consent show` prints or the
+    /// manifest hash of the manifest now current (mistyped, or the offer changed since it
+    /// was shown). Both name what is agreed to now, so either is unambiguous. Decides again
+    /// afterwards.
     pub fn answer(
         &self,
         ev: &mut Evaluation,
@@ -478,14 +481,15 @@ impl Agent {
         answer: Answer,
     ) -> Result<ConsentEvent, AgentError> {
         let entry = ev.entry(campaign)?.clone();
+        let offer = entry.manifest.offer_sha256();
         if let Some(want) = expected_sha256 {
             let want = want.trim().to_ascii_lowercase();
             if want.len() < 8 || !want.bytes().all(|b| b.is_ascii_hexdigit()) {
                 return Err(AgentError::Refused(format!(
-                    "--sha256 {want:?}: give the manifest hash `petrel consent show` printed (at least 8 hex digits)"
+                    "--sha256 {want:?}: give the offer hash `petrel consent show` printed (at least 8 hex digits)"
                 )));
             }
-            if !entry.sha256.0.starts_with(&want) {
+            if !offer.0.starts_with(&want) && !entry.sha256.0.starts_with(&want) {
                 // An earlier answer names the hash: the campaign really changed. Otherwise
                 // the value is most likely mistyped (or copied from a `consent show` that
                 // was never answered): say both, the typo first.
@@ -493,17 +497,22 @@ impl Agent {
                     .consent
                     .records()
                     .for_campaign(campaign)
-                    .filter(|e| e.manifest_sha256.0.starts_with(&want))
+                    .filter(|e| {
+                        e.manifest_sha256.0.starts_with(&want)
+                            || e.offer_sha256
+                                .as_ref()
+                                .is_some_and(|o| o.0.starts_with(&want))
+                    })
                     .last()
                     .map(|e| e.revision);
                 return Err(AgentError::Refused(match earlier {
                     Some(rev) => format!(
-                        "campaign {campaign} changed since it was shown: --sha256 {want} is revision {rev}, answered before; the manifest is now sha256 {} (revision {}); nothing recorded. Show it again: petrel consent show {campaign}",
-                        entry.sha256, entry.manifest.revision
+                        "campaign {campaign} changed since it was shown: --sha256 {want} is revision {rev}, answered before; the offer is now sha256 {offer} (revision {}: its notice, payload, consent policy or method changed); nothing recorded. Show it again: petrel consent show {campaign}",
+                        entry.manifest.revision
                     ),
                     None => format!(
-                        "--sha256 {want} is not the hash of campaign {campaign}'s manifest, which is sha256 {} (revision {}); nothing recorded. Check the value for a typo, or, if you copied it from an earlier `petrel consent show {campaign}`, the campaign has changed since: show it again and answer for what it says now",
-                        entry.sha256, entry.manifest.revision
+                        "--sha256 {want} is not the hash of campaign {campaign}'s offer, which is sha256 {offer} (revision {}, manifest sha256 {}); nothing recorded. Check the value for a typo, or, if you copied it from an earlier `petrel consent show {campaign}`, the campaign has changed since: show it again and answer for what it says now",
+                        entry.manifest.revision, entry.sha256
                     ),
                 }));
             }
@@ -582,6 +591,7 @@ impl Agent {
         ConsentRequest {
             campaign: c.id.clone(),
             revision: c.revision,
+            offer_sha256: c.offer_sha256().0,
             manifest_sha256: entry.sha256.0.clone(),
             locale,
             title: notice.map(|n| n.title.clone()).unwrap_or_default(),
@@ -604,7 +614,10 @@ pub struct ConsentRequest {
     pub campaign: String,
     /// Its revision.
     pub revision: u64,
-    /// SHA-256 of the exact manifest bytes (the answer is bound to it).
+    /// SHA-256 of the campaign's offer (the answer is bound to it; `--sha256` takes it).
+    pub offer_sha256: String,
+    /// SHA-256 of the exact manifest bytes (recorded with the answer; `--sha256` takes it
+    /// too).
     pub manifest_sha256: String,
     /// The locale of the notice shown.
     pub locale: String,

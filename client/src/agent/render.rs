@@ -384,6 +384,7 @@ fn campaign_status(agent: &Agent, ev: &Evaluation, c: &CampaignDecision) -> Camp
         "id": c.id,
         "revision": c.revision,
         "manifest_sha256": entry.sha256,
+        "offer_sha256": m.offer_sha256(),
         "title": c.title.as_ref().map(|t| &t.0),
         "severity": c.title.as_ref().map(|t| t.1),
         "status": c.status,
@@ -761,13 +762,13 @@ pub fn consent_list_text(reqs: &[ConsentRequest]) -> String {
     for r in reqs {
         let _ = writeln!(
             o,
-            "  {} revision {} \"{}\" ({}, notice in {}) [manifest sha256 {}]",
+            "  {} revision {} \"{}\" ({}, notice in {}) [offer sha256 {}]",
             r.campaign,
             r.revision,
             r.title,
             r.severity,
             r.locale,
-            &r.manifest_sha256[..12]
+            &r.offer_sha256[..12]
         );
         let _ = writeln!(
             o,
@@ -784,6 +785,7 @@ pub fn consent_request_json(r: &ConsentRequest) -> Value {
     json!({
         "campaign": r.campaign,
         "revision": r.revision,
+        "offer_sha256": r.offer_sha256,
         "manifest_sha256": r.manifest_sha256,
         "locale": r.locale,
         "title": r.title,
@@ -803,6 +805,7 @@ pub fn consent_request_json(r: &ConsentRequest) -> Value {
 pub fn consent_show_text(ev: &Evaluation, r: &ConsentRequest, locale_flag: Option<&str>) -> String {
     let mut o = String::new();
     let _ = writeln!(o, "Campaign {} revision {}", r.campaign, r.revision);
+    let _ = writeln!(o, "Offer sha256 {}", r.offer_sha256);
     let _ = writeln!(o, "Manifest sha256 {}", r.manifest_sha256);
     let _ = writeln!(o);
     let _ = writeln!(o, "{} [{}] (notice in {})", r.title, r.severity, r.locale);
@@ -830,13 +833,16 @@ pub fn consent_show_text(ev: &Evaluation, r: &ConsentRequest, locale_flag: Optio
     }
     let id = &r.campaign;
     let h = match locale_flag {
-        Some(_) => format!("{} --locale {}", r.manifest_sha256, r.locale),
-        None => r.manifest_sha256.clone(),
+        Some(_) => format!("{} --locale {}", r.offer_sha256, r.locale),
+        None => r.offer_sha256.clone(),
     };
     match r.policy {
         ConsentPolicy::Required | ConsentPolicy::Acknowledge => {
             let _ = writeln!(o);
-            let _ = writeln!(o, "Answer (bound to this exact manifest):");
+            let _ = writeln!(
+                o,
+                "Answer (bound to this offer: the notice, the payload, the consent policy and the method; a later revision that changes only the rollout keeps it):"
+            );
             if r.policy == ConsentPolicy::Acknowledge {
                 let _ = writeln!(o, "  petrel consent acknowledge {id} --sha256 {h}");
             } else {
@@ -847,7 +853,7 @@ pub fn consent_show_text(ev: &Evaluation, r: &ConsentRequest, locale_flag: Optio
                 let _ = writeln!(
                     o,
                     "  petrel consent postpone {id} --for 1d --sha256 {}",
-                    r.manifest_sha256
+                    r.offer_sha256
                 );
             }
         }

@@ -195,8 +195,10 @@ Examples:
   petrel consent accept player-2.1 --sha256 3f2a9c01
   petrel consent postpone player-2.1 --for 4h
 
-Answers are appended to <state_dir>/consent.log, bound to the SHA-256 of the exact
-campaign manifest shown; a changed campaign asks again."
+Answers are appended to <state_dir>/consent.log, bound to the SHA-256 of the campaign's
+offer (its notice, payload, consent policy and stage, method and forced set): a new
+revision that changes only the rollout state, schedule or waves keeps the answer; a
+changed offer asks again."
     )]
     Consent(ConsentCommand),
 }
@@ -235,8 +237,8 @@ struct DecideArgs {
 struct Bound {
     /// The campaign id.
     campaign: String,
-    /// The manifest hash shown by `petrel consent show` (full, or at least 8 hex digits):
-    /// refuses to record the answer if the campaign changed since.
+    /// The offer hash (or the manifest hash) shown by `petrel consent show` (full, or at
+    /// least 8 hex digits): refuses to record the answer if what is offered changed since.
     #[arg(long, value_name = "HASH")]
     sha256: Option<String>,
 }
@@ -774,8 +776,12 @@ fn consent(config: AgentConfig, cmd: ConsentCommand) -> Result<(), Failure> {
         }
     };
     let event = agent.answer(&mut ev, &bound.campaign, bound.sha256.as_deref(), answer)?;
+    let bound_to = match &event.offer_sha256 {
+        Some(o) => format!("offer sha256 {}, ", o.short()),
+        None => String::new(),
+    };
     println!(
-        "Recorded: {} of campaign {} revision {} (manifest sha256 {}) at {}.",
+        "Recorded: {} of campaign {} revision {} ({bound_to}manifest sha256 {}) at {}.",
         event.action.name(),
         event.campaign,
         event.revision,

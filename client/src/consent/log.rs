@@ -254,7 +254,8 @@ impl ConsentStore {
     }
 
     /// Records explicit agreement to the campaign manifest shown (policies `required`
-    /// and `acknowledge`).
+    /// and `acknowledge`). Every checked record names both the exact manifest
+    /// (`manifest_sha256`) and the offer it is bound to (`offer_sha256`).
     pub fn accept(
         &mut self,
         c: &CampaignEntry,
@@ -274,7 +275,7 @@ impl ConsentStore {
         self.answer(c, ConsentAction::Acknowledge, now, locale)
     }
 
-    /// Records a refusal (policy `required`); final for this manifest.
+    /// Records a refusal (policy `required`); final for this offer.
     pub fn decline(
         &mut self,
         c: &CampaignEntry,
@@ -335,6 +336,7 @@ impl ConsentStore {
             campaign: c.manifest.id.clone(),
             revision: c.manifest.revision,
             manifest_sha256: c.sha256.clone(),
+            offer_sha256: Some(c.manifest.offer_sha256()),
             at: now.into(),
             action,
             locale: locale.map(str::to_string),

@@ -1,5 +1,8 @@
 //! Consent: what the device's user (or the fleet administrator) agreed to, bound to the
-//! SHA-256 of the exact campaign manifest bytes shown.
+//! campaign's **offer**: the SHA-256 of the canonical JSON of
+//! [`CampaignManifest::offer`] (notice, payload, consent policy and stage, method, forced
+//! set). A new revision that changes only the state, the schedule, the rollout or the
+//! applicability keeps the consent given; a change to the offer asks again.
 //!
 //! * [`ConsentStore`] keeps the records as an append-only, hash-chained JSON-lines log,
 //!   written with fsync; opening it verifies the chain and says where it breaks.
@@ -9,18 +12,21 @@
 //!   records the policy does not allow, so the engine and the store never disagree.
 //! * [`AdminConsentToken`] is the signed token of the `administrator` policy.
 //!
-//! Rules, per campaign manifest (id + exact-bytes hash):
+//! Rules, per campaign offer (id + offer hash):
 //!
 //! | policy | granted by | decline | postpone | after the deadline without consent |
 //! | --- | --- | --- | --- | --- |
-//! | `required` | `accept` | yes, final for this manifest | up to `max_postpones` | expired |
+//! | `required` | `accept` | yes, final for this offer | up to `max_postpones` | expired |
 //! | `acknowledge` | `acknowledge` or `accept` | no | up to `max_postpones` | proceeds (informed) |
 //! | `administrator` | a valid token | no | no | expired |
 //! | `none` | — | no | no | — |
 //!
-//! A changed manifest (another hash) asks again: earlier accept/decline records do not
-//! count for it. Postponements count per campaign across revisions, so re-publishing a
-//! campaign does not reset the bound.
+//! Each record keeps both hashes: `offer_sha256` (the binding) and `manifest_sha256` (the
+//! exact manifest shown, for the audit trail). A record without `offer_sha256`, written by
+//! an agent that predates the offer binding, counts only for the exact manifest it names
+//! ([`ConsentEvent::binding_for`]). A changed offer asks again: earlier accept/decline
+//! records do not count for it. Postponements count per campaign across revisions, so
+//! re-publishing a campaign does not reset the bound.
 
 mod log;
 mod token;
@@ -32,7 +38,9 @@ pub use log::*;
 pub use token::*;
 
 use crate::decide::DeviceProfile;
-use crate::manifest::{Assignment, CampaignManifest, ConsentPolicy, ManifestHash, UtcTime};
+use crate::manifest::{
+    Assignment, CampaignManifest, ConsentPolicy, ManifestHash, OfferHash, UtcTime,
+};
 
 /// What the user or administrator did.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -69,6 +77,16 @@ impl ConsentAction {
     }
 }
 
+/// Why a record counts for a campaign manifest.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Binding {
+    /// It names this exact manifest (any record, including those of older agents).
+    Manifest,
+    /// It names another manifest with the same offer: what the user agreed to did not
+    /// change (a new revision changed only the state, the schedule, the rollout, …).
+    Offer,
+}
+
 /// One consent record.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -79,6 +97,11 @@ pub struct ConsentEvent {
     pub revision: u64,
     /// SHA-256 of the exact manifest bytes shown.
     pub manifest_sha256: ManifestHash,
+    /// SHA-256 of the canonical JSON of the offer shown ([`CampaignManifest::offer`]): what
+    /// the record is bound to. `None` in records of agents that predate the offer binding;
+    /// those are bound to `manifest_sha256` alone.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub offer_sha256: Option<OfferHash>,
     /// When.
     pub at: UtcTime,
     /// What.
@@ -86,6 +109,27 @@ pub struct ConsentEvent {
     /// The notice locale shown, if any.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub locale: Option<String>,
+}
+
+impl ConsentEvent {
+    /// Whether the record counts for the manifest with hash `manifest` and offer hash
+    /// `offer`, and why: the same offer (`offer_sha256`), or the exact manifest (the only
+    /// binding of a record without `offer_sha256`, made by an agent that predates the
+    /// offer binding).
+    pub fn binding_for(&self, manifest: &ManifestHash, offer: &OfferHash) -> Option<Binding> {
+        let exact = self.manifest_sha256 == *manifest;
+        match &self.offer_sha256 {
+            Some(o) if o == offer => Some(if exact {
+                Binding::Manifest
+            } else {
+                Binding::Offer
+            }),
+            // Bound to another offer (a record naming this manifest with another offer is
+            // inconsistent, and does not count either).
+            Some(_) => None,
+            None => exact.then_some(Binding::Manifest),
+        }
+    }
 }
 
 /// All consent records, in the order they were made.
@@ -178,7 +222,10 @@ impl ConsentState {
 }
 
 /// Evaluates consent for `campaign`, whose exact bytes hash to `hash`, on this device at
-/// `now`. Pure. Returns the state and notes on records that did not count (and why).
+/// `now`. Pure. Records count when they are bound to the campaign's offer
+/// ([`CampaignManifest::offer_sha256`]) or, for records without an offer hash, to this exact
+/// manifest ([`ConsentEvent::binding_for`]). Returns the state and notes on records that
+/// did not count (and why) or that count for a later revision (and why they still hold).
 pub fn evaluate(
     records: &ConsentRecords,
     campaign: &CampaignManifest,
@@ -189,30 +236,44 @@ pub fn evaluate(
 ) -> (ConsentState, Vec<String>) {
     let rule = &campaign.consent;
     let deadline = rule.deadline.map(|d| d.0);
+    let offer = campaign.offer_sha256();
     let mut notes = Vec::new();
     let events: Vec<&ConsentEvent> = records.for_campaign(&campaign.id).collect();
-    let stale = events
-        .iter()
-        .filter(|e| {
-            e.manifest_sha256 != *hash && !matches!(e.action, ConsentAction::Postpone { .. })
-        })
-        .count();
-    if stale > 0 {
-        notes.push(format!(
-            "{stale} record(s) for an earlier version of this campaign do not count: the manifest changed, so consent is asked again"
-        ));
-    }
-    let current: Vec<&ConsentEvent> = events
+    let stale: Vec<&ConsentEvent> = events
         .iter()
         .copied()
-        .filter(|e| e.manifest_sha256 == *hash)
+        .filter(|e| {
+            e.binding_for(hash, &offer).is_none()
+                && !matches!(e.action, ConsentAction::Postpone { .. })
+        })
+        .collect();
+    let other_offer = stale.iter().filter(|e| e.offer_sha256.is_some()).count();
+    let legacy = stale.len() - other_offer;
+    if other_offer > 0 {
+        notes.push(format!(
+            "{other_offer} record(s) for an earlier version of this campaign do not count: its offer changed (notice, payload, consent policy or stage, method or forced set), so consent is asked again"
+        ));
+    }
+    if legacy > 0 {
+        notes.push(format!(
+            "{legacy} record(s) bound to the exact bytes of another manifest (recorded before consent was bound to the offer) do not count for this one, so consent is asked again"
+        ));
+    }
+    let current: Vec<(&ConsentEvent, Binding)> = events
+        .iter()
+        .copied()
+        .filter_map(|e| e.binding_for(hash, &offer).map(|b| (e, b)))
         .collect();
     let in_time = |e: &ConsentEvent| deadline.is_none_or(|d| e.at.0 <= d);
+    let holds = |e: &ConsentEvent, b: Binding| match b {
+        Binding::Manifest => String::new(),
+        Binding::Offer => still_holds(e, campaign, &offer),
+    };
 
     match rule.policy {
         ConsentPolicy::None => return (ConsentState::NotNeeded, notes),
         ConsentPolicy::Administrator => {
-            for e in current.iter().rev() {
+            for (e, b) in current.iter().rev() {
                 if !in_time(e) {
                     notes.push(format!(
                         "a {} record at {} came after the deadline and does not count",
@@ -227,8 +288,8 @@ pub fn evaluate(
                             return (
                                 ConsentState::Granted {
                                     how: format!(
-                                        "administrator consent token issued {} (received {}), valid until {}",
-                                        token.signed.issued, e.at, token.signed.expires
+                                        "administrator consent token issued {} (received {}), valid until {}{}",
+                                        token.signed.issued, e.at, token.signed.expires, holds(e, *b)
                                     ),
                                 },
                                 notes,
@@ -259,9 +320,9 @@ pub fn evaluate(
     }
 
     let policy = rule.policy;
-    // The latest answer to this exact manifest decides.
-    let mut answer: Option<(usize, &ConsentEvent)> = None;
-    for (i, e) in current.iter().enumerate() {
+    // The latest answer to this offer decides.
+    let mut answer: Option<(&ConsentEvent, Binding)> = None;
+    for (e, b) in &current {
         let counts = match (&e.action, policy) {
             (ConsentAction::Accept, _) => true,
             (ConsentAction::Decline, ConsentPolicy::Required) => true,
@@ -288,16 +349,25 @@ pub fn evaluate(
             ));
             continue;
         }
-        answer = Some((i, e));
+        answer = Some((e, *b));
     }
-    if let Some((_, e)) = answer {
+    if let Some((e, b)) = answer {
         let state = match e.action {
-            ConsentAction::Decline => ConsentState::Declined { at: e.at.0 },
+            ConsentAction::Decline => {
+                if b == Binding::Offer {
+                    notes.push(format!("declined at {}{}", e.at, holds(e, b)));
+                }
+                ConsentState::Declined { at: e.at.0 }
+            }
             ConsentAction::Accept => ConsentState::Granted {
-                how: format!("accepted by the device's user at {}", e.at),
+                how: format!("accepted by the device's user at {}{}", e.at, holds(e, b)),
             },
             _ => ConsentState::Granted {
-                how: format!("acknowledged by the device's user at {}", e.at),
+                how: format!(
+                    "acknowledged by the device's user at {}{}",
+                    e.at,
+                    holds(e, b)
+                ),
             },
         };
         return (state, notes);
@@ -316,13 +386,13 @@ pub fn evaluate(
             _ => (ConsentState::Expired { deadline: d }, notes),
         };
     }
-    // The latest postponement of this manifest that was within the bound.
+    // The latest postponement of this offer that was within the bound.
     let mut ordinal = 0u32;
     let mut active: Option<DateTime<Utc>> = None;
     for e in &events {
         if let ConsentAction::Postpone { until } = &e.action {
             ordinal += 1;
-            if e.manifest_sha256 != *hash {
+            if e.binding_for(hash, &offer).is_none() {
                 continue;
             }
             if ordinal > rule.max_postpones {
@@ -351,4 +421,24 @@ pub fn evaluate(
         },
         notes,
     )
+}
+
+/// Why an answer recorded for another manifest with the same offer still counts: `"; consent
+/// given for revision 3 still holds: revision 4 changes only the rollout state …"`.
+fn still_holds(e: &ConsentEvent, c: &CampaignManifest, offer: &OfferHash) -> String {
+    let what = "state, schedule, waves, applicability or deadlines; the offer is unchanged";
+    if e.revision == c.revision {
+        format!(
+            "; consent given for another manifest of revision {} still holds: it differs only in the rollout state ({what}, offer sha256 {})",
+            e.revision,
+            offer.short()
+        )
+    } else {
+        format!(
+            "; consent given for revision {} still holds: revision {} changes only the rollout state ({what}, offer sha256 {})",
+            e.revision,
+            c.revision,
+            offer.short()
+        )
+    }
 }

@@ -7,6 +7,7 @@
 //!   "signed": {
 //!     "kind": "consent-token", "schema_version": 1,
 //!     "campaign": "player-2.1", "manifest_sha256": "<64 hex>",
+//!     "offer_sha256": "<64 hex, optional: also later revisions with this offer>",
 //!     "devices": ["<hex(SHA-256(\"petrel-consent-v1\" || 0x00 || device_id))>"],
 //!     "issued": "2030-03-01T00:00:00Z", "expires": "2030-04-01T00:00:00Z"
 //!   },
@@ -26,7 +27,7 @@ use crate::decide::applicability::match_selectors;
 use crate::decide::DeviceProfile;
 use crate::manifest::{
     check_id, check_sha256_hex, salted_device_hash, Assignment, CampaignManifest, ConsentPolicy,
-    ManifestHash, Problems, Selectors, UtcTime, ValidationError, SCHEMA_VERSION,
+    ManifestHash, OfferHash, Problems, Selectors, UtcTime, ValidationError, SCHEMA_VERSION,
 };
 use crate::tuf::canonical;
 use crate::tuf::keys::{KeyError, KeySource};
@@ -51,6 +52,12 @@ pub struct ConsentTokenBody {
     pub campaign: String,
     /// SHA-256 of the exact campaign manifest agreed to.
     pub manifest_sha256: ManifestHash,
+    /// SHA-256 of the campaign's offer ([`CampaignManifest::offer_sha256`]), if the token
+    /// also counts for every later manifest of the campaign with the same offer (a new
+    /// revision that only halts, resumes or widens the rollout). Absent: this exact
+    /// manifest only. Agents that predate the field refuse a token that carries it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub offer_sha256: Option<OfferHash>,
     /// Devices, as `hex(SHA-256("petrel-consent-v1" || 0x00 || device_id))`.
     #[serde(default, skip_serializing_if = "BTreeSet::is_empty")]
     pub devices: BTreeSet<String>,
@@ -89,6 +96,7 @@ impl ConsentTokenBody {
             schema_version: SCHEMA_VERSION,
             campaign: campaign.into(),
             manifest_sha256,
+            offer_sha256: None,
             devices: device_ids
                 .into_iter()
                 .map(AdminConsentToken::device_hash)
@@ -120,6 +128,9 @@ impl ConsentTokenBody {
             "signed.manifest_sha256",
             check_sha256_hex(&self.manifest_sha256.0),
         );
+        if let Some(o) = &self.offer_sha256 {
+            p.check("signed.offer_sha256", check_sha256_hex(&o.0));
+        }
         match (self.devices.is_empty(), &self.selector) {
             (true, None) => p.push(
                 "signed.devices",
@@ -203,7 +214,8 @@ impl AdminConsentToken {
     }
 
     /// Verifies the token for `campaign` (whose exact bytes hash to `manifest_sha256`), this
-    /// device, at `now`: structure, campaign id and manifest hash, expiry, that the device
+    /// device, at `now`: structure, campaign id and manifest hash (or, with
+    /// `offer_sha256`, the campaign's offer hash), expiry, that the device
     /// is named or matches the selector, and a threshold of signatures by the campaign's
     /// administrator keys. Returns why it does not count.
     pub fn verify(
@@ -230,11 +242,25 @@ impl AdminConsentToken {
             ));
         }
         if b.manifest_sha256 != *manifest_sha256 {
-            return Err(format!(
-                "the token is for manifest {}, the campaign is now {} (a changed campaign needs a new token)",
-                b.manifest_sha256.short(),
-                manifest_sha256.short()
-            ));
+            match &b.offer_sha256 {
+                None => {
+                    return Err(format!(
+                        "the token is for manifest {}, the campaign is now {} (a changed campaign needs a new token, or a token with offer_sha256 to cover later revisions with the same offer)",
+                        b.manifest_sha256.short(),
+                        manifest_sha256.short()
+                    ))
+                }
+                Some(o) => {
+                    let offer = campaign.offer_sha256();
+                    if *o != offer {
+                        return Err(format!(
+                            "the token is for offer {}, the campaign's offer is now {} (its notice, payload, consent policy or method changed: a new token is needed)",
+                            o.short(),
+                            offer.short()
+                        ));
+                    }
+                }
+            }
         }
         if now >= b.expires.0 {
             return Err(format!("the token expired at {}", b.expires));

@@ -471,7 +471,7 @@ pub enum Action {
     AskConsent {
         /// The campaign.
         campaign: String,
-        /// Its manifest hash (consent is bound to it).
+        /// Its manifest hash (consent is bound to its offer, `CampaignManifest::offer_sha256`).
         manifest_sha256: ManifestHash,
         /// The policy.
         policy: ConsentPolicy,

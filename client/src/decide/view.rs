@@ -36,7 +36,8 @@ pub struct RepositoryView {
 pub struct Entry<T> {
     /// The TUF target path it was published under.
     pub target_path: String,
-    /// SHA-256 of its exact bytes (what consent is bound to).
+    /// SHA-256 of its exact bytes (TUF signs it; consent is bound to a campaign's offer,
+    /// [`CampaignManifest::offer_sha256`], and names this hash too).
     pub sha256: ManifestHash,
     /// The parsed manifest.
     pub manifest: T,

@@ -479,6 +479,113 @@ impl CampaignManifest {
     }
 }
 
+/// The `kind` of a campaign offer: never a manifest kind, so the canonical bytes of an offer
+/// are never those of a manifest, and an offer hash is never a manifest hash.
+pub const CAMPAIGN_OFFER_KIND: &str = "campaign-offer";
+
+/// What a consent answer agrees to: the projection of a campaign manifest onto the fields
+/// that change what the device's user (or administrator) is asked to accept. Consent records
+/// are bound to the SHA-256 of its canonical JSON ([`CampaignManifest::offer_sha256`]).
+///
+/// | in the offer | why |
+/// | --- | --- |
+/// | `id`, `schema_version` | which campaign, read by which rules |
+/// | `notice`, `default_locale` | the text shown (every locale, title, body, severity, and which one is the fallback) |
+/// | `payload`, `post_install` | what is installed or removed, and what the applications do afterwards |
+/// | `consent.policy`, `consent.stage`, `consent.administrator_keys`, `consent.administrator_threshold` | whose agreement, and whether it comes before download or before install |
+/// | `method`, `forced_from` | whether the update is forced, and on which installed versions |
+///
+/// Everything else (`revision`, `state`, `schedule`, `rollout`, `applies_to`,
+/// `consent.deadline`, `consent.max_postpones`) decides when and where the same offer is
+/// made, not what it is: a new revision that changes only those keeps the consent given.
+/// Fields at their default are omitted, as in the manifest.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CampaignOffer {
+    /// Always [`CAMPAIGN_OFFER_KIND`].
+    pub kind: String,
+    /// The manifest's schema version.
+    pub schema_version: u32,
+    /// The campaign.
+    pub id: String,
+    /// `normal` or `forced`.
+    pub method: Method,
+    /// Forced campaigns: the installed versions that may be updated.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub forced_from: BTreeMap<String, BTreeSet<String>>,
+    /// The fallback notice locale.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub default_locale: Option<String>,
+    /// Every notice.
+    pub notice: BTreeMap<String, Notice>,
+    /// Whose agreement, and when.
+    pub consent: OfferConsent,
+    /// What is delivered.
+    pub payload: Payload,
+    /// The post-install state the campaign imposes.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub post_install: Option<PostInstall>,
+}
+
+/// The consent part of a [`CampaignOffer`]: the policy and its stage, and for an
+/// `administrator` policy the keys and threshold (who may agree).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct OfferConsent {
+    /// Whose agreement is needed.
+    pub policy: ConsentPolicy,
+    /// Before download or before install.
+    pub stage: ConsentStage,
+    /// `administrator` only: the keys that may sign consent tokens.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub administrator_keys: BTreeMap<KeyId, Key>,
+    /// `administrator` only: signatures needed (omitted when 1).
+    #[serde(default = "one", skip_serializing_if = "is_one")]
+    pub administrator_threshold: u32,
+}
+
+impl CampaignOffer {
+    /// The offer's canonical bytes ([`super::canonical_json`], the rules the manifest
+    /// bytes follow).
+    pub fn to_canonical_json(&self) -> Vec<u8> {
+        super::canonical_json(self).expect("an offer has no floats")
+    }
+
+    /// SHA-256 of [`CampaignOffer::to_canonical_json`].
+    pub fn sha256(&self) -> OfferHash {
+        OfferHash::of(&self.to_canonical_json())
+    }
+}
+
+impl CampaignManifest {
+    /// The offer: what a consent answer to this manifest agrees to (see [`CampaignOffer`]).
+    pub fn offer(&self) -> CampaignOffer {
+        CampaignOffer {
+            kind: CAMPAIGN_OFFER_KIND.to_string(),
+            schema_version: self.schema_version,
+            id: self.id.clone(),
+            method: self.method,
+            forced_from: self.forced_from.clone(),
+            default_locale: self.default_locale.clone(),
+            notice: self.notice.clone(),
+            consent: OfferConsent {
+                policy: self.consent.policy,
+                stage: self.consent.stage,
+                administrator_keys: self.consent.administrator_keys.clone(),
+                administrator_threshold: self.consent.administrator_threshold,
+            },
+            payload: self.payload.clone(),
+            post_install: self.post_install,
+        }
+    }
+
+    /// SHA-256 of the canonical JSON of [`CampaignManifest::offer`]: what consent is bound
+    /// to.
+    pub fn offer_sha256(&self) -> OfferHash {
+        self.offer().sha256()
+    }
+}
+
 /// `campaigns/<id>.json`.
 pub fn campaign_target_path(id: &str) -> String {
     format!("campaigns/{id}.json")
@@ -868,6 +975,69 @@ waves = [
         let e = CampaignManifest::from_toml(&bad).unwrap_err();
         assert!(e.has_field("consent.max_postpones"), "{e}");
         assert!(e.has_field("consent.deadline"), "{e}");
+    }
+
+    /// The fenced block after the first line of `doc` containing `marker`.
+    fn block_after<'a>(doc: &'a str, marker: &str) -> &'a str {
+        let at = doc.find(marker).expect("marker in docs/formats.md");
+        let rest = &doc[at..];
+        let open = rest.find("```").unwrap();
+        let body = &rest[open..];
+        let start = body.find('\n').unwrap() + 1;
+        let end = body[start..].find("```").unwrap();
+        &body[start..start + end]
+    }
+
+    #[test]
+    fn the_documented_offer_is_the_projection_of_the_documented_campaign() {
+        let doc = include_str!("../../../docs/formats.md");
+        let c =
+            CampaignManifest::from_toml(block_after(doc, "<!-- check: campaign-toml -->")).unwrap();
+        let offer = block_after(doc, "The offer of the campaign [above]");
+        assert_eq!(
+            String::from_utf8(c.offer().to_canonical_json()).unwrap(),
+            offer.trim()
+        );
+    }
+
+    #[test]
+    fn the_offer_leaves_out_state_schedule_rollout_and_applicability() {
+        let c = CampaignManifest::from_toml(GOOD).unwrap();
+        let v: serde_json::Value = serde_json::from_slice(&c.offer().to_canonical_json()).unwrap();
+        let keys: Vec<&str> = v.as_object().unwrap().keys().map(String::as_str).collect();
+        assert_eq!(
+            keys,
+            [
+                "consent",
+                "id",
+                "kind",
+                "method",
+                "notice",
+                "payload",
+                "schema_version"
+            ]
+        );
+        assert_eq!(v["kind"], CAMPAIGN_OFFER_KIND);
+        assert_eq!(
+            v["consent"],
+            serde_json::json!({"policy": "required", "stage": "install"})
+        );
+        let mut halted = c.clone();
+        halted.revision = 4;
+        halted.state = CampaignState::Halted;
+        halted.rollout = Rollout::default();
+        halted.schedule.apply_window = None;
+        halted.applies_to = Selectors::default();
+        halted.consent.deadline = None;
+        halted.consent.max_postpones = 0;
+        assert_eq!(halted.offer_sha256(), c.offer_sha256());
+        assert_ne!(
+            halted.to_canonical_json().unwrap(),
+            c.to_canonical_json().unwrap()
+        );
+        let mut retitled = c.clone();
+        retitled.notice.get_mut("de").unwrap().title = "Player 2.1 (neu)".into();
+        assert_ne!(retitled.offer_sha256(), c.offer_sha256());
     }
 
     #[test]

@@ -250,8 +250,10 @@ impl fmt::Display for PostInstall {
     }
 }
 
-/// The SHA-256 of the exact bytes of a manifest, in lowercase hex. Consent records and
-/// administrator tokens are bound to it; it equals the `sha256` TUF signs for the target.
+/// The SHA-256 of the exact bytes of a manifest, in lowercase hex. It equals the `sha256`
+/// TUF signs for the target. Administrator tokens name it, and consent records keep it
+/// next to the [`OfferHash`] they are bound to (records of agents that predate the offer
+/// binding are bound to it alone).
 #[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
 #[serde(transparent)]
 pub struct ManifestHash(pub String);
@@ -275,6 +277,38 @@ impl ManifestHash {
 }
 
 impl fmt::Display for ManifestHash {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+/// The SHA-256 of the canonical JSON of a campaign's offer ([`super::CampaignOffer`]): the
+/// part of the campaign a consent answer agrees to (notice, payload, consent policy and
+/// stage, method, forced set). Consent records are bound to it, so a new revision that
+/// changes only the state, the schedule or the rollout keeps the consent given.
+#[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+#[serde(transparent)]
+pub struct OfferHash(pub String);
+
+impl OfferHash {
+    /// The hash of an offer's canonical bytes.
+    pub fn of(bytes: &[u8]) -> OfferHash {
+        OfferHash(sha256_hex(bytes))
+    }
+
+    /// Parses 64 lowercase hex characters.
+    pub fn parse(s: &str) -> Result<OfferHash, String> {
+        check_sha256_hex(s)?;
+        Ok(OfferHash(s.to_string()))
+    }
+
+    /// The first 12 hex characters, for messages.
+    pub fn short(&self) -> &str {
+        self.0.get(..12).unwrap_or(&self.0)
+    }
+}
+
+impl fmt::Display for OfferHash {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.write_str(&self.0)
     }

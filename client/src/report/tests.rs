@@ -61,6 +61,7 @@ fn report_with_consent_log_entries_round_trips() {
             campaign: "player-2.1".into(),
             revision: 3,
             manifest_sha256: ManifestHash::of(b"manifest"),
+            offer_sha256: None,
             at: UtcTime::parse("2026-11-21T10:00:00Z").unwrap(),
             action: ConsentAction::Accept,
             locale: None,

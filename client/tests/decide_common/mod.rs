@@ -195,7 +195,8 @@ pub fn stage_all(view: &RepositoryView, state: &mut LocalState) {
     }
 }
 
-/// A consent event for `c` as shown (its canonical bytes).
+/// A consent event for `c` as shown (its canonical bytes and its offer), as the store
+/// records it.
 pub fn consent_event(
     c: &CampaignManifest,
     action: ConsentAction,
@@ -205,6 +206,7 @@ pub fn consent_event(
         campaign: c.id.clone(),
         revision: c.revision,
         manifest_sha256: ManifestHash::of(&c.to_canonical_json().unwrap()),
+        offer_sha256: Some(c.offer_sha256()),
         at: at.into(),
         action,
         locale: None,

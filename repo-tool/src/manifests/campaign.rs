@@ -7,7 +7,7 @@ use std::path::Path;
 use petrel_client::manifest::{
     campaign_target_path, check_id, group_target_path, CampaignManifest, CampaignState,
     Capabilities, CapabilityChain, ConsentPolicy, GroupManifest, Manifest, ManifestHash, Method,
-    Problems, Rollout,
+    OfferHash, Problems, Rollout,
 };
 
 use super::group::check_revision_grows;
@@ -33,10 +33,15 @@ pub struct CampaignReport {
     pub policy: ConsentPolicy,
     /// The revision and state it replaces, if the campaign existed.
     pub previous: Option<(u64, CampaignState)>,
-    /// SHA-256 of the compiled manifest: what consent is bound to.
+    /// SHA-256 of the compiled manifest.
     pub sha256: ManifestHash,
     /// SHA-256 of the manifest it replaces.
     pub previous_sha256: Option<ManifestHash>,
+    /// SHA-256 of the campaign's offer (what consent is bound to: notice, payload, consent
+    /// policy and stage, method, forced set; not the state, schedule or waves).
+    pub offer_sha256: OfferHash,
+    /// The offer hash of the manifest it replaces.
+    pub previous_offer_sha256: Option<OfferHash>,
     /// Whether the compiled manifest is byte-identical to the current one (nothing staged).
     pub unchanged: bool,
     /// Roles created on the way, and similar notes.
@@ -172,6 +177,8 @@ fn report(
         previous: previous.map(|p| (p.revision, p.state)),
         sha256: ManifestHash::of(bytes),
         previous_sha256,
+        offer_sha256: c.offer_sha256(),
+        previous_offer_sha256: previous.map(CampaignManifest::offer_sha256),
         unchanged,
         notes,
     }
@@ -496,9 +503,14 @@ impl CampaignDetails {
         );
         let _ = writeln!(
             o,
-            "  sha256:       {} ({} bytes; consent is bound to it)",
+            "  sha256:       {} ({} bytes)",
             ManifestHash::of(&self.bytes),
             self.bytes.len()
+        );
+        let _ = writeln!(
+            o,
+            "  offer sha256: {} (consent is bound to it: notice, payload, consent, method, forced set)",
+            self.manifest.offer_sha256()
         );
         let _ = writeln!(o, "  capabilities: {}", self.chain.describe());
         let effective = self
