@@ -1,7 +1,10 @@
 #!/usr/bin/env bash
 # bench/server/run.sh — petrel-server against nginx on the same tree and machine:
 # requests per second for metadata/timestamp.json and throughput for a 100 MB target,
-# measured with wrk. See "Server" in bench/README.md for what is measured and why.
+# measured with wrk; then both under attack (bench/server/attack.py: 2,000 hostile
+# connections — slowloris, slow readers of the large target, clients that reconnect all
+# the time) while a normal client fetches timestamp.json: its latency and failures, and
+# the server's peak memory. See "Server" in bench/README.md for what is measured and why.
 #
 # Usage (from anywhere):
 #   bench/server/run.sh                          # RUNS=5 DURATION=10s
@@ -23,13 +26,21 @@
 #   PETREL_REPO_BIN  the petrel-repo binary that writes the tree (any build will do: it
 #                    is not measured)
 #   PETREL_NGINX     the nginx binary (default: found or installed by scripts/ensure-nginx.sh)
+#   ATTACK           1 (default): also run the attack; 0: skip it; only: just the attack
+#   ATTACK_RUNS      attack runs per server (default 1)
+#   ATTACK_SECONDS   how long the normal client measures under attack (default 30)
+#   ATTACK_SLOWLORIS, ATTACK_SLOW_READERS, ATTACK_RECONNECTERS
+#                    hostile connections of each kind (default 800, 800, 400); the
+#                    script raises `ulimit -n` to the hard limit and stops if that is
+#                    below twice their sum
 #
 # Both servers run with the access log off, keep-alive on and no cap on requests per
 # connection; nginx with `sendfile on` and the recommended Petrel configuration
 # (docs/nginx/*.conf). Servers alternate every run (nginx first on odd runs).
 #
-# Output: a markdown table on stdout (also in $BENCH_WORK/server-results/summary.md), raw
-# numbers in $BENCH_WORK/server-results/runs.tsv, wrk output in .../logs/.
+# Output: markdown tables on stdout (also in $BENCH_WORK/server-results/summary.md), raw
+# numbers in $BENCH_WORK/server-results/runs.tsv and attack.tsv, wrk and attacker output
+# in .../logs/.
 set -euo pipefail
 
 here="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
@@ -40,6 +51,12 @@ DURATION="${DURATION:-10s}"
 CONNECTIONS="${CONNECTIONS:-64}"
 BIG_CONNECTIONS="${BIG_CONNECTIONS:-4}"
 BIG_MB="${BIG_MB:-100}"
+ATTACK="${ATTACK:-1}"
+ATTACK_RUNS="${ATTACK_RUNS:-1}"
+ATTACK_SECONDS="${ATTACK_SECONDS:-30}"
+ATTACK_SLOWLORIS="${ATTACK_SLOWLORIS:-800}"
+ATTACK_SLOW_READERS="${ATTACK_SLOW_READERS:-800}"
+ATTACK_RECONNECTERS="${ATTACK_RECONNECTERS:-400}"
 cores="$(nproc)"
 if [[ -z "${PIN:-}" ]]; then
     PIN=0
@@ -237,6 +254,7 @@ measure() { # run server workload path connections
     printf '%s\t%s\t%s\t%s\t%s\n' "$1" "$2" "$3" "${rps}" "${tps}" >>"${runs}"
 }
 
+[[ "${ATTACK}" == only ]] && RUNS=0
 say "${RUNS} runs of ${DURATION}; workers=${workers}; pinning: $([[ ${PIN} == 1 ]] && echo "wrk on CPU ${wrk_cpus}, server on CPUs ${server_cpus}" || echo none)"
 for run in $(seq 1 "${RUNS}"); do
     if (( run % 2 )); then order=(nginx petrel); else order=(petrel nginx); fi
@@ -252,11 +270,70 @@ for run in $(seq 1 "${RUNS}"); do
 done
 
 # ---------------------------------------------------------------------------
-# 5. Table
+# 5. Under attack: 2,000 hostile connections and one normal client
 # ---------------------------------------------------------------------------
+attack_tsv="${results}/attack.tsv"
+printf 'run\tserver\tphase\tcount\tfailures\tp50_ms\tp99_ms\tmax_ms\tpeak_rss_kib\topen_max\n' >"${attack_tsv}"
+
+# Peak resident memory (VmHWM, KiB) of a process and its children (nginx's workers).
+peak_rss() {
+    local total=0 p v
+    for p in "$1" $(ps --ppid "$1" -o pid= 2>/dev/null); do
+        v="$(awk '/^VmHWM:/ {print $2}' "/proc/${p}/status" 2>/dev/null || true)"
+        total=$((total + ${v:-0}))
+    done
+    echo "${total}"
+}
+
+# probe_fields JSON: count failures p50 p99 max, tab-separated.
+probe_fields() {
+    python3 -c 'import json,sys; d=json.loads(sys.argv[1]); print("\t".join(str(d[k]) for k in ("count","failures","p50_ms","p99_ms","max_ms")))' "$1"
+}
+
+attack_py="${here}/attack.py"
+if [[ "${ATTACK}" != 0 ]]; then
+    # Each hostile connection is a descriptor in the attacker and up to two in the server.
+    hard="$(ulimit -Hn)"
+    if [[ "${hard}" == unlimited ]] || (( hard > 65536 )); then hard=65536; fi
+    ulimit -n "${hard}" 2>/dev/null || true
+    hostile=$((ATTACK_SLOWLORIS + ATTACK_SLOW_READERS + ATTACK_RECONNECTERS))
+    (( $(ulimit -n) >= 2 * hostile + 256 )) \
+        || die "open-file limit $(ulimit -n) is too low for ${hostile} hostile connections (raise ulimit -n)"
+    ramp=5
+    say "attack: ${hostile} hostile connections (${ATTACK_SLOWLORIS} slowloris, ${ATTACK_SLOW_READERS} slow readers, ${ATTACK_RECONNECTERS} reconnecting), ${ATTACK_SECONDS}s of normal requests, ${ATTACK_RUNS} run(s) per server"
+    for run in $(seq 1 "${ATTACK_RUNS}"); do
+        if (( run % 2 )); then order=(nginx petrel); else order=(petrel nginx); fi
+        for s in "${order[@]}"; do
+            start_server "${s}"
+            base="$("${on_client[@]}" python3 "${attack_py}" probe "${url}" "/${small_path}" --seconds 5)"
+            printf '%s\t%s\tidle\t%s\t%s\t0\n' "${run}" "${s}" "$(probe_fields "${base}")" \
+                "$(peak_rss "${server_pid}")" >>"${attack_tsv}"
+            "${on_client[@]}" timeout $((ramp + ATTACK_SECONDS + 60)) python3 "${attack_py}" attack \
+                "${url}" "/${big_path}" --seconds $((ramp + ATTACK_SECONDS + 2)) \
+                --slowloris "${ATTACK_SLOWLORIS}" --slow-readers "${ATTACK_SLOW_READERS}" \
+                --reconnecters "${ATTACK_RECONNECTERS}" >"${logs}/attack-${run}-${s}.json" \
+                2>"${logs}/attack-${run}-${s}.stderr" &
+            attacker=$!
+            sleep "${ramp}"
+            under="$("${on_client[@]}" python3 "${attack_py}" probe "${url}" "/${small_path}" --seconds "${ATTACK_SECONDS}")"
+            wait "${attacker}" || say "attacker exited with an error (see ${logs}/attack-${run}-${s}.stderr)"
+            open_max="$(python3 -c 'import json,sys; print(json.load(open(sys.argv[1]))["open_max"])' "${logs}/attack-${run}-${s}.json" 2>/dev/null || echo 0)"
+            printf '%s\t%s\tattack\t%s\t%s\t%s\n' "${run}" "${s}" "$(probe_fields "${under}")" \
+                "$(peak_rss "${server_pid}")" "${open_max}" >>"${attack_tsv}"
+            stop_server
+            say "attack run ${run}/${ATTACK_RUNS}: ${s}: ${under}"
+        done
+    done
+fi
+
+# ---------------------------------------------------------------------------
+# 6. Tables
+# ---------------------------------------------------------------------------
+rm -f "${results}/summary.md"
+if [[ "${RUNS}" != 0 ]]; then
 python3 - "${runs}" "${small_bytes}" "${big_bytes}" "${CONNECTIONS}" "${BIG_CONNECTIONS}" \
     "${workers}" "${PIN}" "$("${nginx_bin}" -v 2>&1 | sed 's/.*nginx\///')" "${RUNS}" "${DURATION}" \
-    <<'EOF' | tee "${results}/summary.md"
+    <<'EOF' | tee -a "${results}/summary.md"
 import csv, statistics, sys
 runs, small, big, conns, bconns, workers, pin, nginx_v, nruns, dur = sys.argv[1:]
 rows = list(csv.DictReader(open(runs), delimiter="\t"))
@@ -279,3 +356,33 @@ pinning = "wrk pinned to CPU 0, the server to the other CPUs" if pin == "1" else
 print(f"Medians of {nruns} runs of `wrk -t1 -d{dur}` (min–max in brackets); {workers} worker(s) "
       f"per server; {pinning}; access logs off for both.")
 EOF
+fi
+if [[ "${ATTACK}" != 0 ]]; then
+python3 - "${attack_tsv}" "${ATTACK_SLOWLORIS}" "${ATTACK_SLOW_READERS}" "${ATTACK_RECONNECTERS}" \
+    "${ATTACK_SECONDS}" "${workers}" "${big_bytes}" "$("${nginx_bin}" -v 2>&1 | sed 's/.*nginx\///')" \
+    <<'EOF' | tee -a "${results}/summary.md"
+import csv, statistics, sys
+tsv, slow, readers, recon, secs, workers, big, nginx_v = sys.argv[1:]
+rows = list(csv.DictReader(open(tsv), delimiter="\t"))
+def med(server, phase, key):
+    xs = [float(r[key]) for r in rows if r["server"] == server and r["phase"] == phase]
+    return statistics.median(xs) if xs else float("nan")
+print()
+print(f"| normal client, `timestamp.json` | nginx {nginx_v} | petrel-server |")
+print("|---|---|---|")
+for phase, what in [("idle", "no attack"), ("attack", "under attack")]:
+    for key, label, fmt in [("p50_ms", "p50", "{:.1f} ms"), ("p99_ms", "p99", "{:.1f} ms"),
+                            ("failures", "failed requests", "{:.0f}"), ("count", "requests", "{:.0f}")]:
+        if phase == "idle" and key in ("failures", "count"):
+            continue
+        print(f"| {what}: {label} | {fmt.format(med('nginx', phase, key))} | {fmt.format(med('petrel', phase, key))} |")
+print(f"| under attack: server peak RSS | {med('nginx', 'attack', 'peak_rss_kib')/1024:.0f} MiB | {med('petrel', 'attack', 'peak_rss_kib')/1024:.0f} MiB |")
+print(f"| hostile connections open at once (max, attacker's count) | {med('nginx', 'attack', 'open_max'):.0f} | {med('petrel', 'attack', 'open_max'):.0f} |")
+print()
+print(f"Attack: {slow} slowloris, {readers} slow readers of the {int(big)/1e6:.0f} MB target and {recon} "
+      f"reconnecting clients, from 127.0.0.2–9; the normal client makes one request on a fresh "
+      f"connection every 20 ms for {secs} s (a failure counts as 2 s). {workers} worker(s) per "
+      f"server; default limits for petrel-server; nginx with worker_connections 4096. "
+      f"Medians over runs; nginx's peak RSS is its master's plus its worker's.")
+EOF
+fi

@@ -11,15 +11,30 @@ pub const MIN_MAX_HEADER_BYTES: usize = 1024;
 /// Resource limits that keep slow or hostile clients from exhausting the server.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Limits {
-    /// Connections served at once. Further connections wait in the kernel's listen
-    /// backlog (they are *queued*, not refused) until a slot frees up.
+    /// Connections served at once. A connection that arrives when all are taken is
+    /// accepted at once, and the connection most likely to be hostile is closed to make
+    /// room (the one waiting longest for a request head, else the slowest download;
+    /// see `conns.rs`), so no one waits in the kernel's listen backlog behind attackers.
     pub max_connections: usize,
+    /// Connections one peer address may hold at once (IPv6: one /64); a further one
+    /// from that peer closes the same peer's oldest idle or slowest connection. `0`
+    /// turns the per-peer cap off (needed behind a reverse proxy, where every
+    /// connection comes from the proxy's address).
+    pub max_connections_per_ip: usize,
     /// Largest request head (request line + headers) accepted; larger gets 431 and the
     /// connection is closed.
     pub max_header_bytes: usize,
     /// Time a client has to deliver a complete request head, counted from when the
     /// server starts waiting for it (also between requests on a kept-alive connection).
     pub header_read_timeout: Duration,
+    /// The header read deadline while the server is busy (at least half of
+    /// `max_connections` open): a connection waiting for a request head longer than
+    /// this is closed, whatever `header_read_timeout` says.
+    pub busy_header_read_timeout: Duration,
+    /// Bytes of file content all streaming responses together may hold in chunks
+    /// larger than [`crate::body::MIN_CHUNK_SIZE`]. A download that cannot get budget
+    /// streams in minimum-size chunks, so the budget bounds memory, never progress.
+    pub stream_buffer_bytes: usize,
     /// A connection on which no byte moved in either direction for this long is closed
     /// (idle keep-alive connections and clients that stopped reading a download).
     pub idle_timeout: Duration,
@@ -32,8 +47,11 @@ impl Default for Limits {
     fn default() -> Self {
         Limits {
             max_connections: 1024,
+            max_connections_per_ip: 256,
             max_header_bytes: 16 * 1024,
             header_read_timeout: Duration::from_secs(10),
+            busy_header_read_timeout: Duration::from_secs(1),
+            stream_buffer_bytes: 64 * 1024 * 1024,
             idle_timeout: Duration::from_secs(30),
             shutdown_grace: Duration::from_secs(10),
         }
@@ -51,7 +69,10 @@ impl Limits {
                 "max header bytes must be at least {MIN_MAX_HEADER_BYTES}"
             ));
         }
-        if self.header_read_timeout.is_zero() || self.idle_timeout.is_zero() {
+        if self.header_read_timeout.is_zero()
+            || self.busy_header_read_timeout.is_zero()
+            || self.idle_timeout.is_zero()
+        {
             return Err("timeouts must be greater than zero".into());
         }
         Ok(())

@@ -18,11 +18,13 @@
 //! # }
 //! ```
 
+#![forbid(unsafe_code)]
 #![warn(missing_docs)]
 
 pub mod body;
 pub mod conditional;
 pub mod config;
+pub mod conns;
 pub mod limits;
 pub mod path;
 pub mod range;

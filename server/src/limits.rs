@@ -1,10 +1,12 @@
-//! Per-connection activity tracking used to enforce the idle timeout.
+//! Per-connection activity tracking used to enforce the idle timeout and to pick which
+//! connection to shed.
 //!
-//! hyper bounds how long a request head may take (`header_read_timeout`) and how large
-//! it may be (`max_header_size`); the connection cap is a semaphore in the accept loop
-//! (see `server.rs`). What neither covers is a connection on which nothing moves, such
-//! as a client that stopped reading a large download: [`TrackedIo`] records the time of
-//! the last byte read or written so the connection task can close such a connection.
+//! hyper bounds how large a request head may be (`max_header_size`); the connection
+//! caps and the header deadlines live in `conns.rs` and `server.rs`. What they do not
+//! cover is a connection on which nothing moves, such as a client that stopped reading
+//! a large download: [`TrackedIo`] records the time of the last byte read or written so
+//! the connection task can close such a connection, and counts the bytes written, from
+//! which the slowest download is found when a connection has to be shed.
 
 use std::io;
 use std::pin::Pin;
@@ -20,15 +22,38 @@ use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 pub struct Activity {
     base: Instant,
     last_millis: AtomicU64,
+    written: AtomicU64,
 }
 
 impl Activity {
     /// A tracker whose last activity is now.
     pub fn new() -> Arc<Self> {
+        Self::starting_at(Instant::now())
+    }
+
+    /// A tracker whose last activity is `base`.
+    pub(crate) fn starting_at(base: Instant) -> Arc<Self> {
         Arc::new(Activity {
-            base: Instant::now(),
+            base,
             last_millis: AtomicU64::new(0),
+            written: AtomicU64::new(0),
         })
+    }
+
+    /// Record `n` bytes written now.
+    pub fn wrote(&self, n: usize) {
+        self.written.fetch_add(n as u64, Ordering::Relaxed);
+        self.touch();
+    }
+
+    /// Bytes written so far.
+    pub fn written(&self) -> u64 {
+        self.written.load(Ordering::Relaxed)
+    }
+
+    /// When this tracker was created (the connection was accepted).
+    pub fn started(&self) -> Instant {
+        self.base
     }
 
     /// Record activity now.
@@ -79,8 +104,10 @@ impl<T: AsyncWrite + Unpin> AsyncWrite for TrackedIo<T> {
         buf: &[u8],
     ) -> Poll<io::Result<usize>> {
         let res = Pin::new(&mut self.inner).poll_write(cx, buf);
-        if matches!(res, Poll::Ready(Ok(n)) if n > 0) {
-            self.activity.touch();
+        if let Poll::Ready(Ok(n)) = res {
+            if n > 0 {
+                self.activity.wrote(n);
+            }
         }
         res
     }
@@ -91,8 +118,10 @@ impl<T: AsyncWrite + Unpin> AsyncWrite for TrackedIo<T> {
         bufs: &[io::IoSlice<'_>],
     ) -> Poll<io::Result<usize>> {
         let res = Pin::new(&mut self.inner).poll_write_vectored(cx, bufs);
-        if matches!(res, Poll::Ready(Ok(n)) if n > 0) {
-            self.activity.touch();
+        if let Poll::Ready(Ok(n)) = res {
+            if n > 0 {
+                self.activity.wrote(n);
+            }
         }
         res
     }

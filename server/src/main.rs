@@ -1,5 +1,7 @@
 //! `petrel-server` command line: parses options, sets up logging and runs the server.
 
+#![forbid(unsafe_code)]
+
 use std::io::{IsTerminal, Write};
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -88,9 +90,24 @@ struct ServeArgs {
     #[arg(long)]
     access_log: bool,
 
-    /// Connections served at once; more connections wait in the listen backlog.
+    /// Connections served at once. At the cap, a new connection is accepted and the
+    /// longest-idle (else the slowest) open connection is closed to make room.
     #[arg(long, value_name = "N", default_value_t = Limits::default().max_connections)]
     max_connections: usize,
+
+    /// Connections one peer address (IPv6: one /64) may hold at once; 0 turns the cap
+    /// off (do so behind a reverse proxy, where every connection has its address).
+    #[arg(long, value_name = "N", default_value_t = Limits::default().max_connections_per_ip)]
+    max_connections_per_ip: usize,
+
+    /// Header read deadline while at least half the connection slots are taken.
+    #[arg(long, value_name = "DURATION", default_value = "1s", value_parser = parse_duration)]
+    busy_header_read_timeout: Duration,
+
+    /// Memory all downloads together may hold in file chunks above 16 KiB; beyond it
+    /// downloads go on in 16 KiB chunks.
+    #[arg(long, value_name = "BYTES", default_value_t = Limits::default().stream_buffer_bytes)]
+    stream_buffer_bytes: usize,
 
     /// Largest accepted request head in bytes; larger gets 431.
     #[arg(long, value_name = "BYTES", default_value_t = Limits::default().max_header_bytes)]
@@ -217,8 +234,11 @@ fn serve(args: ServeArgs) -> anyhow::Result<()> {
         access_log: args.access_log,
         limits: Limits {
             max_connections: args.max_connections,
+            max_connections_per_ip: args.max_connections_per_ip,
             max_header_bytes: args.max_header_bytes,
             header_read_timeout: args.header_read_timeout,
+            busy_header_read_timeout: args.busy_header_read_timeout,
+            stream_buffer_bytes: args.stream_buffer_bytes,
             idle_timeout: args.idle_timeout,
             shutdown_grace: args.shutdown_grace,
         },
@@ -230,6 +250,7 @@ fn serve(args: ServeArgs) -> anyhow::Result<()> {
             ..ReportsConfig::new(db)
         }),
     };
+    raise_open_file_limit(config.limits.max_connections);
     let mut runtime = tokio::runtime::Builder::new_multi_thread();
     runtime.enable_all();
     if let Some(n) = args.workers {
@@ -247,6 +268,37 @@ fn serve(args: ServeArgs) -> anyhow::Result<()> {
         server.serve(shutdown_signal()).await?;
         Ok(())
     })
+}
+
+/// Each connection can hold a socket and an open file: raise the soft limit on open
+/// files to the hard limit (as far as needed), and warn when even that is too low.
+fn raise_open_file_limit(max_connections: usize) {
+    let want = (max_connections as u64)
+        .saturating_mul(2)
+        .saturating_add(64);
+    #[cfg(target_os = "linux")]
+    {
+        use rustix::process::{getrlimit, setrlimit, Resource};
+        let mut lim = getrlimit(Resource::Nofile);
+        let soft = lim.current.unwrap_or(u64::MAX);
+        if soft < want {
+            let hard = lim.maximum.unwrap_or(u64::MAX);
+            lim.current = Some(want.min(hard));
+            if let Err(e) = setrlimit(Resource::Nofile, lim) {
+                tracing::warn!(error = %e, "cannot raise the open-file limit");
+            }
+        }
+        let now = getrlimit(Resource::Nofile).current.unwrap_or(u64::MAX);
+        if now < want {
+            tracing::warn!(
+                limit = now,
+                wanted = want,
+                "open-file limit below twice --max-connections; the server sheds connections when it runs out"
+            );
+        }
+    }
+    #[cfg(not(target_os = "linux"))]
+    let _ = want;
 }
 
 /// Completes on SIGINT or SIGTERM.

@@ -86,20 +86,13 @@ impl App {
     {
         let started = Instant::now();
         let (parts, body) = req.into_parts();
-        let method = parts.method;
+        let method = parts.method.clone();
         let path = parts.uri.path();
-        let response = match route(&method, path) {
-            Route::StaticFile => match &self.reports {
-                Some(reports) if method == Method::GET && path == SUMMARY_PATH => {
-                    reports.summary(&parts.headers, parts.uri.query()).await
-                }
-                _ => self.static_files.serve(&method, path, &parts.headers).await,
-            },
-            Route::Reports => match &self.reports {
-                Some(reports) => reports.post(&parts.headers, body).await,
-                None => method_not_allowed(),
-            },
-            Route::MethodNotAllowed => method_not_allowed(),
+        let response = if names_another_host(&parts.uri, &parts.headers) {
+            tracing::debug!(uri = %parts.uri, "refused: absolute-form target for another host");
+            error_response(StatusCode::BAD_REQUEST)
+        } else {
+            self.route(&method, path, &parts, body).await
         };
         if !self.access_log {
             return Ok(response);
@@ -111,6 +104,61 @@ impl App {
         let record = AccessRecord::new(method, path.to_owned(), response.status(), started)
             .with_range(range);
         Ok(response.map(|body| body.with_access_log(record)))
+    }
+
+    async fn route<B>(
+        &self,
+        method: &Method,
+        path: &str,
+        parts: &http::request::Parts,
+        body: B,
+    ) -> Response<ResponseBody>
+    where
+        B: hyper::body::Body,
+        B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
+    {
+        match route(method, path) {
+            Route::StaticFile => match &self.reports {
+                Some(reports) if method == Method::GET && path == SUMMARY_PATH => {
+                    reports.summary(&parts.headers, parts.uri.query()).await
+                }
+                _ => self.static_files.serve(method, path, &parts.headers).await,
+            },
+            Route::Reports => match &self.reports {
+                Some(reports) => reports.post(&parts.headers, body).await,
+                None => method_not_allowed(),
+            },
+            Route::MethodNotAllowed => method_not_allowed(),
+        }
+    }
+}
+
+/// True for an absolute-form request target (`GET http://host/path`) whose host is not
+/// the one in the `Host` header. The server has no list of its own names, so the
+/// `Host` header (which the client wrote for this connection) is the reference; a
+/// target naming any other host is a proxy request, which this origin server does not
+/// serve (RFC 9112 §3.2.2).
+fn names_another_host(uri: &http::Uri, headers: &http::HeaderMap) -> bool {
+    let Some(authority) = uri.authority() else {
+        return false;
+    };
+    if uri
+        .scheme_str()
+        .is_some_and(|s| !s.eq_ignore_ascii_case("http"))
+    {
+        return true;
+    }
+    let host_header = headers
+        .get(http::header::HOST)
+        .and_then(|h| h.to_str().ok())
+        .and_then(|h| h.parse::<http::uri::Authority>().ok());
+    match host_header {
+        Some(h) => {
+            !h.host().eq_ignore_ascii_case(authority.host())
+                || h.port_u16().unwrap_or(80) != authority.port_u16().unwrap_or(80)
+        }
+        // No (usable) Host header: the target alone names the host; nothing to compare.
+        None => false,
     }
 }
 

@@ -18,7 +18,7 @@ use http::header::{
 };
 use http::{Method, Response, StatusCode};
 
-use crate::body::{read_exact_at, ResponseBody};
+use crate::body::{read_exact_at, ResponseBody, StreamBudget, MIN_CHUNK_SIZE};
 use crate::conditional::{
     evaluate_preconditions, if_range_allows_partial, Precondition, Validators,
 };
@@ -39,6 +39,7 @@ pub const CACHE_REVALIDATE: &str = "no-cache";
 #[derive(Debug, Clone)]
 pub struct StaticFiles {
     root: Arc<TreeRoot>,
+    budget: Option<StreamBudget>,
 }
 
 /// A file opened for one request.
@@ -56,7 +57,15 @@ impl StaticFiles {
     pub fn new(root: impl AsRef<Path>) -> io::Result<Self> {
         Ok(StaticFiles {
             root: Arc::new(TreeRoot::open(root.as_ref())?),
+            budget: None,
         })
+    }
+
+    /// Pay every file buffer larger than [`crate::body::MIN_CHUNK_SIZE`] from a budget
+    /// of `bytes` shared by all responses (see [`StreamBudget`]).
+    pub fn with_stream_budget(mut self, bytes: usize) -> Self {
+        self.budget = Some(StreamBudget::new(bytes));
+        self
     }
 
     /// The canonical tree root.
@@ -89,7 +98,12 @@ impl StaticFiles {
         // they are page-cache hits taking microseconds, and handing each request to the
         // blocking pool cost ~40% of small-file throughput (the same trade nginx makes).
         // Large files are streamed with reads on the blocking pool (see `body.rs`).
-        let opened = match open_and_read(&self.root, tree_path.relative(), read_small) {
+        let opened = match open_and_read(
+            &self.root,
+            tree_path.relative(),
+            read_small,
+            self.budget.as_ref(),
+        ) {
             Ok(f) => f,
             Err(OpenError::NotFound) => return error_response(StatusCode::NOT_FOUND),
             Err(OpenError::Forbidden) => return error_response(StatusCode::FORBIDDEN),
@@ -158,7 +172,12 @@ impl StaticFiles {
                 Some(all) => {
                     ResponseBody::bytes(all.slice(start as usize..(start + count) as usize))
                 }
-                None => ResponseBody::file_range(Arc::new(opened.file), start, count),
+                None => ResponseBody::file_range(
+                    Arc::new(opened.file),
+                    start,
+                    count,
+                    self.budget.clone(),
+                ),
             };
         }
         response
@@ -207,17 +226,26 @@ pub fn cache_control_for(kind: FileKind) -> &'static str {
 }
 
 /// Open `relative` once and take everything from the handle: length, validators and,
-/// for small files when wanted, the whole content.
+/// for small files when wanted, the whole content. A small file larger than
+/// [`MIN_CHUNK_SIZE`] is read whole only if the budget has room for it; otherwise it is
+/// streamed like a large one.
 fn open_and_read(
     root: &TreeRoot,
     relative: &str,
     read_small: bool,
+    budget: Option<&StreamBudget>,
 ) -> Result<OpenedFile, OpenError> {
     let (file, meta) = root.open_file(relative)?;
     let len = meta.len();
     let validators = Validators::new(len, meta.modified().ok(), meta.ino());
     let small = if read_small && len <= SMALL_FILE_MAX {
-        Some(read_exact_at(&file, 0, len as usize).map_err(OpenError::Internal)?)
+        let n = len as usize;
+        match budget {
+            Some(b) if n > MIN_CHUNK_SIZE => b.try_take(n).map(Some),
+            _ => Some(None),
+        }
+        .map(|permit| read_exact_at(&file, 0, n, permit).map_err(OpenError::Internal))
+        .transpose()?
     } else {
         None
     };

@@ -184,10 +184,18 @@ impl TreeRoot {
     }
 }
 
+/// `ELOOP`: too many levels of symbolic links (a symlink loop).
+#[cfg(target_os = "linux")]
+const ELOOP: i32 = 40;
+#[cfg(not(target_os = "linux"))]
+const ELOOP: i32 = 62;
+
 fn classify_io_error(e: io::Error) -> OpenError {
     match e.kind() {
         io::ErrorKind::NotFound | io::ErrorKind::NotADirectory => OpenError::NotFound,
         io::ErrorKind::PermissionDenied => OpenError::Forbidden,
+        // A symlink loop names no file: the same answer as a missing one.
+        _ if e.raw_os_error() == Some(ELOOP) => OpenError::NotFound,
         _ => OpenError::Internal(e),
     }
 }
@@ -290,6 +298,20 @@ mod tests {
                 tree.open_file("metadata/root.json/x"),
                 Err(OpenError::NotFound)
             ));
+        }
+    }
+
+    #[test]
+    fn symlink_loops_are_not_found_on_every_path() {
+        let (_dir, root) = fixture();
+        let t = root.join("targets");
+        std::os::unix::fs::symlink("loop-b", t.join("loop-a")).unwrap();
+        std::os::unix::fs::symlink("loop-a", t.join("loop-b")).unwrap();
+        std::os::unix::fs::symlink("self", t.join("self")).unwrap();
+        for tree in roots(&root) {
+            for p in ["targets/loop-a", "targets/self/x"] {
+                assert!(matches!(tree.open_file(p), Err(OpenError::NotFound)), "{p}");
+            }
         }
     }
 

@@ -582,3 +582,42 @@ async fn a_report_body_that_stalls_gets_408_and_is_not_stored() {
     assert!(text.starts_with("HTTP/1.1 408"), "{text}");
     assert_eq!(stored(&env.db), 0);
 }
+
+#[tokio::test]
+async fn a_report_dated_2099_does_not_outrank_later_received_reports_and_is_flagged() {
+    let env = start(|_| {}).await;
+    let mut future = fields("kiosk-1", ReportResult::Succeeded, 0);
+    future.time = Utc.with_ymd_and_hms(2099, 1, 1, 0, 0, 0).unwrap();
+    let future = Report::new(future).sign(&env.key);
+    assert_eq!(post(env.addr, &future.to_vec()).await.status, 201);
+    let mut now = fields("kiosk-1", ReportResult::Failed, 0);
+    now.time = Utc::now();
+    let now = Report::new(now).sign(&env.key);
+    assert_eq!(post(env.addr, &now.to_vec()).await.status, 201);
+
+    let a = send(env.addr, "GET", "/v1/reports/summary", &[], b"").await;
+    assert_eq!(a.status, 200, "{:?}", a.body);
+    let s: RolloutSummary = serde_json::from_value(a.body.clone()).unwrap();
+    let c = s.campaign("player-2.1").unwrap();
+    assert_eq!(
+        (c.counts.failed, c.counts.succeeded),
+        (1, 0),
+        "the report received last is the device's latest: {:?}",
+        a.body
+    );
+    assert_eq!(c.counts.clock_skewed, 1, "{:?}", a.body);
+    // The receive time and the flag are stored with each report.
+    let conn = rusqlite::Connection::open(&env.db).unwrap();
+    let rows: Vec<(String, i64)> = conn
+        .prepare("SELECT received_at, clock_skewed FROM reports ORDER BY seq")
+        .unwrap()
+        .query_map([], |r| Ok((r.get(0)?, r.get(1)?)))
+        .unwrap()
+        .collect::<Result<_, _>>()
+        .unwrap();
+    assert_eq!(rows.iter().map(|r| r.1).collect::<Vec<_>>(), vec![1, 0]);
+    for (received, _) in &rows {
+        let t = chrono::DateTime::parse_from_rfc3339(received).unwrap();
+        assert!((Utc::now() - t.with_timezone(&Utc)).num_seconds().abs() < 60);
+    }
+}

@@ -111,36 +111,102 @@ async fn client_that_stops_reading_is_disconnected_by_idle_timeout() {
 }
 
 #[tokio::test]
-async fn excess_connections_queue_until_a_slot_frees() {
+async fn at_the_connection_cap_a_new_client_is_served_and_the_longest_idle_connection_is_shed() {
     let srv = TestServer::start_with(Limits {
         max_connections: 1,
         ..Limits::default()
     })
     .await;
-    // A holds the only slot with a kept-alive connection.
+    // A holds the only slot with a kept-alive connection, idle past the grace period.
     let mut a = connect(srv.addr).await;
     a.write_all(request_head("GET", "/metadata/root.json", &[], false).as_bytes())
         .await
         .unwrap();
     assert_eq!(read_response(&mut a, false).await.unwrap().status, 200);
+    tokio::time::sleep(Duration::from_millis(400)).await;
 
-    // B connects (the kernel queues it) but is not served while A holds the slot.
-    let mut b = connect(srv.addr).await;
-    b.write_all(request_head("GET", "/metadata/timestamp.json", &[], true).as_bytes())
-        .await
-        .unwrap();
-    let mut byte = [0u8; 1];
-    let early = tokio::time::timeout(Duration::from_millis(500), b.read(&mut byte)).await;
-    assert!(
-        early.is_err(),
-        "second connection was served beyond the limit"
-    );
-
-    drop(a);
-    let r = read_response(&mut b, false)
-        .await
-        .expect("queued connection served");
+    // B is served at once, not queued behind A.
+    let t0 = Instant::now();
+    let r = get(srv.addr, "/metadata/timestamp.json", &[]).await;
     assert_eq!(r.status, 200);
+    assert!(t0.elapsed() < Duration::from_secs(2), "{:?}", t0.elapsed());
+    // A was closed to make room.
+    let (_, closed) = drain_until_closed(&mut a, Duration::from_secs(5)).await;
+    assert!(closed, "the idle connection was not shed");
+}
+
+#[tokio::test]
+async fn busy_server_cuts_slow_request_heads_after_the_busy_header_timeout() {
+    let srv = TestServer::start_with(Limits {
+        max_connections: 4,
+        header_read_timeout: Duration::from_secs(10),
+        busy_header_read_timeout: Duration::from_millis(300),
+        ..Limits::default()
+    })
+    .await;
+    // Two of four slots taken: busy. Each connection sends its head a line at a time.
+    let mut slow = Vec::new();
+    for _ in 0..2 {
+        let mut s = connect(srv.addr).await;
+        s.write_all(b"GET /metadata/root.json HTTP/1.1\r\n")
+            .await
+            .unwrap();
+        slow.push(s);
+    }
+    let t0 = Instant::now();
+    for s in &mut slow {
+        let mut closed = false;
+        // Bounded: 30 rounds of 100 ms.
+        for _ in 0..30 {
+            tokio::time::sleep(Duration::from_millis(100)).await;
+            if s.write_all(b"X-Slow: 1\r\n").await.is_err() {
+                closed = true;
+                break;
+            }
+            let mut byte = [0u8; 1];
+            match tokio::time::timeout(Duration::from_millis(1), s.read(&mut byte)).await {
+                Ok(Ok(0)) | Ok(Err(_)) => {
+                    closed = true;
+                    break;
+                }
+                _ => {}
+            }
+        }
+        assert!(closed, "slow head still open after {:?}", t0.elapsed());
+    }
+    assert!(t0.elapsed() < Duration::from_secs(3), "{:?}", t0.elapsed());
+}
+
+#[tokio::test]
+async fn per_peer_cap_sheds_that_peers_own_connection_and_spares_other_peers() {
+    let srv = TestServer::start_with(Limits {
+        max_connections_per_ip: 2,
+        ..Limits::default()
+    })
+    .await;
+    async fn from(src: &str, to: std::net::SocketAddr) -> tokio::net::TcpStream {
+        let sock = tokio::net::TcpSocket::new_v4().unwrap();
+        sock.bind(format!("{src}:0").parse().unwrap()).unwrap();
+        tokio::time::timeout(STEP, sock.connect(to))
+            .await
+            .unwrap()
+            .unwrap()
+    }
+    let mut other = from("127.0.0.1", srv.addr).await;
+    let mut first = from("127.0.0.2", srv.addr).await;
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let mut second = from("127.0.0.2", srv.addr).await;
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    // A third from 127.0.0.2 pushes out that peer's longest-waiting connection.
+    let mut third = from("127.0.0.2", srv.addr).await;
+    let (_, closed) = drain_until_closed(&mut first, Duration::from_secs(5)).await;
+    assert!(closed, "the peer's oldest connection was not shed");
+    for s in [&mut other, &mut second, &mut third] {
+        s.write_all(request_head("GET", "/metadata/root.json", &[], false).as_bytes())
+            .await
+            .unwrap();
+        assert_eq!(read_response(s, false).await.unwrap().status, 200);
+    }
 }
 
 #[tokio::test]

@@ -178,3 +178,33 @@ async fn methods_other_than_get_and_head_get_405_with_allow() {
         }
     }
 }
+
+#[tokio::test]
+async fn symlink_loops_inside_the_tree_are_404_not_500() {
+    let srv = TestServer::start().await;
+    let t = srv.root.join("targets");
+    std::os::unix::fs::symlink("loop-b.bin", t.join("loop-a.bin")).unwrap();
+    std::os::unix::fs::symlink("loop-a.bin", t.join("loop-b.bin")).unwrap();
+    std::os::unix::fs::symlink("self-dir", t.join("self-dir")).unwrap();
+    for path in ["/targets/loop-a.bin", "/targets/self-dir/x.bin"] {
+        let r = get(srv.addr, path, &[]).await;
+        assert_eq!(r.status, 404, "{path}: {}", r.text());
+        assert_eq!(r.header("cache-control"), Some("no-cache"), "{path}");
+    }
+}
+
+#[tokio::test]
+async fn absolute_form_target_naming_another_host_is_400() {
+    let srv = TestServer::start().await;
+    let raw = "GET http://other.example/metadata/timestamp.json HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\n\r\n";
+    let r = send_raw(srv.addr, raw.as_bytes(), false).await.unwrap();
+    assert_eq!(r.status, 400, "{}", r.text());
+    assert!(!r.text().contains("timestamp"), "{}", r.text());
+    // The same file in absolute form naming the host the request was sent to is served.
+    let raw = format!(
+        "GET http://{}/metadata/timestamp.json HTTP/1.1\r\nHost: {}\r\nConnection: close\r\n\r\n",
+        srv.addr, srv.addr
+    );
+    let r = send_raw(srv.addr, raw.as_bytes(), false).await.unwrap();
+    assert_eq!(r.status, 200, "{}", r.text());
+}

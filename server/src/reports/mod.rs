@@ -374,6 +374,13 @@ fn is_json(headers: &HeaderMap) -> bool {
         .is_some_and(|m| m.trim().eq_ignore_ascii_case("application/json"))
 }
 
+/// The `campaign` parameter of a summary query string (`a=1&campaign=ID`), percent-decoded
+/// as `GET /v1/reports/summary` reads it. An entry point for the fuzz targets.
+#[doc(hidden)]
+pub fn summary_campaign_param(query: &str) -> Result<Option<String>, String> {
+    campaign_param(query)
+}
+
 /// The `campaign` query parameter, percent-decoded.
 fn campaign_param(query: &str) -> Result<Option<String>, String> {
     for pair in query.split('&') {
@@ -392,9 +399,12 @@ fn percent_decode(s: &str) -> Result<String, String> {
     while i < bytes.len() {
         match bytes[i] {
             b'%' => {
-                let hex = s
+                // Exactly two hex digits: `u8::from_str_radix` alone also takes a sign
+                // (`%+1`).
+                let hex = bytes
                     .get(i + 1..i + 3)
-                    .and_then(|h| u8::from_str_radix(h, 16).ok())
+                    .filter(|h| h.iter().all(u8::is_ascii_hexdigit))
+                    .and_then(|h| u8::from_str_radix(std::str::from_utf8(h).ok()?, 16).ok())
                     .ok_or_else(|| format!("bad percent-escape in query {s:?}"))?;
                 out.push(hex);
                 i += 3;
@@ -467,5 +477,19 @@ mod tests {
         );
         assert_eq!(campaign_param("x=1").unwrap(), None);
         assert!(campaign_param("campaign=%zz").is_err());
+    }
+
+    #[test]
+    fn a_percent_escape_decodes_only_from_two_hex_digits() {
+        for bad in ["%+1", "%+f", "%-1", "% 1", "%1", "%", "%g0", "%\u{e9}"] {
+            assert!(
+                campaign_param(&format!("campaign=a{bad}")).is_err(),
+                "{bad:?} was decoded"
+            );
+        }
+        assert_eq!(
+            campaign_param("campaign=%41%7a%2B+").unwrap(),
+            Some("Az+ ".into())
+        );
     }
 }

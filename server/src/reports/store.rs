@@ -12,7 +12,11 @@ use rusqlite::{params, Connection, ErrorCode, OpenFlags, OptionalExtension};
 use super::summary::{summarize, ReportRow, RolloutSummary};
 
 /// The schema version this code writes (`PRAGMA user_version`).
-pub const SCHEMA_VERSION: i64 = 1;
+pub const SCHEMA_VERSION: i64 = 2;
+
+/// A report whose claimed time is further than this from when the server received it
+/// is flagged (`clock_skewed`): the device's clock is wrong, or the time is made up.
+pub const CLOCK_SKEW_LIMIT: chrono::Duration = chrono::Duration::hours(24);
 
 const SCHEMA: &str = "
 CREATE TABLE devices (
@@ -32,10 +36,15 @@ CREATE TABLE reports (
     reason      TEXT NOT NULL,
     time        TEXT NOT NULL,          -- device clock, RFC 3339
     received_at TEXT NOT NULL,          -- server clock, RFC 3339
-    body        BLOB NOT NULL           -- the signed report exactly as received
+    body        BLOB NOT NULL,          -- the signed report exactly as received
+    clock_skewed INTEGER NOT NULL DEFAULT 0  -- 1: time is > 24 h from received_at
 );
 CREATE INDEX reports_by_campaign ON reports (campaign, device_id);
 ";
+
+/// Version 1 to 2: the clock-skew flag, computed for the reports already stored.
+const MIGRATE_1_TO_2: &str =
+    "ALTER TABLE reports ADD COLUMN clock_skewed INTEGER NOT NULL DEFAULT 0;";
 
 /// Why the database could not do something.
 #[derive(Debug, thiserror::Error)]
@@ -131,6 +140,8 @@ pub enum Inserted {
 pub struct ReportStore {
     conn: Connection,
     path: PathBuf,
+    /// The schema version of the open database.
+    version: i64,
 }
 
 impl ReportStore {
@@ -146,7 +157,11 @@ impl ReportStore {
                 | OpenFlags::SQLITE_OPEN_NO_MUTEX,
         )
         .map_err(|e| sqlite_err(&path, e))?;
-        let store = ReportStore { conn, path };
+        let store = ReportStore {
+            conn,
+            path,
+            version: SCHEMA_VERSION,
+        };
         store.configure(opts.busy_timeout)?;
         // Schema first, so a database that is not ours is refused before anything changes.
         store.migrate()?;
@@ -189,12 +204,19 @@ impl ReportStore {
             OpenFlags::SQLITE_OPEN_READ_ONLY | OpenFlags::SQLITE_OPEN_NO_MUTEX,
         )
         .map_err(|e| sqlite_err(&path, e))?;
-        let store = ReportStore { conn, path };
+        let mut store = ReportStore {
+            conn,
+            path,
+            version: SCHEMA_VERSION,
+        };
         store.configure(Duration::from_secs(5))?;
         let version = store.user_version()?;
-        if version != SCHEMA_VERSION {
+        // A version 1 database (from an older server) is read as it is: read-only
+        // never migrates, and the skew flag is computed from the stored times.
+        if !(1..=SCHEMA_VERSION).contains(&version) {
             return Err(store.schema_err(version));
         }
+        store.version = version;
         Ok(store)
     }
 
@@ -241,6 +263,37 @@ impl ReportStore {
                     });
                 }
                 tx.execute_batch(SCHEMA).map_err(|e| self.err(e))?;
+                tx.pragma_update(None, "user_version", SCHEMA_VERSION)
+                    .map_err(|e| self.err(e))?;
+            }
+            1 => {
+                tx.execute_batch(MIGRATE_1_TO_2).map_err(|e| self.err(e))?;
+                let skewed: Vec<i64> = {
+                    let mut stmt = tx
+                        .prepare("SELECT seq, time, received_at FROM reports")
+                        .map_err(|e| self.err(e))?;
+                    let rows = stmt
+                        .query_map([], |r| {
+                            Ok((
+                                r.get::<_, i64>(0)?,
+                                r.get::<_, String>(1)?,
+                                r.get::<_, String>(2)?,
+                            ))
+                        })
+                        .map_err(|e| self.err(e))?;
+                    let mut out = Vec::new();
+                    for row in rows {
+                        let (seq, time, received) = row.map_err(|e| self.err(e))?;
+                        if skewed_text(&time, &received) {
+                            out.push(seq);
+                        }
+                    }
+                    out
+                };
+                for seq in skewed {
+                    tx.execute("UPDATE reports SET clock_skewed = 1 WHERE seq = ?1", [seq])
+                        .map_err(|e| self.err(e))?;
+                }
                 tx.pragma_update(None, "user_version", SCHEMA_VERSION)
                     .map_err(|e| self.err(e))?;
             }
@@ -331,14 +384,29 @@ impl ReportStore {
 
     /// Stores a verified report (and the exact bytes received) in one committed
     /// transaction. A report whose id is already stored is not stored again.
+    ///
+    /// The server's clock at this moment is stored as the receive time, which orders a
+    /// device's reports; a claimed time further than [`CLOCK_SKEW_LIMIT`] from it is
+    /// flagged.
     pub fn insert(&self, report: &SignedReport, body: &[u8]) -> Result<Inserted, StoreError> {
+        self.insert_received_at(report, body, Utc::now())
+    }
+
+    /// [`ReportStore::insert`] with the receive time given (for tests and imports).
+    pub fn insert_received_at(
+        &self,
+        report: &SignedReport,
+        body: &[u8],
+        received_at: DateTime<Utc>,
+    ) -> Result<Inserted, StoreError> {
         let r = &report.signed;
+        let skewed = is_skewed(r.time, received_at);
         let changed = self
             .conn
             .prepare_cached(
                 "INSERT INTO reports (report_id, device_id, campaign, revision, wave, result,
-                     reason, time, received_at, body)
-                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10)
+                     reason, time, received_at, body, clock_skewed)
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11)
                  ON CONFLICT(report_id) DO NOTHING",
             )
             .and_then(|mut s| {
@@ -351,8 +419,9 @@ impl ReportStore {
                     r.result.as_str(),
                     r.reason,
                     r.time.to_rfc3339_opts(chrono::SecondsFormat::AutoSi, true),
-                    now(),
+                    received_at.to_rfc3339_opts(chrono::SecondsFormat::Millis, true),
                     body,
+                    skewed,
                 ])
             })
             .map_err(|e| self.err(e))?;
@@ -374,17 +443,23 @@ impl ReportStore {
 
     /// The summary rows of every stored report (of one campaign if given).
     pub fn rows(&self, campaign: Option<&str>) -> Result<Vec<ReportRow>, StoreError> {
-        let mut stmt = self
-            .conn
-            .prepare(
-                "SELECT seq, device_id, campaign, revision, wave, result, reason, time
-                 FROM reports WHERE ?1 IS NULL OR campaign = ?1",
-            )
-            .map_err(|e| self.err(e))?;
+        // Version 1 has no stored flag: it is computed below from the two times.
+        let sql = if self.version >= 2 {
+            "SELECT seq, device_id, campaign, revision, wave, result, reason, time,
+                 received_at, clock_skewed
+             FROM reports WHERE ?1 IS NULL OR campaign = ?1"
+        } else {
+            "SELECT seq, device_id, campaign, revision, wave, result, reason, time,
+                 received_at, NULL
+             FROM reports WHERE ?1 IS NULL OR campaign = ?1"
+        };
+        let mut stmt = self.conn.prepare(sql).map_err(|e| self.err(e))?;
         let rows = stmt
             .query_map([campaign], |r| {
                 let result: String = r.get(5)?;
                 let time: String = r.get(7)?;
+                let received: String = r.get(8)?;
+                let flag: Option<bool> = r.get(9)?;
                 let revision: i64 = r.get(3)?;
                 Ok((
                     ReportRow {
@@ -396,33 +471,59 @@ impl ReportStore {
                         result: ReportResult::Succeeded,
                         reason: r.get(6)?,
                         time: DateTime::<Utc>::MIN_UTC,
+                        received_at: DateTime::<Utc>::MIN_UTC,
+                        clock_skewed: false,
                     },
                     result,
                     time,
+                    received,
+                    flag,
                 ))
             })
             .map_err(|e| self.err(e))?;
         let mut out = Vec::new();
         for row in rows {
-            let (mut row, result, time) = row.map_err(|e| self.err(e))?;
+            let (mut row, result, time, received, flag) = row.map_err(|e| self.err(e))?;
             row.result = result.parse().map_err(|e: String| StoreError::Schema {
                 path: self.path.clone(),
                 reason: format!("report {}: {e}", row.seq),
             })?;
-            row.time = DateTime::parse_from_rfc3339(&time)
-                .map_err(|e| StoreError::Schema {
-                    path: self.path.clone(),
-                    reason: format!("report {}: bad time {time:?}: {e}", row.seq),
-                })?
-                .with_timezone(&Utc);
+            row.time = self.parse_time(row.seq, &time)?;
+            row.received_at = self.parse_time(row.seq, &received)?;
+            row.clock_skewed = flag.unwrap_or_else(|| is_skewed(row.time, row.received_at));
             out.push(row);
         }
         Ok(out)
     }
 
+    fn parse_time(&self, seq: i64, text: &str) -> Result<DateTime<Utc>, StoreError> {
+        DateTime::parse_from_rfc3339(text)
+            .map(|t| t.with_timezone(&Utc))
+            .map_err(|e| StoreError::Schema {
+                path: self.path.clone(),
+                reason: format!("report {seq}: bad time {text:?}: {e}"),
+            })
+    }
+
     /// The rollout summary (of one campaign if given).
     pub fn summary(&self, campaign: Option<&str>) -> Result<RolloutSummary, StoreError> {
         Ok(summarize(self.rows(campaign)?, campaign))
+    }
+}
+
+/// True when a claimed time is further than [`CLOCK_SKEW_LIMIT`] from the receive time.
+pub fn is_skewed(claimed: DateTime<Utc>, received_at: DateTime<Utc>) -> bool {
+    (claimed - received_at).abs() > CLOCK_SKEW_LIMIT
+}
+
+/// [`is_skewed`] on stored RFC 3339 text; unreadable times count as skewed.
+fn skewed_text(claimed: &str, received_at: &str) -> bool {
+    match (
+        DateTime::parse_from_rfc3339(claimed),
+        DateTime::parse_from_rfc3339(received_at),
+    ) {
+        (Ok(c), Ok(r)) => is_skewed(c.with_timezone(&Utc), r.with_timezone(&Utc)),
+        _ => true,
     }
 }
 
@@ -468,6 +569,66 @@ mod tests {
         assert!(err.to_string().contains("newer"), "{err}");
         let err = ReportStore::open_read_only(&path).unwrap_err();
         assert!(err.to_string().contains("newer"), "{err}");
+    }
+
+    /// The version 1 schema, as older servers created it.
+    const SCHEMA_V1: &str = "
+        CREATE TABLE devices (device_id TEXT PRIMARY KEY, keyid TEXT NOT NULL,
+            public_key TEXT NOT NULL, enrolled_at TEXT NOT NULL);
+        CREATE TABLE reports (seq INTEGER PRIMARY KEY AUTOINCREMENT,
+            report_id TEXT NOT NULL UNIQUE, device_id TEXT NOT NULL, campaign TEXT NOT NULL,
+            revision INTEGER NOT NULL, wave INTEGER, result TEXT NOT NULL,
+            reason TEXT NOT NULL, time TEXT NOT NULL, received_at TEXT NOT NULL,
+            body BLOB NOT NULL);
+        CREATE INDEX reports_by_campaign ON reports (campaign, device_id);
+        INSERT INTO reports (report_id, device_id, campaign, revision, wave, result, reason,
+            time, received_at, body) VALUES
+            ('a', 'd1', 'c', 1, NULL, 'succeeded', '', '2099-01-01T00:00:00Z',
+                '2026-11-22T06:00:00Z', x''),
+            ('b', 'd1', 'c', 1, NULL, 'failed', 'boom', '2026-11-22T07:00:00Z',
+                '2026-11-22T07:00:05Z', x'');
+        PRAGMA user_version = 1;
+    ";
+
+    #[test]
+    fn version_1_databases_are_read_as_they_are_and_migrated_by_the_writer() {
+        let d = tempfile::tempdir().unwrap();
+        let path = d.path().join("v1.db");
+        Connection::open(&path)
+            .unwrap()
+            .execute_batch(SCHEMA_V1)
+            .unwrap();
+        let check = |store: &ReportStore| {
+            let rows = store.rows(None).unwrap();
+            let flags: Vec<bool> = rows.iter().map(|r| r.clock_skewed).collect();
+            assert_eq!(flags, vec![true, false]);
+            let c = store.summary(None).unwrap().campaigns.remove(0);
+            // The later received report wins over the one dated 2099.
+            assert_eq!((c.counts.failed, c.counts.succeeded), (1, 0));
+            assert_eq!(c.counts.clock_skewed, 1);
+        };
+        // Read-only: nothing changes on disk.
+        check(&ReportStore::open_read_only(&path).unwrap());
+        let v: i64 = Connection::open(&path)
+            .unwrap()
+            .pragma_query_value(None, "user_version", |r| r.get(0))
+            .unwrap();
+        assert_eq!(v, 1);
+        // The writer migrates: the column is added and filled in.
+        let store = ReportStore::open(&path, &StoreOptions::default()).unwrap();
+        assert_eq!(store.user_version().unwrap(), SCHEMA_VERSION);
+        let stored: Vec<i64> = store
+            .conn
+            .prepare("SELECT clock_skewed FROM reports ORDER BY seq")
+            .unwrap()
+            .query_map([], |r| r.get(0))
+            .unwrap()
+            .collect::<Result<_, _>>()
+            .unwrap();
+        assert_eq!(stored, vec![1, 0]);
+        check(&store);
+        drop(store);
+        check(&ReportStore::open_read_only(&path).unwrap());
     }
 
     #[test]

@@ -1,8 +1,11 @@
 //! Rollout status: turns stored reports into per-campaign and per-wave counts (the one
 //! definition used by the summary endpoint and by `petrel-repo rollout status|gate`).
 //!
-//! Rules: per campaign, each device counts once, by its latest report (latest device
-//! `time`, ties broken by arrival order). `succeeded` and `failed` are final;
+//! Rules: per campaign, each device counts once, by its latest report: the one the
+//! server received last (its own clock, ties broken by arrival order). The time a
+//! device claims is never used for ordering, so a report dated in the future cannot
+//! outrank the device's later reports; a claimed time more than 24 h from the receive
+//! time is flagged instead (`clock_skewed`). `succeeded` and `failed` are final;
 //! `declined` and `staged` are pending. Within a campaign the counts are broken down by
 //! the (revision, wave) of each device's latest report.
 
@@ -29,8 +32,12 @@ pub struct ReportRow {
     pub result: ReportResult,
     /// Why.
     pub reason: String,
-    /// When, by the device's clock.
+    /// When, by the device's clock (as claimed; not used for ordering).
     pub time: DateTime<Utc>,
+    /// When the server received it, by the server's clock.
+    pub received_at: DateTime<Utc>,
+    /// The claimed time is more than 24 h from the receive time.
+    pub clock_skewed: bool,
 }
 
 /// How often one failure reason occurred.
@@ -59,6 +66,11 @@ pub struct Counts {
     /// health check; only a confirmed boot counts as succeeded).
     #[serde(default)]
     pub pending_reboot: u64,
+    /// Devices that sent at least one report whose claimed time was more than 24 h from
+    /// when the server received it (a wrong device clock, or a made-up time); counted
+    /// in the (revision, wave) of the device's latest report.
+    #[serde(default)]
+    pub clock_skewed: u64,
     /// Failure reasons, most frequent first.
     pub failure_reasons: Vec<ReasonCount>,
 }
@@ -154,13 +166,17 @@ pub fn summarize(
     campaign: Option<&str>,
 ) -> RolloutSummary {
     let mut latest: HashMap<(String, String), ReportRow> = HashMap::new();
+    let mut skewed: std::collections::HashSet<(String, String)> = Default::default();
     for row in rows {
         if campaign.is_some_and(|c| c != row.campaign) {
             continue;
         }
         let key = (row.campaign.clone(), row.device_id.clone());
+        if row.clock_skewed {
+            skewed.insert(key.clone());
+        }
         match latest.get(&key) {
-            Some(cur) if (cur.time, cur.seq) >= (row.time, row.seq) => {}
+            Some(cur) if (cur.received_at, cur.seq) >= (row.received_at, row.seq) => {}
             _ => {
                 latest.insert(key, row);
             }
@@ -169,11 +185,14 @@ pub fn summarize(
     type WaveKey = (u64, Option<u32>);
     type Acc = (Counts, BTreeMap<String, u64>);
     let mut by_campaign: BTreeMap<String, (Acc, BTreeMap<WaveKey, Acc>)> = BTreeMap::new();
-    for row in latest.into_values() {
+    for (key, row) in latest {
+        let skew = u64::from(skewed.contains(&key));
         let (total, waves) = by_campaign.entry(row.campaign.clone()).or_default();
         total.0.add(&row, &mut total.1);
+        total.0.clock_skewed += skew;
         let w = waves.entry((row.revision, row.wave)).or_default();
         w.0.add(&row, &mut w.1);
+        w.0.clock_skewed += skew;
     }
     let campaigns = by_campaign
         .into_iter()
@@ -255,6 +274,13 @@ impl RolloutSummary {
                     w.counts.pending_reboot
                 );
             }
+            if c.counts.clock_skewed > 0 {
+                let _ = writeln!(
+                    out,
+                    "  clock skew: {} device(s) sent a report dated more than 24 h from when it was received",
+                    c.counts.clock_skewed
+                );
+            }
             if !c.counts.failure_reasons.is_empty() {
                 out.push_str("  failure reasons:\n");
                 for r in &c.counts.failure_reasons {
@@ -280,6 +306,7 @@ mod tests {
         reason: &str,
         minute: u32,
     ) -> ReportRow {
+        let time = Utc.with_ymd_and_hms(2026, 11, 22, 6, minute, 0).unwrap();
         ReportRow {
             seq,
             device_id: device.into(),
@@ -288,7 +315,11 @@ mod tests {
             wave,
             result,
             reason: reason.into(),
-            time: Utc.with_ymd_and_hms(2026, 11, 22, 6, minute, 0).unwrap(),
+            time,
+            // Received in arrival order, a second apart.
+            received_at: Utc.with_ymd_and_hms(2026, 11, 22, 7, 0, 0).unwrap()
+                + chrono::Duration::seconds(seq),
+            clock_skewed: false,
         }
     }
 
@@ -322,9 +353,9 @@ mod tests {
         let rows = vec![
             row(1, "a", "c1", Some(0), Staged, "", 0),
             row(2, "a", "c1", Some(0), Succeeded, "", 5),
-            row(3, "b", "c1", Some(1), Failed, "disk full", 1),
-            // Arrives later but was written earlier: does not override b's failure.
-            row(4, "b", "c1", Some(1), Staged, "", 0),
+            row(3, "b", "c1", Some(1), Staged, "", 1),
+            // Arrives later, though it claims an earlier time: the latest received wins.
+            row(4, "b", "c1", Some(1), Failed, "disk full", 0),
             row(5, "c", "c1", Some(1), Failed, "disk full", 2),
             row(6, "d", "c1", Some(1), Failed, "", 2),
             row(7, "e", "c1", Some(1), Declined, "", 2),
@@ -360,6 +391,23 @@ mod tests {
         let only = summarize(rows, Some("c2"));
         assert_eq!(only.campaigns.len(), 1);
         assert_eq!(only.campaigns[0].counts.failed, 1);
+    }
+
+    #[test]
+    fn a_report_dated_in_the_future_does_not_outrank_later_received_ones_and_is_flagged() {
+        let mut forged = row(1, "a", "c", Some(0), Succeeded, "", 0);
+        forged.time = Utc.with_ymd_and_hms(2099, 1, 1, 0, 0, 0).unwrap();
+        forged.clock_skewed = true;
+        let rows = vec![forged, row(2, "a", "c", Some(0), Failed, "boom", 1)];
+        let s = summarize(rows, None);
+        let c = s.campaign("c").unwrap();
+        assert_eq!((c.counts.succeeded, c.counts.failed), (0, 1));
+        assert_eq!(c.counts.clock_skewed, 1);
+        assert_eq!(c.waves[0].counts.clock_skewed, 1);
+        let text = s.render_text();
+        assert!(text.contains("clock skew: 1 device(s)"), "{text}");
+        let json = serde_json::to_value(&s).unwrap();
+        assert_eq!(json["campaigns"][0]["clock_skewed"], 1);
     }
 
     #[test]
