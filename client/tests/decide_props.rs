@@ -214,10 +214,7 @@ fn build_campaign(k: &Knobs) -> CampaignManifest {
     c.rollout.waves = shares
         .into_iter()
         .zip(starts)
-        .map(|(s, h)| Wave {
-            share_bp: s,
-            start: (base() + Duration::hours(h)).into(),
-        })
+        .map(|(s, h)| Wave::share(s, base() + Duration::hours(h)))
         .collect();
     c.validate()
         .unwrap_or_else(|e| panic!("generated an invalid campaign: {e}"));
@@ -402,9 +399,11 @@ fn state_only_change(c: &mut CampaignManifest, kind: u8, bump: u64, seed: u64) {
             c.rollout.canary_passed = c.rollout.canary && seed.is_multiple_of(3);
             let n = (seed % 4) as u32;
             c.rollout.waves = (1..=n)
-                .map(|i| Wave {
-                    share_bp: i * 10_000 / n,
-                    start: (base() + Duration::hours(i as i64 * (seed % 97) as i64)).into(),
+                .map(|i| {
+                    Wave::share(
+                        i * 10_000 / n,
+                        base() + Duration::hours(i as i64 * (seed % 97) as i64),
+                    )
                 })
                 .collect();
         }
@@ -602,8 +601,9 @@ proptest! {
     #[test]
     fn waves_are_stable_and_monotone(s in arb_scenario(), later in 0i64..40 * 24 * 60) {
         let c = &s.campaign;
-        let p1 = position(c, &s.device, s.canary);
-        prop_assert_eq!(&p1, &position(c, &s.device, s.canary));
+        let device = DeviceProfile { id: s.device.clone(), device_type: "kiosk".into(), ..DeviceProfile::default() };
+        let p1 = position(c, &device, s.canary);
+        prop_assert_eq!(&p1, &position(c, &device, s.canary));
         prop_assert_eq!(wave_seed(&s.device, &c.id), wave_seed(&s.device, &c.id));
         let t2 = s.now + Duration::minutes(later);
         if p1.is_open(s.now) {

@@ -672,14 +672,8 @@ fn canaries_go_first_and_the_rest_wait_until_they_pass() {
 fn waved() -> petrel_client::manifest::CampaignManifest {
     let mut c = campaign();
     c.rollout.waves = vec![
-        Wave {
-            share_bp: 100,
-            start: UtcTime::parse("2030-03-02T00:00:00Z").unwrap(),
-        },
-        Wave {
-            share_bp: 5000,
-            start: UtcTime::parse("2030-03-20T00:00:00Z").unwrap(),
-        },
+        Wave::share(100, UtcTime::parse("2030-03-02T00:00:00Z").unwrap()),
+        Wave::share(5000, UtcTime::parse("2030-03-20T00:00:00Z").unwrap()),
     ];
     c
 }

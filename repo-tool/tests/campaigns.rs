@@ -976,3 +976,118 @@ fn assignment_bins_go_to_hashed_bins_when_the_assign_role_delegates_to_them() {
         assert_eq!(chain, ["assign", bin_of(&name, "assign-bin", 2).as_str()]);
     }
 }
+
+/// A campaign rolled out region by region: the waves of `campaign_toml`, replaced.
+fn region_campaign_toml(id: &str, waves: &str) -> String {
+    let base = campaign_toml(id, 1, "active", "required", "");
+    let at = base.find("[[rollout.waves]]").expect("waves");
+    format!("{}{waves}", &base[..at])
+}
+
+const REGION_WAVES: &str = r#"[[rollout.waves]]
+regions = ["eu-west", "eu-central"]
+share_bp = 1000
+start = 2030-03-03T00:00:00Z
+
+[[rollout.waves]]
+regions = ["eu-west", "eu-central"]
+start = 2030-03-06T00:00:00Z
+
+[[rollout.waves]]
+channels = ["beta"]
+hardware_any = ["modem:em06", "wifi:ax200"]
+start = 2030-03-08T00:00:00Z
+
+[[rollout.waves]]
+start = 2030-03-10T00:00:00Z
+"#;
+
+#[test]
+fn selector_waves_compile_publish_and_show_each_waves_selectors() {
+    let r = fleet();
+    let toml = region_campaign_toml("by-region", REGION_WAVES);
+    let f = r.src("by-region.toml", toml.as_bytes());
+    r.ok(&["campaign", "create", path(&f)]);
+    r.ok(&["publish"]);
+
+    // The device reads back exactly the compiled manifest, selectors included.
+    let work = tempfile::tempdir().unwrap();
+    let mut u = device(&r, work.path());
+    let c: Entry<CampaignManifest> = fetch(&mut u, work.path(), "campaigns/by-region.json");
+    let compiled = CampaignManifest::from_toml(&toml).unwrap();
+    assert_eq!(c.manifest, compiled);
+    assert_eq!(
+        c.sha256.0,
+        sha256_hex(&compiled.to_canonical_json().unwrap())
+    );
+    let waves = &c.manifest.rollout.waves;
+    assert_eq!(waves.len(), 4);
+    assert_eq!(
+        waves[0]
+            .regions
+            .as_ref()
+            .unwrap()
+            .iter()
+            .collect::<Vec<_>>(),
+        ["eu-central", "eu-west"]
+    );
+    assert_eq!(waves[0].share_bp, Some(1000));
+    assert_eq!(waves[1].share_bp, None);
+    assert!(waves[3].is_catch_all());
+
+    let show = r.ok(&["campaign", "show", "by-region"]);
+    for line in [
+        "  rollout:      4 waves by regions, hardware_any, channels, share",
+        "    wave 1: regions eu-central, eu-west; up to 10% of them by seed, from 2030-03-03T00:00:00Z",
+        "    wave 2: regions eu-central, eu-west; every such device not in an earlier wave, from 2030-03-06T00:00:00Z",
+        "    wave 3: hardware_any modem:em06, wifi:ax200; channels beta; every such device not in an earlier wave, from 2030-03-08T00:00:00Z",
+        "    wave 4: every device not in an earlier wave, from 2030-03-10T00:00:00Z",
+    ] {
+        assert!(show.lines().any(|l| l == line), "{line}\n{show}");
+    }
+    let json = show_json(&r, "by-region");
+    assert_eq!(
+        json["rollout"]["waves"][2],
+        serde_json::json!({
+            "channels": ["beta"],
+            "hardware_any": ["modem:em06", "wifi:ax200"],
+            "start": "2030-03-08T00:00:00Z"
+        })
+    );
+    let list = r.ok(&["campaign", "list"]);
+    assert!(
+        list.lines().any(|l| l.starts_with("by-region")
+            && l.contains("4 waves by regions, hardware_any, channels, share")),
+        "{list}"
+    );
+
+    // Share-only waves still show as they did.
+    let show = r.ok(&["campaign", "show", "player-2.1"]);
+    assert!(
+        show.contains("    wave 2: up to 100% of the fleet from 2030-03-10T00:00:00Z"),
+        "{show}"
+    );
+
+    // What cannot work is refused with the field and the wave, and nothing changes.
+    let before = r.snapshot();
+    for (waves, expect) in [
+        (
+            "[[rollout.waves]]\nstart = 2030-03-03T00:00:00Z\n\n[[rollout.waves]]\nregions = [\"eu-west\"]\nstart = 2030-03-06T00:00:00Z\n",
+            "rollout.waves[1]: wave 2 is unreachable: wave 1 has no selectors and no share limit",
+        ),
+        (
+            "[[rollout.waves]]\nregions = []\nstart = 2030-03-03T00:00:00Z\n",
+            "rollout.waves[0].regions: an empty list selects no device",
+        ),
+        (
+            "[[rollout.waves]]\nregion = [\"eu-west\"]\nstart = 2030-03-03T00:00:00Z\n",
+            "unknown field `region`",
+        ),
+    ] {
+        let f = r.src("bad-waves.toml", region_campaign_toml("bad-waves", waves).as_bytes());
+        let err = r.fail(&["campaign", "create", path(&f)]);
+        assert!(err.contains("bad-waves.toml"), "{err}");
+        assert!(err.contains(expect), "{expect}\n{err}");
+    }
+    assert_same(&before, &r.snapshot(), "refused wave definitions");
+}

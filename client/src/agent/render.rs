@@ -8,7 +8,7 @@ use serde_json::{json, Value};
 use super::{Agent, ConsentRequest, Evaluation};
 use crate::consent::ConsentState;
 use crate::decide::rollout::{percent, position, seed_bp, wave_seed, Position};
-use crate::decide::{human_bytes, AssignmentOutcome, CampaignDecision, Status};
+use crate::decide::{human_bytes, AssignmentOutcome, CampaignDecision, DeviceProfile, Status};
 use crate::manifest::{CampaignManifest, ConsentPolicy, UtcTime};
 
 /// `2030-03-06T00:00:00Z`.
@@ -240,17 +240,17 @@ pub fn check_json(ev: &Evaluation) -> Value {
 /// The device's place in a campaign's rollout: text and JSON.
 pub fn wave_info(
     c: &CampaignManifest,
-    device_id: &str,
+    profile: &DeviceProfile,
     canary: bool,
     now: DateTime<Utc>,
 ) -> (String, Value) {
-    let seed = seed_bp(wave_seed(device_id, &c.id));
+    let seed = seed_bp(wave_seed(&profile.id, &c.id));
     let opened = |t: Option<DateTime<Utc>>| match t {
         None => "open".to_string(),
         Some(t) if now >= t => format!("open since {}", ts(t)),
         Some(t) => format!("opens at {} ({})", ts(t), relative(now, t)),
     };
-    let pos = position(c, device_id, canary);
+    let pos = position(c, profile, canary);
     let text = match &pos {
         Position::Canary { opens_at } => {
             format!("canary device, goes first: {}", opened(*opens_at))
@@ -258,6 +258,13 @@ pub fn wave_info(
         Position::AfterCanaries => {
             "not a canary device: waits until a revision says the canaries passed".to_string()
         }
+        Position::Wave { index, opens_at } if c.rollout.has_selectors() => format!(
+            "wave {} of {} ({}): {}",
+            index + 1,
+            c.rollout.waves.len(),
+            c.rollout.waves[*index].describe(),
+            opened(Some(*opens_at))
+        ),
         Position::Wave { index, opens_at } => format!(
             "wave {} of {} (device seed {}): {}",
             index + 1,
@@ -273,6 +280,7 @@ pub fn wave_info(
             percent(seed),
             percent(*covered_bp)
         ),
+        Position::NoWave { reason } => format!("not in any wave: {reason}"),
     };
     let (kind, wave, opens_at) = match &pos {
         Position::Canary { opens_at } => ("canary", None, *opens_at),
@@ -280,6 +288,7 @@ pub fn wave_info(
         Position::Wave { index, opens_at } => ("wave", Some(index + 1), Some(*opens_at)),
         Position::Everyone { opens_at } => ("everyone", None, *opens_at),
         Position::Beyond { .. } => ("beyond", None, None),
+        Position::NoWave { .. } => ("no_wave", None, None),
     };
     let json = json!({
         "position": kind,
@@ -367,7 +376,7 @@ fn campaign_status(agent: &Agent, ev: &Evaluation, c: &CampaignDecision) -> Camp
         .expect("every decision comes from an entry");
     let m = &entry.manifest;
     let canary = ev.assignment().is_some_and(|a| a.canary);
-    let (wave_text, wave_json) = wave_info(m, &ev.decision.device_id, canary, ev.now);
+    let (wave_text, wave_json) = wave_info(m, agent.profile(), canary, ev.now);
     let (cs, _) = ev.consent_state(entry, agent.profile());
     let consent = consent_text(m.consent.policy, &m.consent.stage.to_string(), &cs);
     let mut text = String::new();

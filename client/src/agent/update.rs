@@ -772,7 +772,7 @@ impl Agent {
             .iter()
             .find(|e| e.target_path == d.target_path)?;
         let canary = ev.assignment().is_some_and(|a| a.canary);
-        match position(&e.manifest, &self.profile.id, canary) {
+        match position(&e.manifest, &self.profile, canary) {
             Position::Wave { index, .. } => u32::try_from(index + 1).ok(),
             _ => None,
         }

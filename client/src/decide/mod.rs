@@ -29,7 +29,8 @@
 //!    application-list payload must authorise every change → `not_applicable`
 //! 8. forced campaigns: every installed version in the forced set → `error`
 //! 9. earlier failed installs of this manifest → `error` after [`MAX_INSTALL_ATTEMPTS`]
-//! 10. rollout: canaries, waves → `waiting_for_canaries` / `waiting_for_wave` / `not_in_rollout`
+//! 10. rollout: canaries, then the first wave whose selectors and share take the device →
+//!     `waiting_for_canaries` / `waiting_for_wave` / `not_in_rollout`
 //! 11. consent (declined / expired at any stage; pending or postponed before download)
 //! 12. artifacts staged? else the download window → `waiting_for_download_window` /
 //!     `ready_to_download`
@@ -63,7 +64,7 @@ use crate::manifest::{
     Assignment, ConsentPolicy, ConsentStage, ManifestHash, Method, Severity, UtcTime,
 };
 use applicability::match_selectors;
-use rollout::{percent, position, seed_bp, wave_seed, Position};
+use rollout::{percent, place, position, seed_bp, wave_seed, Position};
 
 /// Where one campaign stands for this device.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize)]
@@ -102,12 +103,17 @@ pub enum Status {
     },
     /// Not a canary device, and the canaries have not passed yet.
     WaitingForCanaries,
-    /// The device's seed lies beyond the share the last wave reaches.
+    /// No wave selects the device: its seed lies beyond the share the last wave reaches,
+    /// or (when waves select by device attributes) no wave's selectors and share take it.
     NotInRollout {
         /// The device's seed in basis points.
         seed_bp: u32,
         /// The share the rollout reaches.
         covered_bp: u32,
+        /// When waves select by device attributes: why no wave takes the device
+        /// (`region eu-west matches no wave's regions`).
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        not_in_any_wave: Option<String>,
     },
     /// The device's wave has not opened.
     WaitingForWave {
@@ -275,7 +281,10 @@ impl fmt::Display for Status {
             Status::Expired { reason } => write!(f, "expired: {reason}"),
             Status::Error { reason } => write!(f, "error: {reason}; nothing is installed"),
             Status::WaitingForCanaries => write!(f, "waiting for the canary devices to pass"),
-            Status::NotInRollout { seed_bp, covered_bp } => write!(
+            Status::NotInRollout { not_in_any_wave: Some(why), .. } => {
+                write!(f, "not in the rollout: not in any wave: {why}")
+            }
+            Status::NotInRollout { seed_bp, covered_bp, .. } => write!(
                 f,
                 "not in the rollout yet: the device's seed is at {} of the fleet, the waves reach {}",
                 percent(*seed_bp),
@@ -1134,8 +1143,35 @@ fn evaluate(ctx: &Ctx, e: &CampaignEntry, tr: &mut Trace, plan_out: &mut Option<
     }
 
     // 10. Rollout.
-    let pos = position(c, &profile.id, assignment.canary);
+    let pos = position(c, profile, assignment.canary);
     let seed = seed_bp(wave_seed(&profile.id, &c.id));
+    // Waves that select by device attributes: which wave, and why.
+    let by_selector = c.rollout.has_selectors();
+    let checks = if by_selector && matches!(pos, Position::Wave { .. } | Position::NoWave { .. }) {
+        place(c, profile).1
+    } else {
+        Vec::new()
+    };
+    let wave_text = |index: usize| -> String {
+        format!(
+            "wave {} ({}): {}",
+            index + 1,
+            c.rollout.waves[index].describe(),
+            checks[index].why_in(seed)
+        )
+    };
+    // The earlier waves that did not take the device, each with why.
+    for (i, check) in checks.iter().enumerate().filter(|(_, k)| !k.selects()) {
+        tr.note(
+            "rollout",
+            format!(
+                "not in wave {} ({}): {}",
+                i + 1,
+                c.rollout.waves[i].describe(),
+                check.why_not(seed)
+            ),
+        );
+    }
     match &pos {
         Position::AfterCanaries => {
             tr.stop(
@@ -1156,6 +1192,24 @@ fn evaluate(ctx: &Ctx, e: &CampaignEntry, tr: &mut Trace, plan_out: &mut Option<
             return Status::NotInRollout {
                 seed_bp: seed,
                 covered_bp: *covered_bp,
+                not_in_any_wave: None,
+            };
+        }
+        Position::NoWave { reason } => {
+            tr.stop(
+                "rollout",
+                format!("not in any wave: {reason}; nothing is downloaded or installed"),
+            );
+            return Status::NotInRollout {
+                seed_bp: seed,
+                covered_bp: c
+                    .rollout
+                    .waves
+                    .iter()
+                    .map(crate::manifest::Wave::share_or_all)
+                    .max()
+                    .unwrap_or(0),
+                not_in_any_wave: Some(reason.clone()),
             };
         }
         p if !p.is_open(now) => {
@@ -1164,12 +1218,16 @@ fn evaluate(ctx: &Ctx, e: &CampaignEntry, tr: &mut Trace, plan_out: &mut Option<
                 Position::Wave { index, .. } => {
                     tr.stop(
                         "rollout",
-                        format!(
-                            "the device's seed ({}) puts it in wave {}, which opens at {}",
-                            percent(seed),
-                            index + 1,
-                            ts(opens_at)
-                        ),
+                        if by_selector {
+                            format!("{}; opens at {}", wave_text(*index), ts(opens_at))
+                        } else {
+                            format!(
+                                "the device's seed ({}) puts it in wave {}, which opens at {}",
+                                percent(seed),
+                                index + 1,
+                                ts(opens_at)
+                            )
+                        },
                     );
                     Status::WaitingForWave {
                         wave: index + 1,
@@ -1186,6 +1244,10 @@ fn evaluate(ctx: &Ctx, e: &CampaignEntry, tr: &mut Trace, plan_out: &mut Option<
         }
         Position::Canary { .. } => tr.pass("rollout", "canary device: goes first"),
         Position::Everyone { .. } => tr.pass("rollout", "no waves: every device at once"),
+        Position::Wave { index, opens_at } if by_selector => tr.pass(
+            "rollout",
+            format!("{}; open since {}", wave_text(*index), ts(*opens_at)),
+        ),
         Position::Wave { index, opens_at } => tr.pass(
             "rollout",
             format!(

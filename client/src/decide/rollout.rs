@@ -1,8 +1,15 @@
 //! Phased rollout on the device: the per-device, per-campaign seed and the wave it selects.
+//!
+//! A device belongs to the first wave that selects it: every selector the wave sets
+//! matches the device (matched by [`check_selectors`], the code that matches a campaign's
+//! `applies_to`), and the device's seed falls below the wave's `share_bp`, if it sets one.
+//! Only the device's own profile and id go in: its wave never depends on any other device.
 
 use chrono::{DateTime, Utc};
 
-use crate::manifest::{CampaignManifest, FLEET_BP};
+use crate::decide::applicability::{check_selectors, SelectorCheck};
+use crate::decide::profile::DeviceProfile;
+use crate::manifest::{CampaignManifest, Wave, FLEET_BP};
 
 /// The device's stable seed for a campaign: the first 8 bytes (big-endian) of
 /// `SHA-256(device_id || 0x00 || campaign_id)`. The same every time, different per campaign
@@ -50,10 +57,17 @@ pub enum Position {
         /// When (the campaign's `not_before`, if any).
         opens_at: Option<DateTime<Utc>>,
     },
-    /// Beyond the last wave's share: not in this rollout (yet).
+    /// Beyond the last wave's share: not in this rollout (yet). Only for waves by share
+    /// alone.
     Beyond {
         /// The share the last wave reaches.
         covered_bp: u32,
+    },
+    /// Waves select by device attributes, and none selects this device: not in this
+    /// rollout (until a revision adds a wave for it).
+    NoWave {
+        /// Why, in words (`region eu-west matches no wave's regions`).
+        reason: String,
     },
 }
 
@@ -64,7 +78,7 @@ impl Position {
         match self {
             Position::Canary { opens_at } | Position::Everyone { opens_at } => *opens_at,
             Position::Wave { opens_at, .. } => Some(*opens_at),
-            Position::AfterCanaries | Position::Beyond { .. } => None,
+            Position::AfterCanaries | Position::Beyond { .. } | Position::NoWave { .. } => None,
         }
     }
 
@@ -72,14 +86,148 @@ impl Position {
     /// later instant (for the same manifest).
     pub fn is_open(&self, now: DateTime<Utc>) -> bool {
         match self {
-            Position::AfterCanaries | Position::Beyond { .. } => false,
+            Position::AfterCanaries | Position::Beyond { .. } | Position::NoWave { .. } => false,
             _ => self.opens_at().is_none_or(|t| now >= t),
         }
     }
 }
 
+/// How one wave judged the device.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct WaveCheck {
+    /// Each selector the wave sets, matched against the device.
+    pub selectors: Vec<SelectorCheck>,
+    /// The wave's share, if it sets one, and whether the device's seed falls below it.
+    pub share: Option<(u32, bool)>,
+}
+
+impl WaveCheck {
+    /// Whether the wave selects the device.
+    pub fn selects(&self) -> bool {
+        self.selectors.iter().all(|c| c.matched) && self.share.is_none_or(|(_, inside)| inside)
+    }
+
+    /// Why the wave selects the device, short (`region eu-west; seed 4.2 % below 10 %`).
+    pub fn why_in(&self, seed_bp: u32) -> String {
+        let mut parts: Vec<String> = self.selectors.iter().map(|c| c.device.clone()).collect();
+        if let Some((bp, _)) = self.share {
+            parts.push(format!(
+                "the device's seed {} is below its share {}",
+                percent(seed_bp),
+                percent(bp)
+            ));
+        }
+        if parts.is_empty() {
+            parts.push("every device not in an earlier wave".into());
+        }
+        parts.join("; ")
+    }
+
+    /// Why the wave does not select the device.
+    pub fn why_not(&self, seed_bp: u32) -> String {
+        let mut parts: Vec<String> = self
+            .selectors
+            .iter()
+            .filter(|c| !c.matched)
+            .map(|c| c.detail.clone())
+            .collect();
+        if let Some((bp, false)) = self.share {
+            parts.push(format!(
+                "the device's seed {} is not below its share {}",
+                percent(seed_bp),
+                percent(bp)
+            ));
+        }
+        parts.join("; ")
+    }
+}
+
+/// Matches one wave against the device (`seed_bp`: the device's seed for the campaign).
+pub fn check_wave(wave: &Wave, profile: &DeviceProfile, seed_bp: u32) -> WaveCheck {
+    WaveCheck {
+        selectors: check_selectors(&wave.selectors(), profile, None, "", "the wave"),
+        share: wave.share_bp.map(|bp| (bp, seed_bp < bp)),
+    }
+}
+
+/// The first wave of `campaign` that selects the device (0-based), with every wave's
+/// judgement up to it (all of them when none does).
+pub fn place(
+    campaign: &CampaignManifest,
+    profile: &DeviceProfile,
+) -> (Option<usize>, Vec<WaveCheck>) {
+    let bp = seed_bp(wave_seed(&profile.id, &campaign.id));
+    let mut checks = Vec::new();
+    for w in &campaign.rollout.waves {
+        let c = check_wave(w, profile, bp);
+        let selects = c.selects();
+        checks.push(c);
+        if selects {
+            return (Some(checks.len() - 1), checks);
+        }
+    }
+    (None, checks)
+}
+
+/// Why no wave of `campaign` selects the device, given every wave's judgement.
+pub fn no_wave_reason(campaign: &CampaignManifest, checks: &[WaveCheck], seed_bp: u32) -> String {
+    let waves = &campaign.rollout.waves;
+    // One selector every wave sets and none matches: say so in one line.
+    let first_field = checks.first().and_then(|c| {
+        c.selectors
+            .iter()
+            .find(|s| {
+                !s.matched
+                    && checks
+                        .iter()
+                        .all(|o| o.selectors.iter().any(|x| x.field == s.field && !x.matched))
+            })
+            .cloned()
+    });
+    if let Some(s) = first_field {
+        return if s.device.starts_with("no ") {
+            format!(
+                "the device has {}, and every wave selects by {}",
+                s.device, s.field
+            )
+        } else {
+            format!("{} matches no wave's {}", s.device, s.field)
+        };
+    }
+    let matching: Vec<usize> = checks
+        .iter()
+        .enumerate()
+        .filter(|(_, c)| c.selectors.iter().all(|s| s.matched))
+        .map(|(i, _)| i)
+        .collect();
+    if !matching.is_empty() {
+        let list: Vec<String> = matching
+            .iter()
+            .map(|i| format!("wave {} ({})", i + 1, waves[*i].describe()))
+            .collect();
+        return format!(
+            "the device's seed {} is not below the share of any wave it matches: {}",
+            percent(seed_bp),
+            list.join(", ")
+        );
+    }
+    checks
+        .iter()
+        .enumerate()
+        .map(|(i, c)| {
+            format!(
+                "wave {} ({}): {}",
+                i + 1,
+                waves[i].describe(),
+                c.why_not(seed_bp)
+            )
+        })
+        .collect::<Vec<_>>()
+        .join("; ")
+}
+
 /// The device's position in `campaign`'s rollout.
-pub fn position(campaign: &CampaignManifest, device_id: &str, is_canary: bool) -> Position {
+pub fn position(campaign: &CampaignManifest, profile: &DeviceProfile, is_canary: bool) -> Position {
     let r = &campaign.rollout;
     let not_before = campaign.schedule.not_before.map(|t| t.0);
     if r.canary {
@@ -97,17 +245,23 @@ pub fn position(campaign: &CampaignManifest, device_id: &str, is_canary: bool) -
             opens_at: not_before,
         };
     }
-    let bp = seed_bp(wave_seed(device_id, &campaign.id));
-    match r.waves.iter().position(|w| bp < w.share_bp) {
-        Some(index) => {
+    match place(campaign, profile) {
+        (Some(index), _) => {
             let start = r.waves[index].start.0;
             Position::Wave {
                 index,
                 opens_at: not_before.map_or(start, |nb| nb.max(start)),
             }
         }
-        None => Position::Beyond {
-            covered_bp: r.waves.last().map_or(0, |w| w.share_bp),
+        (None, checks) if r.has_selectors() => Position::NoWave {
+            reason: no_wave_reason(
+                campaign,
+                &checks,
+                seed_bp(wave_seed(&profile.id, &campaign.id)),
+            ),
+        },
+        (None, _) => Position::Beyond {
+            covered_bp: r.waves.iter().map(Wave::share_or_all).max().unwrap_or(0),
         },
     }
 }

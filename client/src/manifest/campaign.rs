@@ -395,7 +395,17 @@ impl Schedule {
     }
 }
 
-/// Phased rollout: canary devices first, then waves by share of the fleet.
+/// `1234` bp → `12.34 %`.
+fn percent(bp: u32) -> String {
+    if bp.is_multiple_of(100) {
+        format!("{} %", bp / 100)
+    } else {
+        format!("{}.{:02} %", bp / 100, bp % 100)
+    }
+}
+
+/// Phased rollout: canary devices first, then waves, each selecting devices by share of the
+/// fleet, by device attributes (region, channel, hardware, …), or both.
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct Rollout {
@@ -416,21 +426,172 @@ impl Rollout {
     pub fn is_empty(&self) -> bool {
         *self == Rollout::default()
     }
+
+    /// Whether some wave selects devices by their attributes (not only by share).
+    pub fn has_selectors(&self) -> bool {
+        self.waves.iter().any(Wave::has_selectors)
+    }
 }
 
 /// Basis points in a whole fleet (100 % = 10 000 bp).
 pub const FLEET_BP: u32 = 10_000;
 
-/// One wave: devices whose seed falls below `share_bp` (and not in an earlier wave) may
-/// start at `start`.
+/// One wave. A device belongs to the first wave that selects it: every selector the wave
+/// sets matches the device (with the same rules as the campaign's `applies_to`), and, if
+/// the wave sets `share_bp`, the device's seed falls below it. The wave opens at `start`.
+///
+/// A wave with neither selectors nor a share (or with the share 10 000 and no selectors)
+/// selects every device no earlier wave selected.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct Wave {
-    /// The cumulative share of the fleet reached by the end of this wave, in basis points
-    /// (100 = 1 %, 10 000 = every device).
-    pub share_bp: u32,
+    /// The cumulative share of the fleet (among the devices the wave's selectors match)
+    /// reached by the end of this wave, in basis points (100 = 1 %, 10 000 = every
+    /// device). Absent: every device the selectors match.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub share_bp: Option<u32>,
     /// When the wave opens.
     pub start: UtcTime,
+    /// Device types: the device's type must be one of them.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub device_types: Option<BTreeSet<String>>,
+    /// Device classes: the device's class must be one of them.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub device_classes: Option<BTreeSet<String>>,
+    /// Hardware vendors: the device's vendor must be one of them.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub vendors: Option<BTreeSet<String>>,
+    /// Hardware components the device must have, all of them.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub hardware_all: Option<BTreeSet<String>>,
+    /// Hardware components of which the device must have at least one.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub hardware_any: Option<BTreeSet<String>>,
+    /// Regions: the device's region must be one of them.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub regions: Option<BTreeSet<String>>,
+    /// Channels: the device's channel must be one of them.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub channels: Option<BTreeSet<String>>,
+    /// Licences or products; the device must hold at least one.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub licences: Option<BTreeSet<String>>,
+}
+
+impl Wave {
+    /// A wave by share only (what every wave was before waves had selectors).
+    pub fn share(share_bp: u32, start: impl Into<UtcTime>) -> Wave {
+        Wave {
+            share_bp: Some(share_bp),
+            ..Wave::at(start)
+        }
+    }
+
+    /// A wave opening at `start` with no selectors and no share: every device not in an
+    /// earlier wave.
+    pub fn at(start: impl Into<UtcTime>) -> Wave {
+        Wave {
+            share_bp: None,
+            start: start.into(),
+            device_types: None,
+            device_classes: None,
+            vendors: None,
+            hardware_all: None,
+            hardware_any: None,
+            regions: None,
+            channels: None,
+            licences: None,
+        }
+    }
+
+    /// The selector lists by field name, in the order they are matched and shown.
+    pub fn selector_lists(&self) -> [(&'static str, Option<&BTreeSet<String>>); 8] {
+        [
+            ("device_types", self.device_types.as_ref()),
+            ("device_classes", self.device_classes.as_ref()),
+            ("vendors", self.vendors.as_ref()),
+            ("hardware_all", self.hardware_all.as_ref()),
+            ("hardware_any", self.hardware_any.as_ref()),
+            ("regions", self.regions.as_ref()),
+            ("channels", self.channels.as_ref()),
+            ("licences", self.licences.as_ref()),
+        ]
+    }
+
+    /// Whether the wave sets any selector.
+    pub fn has_selectors(&self) -> bool {
+        self.selector_lists().iter().any(|(_, l)| l.is_some())
+    }
+
+    /// The share the wave reaches: `share_bp`, or the whole fleet.
+    pub fn share_or_all(&self) -> u32 {
+        self.share_bp.unwrap_or(FLEET_BP)
+    }
+
+    /// Whether the wave takes every device no earlier wave took (no selectors, whole share).
+    pub fn is_catch_all(&self) -> bool {
+        !self.has_selectors() && self.share_or_all() >= FLEET_BP
+    }
+
+    /// The wave's selectors as campaign [`Selectors`], so that a wave is matched by exactly
+    /// the code and rules that match `applies_to`.
+    pub fn selectors(&self) -> Selectors {
+        let get = |l: &Option<BTreeSet<String>>| l.clone().unwrap_or_default();
+        Selectors {
+            device_types: get(&self.device_types),
+            device_classes: get(&self.device_classes),
+            vendors: get(&self.vendors),
+            hardware_all: get(&self.hardware_all),
+            hardware_any: get(&self.hardware_any),
+            regions: get(&self.regions),
+            channels: get(&self.channels),
+            licences: get(&self.licences),
+            ..Selectors::default()
+        }
+    }
+
+    /// Whether every device `later` selects is selected by `self` (`self` coming first, so
+    /// that `later` can never select a device). Sound, not complete: a wave covered only by
+    /// several earlier waves together is not detected.
+    pub fn covers(&self, later: &Wave) -> bool {
+        if self.share_or_all() < later.share_or_all() {
+            return false;
+        }
+        self.selector_lists()
+            .into_iter()
+            .zip(later.selector_lists())
+            .all(|((name, mine), (_, theirs))| match (mine, theirs) {
+                (None, _) => true,
+                (Some(_), None) => false,
+                // All of: a device with every component of the later list has ours.
+                (Some(m), Some(t)) if name == "hardware_all" => m.is_subset(t),
+                // One of: a device with one of the later values has one of ours.
+                (Some(m), Some(t)) => t.is_subset(m),
+            })
+    }
+
+    /// The selectors and share in words: `regions: eu-central, eu-west; share 10 %`.
+    pub fn describe(&self) -> String {
+        let mut parts: Vec<String> = self
+            .selector_lists()
+            .into_iter()
+            .filter_map(|(name, l)| {
+                l.map(|l| {
+                    format!(
+                        "{name}: {}",
+                        l.iter().map(String::as_str).collect::<Vec<_>>().join(", ")
+                    )
+                })
+            })
+            .collect();
+        if let Some(bp) = self.share_bp {
+            parts.push(format!("share {}", percent(bp)));
+        }
+        if parts.is_empty() {
+            parts.push("every remaining device".into());
+        }
+        parts.join("; ")
+    }
 }
 
 impl CampaignManifest {
@@ -807,44 +968,97 @@ impl Manifest for CampaignManifest {
                 "set without a canary stage (rollout.canary)",
             );
         }
-        let mut prev: Option<&Wave> = None;
         for (i, w) in r.waves.iter().enumerate() {
-            let f = format!("rollout.waves[{i}]");
-            if w.share_bp == 0 || w.share_bp > FLEET_BP {
-                p.push(
-                    format!("{f}.share_bp"),
-                    format!(
-                        "{} is not in 1..=10000 (basis points of the fleet)",
-                        w.share_bp
-                    ),
-                );
-            }
-            if let Some(prev) = prev {
-                if w.share_bp <= prev.share_bp {
-                    p.push(
-                        format!("{f}.share_bp"),
-                        format!(
-                            "{} must be larger than the previous wave's {} (shares are cumulative)",
-                            w.share_bp, prev.share_bp
-                        ),
-                    );
-                }
-                if w.start < prev.start {
-                    p.push(
-                        format!("{f}.start"),
-                        format!(
-                            "{} is before the previous wave's start {}",
-                            w.start, prev.start
-                        ),
-                    );
-                }
-            }
-            prev = Some(w);
+            validate_wave(i, w, &r.waves[..i], &self.applies_to, &mut p);
         }
         if r.waves.len() > 100 {
             p.push("rollout.waves", "more than 100 waves");
         }
         p.finish("campaign manifest")
+    }
+}
+
+/// The rules for wave `i` (0-based) of a rollout, given the waves before it.
+fn validate_wave(i: usize, w: &Wave, earlier: &[Wave], applies_to: &Selectors, p: &mut Problems) {
+    let f = format!("rollout.waves[{i}]");
+    let n = i + 1;
+    if let Some(bp) = w.share_bp {
+        if bp == 0 || bp > FLEET_BP {
+            p.push(
+                format!("{f}.share_bp"),
+                format!("{bp} is not in 1..=10000 (basis points of the fleet)"),
+            );
+        }
+    }
+    let campaign_lists = applies_to.label_lists();
+    for ((name, list), (_, campaign)) in w.selector_lists().into_iter().zip(campaign_lists) {
+        let Some(list) = list else { continue };
+        if list.is_empty() {
+            p.push(
+                format!("{f}.{name}"),
+                format!("an empty list selects no device; leave {name} out to select by other attributes (or by share only)"),
+            );
+        }
+        for v in list {
+            p.check(format!("{f}.{name}"), check_label(v));
+        }
+        // A one-of list disjoint from the campaign's own: no device the campaign is for
+        // can be in the wave.
+        let one_of = !matches!(name, "hardware_all" | "hardware_any" | "licences");
+        if one_of && !list.is_empty() && !campaign.is_empty() && list.is_disjoint(campaign) {
+            p.push(
+                format!("{f}.{name}"),
+                format!(
+                    "wave {n} can never select a device: none of its {name} is in applies_to.{name} [{}]",
+                    campaign.iter().map(String::as_str).collect::<Vec<_>>().join(", ")
+                ),
+            );
+        }
+    }
+    let Some(prev) = earlier.last() else { return };
+    if w.start < prev.start {
+        p.push(
+            format!("{f}.start"),
+            format!(
+                "{} is before the previous wave's start {} (waves open in order)",
+                w.start, prev.start
+            ),
+        );
+    }
+    // Waves by share only: shares are cumulative, so each must reach further.
+    if let (false, false, Some(bp), Some(prev_bp)) = (
+        w.has_selectors(),
+        prev.has_selectors(),
+        w.share_bp,
+        prev.share_bp,
+    ) {
+        if bp <= prev_bp {
+            p.push(
+                format!("{f}.share_bp"),
+                format!(
+                    "{bp} must be larger than the previous wave's {prev_bp} (shares are cumulative)"
+                ),
+            );
+            return;
+        }
+    }
+    if let Some((j, by)) = earlier.iter().enumerate().find(|(_, e)| e.covers(w)) {
+        let m = j + 1;
+        let why = if by.is_catch_all() {
+            format!(
+                "wave {m} has no selectors and no share limit, so it takes every device no earlier wave took"
+            )
+        } else {
+            format!(
+                "wave {m} ({}) comes first and takes every device wave {n} ({}) would select",
+                by.describe(),
+                w.describe()
+            )
+        };
+        p.push(
+            f,
+            format!("wave {n} is unreachable: {why}; move wave {n} before wave {m}, narrow wave {m}, or remove wave {n}"),
+        );
     }
 }
 

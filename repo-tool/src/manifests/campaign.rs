@@ -7,7 +7,7 @@ use std::path::Path;
 use petrel_client::manifest::{
     campaign_target_path, check_id, group_target_path, CampaignManifest, CampaignState,
     Capabilities, CapabilityChain, ConsentPolicy, GroupManifest, Manifest, ManifestHash, Method,
-    OfferHash, Problems, Rollout,
+    OfferHash, Problems, Rollout, Wave,
 };
 
 use super::group::check_revision_grows;
@@ -465,16 +465,71 @@ pub fn waves_summary(r: &Rollout) -> String {
             "canaries first".to_string()
         });
     }
-    match r.waves.last() {
-        None => parts.push("all at once".into()),
-        Some(last) => parts.push(format!(
-            "{} wave{} to {}",
-            r.waves.len(),
-            if r.waves.len() == 1 { "" } else { "s" },
-            percent(last.share_bp)
-        )),
+    let n = r.waves.len();
+    let plural = if n == 1 { "" } else { "s" };
+    if r.has_selectors() {
+        let mut by: Vec<&str> = Vec::new();
+        for w in &r.waves {
+            for (name, l) in w.selector_lists() {
+                if l.is_some() && !by.contains(&name) {
+                    by.push(name);
+                }
+            }
+        }
+        if r.waves.iter().any(|w| w.share_bp.is_some()) {
+            by.push("share");
+        }
+        parts.push(format!("{n} wave{plural} by {}", by.join(", ")));
+    } else {
+        match r.waves.iter().map(Wave::share_or_all).max() {
+            None => parts.push("all at once".into()),
+            Some(last) => parts.push(format!("{n} wave{plural} to {}", percent(last))),
+        }
     }
     parts.join(", ")
+}
+
+/// One wave in words, for `campaign show`: `regions eu-central, eu-west; up to 10% of
+/// them by seed, from 2030-03-06T00:00:00Z`. A wave by share only reads as it always
+/// did: `up to 25% of the fleet from …`.
+pub fn wave_line(w: &Wave) -> String {
+    let selectors: Vec<String> = w
+        .selector_lists()
+        .into_iter()
+        .filter_map(|(name, l)| {
+            l.map(|l| {
+                format!(
+                    "{name} {}",
+                    l.iter().cloned().collect::<Vec<_>>().join(", ")
+                )
+            })
+        })
+        .collect();
+    if selectors.is_empty() {
+        return match w.share_bp {
+            Some(bp) => format!("up to {} of the fleet from {}", percent(bp), w.start),
+            None => format!("every device not in an earlier wave, from {}", w.start),
+        };
+    }
+    let mut s = selectors.join("; ");
+    match w.share_bp {
+        Some(bp) => {
+            let _ = write!(
+                s,
+                "; up to {} of them by seed, from {}",
+                percent(bp),
+                w.start
+            );
+        }
+        None => {
+            let _ = write!(
+                s,
+                "; every such device not in an earlier wave, from {}",
+                w.start
+            );
+        }
+    }
+    s
 }
 
 impl CampaignDetails {
@@ -624,13 +679,7 @@ impl CampaignDetails {
         let _ = writeln!(o, "  schedule:     {}", schedule.join(", "));
         let _ = writeln!(o, "  rollout:      {}", waves_summary(&c.rollout));
         for (i, w) in c.rollout.waves.iter().enumerate() {
-            let _ = writeln!(
-                o,
-                "    wave {}: up to {} of the fleet from {}",
-                i + 1,
-                percent(w.share_bp),
-                w.start
-            );
+            let _ = writeln!(o, "    wave {}: {}", i + 1, wave_line(w));
         }
         if let Some(p) = c.post_install {
             let _ = writeln!(o, "  post-install: {p}");
