@@ -2,7 +2,7 @@
 # Runs the whole Petrel test suite (this is what CI runs). Installs what the tests need:
 # Python virtual environments with python-tuf 7 and 6 for the interop tests, and nginx
 # for the client's end-to-end tests against a plain web server, and SoftHSM2 for the
-# PKCS#11 key tests.
+# PKCS#11 key tests; ends with a short bounded run of every fuzz target (libFuzzer).
 set -euo pipefail
 cd "$(dirname "$0")"
 echo "==> python-tuf environments (7 in .venv, 6 in .venv-tuf6)"
@@ -18,5 +18,27 @@ echo "==> formatting"
 cargo fmt --all -- --check
 echo "==> installer recipes (RAUC, SWUpdate) against stand-ins of their tools"
 bash tests/recipes/run.sh
+echo "==> building the tests"
+cargo test --workspace --all-targets --locked --no-run
+# The fuzz targets build (coverage-instrumented, fuzz/target) at the lowest CPU priority
+# while the tests run: the tests leave most of the CPU idle, waiting on what they start.
+fuzz_log="$(mktemp "${TMPDIR:-/tmp}/petrel-fuzz-build.XXXXXX")"
+FUZZ_PROFILE=smoke nice -n 19 scripts/fuzz.sh --build >"$fuzz_log" 2>&1 &
+fuzz_build=$!
 echo "==> tests"
-cargo test --workspace --all-targets --locked
+tests_status=0
+cargo test --workspace --all-targets --locked || tests_status=$?
+echo "==> fuzzing smoke run (every fuzz target for 8 s, from the committed seeds)"
+if ! wait "$fuzz_build"; then
+    cat "$fuzz_log" >&2
+    echo "test.sh: building the fuzz targets failed" >&2
+    exit 1
+fi
+cat "$fuzz_log"
+rm -f "$fuzz_log"
+scripts/fuzz.sh --smoke 8
+if [[ $tests_status -ne 0 ]]; then
+    echo "test.sh: cargo test failed (exit status $tests_status)" >&2
+    exit "$tests_status"
+fi
+echo "test.sh: every test passed"

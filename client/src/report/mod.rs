@@ -15,7 +15,7 @@ mod outbox;
 
 use std::collections::BTreeMap;
 
-use chrono::{DateTime, SubsecRound, Utc};
+use chrono::{DateTime, Datelike, SubsecRound, Utc};
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
@@ -426,6 +426,14 @@ fn check_fields(r: &Report) -> Result<(), ReportError> {
                 "{name} must be 1 to 256 characters without control characters"
             ));
         }
+    }
+    // RFC 3339 has four-digit years only: a time outside them would be stored in a form
+    // the report endpoint cannot read back (chrono writes `-0060-…` or `+10000-…`).
+    if !(0..=9999).contains(&r.time.year()) {
+        return bad(format!(
+            "time {} is outside the years 0000 to 9999",
+            r.time.to_rfc3339()
+        ));
     }
     Ok(())
 }

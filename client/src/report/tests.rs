@@ -676,3 +676,24 @@ fn outbox_refuses_a_report_id_that_is_not_a_hash() {
     assert!(outbox.queue(&r).is_err());
     assert!(!d.path().join("escape.json").exists());
 }
+
+#[test]
+fn a_report_time_outside_rfc_3339_years_is_refused() {
+    let d = tempfile::tempdir().unwrap();
+    let k = key(d.path());
+    for (year, ok) in [(-60, false), (10000, false), (0, true), (9999, true)] {
+        let mut f = fields();
+        f.time = Utc.with_ymd_and_hms(year, 6, 1, 12, 0, 0).unwrap();
+        let bytes = Report::new(f).sign(&k).to_vec();
+        let parsed = SignedReport::from_slice(&bytes, MAX_REPORT_BYTES);
+        assert_eq!(parsed.is_ok(), ok, "year {year}: {parsed:?}");
+        if let Ok(r) = parsed {
+            // What the endpoint stores, it can read back.
+            let text = r
+                .signed
+                .time
+                .to_rfc3339_opts(chrono::SecondsFormat::AutoSi, true);
+            assert!(DateTime::parse_from_rfc3339(&text).is_ok(), "{text}");
+        }
+    }
+}

@@ -3,7 +3,7 @@
 use std::collections::BTreeMap;
 use std::fmt;
 
-use chrono::{DateTime, NaiveDateTime, SecondsFormat, Utc};
+use chrono::{DateTime, NaiveDateTime, SecondsFormat, Timelike, Utc};
 use serde::de::DeserializeOwned;
 use serde::{Deserialize, Deserializer, Serialize, Serializer};
 use serde_json::{Map, Value};
@@ -117,7 +117,9 @@ pub struct Signature {
 /// Hash algorithm name → hex digest.
 pub type Hashes = BTreeMap<String, String>;
 
-/// An expiry instant, written as `YYYY-MM-DDTHH:MM:SSZ`.
+/// An expiry instant, written as `YYYY-MM-DDTHH:MM:SSZ`. Sub-second digits that other
+/// tools write are dropped when it is read (the expiry moves earlier by less than a
+/// second), so what Petrel writes back is the instant it holds.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
 pub struct Expires(pub DateTime<Utc>);
 
@@ -131,7 +133,7 @@ impl<'de> Deserialize<'de> for Expires {
     fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
         let s = String::deserialize(d)?;
         parse_datetime(&s)
-            .map(Expires)
+            .map(|t| Expires(t.with_nanosecond(0).unwrap_or(t)))
             .map_err(serde::de::Error::custom)
     }
 }
@@ -414,5 +416,23 @@ mod tests {
         assert!(parse_datetime("2030-01-01T00:00:00Z").is_ok());
         assert!(parse_datetime("2030-01-01T00:00:00.5Z").is_ok());
         assert!(parse_datetime("2030-01-01").is_err());
+    }
+
+    #[test]
+    fn an_expiry_with_sub_second_digits_survives_a_file_round_trip() {
+        for (written, read) in [
+            ("2124-01-01T00:00:01.50Z", "2124-01-01T00:00:01Z"),
+            (
+                "2124-01-01T00:00:01.999999999+00:00",
+                "2124-01-01T00:00:01Z",
+            ),
+            ("2124-01-01T00:00:01Z", "2124-01-01T00:00:01Z"),
+        ] {
+            let e: Expires = serde_json::from_value(serde_json::json!(written)).unwrap();
+            let back = serde_json::to_value(e).unwrap();
+            assert_eq!(back, serde_json::json!(read), "{written}");
+            let again: Expires = serde_json::from_value(back).unwrap();
+            assert_eq!(again, e, "{written} changed in a round trip");
+        }
     }
 }
