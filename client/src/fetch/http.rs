@@ -609,7 +609,10 @@ fn speaks_no_tls(e: &(dyn std::error::Error + 'static)) -> bool {
         }
         // An `io::Error` wrapping another error reports the wrapped one's cause as its
         // source, skipping the wrapped error itself: look inside instead.
-        cur = match c.downcast_ref::<std::io::Error>().and_then(|io| io.get_ref()) {
+        cur = match c
+            .downcast_ref::<std::io::Error>()
+            .and_then(|io| io.get_ref())
+        {
             Some(inner) => Some(inner as &(dyn std::error::Error + 'static)),
             None => c.source(),
         };
