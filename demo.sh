@@ -2,7 +2,8 @@
 # The main job on an embedded default: sign a demo repository from examples/demo (content,
 # a tested group, a campaign that needs consent, the device's assignment), serve it on
 # loopback with petrel-server (with its report endpoint), and take a device through it: the
-# TUF client's verified downloads, then the device agent deciding, asking for consent,
+# TUF client's verified downloads, then the device agent deciding, asking for consent
+# (which holds across a halt and a resume of the rollout),
 # staging and applying the update all or nothing, and reporting the result, which the repo
 # tool turns into rollout status; then the resident agent (`petrel run`) installs a security
 # fix by itself, and restores the previous firmware by itself when the next one fails the
@@ -115,6 +116,13 @@ echo "==> the user reads the notice and agrees"
 "$agent" consent show thermostat-1.1
 "$agent" consent accept thermostat-1.1
 "$agent" check
+echo "==> the operator halts the rollout and resumes it: consent is bound to the offer (notice, payload), not to the rollout state, so the answer holds"
+"$repo_tool" -r "$repo" campaign halt thermostat-1.1
+"$repo_tool" -r "$repo" publish
+"$agent" check | grep -F "thermostat-1.1"
+"$repo_tool" -r "$repo" campaign resume thermostat-1.1
+"$repo_tool" -r "$repo" publish
+"$agent" check --explain | grep -F "still holds"
 echo "==> enrolling the device's report key with the server"
 "$agent" device-key >"$work/device.pub.pem"
 "$server" enroll --reports-db "$work/reports.db" --device "$(sed -n 's/^id *= *"\(.*\)"/\1/p' "$demo/device/profile.toml")" \
