@@ -116,23 +116,8 @@ pub fn is_uri(s: &str) -> bool {
 }
 
 fn percent_decode(s: &str) -> std::result::Result<Vec<u8>, String> {
-    let b = s.as_bytes();
-    let mut out = Vec::with_capacity(b.len());
-    let mut i = 0;
-    while i < b.len() {
-        if b[i] == b'%' {
-            let hex = s
-                .get(i + 1..i + 3)
-                .and_then(|h| u8::from_str_radix(h, 16).ok())
-                .ok_or_else(|| format!("bad percent-encoding at {:?}", &s[i..]))?;
-            out.push(hex);
-            i += 3;
-        } else {
-            out.push(b[i]);
-            i += 1;
-        }
-    }
-    Ok(out)
+    petrel_client::fetch::decode_path_segment(s)
+        .ok_or_else(|| format!("bad percent-encoding in {s:?} (an escape is % and two hex digits)"))
 }
 
 impl FromStr for Pkcs11Uri {
@@ -1061,6 +1046,15 @@ mod tests {
         assert!(e.contains("colour"), "{e}");
         let e = "pkcs11:object=a;object=b".parse::<Pkcs11Uri>().unwrap_err();
         assert!(e.contains("twice"), "{e}");
+        // An escape is `%` and two hex digits; a sign is not a digit.
+        for bad in [
+            "pkcs11:object=a%zz",
+            "pkcs11:object=a%+1",
+            "pkcs11:object=a%4",
+        ] {
+            let e = bad.parse::<Pkcs11Uri>().unwrap_err();
+            assert!(e.contains("bad percent-encoding"), "{bad}: {e}");
+        }
         let e = "pkcs11:object=a?module-name=softhsm2"
             .parse::<Pkcs11Uri>()
             .unwrap_err();

@@ -444,16 +444,19 @@ pub fn encode_path_segment(segment: &str) -> String {
     out
 }
 
-/// Decodes `%XX` escapes in one URL path segment; `None` if an escape is malformed.
+/// Decodes `%XX` escapes in one URL path segment (and in other percent-encoded values, such
+/// as a PKCS#11 URI's); `None` if an escape is not `%` and two hex digits.
 pub fn decode_path_segment(segment: &str) -> Option<Vec<u8>> {
     let bytes = segment.as_bytes();
     let mut out = Vec::with_capacity(bytes.len());
     let mut i = 0;
     while i < bytes.len() {
         if bytes[i] == b'%' {
-            let hex = bytes.get(i + 1..i + 3)?;
-            let s = std::str::from_utf8(hex).ok()?;
-            out.push(u8::from_str_radix(s, 16).ok()?);
+            // Exactly two hex digits: `u8::from_str_radix` alone also takes a sign (`%+1`).
+            let hex = bytes
+                .get(i + 1..i + 3)
+                .filter(|h| h.iter().all(u8::is_ascii_hexdigit))?;
+            out.push(u8::from_str_radix(std::str::from_utf8(hex).ok()?, 16).ok()?);
             i += 3;
         } else {
             out.push(bytes[i]);
@@ -489,6 +492,8 @@ mod tests {
         assert_eq!(decode_path_segment(&e).unwrap(), b"a b/c%");
         assert!(decode_path_segment("%4").is_none());
         assert!(decode_path_segment("%zz").is_none());
+        assert!(decode_path_segment("%+1").is_none());
+        assert!(decode_path_segment("%-0").is_none());
     }
 
     #[test]
