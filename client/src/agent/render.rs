@@ -108,6 +108,9 @@ pub fn next_step(c: &CampaignDecision) -> String {
         }
         Status::NotStarted { starts_at } => format!("wait until {}", ts(*starts_at)),
         Status::WaitingForCanaries => "wait for a revision that passes the canaries".into(),
+        Status::WaitingForGate { wave, .. } => {
+            format!("wait for a revision that opens wave {wave} (petrel-repo rollout advance)")
+        }
         Status::NotInRollout { .. } => "wait for a revision that widens the rollout".into(),
         Status::Halted => "none until the campaign is resumed".into(),
         Status::Error { .. }
@@ -255,9 +258,12 @@ pub fn wave_info(
         Position::Canary { opens_at } => {
             format!("canary device, goes first: {}", opened(*opens_at))
         }
-        Position::AfterCanaries => {
-            "not a canary device: waits until a revision says the canaries passed".to_string()
-        }
+        Position::AfterCanaries => match crate::decide::rollout::gate_condition(c, None) {
+            Some(g) => format!("not a canary device: the rollout after the canaries {g}"),
+            None => {
+                "not a canary device: waits until a revision says the canaries passed".to_string()
+            }
+        },
         Position::Wave { index, opens_at } if c.rollout.has_selectors() => format!(
             "wave {} of {} ({}): {}",
             index + 1,
@@ -281,6 +287,12 @@ pub fn wave_info(
             percent(*covered_bp)
         ),
         Position::NoWave { reason } => format!("not in any wave: {reason}"),
+        Position::Gated { index } => format!(
+            "wave {} of {}: gated, it {}",
+            index + 1,
+            c.rollout.waves.len(),
+            crate::decide::rollout::gate_condition(c, Some(*index)).unwrap_or_default()
+        ),
     };
     let (kind, wave, opens_at) = match &pos {
         Position::Canary { opens_at } => ("canary", None, *opens_at),
@@ -289,6 +301,7 @@ pub fn wave_info(
         Position::Everyone { opens_at } => ("everyone", None, *opens_at),
         Position::Beyond { .. } => ("beyond", None, None),
         Position::NoWave { .. } => ("no_wave", None, None),
+        Position::Gated { index } => ("gated", Some(index + 1), None),
     };
     let json = json!({
         "position": kind,

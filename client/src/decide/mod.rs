@@ -64,7 +64,7 @@ use crate::manifest::{
     Assignment, ConsentPolicy, ConsentStage, ManifestHash, Method, Severity, UtcTime,
 };
 use applicability::match_selectors;
-use rollout::{percent, place, position, seed_bp, wave_seed, Position};
+use rollout::{gate_condition, percent, place, position, seed_bp, wave_seed, Position};
 
 /// Where one campaign stands for this device.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize)]
@@ -121,6 +121,15 @@ pub enum Status {
         wave: usize,
         /// When it opens.
         opens_at: DateTime<Utc>,
+    },
+    /// A gated rollout: the device's wave opens only when `rollout advance` finds the
+    /// stage before it healthy and signs a revision that opens it.
+    WaitingForGate {
+        /// 1-based wave number.
+        wave: usize,
+        /// What opens it, with the last signed figures
+        /// (`opens when wave 1 has ≥ 95 % succeeded … (now 71 % succeeded …, signed …)`).
+        gate: String,
     },
     /// Consent is needed: ask.
     WaitingForConsent {
@@ -202,6 +211,7 @@ impl Status {
             Status::WaitingForCanaries => "waiting_for_canaries",
             Status::NotInRollout { .. } => "not_in_rollout",
             Status::WaitingForWave { .. } => "waiting_for_wave",
+            Status::WaitingForGate { .. } => "waiting_for_gate",
             Status::WaitingForConsent { .. } => "waiting_for_consent",
             Status::Postponed { .. } => "postponed",
             Status::Declined { .. } => "declined",
@@ -238,6 +248,7 @@ impl Status {
                 | Status::Declined { .. }
                 | Status::NotInRollout { .. }
                 | Status::WaitingForCanaries
+                | Status::WaitingForGate { .. }
         )
     }
 
@@ -291,6 +302,7 @@ impl fmt::Display for Status {
                 percent(*covered_bp)
             ),
             Status::WaitingForWave { wave, opens_at } => write!(f, "waiting for wave {wave}, which opens at {}", t(opens_at)),
+            Status::WaitingForGate { wave, gate } => write!(f, "waiting for wave {wave}: {gate}"),
             Status::WaitingForConsent { policy, stage, postpones_left, deadline } => {
                 write!(f, "waiting for consent ({policy}, {stage}")?;
                 if policy.asks_user() {
@@ -1147,7 +1159,11 @@ fn evaluate(ctx: &Ctx, e: &CampaignEntry, tr: &mut Trace, plan_out: &mut Option<
     let seed = seed_bp(wave_seed(&profile.id, &c.id));
     // Waves that select by device attributes: which wave, and why.
     let by_selector = c.rollout.has_selectors();
-    let checks = if by_selector && matches!(pos, Position::Wave { .. } | Position::NoWave { .. }) {
+    let checks = if by_selector
+        && matches!(
+            pos,
+            Position::Wave { .. } | Position::NoWave { .. } | Position::Gated { .. }
+        ) {
         place(c, profile).1
     } else {
         Vec::new()
@@ -1176,9 +1192,31 @@ fn evaluate(ctx: &Ctx, e: &CampaignEntry, tr: &mut Trace, plan_out: &mut Option<
         Position::AfterCanaries => {
             tr.stop(
                 "rollout",
-                "canary devices go first; the canaries have not passed yet",
+                match gate_condition(c, None) {
+                    Some(g) => format!("canary devices go first; the rest of the rollout {g}"),
+                    None => "canary devices go first; the canaries have not passed yet".into(),
+                },
             );
             return Status::WaitingForCanaries;
+        }
+        Position::Gated { index } => {
+            let gate = gate_condition(c, Some(*index)).unwrap_or_default();
+            tr.stop(
+                "rollout",
+                if by_selector {
+                    format!("{}; it {gate}", wave_text(*index))
+                } else {
+                    format!(
+                        "the device's seed ({}) puts it in wave {}, which {gate}",
+                        percent(seed),
+                        index + 1
+                    )
+                },
+            );
+            return Status::WaitingForGate {
+                wave: index + 1,
+                gate,
+            };
         }
         Position::Beyond { covered_bp } => {
             tr.stop(

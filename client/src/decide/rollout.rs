@@ -69,6 +69,13 @@ pub enum Position {
         /// Why, in words (`region eu-west matches no wave's regions`).
         reason: String,
     },
+    /// A gated rollout: the device is in wave `index` (0-based), which opens only when
+    /// `rollout advance` finds the stage before it healthy and signs a revision that
+    /// opens it.
+    Gated {
+        /// 0-based wave index.
+        index: usize,
+    },
 }
 
 impl Position {
@@ -78,7 +85,10 @@ impl Position {
         match self {
             Position::Canary { opens_at } | Position::Everyone { opens_at } => *opens_at,
             Position::Wave { opens_at, .. } => Some(*opens_at),
-            Position::AfterCanaries | Position::Beyond { .. } | Position::NoWave { .. } => None,
+            Position::AfterCanaries
+            | Position::Beyond { .. }
+            | Position::NoWave { .. }
+            | Position::Gated { .. } => None,
         }
     }
 
@@ -86,7 +96,10 @@ impl Position {
     /// later instant (for the same manifest).
     pub fn is_open(&self, now: DateTime<Utc>) -> bool {
         match self {
-            Position::AfterCanaries | Position::Beyond { .. } | Position::NoWave { .. } => false,
+            Position::AfterCanaries
+            | Position::Beyond { .. }
+            | Position::NoWave { .. }
+            | Position::Gated { .. } => false,
             _ => self.opens_at().is_none_or(|t| now >= t),
         }
     }
@@ -247,6 +260,10 @@ pub fn position(campaign: &CampaignManifest, profile: &DeviceProfile, is_canary:
     }
     match place(campaign, profile) {
         (Some(index), _) => {
+            let opened = index < r.opened.len() || (index == 0 && !r.canary);
+            if r.gates.is_some() && !opened {
+                return Position::Gated { index };
+            }
             let start = r.waves[index].start.0;
             Position::Wave {
                 index,
@@ -264,6 +281,95 @@ pub fn position(campaign: &CampaignManifest, profile: &DeviceProfile, is_canary:
             covered_bp: r.waves.iter().map(Wave::share_or_all).max().unwrap_or(0),
         },
     }
+}
+
+/// What passes the canary stage (`wave: None`) or opens wave `wave` (0-based) of a gated
+/// rollout, in words, with the figures `rollout advance` last signed for the stage before
+/// it: `opens when wave 1 has ≥ 95 % succeeded and ≤ 5 % failed (now 71 % succeeded, 2 %
+/// failed of 48 devices, signed 2026-12-02 10:00:00 UTC)`. `None` without gates.
+pub fn gate_condition(campaign: &CampaignManifest, wave: Option<usize>) -> Option<String> {
+    let r = &campaign.rollout;
+    let g = r.gates.as_ref()?;
+    let soak = |secs: u64| {
+        if secs == 0 {
+            String::new()
+        } else {
+            format!(", for at least {} after it opened", human_secs(secs))
+        }
+    };
+    let (stage, mut text) = match wave {
+        None | Some(0) if r.canary => (
+            "canaries".to_string(),
+            format!(
+                "opens when at least {} canary device(s) succeeded and at most {} failed{}",
+                g.canary_min_succeeded,
+                g.canary_max_failed,
+                soak(g.canary_soak_secs)
+            ),
+        ),
+        None | Some(0) => {
+            return Some(format!(
+                "opens at its start, {}",
+                r.waves
+                    .first()
+                    .map_or("now".into(), |w| w.start.to_string())
+            ))
+        }
+        Some(k) => (
+            format!("wave {k}"),
+            format!(
+                "opens when wave {k} has ≥ {} succeeded and ≤ {} failed{}",
+                percent(g.wave_min_succeeded_bp),
+                percent(g.wave_max_failed_bp),
+                soak(g.wave_soak_secs)
+            ),
+        ),
+    };
+    match &r.progress {
+        Some(p) if p.stage == stage => {
+            let failed = crate::manifest::share_bp(p.failed, p.devices);
+            let overdue = if p.overdue > 0 {
+                format!(", {} overdue", p.overdue)
+            } else {
+                String::new()
+            };
+            if stage == "canaries" {
+                text.push_str(&format!(
+                    " (now {} succeeded, {} failed{overdue} of {} canaries, signed {})",
+                    p.succeeded, p.failed, p.devices, p.evaluated_at
+                ));
+            } else {
+                text.push_str(&format!(
+                    " (now {} succeeded, {} failed{overdue} of {} device(s), signed {})",
+                    percent(p.succeeded_bp()),
+                    percent(failed),
+                    p.devices,
+                    p.evaluated_at
+                ));
+            }
+        }
+        _ => text.push_str(" (no figures signed yet)"),
+    }
+    Some(text)
+}
+
+/// `5400` → `1 h 30 min`; `45` → `45 s`.
+pub fn human_secs(secs: u64) -> String {
+    let (d, h, m, s) = (secs / 86_400, secs / 3600 % 24, secs / 60 % 60, secs % 60);
+    let mut parts = Vec::new();
+    if d > 0 {
+        parts.push(format!("{d} d"));
+    }
+    if h > 0 {
+        parts.push(format!("{h} h"));
+    }
+    if m > 0 {
+        parts.push(format!("{m} min"));
+    }
+    if s > 0 || parts.is_empty() {
+        parts.push(format!("{s} s"));
+    }
+    parts.join(" ")
 }
 
 /// `1234` bp → `12.34 %`.

@@ -419,6 +419,152 @@ pub struct Rollout {
     /// Waves in order. Absent: every device at once.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub waves: Vec<Wave>,
+    /// Health gates: with them, the canary stage passes and each later wave opens only
+    /// when `petrel-repo rollout advance` finds the stage before it healthy and signs a
+    /// revision that says so ([`Rollout::opened`]).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub gates: Option<Gates>,
+    /// Gated rollouts: when each wave opened, in order (entry 0 is wave 1), as signed by
+    /// `rollout advance`. Under gates, wave k (1-based) is open once it has an entry here
+    /// and its `start` has come; wave 1 of a rollout without a canary stage needs no
+    /// entry (it opens at its `start`).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub opened: Vec<UtcTime>,
+    /// Gated rollouts: the figures behind the gate as `rollout advance` last evaluated
+    /// them, so devices can say what they wait for. Informational: a revision that changes
+    /// only these figures is not a new attempt for a device whose install failed.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub progress: Option<Progress>,
+}
+
+/// The health gates of a rollout (`[rollout.gates]`): when the canary stage passes, when
+/// a wave counts as healthy, and when silent devices count as overdue.
+///
+/// A stage's devices are the devices that reported about the campaign from it (canaries
+/// flag their reports; other devices report their wave), plus, when the repository can
+/// place them without their attributes, the enrolled devices assigned to the campaign's
+/// group. Only `succeeded` counts as a success, and a device reports it only after its
+/// health check passed (after the reboot, for a new system image).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Gates {
+    /// The canary stage passes once at least this many canaries succeeded.
+    #[serde(default = "one_u64")]
+    pub canary_min_succeeded: u64,
+    /// … and no more than this many failed (more halts the campaign).
+    #[serde(default)]
+    pub canary_max_failed: u64,
+    /// … and this many seconds have passed since the canary stage opened.
+    #[serde(default)]
+    pub canary_soak_secs: u64,
+    /// The next wave opens once this share (basis points) of a wave's devices succeeded.
+    #[serde(default = "default_min_succeeded_bp")]
+    pub wave_min_succeeded_bp: u32,
+    /// … counted over at least this many devices of the wave (default 1): a wave no
+    /// device has reported from yet never passes.
+    #[serde(default = "one_u64")]
+    pub wave_min_devices: u64,
+    /// A wave whose failed share (basis points) is above this halts the campaign.
+    #[serde(default = "default_max_failed_bp")]
+    pub wave_max_failed_bp: u32,
+    /// … and this many seconds have passed since the wave opened.
+    #[serde(default)]
+    pub wave_soak_secs: u64,
+    /// A device of an open stage without a final report that has been silent this many
+    /// seconds (since the stage opened, or since its last report if later) is overdue.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub overdue_after_secs: Option<u64>,
+    /// Overdue devices count as failed for the gate (else they only keep it from passing).
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub overdue_counts_as_failed: bool,
+}
+
+fn one_u64() -> u64 {
+    1
+}
+fn default_min_succeeded_bp() -> u32 {
+    9_500
+}
+fn default_max_failed_bp() -> u32 {
+    500
+}
+
+impl Default for Gates {
+    fn default() -> Self {
+        Gates {
+            canary_min_succeeded: 1,
+            canary_max_failed: 0,
+            canary_soak_secs: 0,
+            wave_min_succeeded_bp: default_min_succeeded_bp(),
+            wave_min_devices: 1,
+            wave_max_failed_bp: default_max_failed_bp(),
+            wave_soak_secs: 0,
+            overdue_after_secs: None,
+            overdue_counts_as_failed: false,
+        }
+    }
+}
+
+/// The figures `rollout advance` signed with its last evaluation of a gated rollout.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Progress {
+    /// When the figures were evaluated.
+    pub evaluated_at: UtcTime,
+    /// The stage whose gate decides what opens next: `canaries` or `wave N`.
+    pub stage: String,
+    /// Devices counted in that stage.
+    pub devices: u64,
+    /// Of them, succeeded.
+    pub succeeded: u64,
+    /// Of them, failed.
+    pub failed: u64,
+    /// Of them, overdue.
+    #[serde(default, skip_serializing_if = "is_zero_u64")]
+    pub overdue: u64,
+    /// Set when `rollout advance` halted the campaign: only reports about this revision or
+    /// a later one count, so a resumed campaign is judged on what happened since.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub counts_from_revision: Option<u64>,
+}
+
+fn is_zero_u64(n: &u64) -> bool {
+    *n == 0
+}
+
+impl Progress {
+    /// Whether `other` has the same figures (the evaluation time aside).
+    pub fn same_figures(&self, other: &Progress) -> bool {
+        (
+            &self.stage,
+            self.devices,
+            self.succeeded,
+            self.failed,
+            self.overdue,
+            self.counts_from_revision,
+        ) == (
+            &other.stage,
+            other.devices,
+            other.succeeded,
+            other.failed,
+            other.overdue,
+            other.counts_from_revision,
+        )
+    }
+
+    /// The succeeded share in basis points (0 with no device).
+    pub fn succeeded_bp(&self) -> u32 {
+        share_bp(self.succeeded, self.devices)
+    }
+}
+
+/// `part / whole` in basis points, rounded down (0 when `whole` is 0).
+pub fn share_bp(part: u64, whole: u64) -> u32 {
+    if whole == 0 {
+        0
+    } else {
+        ((part.min(whole) as u128 * FLEET_BP as u128) / whole as u128) as u32
+    }
 }
 
 impl Rollout {
@@ -970,6 +1116,70 @@ impl Manifest for CampaignManifest {
         }
         for (i, w) in r.waves.iter().enumerate() {
             validate_wave(i, w, &r.waves[..i], &self.applies_to, &mut p);
+        }
+        if let Some(g) = &r.gates {
+            for (f, bp) in [
+                ("wave_min_succeeded_bp", g.wave_min_succeeded_bp),
+                ("wave_max_failed_bp", g.wave_max_failed_bp),
+            ] {
+                if bp > FLEET_BP {
+                    p.push(
+                        format!("rollout.gates.{f}"),
+                        format!("{bp} is not in 0..=10000 (basis points of the wave)"),
+                    );
+                }
+            }
+            if r.canary && g.canary_min_succeeded == 0 {
+                p.push(
+                    "rollout.gates.canary_min_succeeded",
+                    "0 passes the canary stage without any canary; set at least 1",
+                );
+            }
+            if g.overdue_counts_as_failed && g.overdue_after_secs.is_none() {
+                p.push(
+                    "rollout.gates.overdue_counts_as_failed",
+                    "set without overdue_after_secs (when a device counts as overdue)",
+                );
+            }
+            if g.overdue_after_secs == Some(0) {
+                p.push(
+                    "rollout.gates.overdue_after_secs",
+                    "0 makes every device overdue at once; leave it out or give seconds",
+                );
+            }
+        } else {
+            if !r.opened.is_empty() {
+                p.push(
+                    "rollout.opened",
+                    "set without rollout.gates (only gated rollouts open waves one by one)",
+                );
+            }
+            if r.progress.is_some() {
+                p.push("rollout.progress", "set without rollout.gates");
+            }
+        }
+        // Without waves, one entry: when everyone's stage opened after the canaries.
+        if r.opened.len() > r.waves.len().max(1) {
+            p.push(
+                "rollout.opened",
+                format!(
+                    "{} entries for {} wave(s): one opening time per wave at most",
+                    r.opened.len(),
+                    r.waves.len()
+                ),
+            );
+        }
+        if r.opened.windows(2).any(|w| w[1] < w[0]) {
+            p.push(
+                "rollout.opened",
+                "opening times must not decrease (waves open in order)",
+            );
+        }
+        if r.gates.is_some() && r.canary && !r.canary_passed && !r.opened.is_empty() {
+            p.push(
+                "rollout.opened",
+                "waves opened while the canary stage has not passed (set canary_passed)",
+            );
         }
         if r.waves.len() > 100 {
             p.push("rollout.waves", "more than 100 waves");
