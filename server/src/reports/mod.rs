@@ -10,6 +10,8 @@
 //! short-lived read-only connections (at most [`SUMMARY_READERS`] at once); with WAL they
 //! never block the writer. See `docs/server.md`, "Reports".
 
+pub mod fleet;
+pub mod published;
 pub mod store;
 pub mod summary;
 

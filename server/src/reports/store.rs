@@ -441,6 +441,22 @@ impl ReportStore {
         Ok(u64::try_from(n).unwrap_or(0))
     }
 
+    /// Each device's latest received report (any campaign), as stored: device id → body.
+    pub fn latest_bodies(&self) -> Result<Vec<(String, Vec<u8>)>, StoreError> {
+        let mut stmt = self
+            .conn
+            .prepare(
+                "SELECT device_id, body FROM reports
+                 WHERE seq IN (SELECT max(seq) FROM reports GROUP BY device_id)
+                 ORDER BY device_id",
+            )
+            .map_err(|e| self.err(e))?;
+        let rows = stmt
+            .query_map([], |r| Ok((r.get(0)?, r.get(1)?)))
+            .map_err(|e| self.err(e))?;
+        rows.collect::<Result<_, _>>().map_err(|e| self.err(e))
+    }
+
     /// The summary rows of every stored report (of one campaign if given).
     pub fn rows(&self, campaign: Option<&str>) -> Result<Vec<ReportRow>, StoreError> {
         // Version 1 has no stored flag: it is computed below from the two times.
