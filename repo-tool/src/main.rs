@@ -155,8 +155,14 @@ Example:
         files: Vec<PathBuf>,
     },
     /// Show staged roles and their signatures against thresholds.
-    #[command(after_help = "Example:\n  petrel-repo --repo fleet status")]
-    Status,
+    #[command(
+        after_help = "Examples:\n  petrel-repo --repo fleet status\n  petrel-repo --repo fleet status --json | jq '.staged[].role'"
+    )]
+    Status {
+        /// Print the status as JSON.
+        #[arg(long)]
+        json: bool,
+    },
     /// Check a published tree the way a client would and explain every problem found.
     #[command(
         after_help = "Examples:\n  petrel-repo verify --tree ./demo/tree --root trusted-root.json\n  petrel-repo --repo demo verify"
@@ -168,20 +174,34 @@ Example:
         /// The trusted root to start from (default: the tree's 1.root.json, trusted on first use).
         #[arg(long)]
         root: Option<PathBuf>,
+        /// Print the report as JSON (problems included; the exit code is the same).
+        #[arg(long)]
+        json: bool,
     },
+    /// List targets: every target path with its length, sha256 and the role that signs it.
+    #[command(subcommand)]
+    Targets(TargetsCommand),
     /// Group manifests: the tested combinations of applications devices converge to.
     #[command(after_help = "\
-Example (kiosk-eu.toml holds kind = \"group\", id, revision and [apps.\"<app>\"] tables):
-  petrel-repo group set kiosk-eu.toml && petrel-repo publish")]
+Examples (kiosk-eu.toml holds kind = \"group\", id, revision and [apps.\"<app>\"] tables):
+  petrel-repo group set kiosk-eu.toml && petrel-repo publish
+  petrel-repo group list")]
     Group(GroupArgs),
-    /// Assign devices to a group, through the hashed assignment bins (ids are never published).
-    #[command(after_help = "\
+    /// Assign devices to a group, or remove them, through the hashed assignment bins (ids are
+    /// never published); `assign show` says where one device is assigned.
+    #[command(
+        args_conflicts_with_subcommands = true,
+        subcommand_negates_reqs = true,
+        after_help = "\
 FILE holds one device id per line (blank lines and # comments are skipped). Only salted
 hashes of the ids are written; the ids themselves appear nowhere in the workspace or tree.
 
 Examples:
   petrel-repo assign --group kiosk-eu --devices kiosks-eu.txt
-  petrel-repo assign --group kiosk-eu --devices lab.txt --canary --campaign fleet-owner-upgrade")]
+  petrel-repo assign --group kiosk-eu --devices lab.txt --canary --campaign fleet-owner-upgrade
+  petrel-repo assign --remove --devices retired.txt
+  petrel-repo assign show --device kiosk-0042"
+    )]
     Assign(AssignArgs),
     /// Campaigns: create, update, halt, resume, cancel, list and show campaign manifests.
     #[command(after_help = "\
@@ -190,9 +210,14 @@ Examples:
   petrel-repo campaign halt player-2.1 && petrel-repo publish
   petrel-repo campaign list")]
     Campaign(CampaignArgs),
-    /// Rollout status from device reports, and the gate that halts failing campaigns.
+    /// Rollouts: status from device reports, the gates that act on it, and forecasts of
+    /// each device's wave.
     #[command(subcommand)]
     Rollout(petrel_repo::rollout::RolloutCommand),
+    /// The fleet: per device its group, last contact, installed versions and state in each
+    /// campaign; per campaign its stages and what the next `rollout advance` does.
+    #[command(subcommand)]
+    Fleet(FleetCommand),
     /// Generate a key or show a key's public part.
     #[command(subcommand)]
     Key(KeyCommand),
@@ -255,6 +280,26 @@ Examples:
     },
 }
 
+#[derive(Subcommand, Debug)]
+enum TargetsCommand {
+    /// Every target of the workspace (staged changes included): path, length, sha256, role.
+    #[command(after_help = "\
+Roles are listed in the order devices search them; each role's targets by path. TREE says
+whether the published role already lists the target with the same length and hashes.
+
+Examples:
+  petrel-repo targets list
+  petrel-repo targets list --role acme --json | jq -r '.targets[].path'")]
+    List {
+        /// Only the targets this role signs (for a role delegating to hashed bins: its bins).
+        #[arg(long)]
+        role: Option<String>,
+        /// Print the list as JSON.
+        #[arg(long)]
+        json: bool,
+    },
+}
+
 #[derive(Args, Debug)]
 struct GroupArgs {
     #[command(subcommand)]
@@ -279,16 +324,28 @@ Example:
         #[arg(long)]
         role: Option<String>,
     },
+    /// List groups: id, revision, applications, role, and whether the tree has them.
+    #[command(after_help = "Examples:\n  petrel-repo group list\n  petrel-repo group list --json")]
+    List {
+        /// Print the list as JSON.
+        #[arg(long)]
+        json: bool,
+    },
 }
 
 #[derive(Args, Debug)]
 struct AssignArgs {
+    #[command(subcommand)]
+    command: Option<AssignCommand>,
     /// The group (it must exist: `petrel-repo group set`).
-    #[arg(long)]
-    group: String,
+    #[arg(long, required_unless_present = "remove", conflicts_with = "remove")]
+    group: Option<String>,
     /// A file with one device id per line.
-    #[arg(long, value_name = "FILE")]
-    devices: PathBuf,
+    #[arg(long, value_name = "FILE", required = true)]
+    devices: Option<PathBuf>,
+    /// Remove the listed devices' entries from their bins instead (every id must be assigned).
+    #[arg(long, conflicts_with_all = ["canary", "campaigns", "role"])]
+    remove: bool,
     /// Mark the devices as canaries (they get campaigns with a canary stage first).
     #[arg(long)]
     canary: bool,
@@ -298,6 +355,26 @@ struct AssignArgs {
     /// The role to list new bins in (default `assign`; a role with hashed bins places each bin).
     #[arg(long)]
     role: Option<String>,
+}
+
+#[derive(Subcommand, Debug)]
+enum AssignCommand {
+    /// Where one device is assigned: its bin, group, canary flag and explicit campaigns.
+    #[command(after_help = "\
+The bin and the entry key are computed here from the id, as the device computes them; the
+id is not written anywhere. Staged changes are included.
+
+Examples:
+  petrel-repo assign show --device kiosk-0042
+  petrel-repo assign show --device kiosk-0042 --json")]
+    Show {
+        /// The device id.
+        #[arg(long, value_name = "ID")]
+        device: String,
+        /// Print the result as JSON.
+        #[arg(long)]
+        json: bool,
+    },
 }
 
 #[derive(Args, Debug)]
@@ -366,8 +443,14 @@ Example:
         id: String,
     },
     /// List campaigns: id, revision, state, consent policy, method, waves, role.
-    #[command(after_help = "Example:\n  petrel-repo --repo fleet campaign list")]
-    List,
+    #[command(
+        after_help = "Examples:\n  petrel-repo --repo fleet campaign list\n  petrel-repo --repo fleet campaign list --json | jq -r '.campaigns[].id'"
+    )]
+    List {
+        /// Print the list as JSON.
+        #[arg(long)]
+        json: bool,
+    },
     /// Show one campaign: a summary and its manifest as indented JSON.
     #[command(
         after_help = "Examples:\n  petrel-repo campaign show player-2.1\n  petrel-repo campaign show player-2.1 --json | jq .rollout"
@@ -520,6 +603,45 @@ fn parse_role_duration(s: &str) -> std::result::Result<(String, String), String>
     Ok((role.to_string(), d.to_string()))
 }
 
+/// `petrel-repo fleet …` subcommands.
+#[derive(Subcommand, Debug)]
+enum FleetCommand {
+    /// Per device: group, installed versions from its last report, last contact, state in
+    /// each campaign (overdue or failed with the reason); per campaign: its stages and what
+    /// the next `rollout advance` does.
+    #[command(after_help = "\
+The report database (or the report server's fleet endpoint) is joined with the published
+tree: groups and canary flags come from the assignment bins, computed from each enrolled
+device id locally.
+
+States: succeeded, failed, staged, declined, installed_pending_reboot, not_reported,
+overdue; --state pending matches every state but succeeded and failed.
+
+Examples:
+  petrel-repo fleet status --reports /var/lib/petrel/reports.db
+  petrel-repo fleet status --reports https://reports.example.com --campaign player-2.1 --state failed --json")]
+    Status {
+        /// The report server's URL (http:// or https://) or its SQLite database file.
+        #[arg(long, value_name = "URL_OR_DB")]
+        reports: String,
+        /// Only this campaign.
+        #[arg(long, value_name = "ID")]
+        campaign: Option<String>,
+        /// Only devices in this wave (1-based).
+        #[arg(long, value_name = "N")]
+        wave: Option<u32>,
+        /// Only devices in this state.
+        #[arg(long, value_name = "STATE")]
+        state: Option<String>,
+        /// Print the view as JSON.
+        #[arg(long)]
+        json: bool,
+        /// Bearer token for a report server started with --reports-read-token.
+        #[arg(long, env = "PETREL_REPORTS_TOKEN", hide_env_values = true)]
+        reports_token: Option<String>,
+    },
+}
+
 fn main() -> ExitCode {
     let cli = Cli::parse();
     let level = match cli.verbose {
@@ -534,11 +656,46 @@ fn main() -> ExitCode {
         )
         .with_writer(std::io::stderr)
         .init();
+    let json = cli.command.json_output();
     match run(cli) {
         Ok(()) => ExitCode::SUCCESS,
+        Err(e) if json => {
+            eprintln!("{}", serde_json::json!({ "error": e.to_string() }));
+            ExitCode::FAILURE
+        }
         Err(e) => {
             eprintln!("error: {e}");
             ExitCode::FAILURE
+        }
+    }
+}
+
+impl Command {
+    /// Whether the command was asked for JSON output (its errors are then JSON too).
+    fn json_output(&self) -> bool {
+        use petrel_repo::rollout::RolloutCommand;
+        match self {
+            Command::Status { json }
+            | Command::Verify { json, .. }
+            | Command::Targets(TargetsCommand::List { json, .. })
+            | Command::Group(GroupArgs {
+                command: GroupCommand::List { json },
+            })
+            | Command::Campaign(CampaignArgs {
+                command: CampaignCommand::List { json } | CampaignCommand::Show { json, .. },
+            })
+            | Command::Rollout(
+                RolloutCommand::Status { json, .. }
+                | RolloutCommand::Forecast { json, .. }
+                | RolloutCommand::Advance { json, .. },
+            )
+            | Command::Fleet(FleetCommand::Status { json, .. }
+            ) => *json,
+            Command::Assign(AssignArgs {
+                command: Some(AssignCommand::Show { json, .. }),
+                ..
+            }) => *json,
+            _ => false,
         }
     }
 }
@@ -852,6 +1009,12 @@ fn run(cli: Cli) -> Result<()> {
             Ok(())
         }
         Command::Group(GroupArgs {
+            command: GroupCommand::List { json },
+        }) => {
+            let ws = open(&cli)?;
+            group_list(&ws, *json)
+        }
+        Command::Group(GroupArgs {
             command: GroupCommand::Set { file, role },
         }) => {
             let ws = open_for_edit(&cli)?;
@@ -877,13 +1040,38 @@ fn run(cli: Cli) -> Result<()> {
             println!("run `petrel-repo publish`");
             Ok(())
         }
+        Command::Assign(AssignArgs {
+            command: Some(AssignCommand::Show { device, json }),
+            ..
+        }) => {
+            let ws = open(&cli)?;
+            assign_show(&ws, device, *json)
+        }
+        Command::Assign(a) if a.remove => {
+            let ws = open_for_edit(&cli)?;
+            let devices = a.devices.as_ref().expect("required by clap");
+            let r = manifests::remove_devices(&ws, devices)?;
+            println!("{} device(s) removed from their assignment bins", r.devices);
+            if r.bins.len() <= 20 {
+                for (name, role, revision) in &r.bins {
+                    println!("staged {name} revision {revision} in role {role}");
+                }
+            }
+            println!(
+                "{} assignment bin(s) staged; run `petrel-repo publish`",
+                r.bins.len()
+            );
+            Ok(())
+        }
         Command::Assign(a) => {
             let ws = open_for_edit(&cli)?;
+            let group = a.group.clone().expect("required by clap without --remove");
+            let devices = a.devices.as_ref().expect("required by clap");
             let r = manifests::assign_devices(
                 &ws,
-                &a.devices,
+                devices,
                 &AssignOptions {
-                    group: a.group.clone(),
+                    group: group.clone(),
                     role: a.role.clone(),
                     canary: a.canary,
                     campaigns: a.campaigns.iter().cloned().collect(),
@@ -894,7 +1082,7 @@ fn run(cli: Cli) -> Result<()> {
             }
             println!(
                 "{} device(s) for group {}: {} new, {} moved from another group, {} updated, {} unchanged",
-                r.devices, a.group, r.added, r.moved, r.updated, r.unchanged
+                r.devices, group, r.added, r.moved, r.updated, r.unchanged
             );
             if r.bins.is_empty() {
                 println!("no assignment bin changed; nothing staged");
@@ -1001,17 +1189,33 @@ fn run(cli: Cli) -> Result<()> {
             println!("imported {n} signature(s) into staged {role}");
             Ok(())
         }
-        Command::Status => {
+        Command::Status { json } => {
             let ws = open(&cli)?;
-            status(&ws)
+            status(&ws, *json)
         }
-        Command::Verify { tree, root } => {
+        Command::Targets(TargetsCommand::List { role, json }) => {
+            let ws = open(&cli)?;
+            targets_list(&ws, role.as_deref(), *json)
+        }
+        Command::Verify { tree, root, json } => {
             let tree = match tree {
                 Some(t) => t.clone(),
                 None => open(&cli)?.tree_dir(),
             };
             let report = audit::audit_tree(&tree, root.as_deref())?;
-            print!("{report}");
+            if *json {
+                let v = serde_json::json!({
+                    "tree": tree.display().to_string(),
+                    "ok": report.problems.is_empty(),
+                    "root_version": report.root_version,
+                    "roles_checked": report.roles_checked,
+                    "targets_checked": report.targets_checked,
+                    "problems": report.problems,
+                });
+                println!("{}", serde_json::to_string_pretty(&v).expect("serializes"));
+            } else {
+                print!("{report}");
+            }
             if report.problems.is_empty() {
                 Ok(())
             } else {
@@ -1054,6 +1258,37 @@ fn run(cli: Cli) -> Result<()> {
             Ok(())
         }
         Command::Rollout(command) => petrel_repo::rollout::run(command, || open(&cli)),
+        Command::Fleet(FleetCommand::Status {
+            reports,
+            campaign,
+            wave,
+            state,
+            json,
+            reports_token,
+        }) => {
+            let ws = open(&cli)?;
+            let view = petrel_repo::fleet::load_fleet(
+                &petrel_repo::rollout::ReportsSource::parse(reports),
+                &ws.tree_dir(),
+                reports_token.as_deref(),
+                ws.now(),
+            )?;
+            let view = petrel_repo::fleet::FleetFilter {
+                campaign: campaign.clone(),
+                wave: *wave,
+                state: state.clone(),
+            }
+            .apply(view);
+            if *json {
+                println!(
+                    "{}",
+                    serde_json::to_string_pretty(&view).expect("fleet view serializes")
+                );
+            } else {
+                print!("{}", petrel_repo::fleet::render_text(&view));
+            }
+            Ok(())
+        }
         Command::Fixture {
             out,
             content,
@@ -1092,6 +1327,9 @@ fn campaign(cli: &Cli, command: &CampaignCommand) -> Result<()> {
     let staged = |r: &manifests::CampaignReport, verb: &str| {
         for n in &r.notes {
             println!("{n}");
+        }
+        for w in &r.warnings {
+            eprintln!("warning: {w}");
         }
         if r.unchanged {
             println!(
@@ -1163,12 +1401,37 @@ fn campaign(cli: &Cli, command: &CampaignCommand) -> Result<()> {
                 r.revision + 1
             );
         }
-        CampaignCommand::List => {
+        CampaignCommand::List { json } => {
             let ws = open(cli)?;
             let manifests::CampaignList {
                 campaigns: list,
                 unusable,
             } = manifests::list_campaigns(&ws)?;
+            if *json {
+                let campaigns: Vec<serde_json::Value> = list
+                    .iter()
+                    .map(|c| {
+                        serde_json::json!({
+                            "id": c.id,
+                            "revision": c.revision,
+                            "state": c.state.to_string(),
+                            "policy": c.policy.to_string(),
+                            "method": c.method.to_string(),
+                            "waves": c.waves,
+                            "role": c.role,
+                            "publication": publication_word(c.publication),
+                            "refused": c.refused,
+                        })
+                    })
+                    .collect();
+                let unusable: Vec<serde_json::Value> = unusable
+                    .iter()
+                    .map(|(target, reason)| serde_json::json!({ "target": target, "reason": reason }))
+                    .collect();
+                let v = serde_json::json!({ "campaigns": campaigns, "unusable": unusable });
+                println!("{}", serde_json::to_string_pretty(&v).expect("serializes"));
+                return Ok(());
+            }
             if list.is_empty() && unusable.is_empty() {
                 println!("no campaigns");
                 return Ok(());
@@ -1184,10 +1447,7 @@ fn campaign(cli: &Cli, command: &CampaignCommand) -> Result<()> {
                         c.method.to_string(),
                         c.waves.clone(),
                         c.role.clone(),
-                        match c.publication {
-                            manifests::Publication::Published => "published".into(),
-                            manifests::Publication::Staged => "staged".into(),
-                        },
+                        publication_word(c.publication).into(),
                     ]
                 })
                 .collect();
@@ -1329,43 +1589,240 @@ fn read_signatures(path: &Path) -> Result<Vec<Signature>> {
     Ok(vec![sig])
 }
 
-fn status(ws: &Workspace) -> Result<()> {
-    let staged = ws.staged_roles()?;
-    if publish::interrupted(ws) {
-        println!("a publish was interrupted: run `petrel-repo publish` to finish it");
+/// `published` or `staged`: the word used in tables and JSON.
+fn publication_word(p: manifests::Publication) -> &'static str {
+    match p {
+        manifests::Publication::Published => "published",
+        manifests::Publication::Staged => "staged",
     }
-    if staged.is_empty() {
-        println!("nothing staged");
-        return Ok(());
-    }
+}
+
+fn status(ws: &Workspace, json: bool) -> Result<()> {
+    let interrupted = publish::interrupted(ws);
+    let mut roles = Vec::new();
     let mut ed = Editor::new(ws);
-    for role in staged {
-        let line =
-            |ed: &mut Editor<'_>, sigs: usize, version: u64, valid: usize| -> Result<String> {
-                let auths = signing::authorities(ed, &role)?;
-                let need: Vec<String> = auths
-                    .iter()
-                    .map(|a| format!("{} of {}", a.threshold, a.label))
-                    .collect();
-                Ok(format!(
-                    "{role} v{version}: {valid} valid of {sigs} signature(s); needs {}",
-                    need.join(" and ")
-                ))
-            };
-        let text = if role == "root" {
+    for role in ws.staged_roles()? {
+        if matches!(role.as_str(), "snapshot" | "timestamp") {
+            roles.push(serde_json::json!({
+                "role": role,
+                "version": null,
+                "signatures": null,
+                "valid_signatures": null,
+                "needs": [],
+                "unfinished_publish": true,
+            }));
+            continue;
+        }
+        let (version, sigs, valid) = if role == "root" {
             let s: Signed<Root> = ws.staged(&role)?.expect("listed");
             let auths = signing::authorities(&mut ed, &role)?;
             let valid = signing::valid_signers(&s, &auths)?.len();
-            line(&mut ed, s.signatures.len(), s.signed.version, valid)?
-        } else if matches!(role.as_str(), "snapshot" | "timestamp") {
-            format!("{role}: staged by an unfinished publish")
+            (s.signed.version, s.signatures.len(), valid)
         } else {
             let s: Signed<Targets> = ws.staged(&role)?.expect("listed");
             let auths = signing::authorities(&mut ed, &role)?;
             let valid = signing::valid_signers(&s, &auths)?.len();
-            line(&mut ed, s.signatures.len(), s.signed.version, valid)?
+            (s.signed.version, s.signatures.len(), valid)
         };
-        println!("{text}");
+        let needs: Vec<serde_json::Value> = signing::authorities(&mut ed, &role)?
+            .iter()
+            .map(|a| serde_json::json!({ "threshold": a.threshold, "of": a.label }))
+            .collect();
+        roles.push(serde_json::json!({
+            "role": role,
+            "version": version,
+            "signatures": sigs,
+            "valid_signatures": valid,
+            "needs": needs,
+            "unfinished_publish": false,
+        }));
+    }
+    if json {
+        let v = serde_json::json!({ "interrupted_publish": interrupted, "staged": roles });
+        println!("{}", serde_json::to_string_pretty(&v).expect("serializes"));
+        return Ok(());
+    }
+    if interrupted {
+        println!("a publish was interrupted: run `petrel-repo publish` to finish it");
+    }
+    if roles.is_empty() {
+        println!("nothing staged");
+        return Ok(());
+    }
+    for r in &roles {
+        let role = r["role"].as_str().unwrap_or_default();
+        if r["unfinished_publish"] == true {
+            println!("{role}: staged by an unfinished publish");
+            continue;
+        }
+        let need: Vec<String> = r["needs"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .map(|n| {
+                format!(
+                    "{} of {}",
+                    n["threshold"],
+                    n["of"].as_str().unwrap_or_default()
+                )
+            })
+            .collect();
+        println!(
+            "{role} v{}: {} valid of {} signature(s); needs {}",
+            r["version"],
+            r["valid_signatures"],
+            r["signatures"],
+            need.join(" and ")
+        );
+    }
+    Ok(())
+}
+
+fn print_table(header: &[&str], rows: &[Vec<String>]) {
+    let mut width: Vec<usize> = header.iter().map(|h| h.len()).collect();
+    for r in rows {
+        for (w, cell) in width.iter_mut().zip(r) {
+            *w = (*w).max(cell.len());
+        }
+    }
+    let line = |cells: Vec<&str>| {
+        let mut out = String::new();
+        for (i, (c, w)) in cells.iter().zip(&width).enumerate() {
+            if i + 1 == cells.len() {
+                out.push_str(c);
+            } else {
+                out.push_str(&format!("{c:<w$}  "));
+            }
+        }
+        println!("{}", out.trim_end());
+    };
+    line(header.to_vec());
+    for r in rows {
+        line(r.iter().map(String::as_str).collect());
+    }
+}
+
+fn targets_list(ws: &Workspace, role: Option<&str>, json: bool) -> Result<()> {
+    let list = petrel_repo::listing::list_targets(ws, role)?;
+    if json {
+        let v = serde_json::json!({ "targets": list });
+        println!("{}", serde_json::to_string_pretty(&v).expect("serializes"));
+        return Ok(());
+    }
+    if list.is_empty() {
+        println!("no targets");
+        return Ok(());
+    }
+    let rows: Vec<Vec<String>> = list
+        .iter()
+        .map(|t| {
+            vec![
+                t.path.clone(),
+                t.length.to_string(),
+                t.sha256.clone().unwrap_or_else(|| "-".into()),
+                t.role.clone(),
+                t.publication.to_string(),
+            ]
+        })
+        .collect();
+    print_table(&["PATH", "LENGTH", "SHA256", "ROLE", "TREE"], &rows);
+    Ok(())
+}
+
+fn group_list(ws: &Workspace, json: bool) -> Result<()> {
+    let list = manifests::list_groups(ws)?;
+    if json {
+        println!(
+            "{}",
+            serde_json::to_string_pretty(&list).expect("serializes")
+        );
+        return Ok(());
+    }
+    if list.groups.is_empty() && list.unusable.is_empty() {
+        println!("no groups");
+        return Ok(());
+    }
+    let rows: Vec<Vec<String>> = list
+        .groups
+        .iter()
+        .map(|g| {
+            let apps: Vec<String> = g
+                .apps
+                .iter()
+                .map(|(app, a)| format!("{app} {}", a.version))
+                .collect();
+            vec![
+                g.id.clone(),
+                g.revision.to_string(),
+                if apps.is_empty() {
+                    "-".into()
+                } else {
+                    apps.join(", ")
+                },
+                g.role.clone(),
+                g.publication.to_string(),
+            ]
+        })
+        .collect();
+    print_table(&["ID", "REVISION", "APPS", "ROLE", "TREE"], &rows);
+    for u in &list.unusable {
+        println!("warning: {} is not a usable group: {}", u.target, u.reason);
+    }
+    Ok(())
+}
+
+fn assign_show(ws: &Workspace, device: &str, json: bool) -> Result<()> {
+    manifests::check_device_id(device)?;
+    let a = manifests::AssignmentLookup::new(ws).find(device)?;
+    if json {
+        let v = serde_json::json!({
+            "assigned": a.assignment.is_some(),
+            "bin": a.bin,
+            "target": a.target,
+            "role": a.listing.as_ref().map(|l| l.role.clone()),
+            "bin_revision": a.listing.as_ref().map(|l| l.revision),
+            "publication": a.listing.as_ref().map(|l| publication_word(l.publication)),
+            "entry_key": a.entry_key,
+            "group": a.assignment.as_ref().map(|x| x.group.clone()),
+            "canary": a.assignment.as_ref().is_some_and(|x| x.canary),
+            "campaigns": a.assignment.as_ref().map(|x| x.campaigns.clone()).unwrap_or_default(),
+        });
+        println!("{}", serde_json::to_string_pretty(&v).expect("serializes"));
+        return Ok(());
+    }
+    let Some(l) = &a.listing else {
+        println!(
+            "not assigned: the device's bin {} ({}) does not exist yet; assign it with `petrel-repo assign --group G --devices FILE`",
+            a.bin, a.target
+        );
+        return Ok(());
+    };
+    let bin = format!(
+        "bin {} ({}, role {}, revision {}, {})",
+        a.bin,
+        a.target,
+        l.role,
+        l.revision,
+        publication_word(l.publication)
+    );
+    match &a.assignment {
+        None => println!(
+            "not assigned: {bin} does not list the device; assign it with `petrel-repo assign --group G --devices FILE`"
+        ),
+        Some(x) => {
+            println!("assigned in {bin}");
+            println!("  entry key: {}", a.entry_key.as_deref().unwrap_or_default());
+            println!("  group:     {}", x.group);
+            println!("  canary:    {}", if x.canary { "yes" } else { "no" });
+            println!(
+                "  campaigns: {}",
+                if x.campaigns.is_empty() {
+                    "none (explicit enrolments only matter for applies_to.assigned_only)".to_string()
+                } else {
+                    x.campaigns.iter().cloned().collect::<Vec<_>>().join(", ")
+                }
+            );
+        }
     }
     Ok(())
 }

@@ -400,6 +400,62 @@ Example (cron, every 10 minutes):
         #[arg(long, env = "PETREL_REPORTS_TOKEN", hide_env_values = true)]
         reports_token: Option<String>,
     },
+    /// Apply the health gates of gated campaigns (`[rollout.gates]`): pass the canaries,
+    /// open the next wave, or halt, each as a signed revision, then publish. Safe from
+    /// cron: exit 0 when nothing changed or revisions were published, 3 when a campaign was
+    /// halted (and the halt published), 1 on any error, including revisions staged but not
+    /// published.
+    #[command(after_help = "\
+The gates are judged on the fleet view: the report database joined with the published
+tree (the workspace's, for a database; the server's own, for a URL). A campaign still
+waiting gets a new revision only when its figures changed, so devices can say what they
+wait for (\"waiting for wave 2: opens when wave 1 has ≥ 95 % succeeded (now 71 % …)\").
+
+Examples (cron, every 10 minutes):
+  petrel-repo --repo /srv/fleet rollout advance --reports /var/lib/petrel/reports.db
+  PETREL_REPORTS_TOKEN=... petrel-repo --repo /srv/fleet rollout advance --reports https://reports.example.com --dry-run")]
+    Advance {
+        /// The report server's URL (http:// or https://) or its SQLite database file.
+        #[arg(long, value_name = "URL_OR_DB")]
+        reports: String,
+        /// Only this campaign.
+        #[arg(long, value_name = "ID")]
+        campaign: Option<String>,
+        /// Say what would be done; change nothing.
+        #[arg(long)]
+        dry_run: bool,
+        /// A campaign still waiting gets a revision with new figures at most this often
+        /// (e.g. 30m, 1h, 1d; 0 for every run).
+        #[arg(long, value_name = "DURATION", default_value = "1h")]
+        figures_every: String,
+        /// Print what was done as JSON.
+        #[arg(long)]
+        json: bool,
+        /// Bearer token for a report server started with --reports-read-token.
+        #[arg(long, env = "PETREL_REPORTS_TOKEN", hide_env_values = true)]
+        reports_token: Option<String>,
+    },
+    /// Forecast, for each listed device, its wave in a campaign and when it opens: the same
+    /// computation devices make (needs no reports; reads the workspace).
+    #[command(after_help = "\
+FILE holds one device id per line (blank lines and # comments are skipped), or is a CSV
+whose header starts with `device_id,` and names profile attributes: region, channel,
+device_type, device_class, vendor, hardware and licences (the last two `;`-separated).
+Canaries are found through the workspace's assignment bins (staged included).
+
+Examples:
+  petrel-repo rollout forecast player-2.1 --devices kiosks.txt
+  petrel-repo rollout forecast player-2.1 --devices fleet.csv --json")]
+    Forecast {
+        /// The campaign id.
+        campaign: String,
+        /// Device ids, one per line, or a CSV with a `device_id,…` header.
+        #[arg(long, value_name = "FILE")]
+        devices: PathBuf,
+        /// Print the forecast as JSON.
+        #[arg(long)]
+        json: bool,
+    },
 }
 
 /// Runs a `rollout` subcommand; `open` opens the repository workspace (only `gate` needs
@@ -469,5 +525,88 @@ pub fn run(command: &RolloutCommand, open: impl FnOnce() -> Result<Workspace>) -
             }
             Ok(())
         }
+        RolloutCommand::Advance {
+            reports,
+            campaign,
+            dry_run,
+            figures_every,
+            json,
+            reports_token,
+        } => {
+            use crate::fleet::{advance, load_fleet, AdvanceOptions, EXIT_HALTED};
+            let figures_every = match figures_every.trim() {
+                "0" => None,
+                d => Some(
+                    crate::duration::parse(d)
+                        .map_err(|e| Error::Usage(format!("--figures-every: {e}")))?,
+                ),
+            };
+            let ws = open()?;
+            let view = load_fleet(
+                &ReportsSource::parse(reports),
+                &ws.tree_dir(),
+                reports_token.as_deref(),
+                ws.now(),
+            )?;
+            let outcome = advance(
+                &ws,
+                &view,
+                &AdvanceOptions {
+                    campaign: campaign.clone(),
+                    dry_run: *dry_run,
+                    figures_every,
+                },
+            )?;
+            if *json {
+                let lines: Vec<serde_json::Value> = outcome
+                    .lines
+                    .iter()
+                    .map(|l| {
+                        let mut v = serde_json::to_value(&l.action).expect("serializes");
+                        v["campaign"] = l.campaign.clone().into();
+                        v["explanation"] = l.explanation.clone().into();
+                        v["revision"] = l.revision.into();
+                        v["figures_only"] = l.figures_only.into();
+                        v
+                    })
+                    .collect();
+                println!(
+                    "{}",
+                    serde_json::to_string_pretty(&serde_json::json!({
+                        "dry_run": dry_run,
+                        "campaigns": lines,
+                        "published": outcome.published.is_some(),
+                    }))
+                    .expect("serializes")
+                );
+            } else {
+                if outcome.lines.is_empty() {
+                    println!("no gated campaign; nothing to do");
+                }
+                for l in &outcome.lines {
+                    println!("{}", l.describe(*dry_run));
+                }
+                if let Some(p) = &outcome.published {
+                    let roles: Vec<String> =
+                        p.roles.iter().map(|(n, v)| format!("{n} v{v}")).collect();
+                    println!(
+                        "published {} to {}",
+                        roles.join(", "),
+                        ws.tree_dir().display()
+                    );
+                }
+            }
+            if outcome.halted() {
+                use std::io::Write as _;
+                let _ = std::io::stdout().flush();
+                std::process::exit(EXIT_HALTED);
+            }
+            Ok(())
+        }
+        RolloutCommand::Forecast {
+            campaign,
+            devices,
+            json,
+        } => crate::forecast::run(&open()?, campaign, devices, *json),
     }
 }

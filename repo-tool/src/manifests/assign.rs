@@ -199,3 +199,227 @@ pub fn assign_devices(
     }
     Ok(r)
 }
+
+/// What `assign --remove` did. Counts only: device ids are never reported back.
+#[derive(Clone, Debug, Default)]
+pub struct RemoveReport {
+    /// Distinct device ids read.
+    pub devices: usize,
+    /// Bins written: target path, role, new revision.
+    pub bins: Vec<(String, String, u64)>,
+}
+
+/// Removes the entry of every device listed in `devices` from its assignment bin, and
+/// stages each bin that changed with its revision increased. Every id must be assigned
+/// (staged view), or nothing is removed and the error names the ids that are not.
+pub fn remove_devices(ws: &Workspace, devices: &Path) -> Result<RemoveReport> {
+    let ids = read_device_ids(devices)?;
+    let mut s = Session::new(ws);
+    let digits = ws.settings.assign_bin_digits;
+    let mut by_bin: BTreeMap<String, Vec<&str>> = BTreeMap::new();
+    for id in &ids {
+        by_bin
+            .entry(assign_bin_for(id, digits))
+            .or_default()
+            .push(id);
+    }
+    let mut missing: Vec<&str> = Vec::new();
+    let mut ready = Vec::new();
+    let mut r = RemoveReport {
+        devices: ids.len(),
+        ..RemoveReport::default()
+    };
+    for (bin, members) in by_bin {
+        let name = assign_bin_target_path(&bin);
+        let Some(l) = lookup::find(s.editor(), &name)? else {
+            missing.extend(members);
+            continue;
+        };
+        let (mut b, _) = s.read_current::<AssignmentBin>(&l)?;
+        if b.bin != bin {
+            return Err(Error::target(
+                &name,
+                format!(
+                    "holds bin {:?}; devices refuse it (fix or remove it)",
+                    b.bin
+                ),
+            ));
+        }
+        let mut changed = false;
+        for id in members {
+            if b.lookup(id).is_none() {
+                missing.push(id);
+                continue;
+            }
+            b.devices.remove(&b.entry_key(id));
+            changed = true;
+        }
+        if !changed {
+            continue;
+        }
+        b.revision = b
+            .revision
+            .checked_add(1)
+            .ok_or_else(|| Error::target(&name, "its revision cannot grow"))?;
+        let dest = s.destination(&name, None, ASSIGN)?;
+        let chain = s.chain(&dest)?;
+        chain.check_assignment(&b, ws.now()).map_err(|v| {
+            Error::State(format!(
+                "{name}: role {:?} may not sign this assignment bin: {v}",
+                dest.signer
+            ))
+        })?;
+        let bytes = b
+            .to_canonical_json()
+            .map_err(|e| Error::State(format!("{name}: {e}")))?;
+        r.bins.push((name, dest.signer.clone(), b.revision));
+        ready.push((dest, bytes));
+    }
+    if !missing.is_empty() {
+        missing.sort_unstable();
+        const SHOWN: usize = 20;
+        let mut list = missing
+            .iter()
+            .take(SHOWN)
+            .map(|id| format!("{id:?}"))
+            .collect::<Vec<_>>()
+            .join(", ");
+        if missing.len() > SHOWN {
+            list.push_str(&format!(" and {} more", missing.len() - SHOWN));
+        }
+        return Err(Error::manifest(
+            devices,
+            format!(
+                "{} of {} device id(s) are not assigned in this repository, so nothing was removed: {list}; \
+                 check them with `petrel-repo assign show --device ID` and delete those lines from the file",
+                missing.len(),
+                ids.len()
+            ),
+        ));
+    }
+    // Every bin is checked before any is stored, so a refusal leaves no trace.
+    for (dest, bytes) in &ready {
+        s.stage(dest, bytes)?;
+    }
+    if !r.bins.is_empty() {
+        s.commit()?;
+    }
+    Ok(r)
+}
+
+/// Checks a device id given on the command line with the rules of a device id file.
+pub fn check_device_id(id: &str) -> Result<()> {
+    if id.is_empty() || id.len() > MAX_DEVICE_ID || id.chars().any(char::is_control) {
+        return Err(Error::Usage(format!(
+            "device id {id:?}: must be 1 to {MAX_DEVICE_ID} bytes without control characters"
+        )));
+    }
+    Ok(())
+}
+
+/// The assignment bin that holds (or would hold) a device, as the workspace has it.
+#[derive(Clone, Debug)]
+pub struct BinListing {
+    /// The role that lists and signs the bin.
+    pub role: String,
+    /// The bin's revision.
+    pub revision: u64,
+    /// Whether the tree already has this revision of the bin.
+    pub publication: super::Publication,
+}
+
+/// Where one device stands in the assignment bins (staged changes included), found from
+/// its id by computing the salted hashes locally, as the device does.
+#[derive(Clone, Debug)]
+pub struct DeviceAssignment {
+    /// The device's bin: the first hex digits of `SHA-256("petrel-assign-bin-v1" ‖ 0x00 ‖ id)`.
+    pub bin: String,
+    /// `assign/<bin>.json`.
+    pub target: String,
+    /// The bin as listed, if it exists.
+    pub listing: Option<BinListing>,
+    /// The device's entry key in the bin (`SHA-256(bin salt ‖ 0x00 ‖ id)`), if the bin exists.
+    pub entry_key: Option<String>,
+    /// The device's assignment, if the bin lists it.
+    pub assignment: Option<Assignment>,
+}
+
+/// Looks devices up in the assignment bins, reading each bin once.
+pub struct AssignmentLookup<'w> {
+    ws: &'w Workspace,
+    ed: crate::editor::Editor<'w>,
+    bins: BTreeMap<String, Option<(BinListing, AssignmentBin)>>,
+}
+
+impl<'w> AssignmentLookup<'w> {
+    /// A lookup over the newest metadata of `ws` (staged, else published).
+    pub fn new(ws: &'w Workspace) -> AssignmentLookup<'w> {
+        AssignmentLookup {
+            ws,
+            ed: crate::editor::Editor::new(ws),
+            bins: BTreeMap::new(),
+        }
+    }
+
+    /// Where `device_id` is assigned. A bin that exists but cannot be read is an error
+    /// naming the bin.
+    pub fn find(&mut self, device_id: &str) -> Result<DeviceAssignment> {
+        let bin = assign_bin_for(device_id, self.ws.settings.assign_bin_digits);
+        let target = assign_bin_target_path(&bin);
+        if !self.bins.contains_key(&bin) {
+            let loaded = match lookup::find(&mut self.ed, &target)? {
+                None => None,
+                Some(l) => {
+                    let bytes = lookup::read_listed(&mut self.ed, &l)?;
+                    let b = AssignmentBin::from_json(&bytes).map_err(|e| {
+                        Error::target(
+                            &target,
+                            format!("role {:?} lists an unreadable assignment bin: {e}", l.role),
+                        )
+                    })?;
+                    let listing = BinListing {
+                        role: l.role.clone(),
+                        revision: b.revision,
+                        publication: super::publication(self.ws, &l)?,
+                    };
+                    Some((listing, b))
+                }
+            };
+            self.bins.insert(bin.clone(), loaded);
+        }
+        let found = self.bins[&bin].as_ref();
+        Ok(DeviceAssignment {
+            bin,
+            target,
+            listing: found.map(|(l, _)| l.clone()),
+            entry_key: found.map(|(_, b)| b.entry_key(device_id)),
+            assignment: found.and_then(|(_, b)| b.lookup(device_id).cloned()),
+        })
+    }
+}
+
+/// Whether some assignment bin of the workspace (staged view) marks a device as a canary
+/// in one of `groups` (`None`: in any group). Unreadable bins count as holding none.
+pub fn canary_assigned(
+    ed: &mut crate::editor::Editor<'_>,
+    groups: Option<&BTreeSet<String>>,
+) -> Result<bool> {
+    for name in lookup::names_under(ed, "assign")? {
+        let Some(l) = lookup::find(ed, &name)? else {
+            continue;
+        };
+        let Ok(bytes) = lookup::read_listed(ed, &l) else {
+            continue;
+        };
+        let Ok(b) = AssignmentBin::from_json(&bytes) else {
+            continue;
+        };
+        if b.devices
+            .values()
+            .any(|a| a.canary && groups.is_none_or(|g| g.contains(&a.group)))
+        {
+            return Ok(true);
+        }
+    }
+    Ok(false)
+}

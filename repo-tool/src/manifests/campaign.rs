@@ -7,7 +7,7 @@ use std::path::Path;
 use petrel_client::manifest::{
     campaign_target_path, check_id, group_target_path, CampaignManifest, CampaignState,
     Capabilities, CapabilityChain, ConsentPolicy, GroupManifest, Manifest, ManifestHash, Method,
-    OfferHash, Problems, Rollout, Wave,
+    OfferHash, Problems, Rollout, UtcTime, Wave,
 };
 
 use super::group::check_revision_grows;
@@ -46,6 +46,10 @@ pub struct CampaignReport {
     pub unchanged: bool,
     /// Roles created on the way, and similar notes.
     pub notes: Vec<String>,
+    /// Authoring warnings: the campaign is staged, but may not do what was meant (a consent
+    /// deadline already past, a wave that opens only at `not_before`, a canary stage without
+    /// canaries). Each names the campaign.
+    pub warnings: Vec<String>,
 }
 
 /// A state change of an existing campaign: a new revision with a new `state`.
@@ -144,10 +148,11 @@ fn write_campaign(
     }
     check_payload_group(&mut s, file, &c)?;
     check_capabilities(&mut s, file, &dest, &c, ws)?;
+    let warnings = authoring_warnings(s.editor(), &c, ws.now())?;
     s.stage(&dest, &bytes)?;
     let notes = s.notes().to_vec();
     s.commit()?;
-    Ok(report(
+    let mut r = report(
         &c,
         &dest.signer,
         &bytes,
@@ -155,7 +160,58 @@ fn write_campaign(
         previous_sha256,
         false,
         notes,
-    ))
+    );
+    r.warnings = warnings;
+    Ok(r)
+}
+
+/// What a valid campaign may still get wrong, judged against the workspace at `now`:
+/// a consent deadline already past, waves that start before `schedule.not_before`, and a
+/// canary stage while no device of the campaign's group is assigned as a canary.
+pub fn authoring_warnings(
+    ed: &mut Editor<'_>,
+    c: &CampaignManifest,
+    now: chrono::DateTime<chrono::Utc>,
+) -> Result<Vec<String>> {
+    let mut w = Vec::new();
+    if let Some(d) = c.consent.deadline.filter(|d| d.0 <= now) {
+        w.push(format!(
+            "campaign {:?}: the consent deadline {d} is already past (it is now {}): devices treat it as passed as soon as they see the campaign, so users get no time to answer; set consent.deadline to a later instant",
+            c.id,
+            UtcTime(crate::editor::trunc_seconds(now))
+        ));
+    }
+    if let Some(nb) = c.schedule.not_before {
+        for (i, wave) in c.rollout.waves.iter().enumerate() {
+            if wave.start < nb {
+                w.push(format!(
+                    "campaign {:?}: wave {} starts at {}, before schedule.not_before {nb}: it effectively opens at {nb}; set rollout.waves[{i}].start to {nb} or later to say so",
+                    c.id,
+                    i + 1,
+                    wave.start
+                ));
+            }
+        }
+    }
+    if c.rollout.canary {
+        let groups = c.target_groups();
+        if !super::assign::canary_assigned(ed, groups.as_ref())? {
+            let whose = match &groups {
+                Some(g) => format!("group {}", g.iter().cloned().collect::<Vec<_>>().join(", ")),
+                None => "any group".to_string(),
+            };
+            let effect = if c.rollout.canary_passed {
+                "the canary stage tests nothing"
+            } else {
+                "no device gets the campaign until a revision sets rollout.canary_passed"
+            };
+            w.push(format!(
+                "campaign {:?} has a canary stage (rollout.canary = true), but no device of {whose} is assigned as a canary: {effect}; assign canaries with `petrel-repo assign --group G --devices FILE --canary`",
+                c.id
+            ));
+        }
+    }
+    Ok(w)
 }
 
 fn report(
@@ -181,6 +237,7 @@ fn report(
         previous_offer_sha256: previous.map(CampaignManifest::offer_sha256),
         unchanged,
         notes,
+        warnings: Vec::new(),
     }
 }
 
@@ -300,6 +357,61 @@ pub fn change_campaign_state(
         Error::State(format!(
             "campaign {id:?}: cannot {}: role {:?} may not sign the new revision: {v}",
             change.verb(),
+            dest.signer
+        ))
+    })?;
+    s.stage(&dest, &bytes)?;
+    s.commit()?;
+    Ok(report(
+        &c,
+        &dest.signer,
+        &bytes,
+        Some(&old),
+        Some(ManifestHash::of(&old_bytes)),
+        false,
+        Vec::new(),
+    ))
+}
+
+/// Stages a new revision of a published or staged campaign made by `change` (which gets
+/// the current manifest with the revision already raised), in the role that lists it,
+/// checked against that role's capabilities. `what` names the change in errors.
+pub fn revise_campaign(
+    ws: &Workspace,
+    id: &str,
+    what: &str,
+    change: impl FnOnce(&mut CampaignManifest) -> Result<()>,
+) -> Result<CampaignReport> {
+    check_id(id).map_err(|e| Error::Usage(format!("campaign id {id:?}: {e}")))?;
+    let mut s = Session::new(ws);
+    let name = campaign_target_path(id);
+    let Some(cur) = lookup::find(s.editor(), &name)? else {
+        return Err(Error::State(format!(
+            "there is no campaign {id:?} in this repository (see `petrel-repo campaign list`)"
+        )));
+    };
+    let (old, old_bytes) = s.read_current::<CampaignManifest>(&cur)?;
+    let mut c = old.clone();
+    c.revision = old.revision.checked_add(1).ok_or_else(|| {
+        Error::State(format!(
+            "campaign {id:?}: revision {} cannot grow",
+            old.revision
+        ))
+    })?;
+    change(&mut c)?;
+    {
+        use petrel_client::manifest::Manifest as _;
+        c.validate()
+            .map_err(|e| Error::State(format!("campaign {id:?}: cannot {what}: {e}")))?;
+    }
+    let bytes = c
+        .to_canonical_json()
+        .map_err(|e| Error::State(format!("campaign {id:?}: {e}")))?;
+    let dest = s.destination(&name, None, CAMPAIGNS)?;
+    let chain = s.chain(&dest)?;
+    chain.check_campaign(&c, ws.now()).map_err(|v| {
+        Error::State(format!(
+            "campaign {id:?}: cannot {what}: role {:?} may not sign the new revision: {v}",
             dest.signer
         ))
     })?;

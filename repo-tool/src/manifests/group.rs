@@ -135,3 +135,105 @@ pub(crate) fn check_revision_grows(
         ),
     ))
 }
+
+/// One group of `group list`.
+#[derive(Clone, Debug, serde::Serialize)]
+pub struct GroupSummary {
+    /// The group id.
+    pub id: String,
+    /// Its revision.
+    pub revision: u64,
+    /// Application id → version and artifact target.
+    pub apps: std::collections::BTreeMap<String, GroupAppSummary>,
+    /// The role that lists and signs it.
+    pub role: String,
+    /// `published` (the tree has this revision) or `staged` (publish has yet to write it).
+    pub publication: &'static str,
+}
+
+/// One application of a group, for `group list`.
+#[derive(Clone, Debug, serde::Serialize)]
+pub struct GroupAppSummary {
+    /// The version the group runs.
+    pub version: String,
+    /// The artifact's target path.
+    pub target: String,
+}
+
+/// A `groups/*.json` target that is not a usable group manifest.
+#[derive(Clone, Debug, serde::Serialize)]
+pub struct UnusableGroup {
+    /// The target path.
+    pub target: String,
+    /// Why devices cannot use it.
+    pub reason: String,
+}
+
+/// What `group list` shows.
+#[derive(Clone, Debug, Default, serde::Serialize)]
+pub struct GroupList {
+    /// Every group devices will find (staged changes included), by id.
+    pub groups: Vec<GroupSummary>,
+    /// `groups/*.json` targets that are not usable group manifests.
+    pub unusable: Vec<UnusableGroup>,
+}
+
+/// Every group devices will find in the workspace (staged changes included), and the
+/// `groups/*.json` targets that are not usable group manifests.
+pub fn list_groups(ws: &Workspace) -> Result<GroupList> {
+    let mut ed = crate::editor::Editor::new(ws);
+    let mut out = GroupList::default();
+    for name in lookup::names_under(&mut ed, "groups")? {
+        let Some(l) = lookup::find(&mut ed, &name)? else {
+            continue;
+        };
+        let parsed = lookup::read_listed(&mut ed, &l)
+            .map_err(|e| e.to_string())
+            .and_then(|b| GroupManifest::from_json(&b).map_err(|e| e.to_string()));
+        let g = match parsed {
+            Ok(g) if g.target_path() == l.name => g,
+            Ok(g) => {
+                out.unusable.push(UnusableGroup {
+                    target: name,
+                    reason: format!(
+                        "its content is group {:?}, which belongs in {}; devices refuse it",
+                        g.id,
+                        g.target_path()
+                    ),
+                });
+                continue;
+            }
+            Err(reason) => {
+                out.unusable.push(UnusableGroup {
+                    target: name,
+                    reason,
+                });
+                continue;
+            }
+        };
+        let publication = match super::publication(ws, &l)? {
+            super::Publication::Published => "published",
+            super::Publication::Staged => "staged",
+        };
+        out.groups.push(GroupSummary {
+            id: g.id.clone(),
+            revision: g.revision,
+            apps: g
+                .apps
+                .iter()
+                .map(|(app, a)| {
+                    (
+                        app.clone(),
+                        GroupAppSummary {
+                            version: a.version.clone(),
+                            target: a.target.clone(),
+                        },
+                    )
+                })
+                .collect(),
+            role: l.role.clone(),
+            publication,
+        });
+    }
+    Ok(out)
+}

@@ -36,15 +36,21 @@ use petrel_client::manifest::{CapabilityChain, Manifest, ValidationError, MAX_MA
 use petrel_client::tuf::keys::{KeySource, PrivateKey};
 use petrel_client::tuf::schema::{Targets, Unrecognized};
 
-pub use assign::{assign_devices, read_device_ids, AssignOptions, AssignReport};
+pub use assign::{
+    assign_devices, canary_assigned, check_device_id, read_device_ids, remove_devices,
+    AssignOptions, AssignReport, AssignmentLookup, BinListing, DeviceAssignment, RemoveReport,
+};
 pub use campaign::{
-    campaign_details, change_campaign_state, create_campaign, list_campaigns, update_campaign,
-    CampaignDetails, CampaignList, CampaignReport, CampaignSummary, StateChange,
+    authoring_warnings, campaign_details, change_campaign_state, create_campaign, list_campaigns,
+    revise_campaign, update_campaign, CampaignDetails, CampaignList, CampaignReport,
+    CampaignSummary, StateChange,
 };
 pub use capabilities::{
     check_role_manifests, existing_delegation, read_capabilities, set_delegation_capabilities,
 };
-pub use group::{set_group, GroupReport};
+pub use group::{
+    list_groups, set_group, GroupAppSummary, GroupList, GroupReport, GroupSummary, UnusableGroup,
+};
 pub use lookup::{Listing, Search};
 pub use recheck::check_before_publish;
 
