@@ -1160,6 +1160,7 @@ fn hand_plan(dir: &Path, install_type: Option<&str>) -> StagedPlan {
         campaign: "converge".into(),
         revision: 1,
         manifest_sha256: ManifestHash::of(b"campaign"),
+        attempt_sha256: None,
         group: "kiosk-eu".into(),
         group_revision: 1,
         staged_at: Utc::now(),

@@ -198,3 +198,60 @@ fn gates_leave_the_offer_and_so_the_consent_unchanged() {
     });
     assert_eq!(c.offer_sha256(), advanced.offer_sha256());
 }
+
+#[test]
+fn a_failed_install_is_not_retried_because_the_gate_signed_new_figures_or_opened_a_wave() {
+    use petrel_client::decide::InstallAttempt;
+    // Wave 2 open, the device's install failed after its commit point.
+    let mut c = gated();
+    c.rollout.opened = vec![at("2030-03-01T00:00:00Z"), at("2030-03-02T00:00:00Z")];
+    c.validate().unwrap();
+    let p = profile();
+    let v = view_for(&p.id, vec![c.clone()], assignment());
+    let mut st = LocalState::default();
+    st.attempts.insert(
+        c.id.clone(),
+        InstallAttempt {
+            manifest_sha256: v.campaigns[0].sha256.clone(),
+            failures: 1,
+            last_error: "the health check failed".into(),
+            at: at("2030-03-02T12:00:00Z").0,
+            after_commit: true,
+            attempt_sha256: Some(c.attempt_sha256()),
+        },
+    );
+    let decide_on = |m: &CampaignManifest| {
+        let v = view_for(&p.id, vec![m.clone()], assignment());
+        decide(&v, &p, &st, at("2030-03-03T00:00:00Z").0).campaigns[0]
+            .status
+            .clone()
+    };
+    assert!(matches!(decide_on(&c), Status::Error { .. }));
+    // The gate's next revision: new figures only. The same attempt: not retried.
+    let mut figures = c.clone();
+    figures.revision += 1;
+    figures.rollout.progress = Some(Progress {
+        evaluated_at: at("2030-03-02T13:00:00Z"),
+        stage: "wave 2".into(),
+        devices: 10,
+        succeeded: 4,
+        failed: 1,
+        overdue: 0,
+        counts_from_revision: None,
+    });
+    figures.validate().unwrap();
+    assert!(
+        matches!(decide_on(&figures), Status::Error { .. }),
+        "{:?}",
+        decide_on(&figures)
+    );
+    // A revision that changes what is offered (the notice): tried again.
+    let mut fixed = figures.clone();
+    fixed.revision += 1;
+    fixed.notice.get_mut("en").unwrap().body = "Fixed the relay driver.".into();
+    assert!(
+        !matches!(decide_on(&fixed), Status::Error { .. }),
+        "{:?}",
+        decide_on(&fixed)
+    );
+}

@@ -602,6 +602,7 @@ fn repeated_install_failures_stop_until_the_manifest_changes() {
         last_error: "disk full".into(),
         at: now(),
         after_commit: false,
+        attempt_sha256: None,
     };
     st.attempts
         .insert("player-2.1".into(), attempt(MAX_INSTALL_ATTEMPTS - 1));
@@ -632,6 +633,7 @@ fn a_manifest_that_failed_after_its_commit_point_is_not_tried_again() {
             last_error: "the health check failed".into(),
             at: now(),
             after_commit: true,
+            attempt_sha256: None,
         },
     );
     match status_of(&v, &st, now()) {

@@ -39,6 +39,9 @@ pub struct StagedPlan {
     pub revision: u64,
     /// SHA-256 of the exact campaign manifest bytes.
     pub manifest_sha256: ManifestHash,
+    /// What a failed install of it is bound to (`CampaignManifest::attempt_sha256`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub attempt_sha256: Option<ManifestHash>,
     /// The group the plan converges to.
     pub group: String,
     /// Its revision.

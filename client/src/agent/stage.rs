@@ -733,6 +733,7 @@ pub fn record_plan(
         campaign: c.id.clone(),
         revision: c.revision,
         manifest_sha256: c.manifest_sha256.clone(),
+        attempt_sha256: Some(c.attempt_sha256.clone()),
         group: plan.group.clone(),
         group_revision: plan.revision,
         staged_at: now,

@@ -625,7 +625,7 @@ impl Agent {
                     .state
                     .attempts
                     .get(campaign)
-                    .filter(|a| a.manifest_sha256 == *sha)
+                    .filter(|a| a.is_for(sha, &c.attempt_sha256))
                     .map_or(0, |a| a.failures)
                     + 1;
                 ev.state.attempts.insert(
@@ -636,6 +636,7 @@ impl Agent {
                         last_error: e.to_string(),
                         at: now_seconds(),
                         after_commit: false,
+                        attempt_sha256: Some(c.attempt_sha256.clone()),
                     },
                 );
                 if matches!(e, ApplyError::Verify(_)) {
@@ -707,6 +708,7 @@ impl Agent {
                         last_error: why.clone(),
                         at: now_seconds(),
                         after_commit: true,
+                        attempt_sha256: a.attempt_sha256.clone(),
                     },
                 );
                 if a.rolled_back {

@@ -384,6 +384,8 @@ pub struct CampaignDecision {
     pub target_path: String,
     /// SHA-256 of its exact bytes.
     pub manifest_sha256: ManifestHash,
+    /// What a failed install is bound to ([`CampaignManifest::attempt_sha256`]).
+    pub attempt_sha256: ManifestHash,
     /// The notice title in the device's locale, and its severity.
     pub title: Option<(String, Severity)>,
     /// Where it stands.
@@ -831,6 +833,7 @@ fn decide_campaign(ctx: &Ctx, e: &CampaignEntry) -> CampaignDecision {
         revision: c.revision,
         target_path: e.target_path.clone(),
         manifest_sha256: e.sha256.clone(),
+        attempt_sha256: c.attempt_sha256(),
         title: c
             .notice_for(ctx.profile.locale.as_deref())
             .map(|(_, n)| (n.title.clone(), n.severity)),
@@ -1124,7 +1127,7 @@ fn evaluate(ctx: &Ctx, e: &CampaignEntry, tr: &mut Trace, plan_out: &mut Option<
         .state
         .attempts
         .get(&c.id)
-        .filter(|a| a.manifest_sha256 == e.sha256)
+        .filter(|a| a.is_for(&e.sha256, &c.attempt_sha256()))
     {
         if a.after_commit {
             let reason = format!(

@@ -52,6 +52,20 @@ pub struct InstallAttempt {
     /// whatever `failures` says.
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub after_commit: bool,
+    /// [`crate::manifest::CampaignManifest::attempt_sha256`] of the manifest: a later
+    /// revision that changes only the revision number and the gates' bookkeeping is the
+    /// same attempt. Absent in state written before it existed.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub attempt_sha256: Option<ManifestHash>,
+}
+
+impl InstallAttempt {
+    /// Whether the attempts were for the manifest with these hashes (its exact bytes, or
+    /// its [`crate::manifest::CampaignManifest::attempt_sha256`]).
+    pub fn is_for(&self, manifest_sha256: &ManifestHash, attempt_sha256: &ManifestHash) -> bool {
+        self.manifest_sha256 == *manifest_sha256
+            || self.attempt_sha256.as_ref() == Some(attempt_sha256)
+    }
 }
 
 /// After this many failed installs of the same campaign manifest the device stops trying

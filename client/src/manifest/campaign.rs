@@ -891,6 +891,21 @@ impl CampaignManifest {
     pub fn offer_sha256(&self) -> OfferHash {
         self.offer().sha256()
     }
+
+    /// What a failed install attempt is bound to: the SHA-256 of the canonical manifest
+    /// without its revision number and the bookkeeping of its health gates (`canary_passed`,
+    /// `rollout.opened`, `rollout.progress`). A device whose install of the campaign failed
+    /// tries again only when something else changes (the payload, the notice, the
+    /// schedule, the state, …), not because `rollout advance` signed new figures or opened
+    /// a later wave.
+    pub fn attempt_sha256(&self) -> ManifestHash {
+        let mut c = self.clone();
+        c.revision = 0;
+        c.rollout.canary_passed = false;
+        c.rollout.opened.clear();
+        c.rollout.progress = None;
+        ManifestHash::of(&super::canonical_json(&c).expect("a manifest has no floats"))
+    }
 }
 
 /// `campaigns/<id>.json`.

@@ -101,6 +101,9 @@ pub struct Journal {
     pub revision: u64,
     /// Its manifest hash.
     pub manifest_sha256: ManifestHash,
+    /// What a failed install is bound to (`CampaignManifest::attempt_sha256`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub attempt_sha256: Option<ManifestHash>,
     /// The group converged to, and its revision.
     pub group: (String, u64),
     /// When the install started.

@@ -234,6 +234,8 @@ pub struct Applied {
     pub revision: u64,
     /// Its manifest hash.
     pub manifest_sha256: ManifestHash,
+    /// What a failed install is bound to (`CampaignManifest::attempt_sha256`).
+    pub attempt_sha256: Option<ManifestHash>,
     /// The group and revision installed (or, after a rollback, refused).
     pub group: (String, u64),
     /// The changes made (`add acme.player 2.1.0`, …).
@@ -266,6 +268,7 @@ impl Applied {
             campaign: j.campaign.clone(),
             revision: j.revision,
             manifest_sha256: j.manifest_sha256.clone(),
+            attempt_sha256: j.attempt_sha256.clone(),
             group: j.group.clone(),
             changes: j.changes(),
             hook_errors: j.hook_errors.clone(),
@@ -370,6 +373,7 @@ pub fn install(
         campaign: plan.campaign.clone(),
         revision: plan.revision,
         manifest_sha256: plan.manifest_sha256.clone(),
+        attempt_sha256: plan.attempt_sha256.clone(),
         group: (plan.group.clone(), plan.group_revision),
         started_at: now,
         ops,
