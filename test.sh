@@ -1,8 +1,9 @@
 #!/usr/bin/env bash
 # Runs the whole Petrel test suite (this is what CI runs). Installs what the tests need:
-# Python virtual environments with python-tuf 7 and 6 for the interop tests, and nginx
-# for the client's end-to-end tests against a plain web server, and SoftHSM2 for the
-# PKCS#11 key tests; ends with a short bounded run of every fuzz target (libFuzzer).
+# Python virtual environments with python-tuf 7 and 6 for the interop tests, nginx
+# for the client's end-to-end tests against a plain web server, SoftHSM2 for the
+# PKCS#11 key tests, and Chromium for the dashboard's headless-browser test; ends with
+# a short bounded run of every fuzz target (libFuzzer).
 set -euo pipefail
 cd "$(dirname "$0")"
 echo "==> python-tuf environments (7 in .venv, 6 in .venv-tuf6)"
@@ -14,6 +15,9 @@ export PETREL_NGINX
 echo "==> SoftHSM2 (petrel-repo's PKCS#11 key tests)"
 PETREL_SOFTHSM_MODULE="$(scripts/ensure-softhsm.sh)"
 export PETREL_SOFTHSM_MODULE
+echo "==> Chromium (petrel-server's dashboard test in a headless browser)"
+PETREL_CHROMIUM="$(scripts/ensure-chromium.sh)"
+export PETREL_CHROMIUM
 echo "==> formatting"
 cargo fmt --all -- --check
 echo "==> installer recipes (RAUC, SWUpdate) against stand-ins of their tools"

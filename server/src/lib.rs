@@ -6,7 +6,8 @@
 //! forever while revalidating the moving ones (`timestamp.json`, `root.json`). See
 //! `docs/server.md` for the behaviour contract. With a report database configured
 //! ([`ServerConfig::reports`]) it also takes signed device reports on `POST /v1/reports`
-//! ([`reports`]).
+//! ([`reports`]), and serves views of them: the rollout summary, the fleet view and a
+//! read-only HTML dashboard ([`dashboard`]).
 //!
 //! ```no_run
 //! # async fn run() -> std::io::Result<()> {
@@ -25,6 +26,7 @@ pub mod body;
 pub mod conditional;
 pub mod config;
 pub mod conns;
+pub mod dashboard;
 pub mod limits;
 pub mod path;
 pub mod range;

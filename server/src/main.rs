@@ -130,7 +130,8 @@ struct ServeArgs {
     workers: Option<usize>,
 
     /// Enable POST /v1/reports, storing signed device reports in this SQLite database
-    /// (created if missing). Off by default.
+    /// (created if missing), and the views of them: GET /v1/reports/summary,
+    /// GET /v1/reports/fleet and the read-only dashboard at /dashboard. Off by default.
     #[arg(long, value_name = "PATH")]
     reports_db: Option<PathBuf>,
 
@@ -148,8 +149,10 @@ struct ServeArgs {
     #[arg(long, value_name = "BYTES")]
     reports_max_db_bytes: Option<u64>,
 
-    /// Require `Authorization: Bearer TOKEN` for GET /v1/reports/summary. Prefer the
-    /// environment variable to keep the token out of the process list.
+    /// Require `Authorization: Bearer TOKEN` for GET /v1/reports/summary and
+    /// /v1/reports/fleet, and the token for /dashboard (open /dashboard?token=TOKEN once;
+    /// it is then kept in a cookie). Prefer the environment variable to keep the token out
+    /// of the process list.
     #[arg(
         long,
         value_name = "TOKEN",

@@ -9,7 +9,7 @@ use http::{Method, Request, Response, StatusCode};
 
 use crate::body::{AccessRecord, ResponseBody};
 use crate::config::ServerConfig;
-use crate::reports::{Reports, REPORTS_PATH, SUMMARY_PATH};
+use crate::reports::{Reports, DASHBOARD_PATH, FLEET_PATH, REPORTS_PATH, SUMMARY_PATH};
 use crate::static_files::{error_response, StaticFiles, CACHE_REVALIDATE};
 
 /// Methods the static tree answers; sent in `Allow` with every 405.
@@ -26,9 +26,9 @@ pub enum Route {
     MethodNotAllowed,
 }
 
-/// Pick the route for a request. `GET /v1/reports/summary` is recognised inside
-/// [`App::handle`], and only when reports are enabled, so static serving pays nothing
-/// for it otherwise.
+/// Pick the route for a request. `GET /v1/reports/summary`, `GET /v1/reports/fleet` and
+/// `GET /dashboard` are recognised inside [`App::handle`], and only when reports are
+/// enabled, so static serving pays nothing for them otherwise.
 pub fn route(method: &Method, path: &str) -> Route {
     match *method {
         Method::GET | Method::HEAD => Route::StaticFile,
@@ -60,7 +60,8 @@ impl App {
     pub fn from_config(static_files: StaticFiles, config: &ServerConfig) -> std::io::Result<Self> {
         let mut app = App::new(static_files, config.access_log);
         if let Some(rc) = &config.reports {
-            app.reports = Some(Reports::start(rc.clone()).map_err(std::io::Error::other)?);
+            let reports = Reports::start(rc.clone()).map_err(std::io::Error::other)?;
+            app.reports = Some(reports.with_tree_root(&config.root));
         }
         Ok(app)
     }
@@ -89,7 +90,11 @@ impl App {
         let method = parts.method.clone();
         let path = parts.uri.path();
         let response = if names_another_host(&parts.uri, &parts.headers) {
-            tracing::debug!(uri = %parts.uri, "refused: absolute-form target for another host");
+            // The target may carry a dashboard `?token=`: never log it.
+            tracing::debug!(
+                uri = %crate::reports::redact_target(&parts.uri.to_string()),
+                "refused: absolute-form target for another host"
+            );
             error_response(StatusCode::BAD_REQUEST)
         } else {
             self.route(&method, path, &parts, body).await
@@ -119,9 +124,16 @@ impl App {
     {
         match route(method, path) {
             Route::StaticFile => match &self.reports {
-                Some(reports) if method == Method::GET && path == SUMMARY_PATH => {
-                    reports.summary(&parts.headers, parts.uri.query()).await
-                }
+                Some(reports) if method == Method::GET => match path {
+                    SUMMARY_PATH => reports.summary(&parts.headers, parts.uri.query()).await,
+                    FLEET_PATH => reports.fleet(&parts.headers, parts.uri.query()).await,
+                    DASHBOARD_PATH | "/dashboard/" => {
+                        reports
+                            .dashboard(&parts.headers, path, parts.uri.query())
+                            .await
+                    }
+                    _ => self.static_files.serve(method, path, &parts.headers).await,
+                },
                 _ => self.static_files.serve(method, path, &parts.headers).await,
             },
             Route::Reports => match &self.reports {

@@ -1,5 +1,6 @@
-//! Device reports: `POST /v1/reports` (signed reports into SQLite) and
-//! `GET /v1/reports/summary` (rollout status), enabled with `--reports-db`.
+//! Device reports: `POST /v1/reports` (signed reports into SQLite), and the views of them:
+//! `GET /v1/reports/summary` (rollout status), `GET /v1/reports/fleet` (the fleet view as
+//! JSON) and `GET /dashboard` (the same as an HTML page), enabled with `--reports-db`.
 //!
 //! One writer thread owns the read-write database connection and handles every report
 //! in turn: parse, look up the device's enrolled key, verify, insert and commit
@@ -7,9 +8,11 @@
 //! 2xx always means the report is on disk; a locked database (busy timeout), a full disk
 //! (or size cap) or a full write queue answers 503 with `Retry-After`, and the device
 //! keeps the report in its outbox. Summaries are read on tokio's blocking pool through
-//! short-lived read-only connections (at most [`SUMMARY_READERS`] at once); with WAL they
-//! never block the writer. See `docs/server.md`, "Reports".
+//! short-lived read-only connections (at most [`SUMMARY_READERS`] at once, shared with
+//! the fleet view and the dashboard); with WAL they never block the writer. See
+//! `docs/server.md`, "Reports".
 
+pub mod filter;
 pub mod fleet;
 pub mod published;
 pub mod store;
@@ -20,7 +23,10 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::Bytes;
-use http::header::{HeaderValue, AUTHORIZATION, CACHE_CONTROL, CONTENT_LENGTH, CONTENT_TYPE};
+use http::header::{
+    HeaderValue, AUTHORIZATION, CACHE_CONTROL, CONTENT_LENGTH, CONTENT_TYPE, COOKIE, LOCATION,
+    SET_COOKIE,
+};
 use http::{HeaderMap, Response, StatusCode};
 use http_body_util::BodyExt;
 use petrel_client::report::{ReportError, SignedReport};
@@ -35,6 +41,12 @@ pub use summary::{summarize, CampaignStatus, Counts, ReportRow, RolloutSummary, 
 pub const REPORTS_PATH: &str = "/v1/reports";
 /// Where the rollout summary is read (GET).
 pub const SUMMARY_PATH: &str = "/v1/reports/summary";
+/// Where the fleet view is read as JSON (GET).
+pub const FLEET_PATH: &str = "/v1/reports/fleet";
+/// The dashboard page (GET; also answered with a trailing slash).
+pub const DASHBOARD_PATH: &str = "/dashboard";
+/// The cookie that holds the read token for the dashboard (`Path=/dashboard`).
+pub const DASHBOARD_COOKIE: &str = "petrel_dashboard";
 /// Default body limit of a report (1 MiB).
 pub const DEFAULT_MAX_BODY: usize = petrel_client::report::MAX_REPORT_BYTES;
 /// Summary reads running at once.
@@ -58,7 +70,9 @@ pub struct ReportsConfig {
     pub max_db_bytes: Option<u64>,
     /// Reports waiting for the writer; when full, further reports get 503.
     pub queue: usize,
-    /// If set, `GET /v1/reports/summary` requires `Authorization: Bearer <token>`.
+    /// If set, `GET /v1/reports/summary` and `/v1/reports/fleet` require
+    /// `Authorization: Bearer <token>`, and the dashboard the token (header, cookie, or
+    /// once in `?token=`).
     pub read_token: Option<String>,
 }
 
@@ -204,6 +218,7 @@ pub struct Reports {
     config: ReportsConfig,
     jobs: mpsc::Sender<Job>,
     readers: Arc<Semaphore>,
+    tree_root: Option<PathBuf>,
 }
 
 impl std::fmt::Debug for Reports {
@@ -237,7 +252,15 @@ impl Reports {
             config,
             jobs,
             readers: Arc::new(Semaphore::new(SUMMARY_READERS)),
+            tree_root: None,
         })
+    }
+
+    /// Reads published campaigns and assignments for the fleet view and the dashboard
+    /// from the tree at `root` (the server's `--root`). Without it they answer 503.
+    pub fn with_tree_root(mut self, root: impl Into<PathBuf>) -> Self {
+        self.tree_root = Some(root.into());
+        self
     }
 
     /// The configuration.
@@ -329,24 +352,8 @@ impl Reports {
         headers: &HeaderMap,
         query: Option<&str>,
     ) -> Response<ResponseBody> {
-        if let Some(token) = &self.config.read_token {
-            let given = headers
-                .get(AUTHORIZATION)
-                .and_then(|v| v.to_str().ok())
-                .and_then(|v| v.strip_prefix("Bearer "))
-                .map(str::trim);
-            if !given.is_some_and(|g| constant_time_eq(g.as_bytes(), token.as_bytes())) {
-                let mut resp = error(
-                    StatusCode::UNAUTHORIZED,
-                    "unauthorized",
-                    "the rollout summary needs Authorization: Bearer <reports read token>",
-                );
-                resp.headers_mut().insert(
-                    http::header::WWW_AUTHENTICATE,
-                    HeaderValue::from_static("Bearer realm=\"petrel-reports\""),
-                );
-                return resp;
-            }
+        if !self.bearer_ok(headers) {
+            return unauthorized("the rollout summary");
         }
         let campaign = match query.map(campaign_param).transpose() {
             Ok(c) => c.flatten(),
@@ -366,6 +373,274 @@ impl Reports {
             Err(e) => unavailable(&format!("summary task failed: {e}")),
         }
     }
+}
+
+impl Reports {
+    /// Whether the request may read: no read token is configured, or it carries
+    /// `Authorization: Bearer <token>`.
+    fn bearer_ok(&self, headers: &HeaderMap) -> bool {
+        let Some(token) = &self.config.read_token else {
+            return true;
+        };
+        headers
+            .get_all(AUTHORIZATION)
+            .iter()
+            .filter_map(|v| v.to_str().ok())
+            .filter_map(|v| v.strip_prefix("Bearer "))
+            .any(|g| constant_time_eq(g.trim().as_bytes(), token.as_bytes()))
+    }
+
+    /// Whether the request carries the read token in the dashboard's cookie.
+    fn cookie_ok(&self, headers: &HeaderMap) -> bool {
+        let Some(token) = &self.config.read_token else {
+            return true;
+        };
+        headers
+            .get_all(COOKIE)
+            .iter()
+            .filter_map(|v| v.to_str().ok())
+            .flat_map(|v| v.split(';'))
+            .filter_map(|c| c.trim().split_once('='))
+            .filter(|(name, _)| *name == DASHBOARD_COOKIE)
+            .filter_map(|(_, value)| percent_decode(value).ok())
+            .any(|g| constant_time_eq(g.as_bytes(), token.as_bytes()))
+    }
+
+    /// Reads the fleet view on the blocking pool (one of the [`SUMMARY_READERS`] slots).
+    async fn read_fleet(&self) -> Result<fleet::FleetView, String> {
+        let Some(root) = self.tree_root.clone() else {
+            return Err("the fleet view needs the published tree, and none is configured".into());
+        };
+        let Ok(_slot) = Arc::clone(&self.readers).acquire_owned().await else {
+            return Err("shutting down".into());
+        };
+        let db = self.config.db.clone();
+        let now = chrono::Utc::now();
+        tokio::task::spawn_blocking(move || published::load_fleet(&db, &root, now))
+            .await
+            .map_err(|e| format!("fleet task failed: {e}"))?
+    }
+
+    /// Answers `GET /v1/reports/fleet[?campaign=ID&state=S&wave=N]`.
+    pub async fn fleet(&self, headers: &HeaderMap, query: Option<&str>) -> Response<ResponseBody> {
+        if !self.bearer_ok(headers) {
+            return unauthorized("the fleet view");
+        }
+        let filter = match filter::FleetQuery::parse(query) {
+            Ok(f) => f,
+            Err(e) => return error(StatusCode::BAD_REQUEST, "bad_query", e),
+        };
+        let view = match self.read_fleet().await {
+            Ok(v) => v,
+            Err(e) => return unavailable(&e),
+        };
+        match filter.apply(view) {
+            Ok(v) => json_response(StatusCode::OK, &v),
+            Err(e @ filter::FilterError::UnknownCampaign(_)) => {
+                error(StatusCode::NOT_FOUND, "unknown_campaign", e.to_string())
+            }
+            Err(e) => error(StatusCode::BAD_REQUEST, "bad_query", e.to_string()),
+        }
+    }
+
+    /// Answers `GET /dashboard` (`path` is the request's path: with or without the
+    /// trailing slash). With a read token configured, a correct `?token=` is answered
+    /// 303 to the same address without it, setting the [`DASHBOARD_COOKIE`]; the page
+    /// itself needs the cookie or `Authorization: Bearer <token>`.
+    pub async fn dashboard(
+        &self,
+        headers: &HeaderMap,
+        path: &str,
+        query: Option<&str>,
+    ) -> Response<ResponseBody> {
+        let pairs = match filter::params(query.unwrap_or("")) {
+            Ok(p) => p,
+            Err(e) => return html_error(StatusCode::BAD_REQUEST, "Bad query", &e),
+        };
+        if let Some((_, given)) = pairs.iter().find(|(k, _)| k == "token") {
+            let correct = self
+                .config
+                .read_token
+                .as_ref()
+                .is_none_or(|t| constant_time_eq(given.as_bytes(), t.as_bytes()));
+            if !correct {
+                return html_unauthorized("The token in this link is not the reports read token.");
+            }
+            let rest: Vec<&str> = query
+                .unwrap_or("")
+                .split('&')
+                .filter(|p| !p.is_empty())
+                .filter(|p| {
+                    percent_decode(p.split_once('=').map_or(p, |(k, _)| k))
+                        .ok()
+                        .as_deref()
+                        != Some("token")
+                })
+                .collect();
+            let location = if rest.is_empty() {
+                path.to_string()
+            } else {
+                format!("{path}?{}", rest.join("&"))
+            };
+            let mut resp = html_response(
+                StatusCode::SEE_OTHER,
+                "<!DOCTYPE html><title>Petrel fleet dashboard</title><p>Signed in; \
+                 <a href=\"/dashboard\">open the dashboard</a>.</p>\n"
+                    .to_string(),
+            );
+            let h = resp.headers_mut();
+            if let Ok(v) = HeaderValue::from_str(&location) {
+                h.insert(LOCATION, v);
+            } else {
+                h.insert(LOCATION, HeaderValue::from_static(DASHBOARD_PATH));
+            }
+            if let Some(token) = &self.config.read_token {
+                let cookie = format!(
+                    "{DASHBOARD_COOKIE}={}; Path={DASHBOARD_PATH}; HttpOnly; SameSite=Strict",
+                    percent_encode(token)
+                );
+                h.insert(
+                    SET_COOKIE,
+                    HeaderValue::from_str(&cookie).expect("encoded cookie"),
+                );
+            }
+            return resp;
+        }
+        if !(self.bearer_ok(headers) || self.cookie_ok(headers)) {
+            return html_unauthorized(
+                "The dashboard needs the reports read token: open it once as \
+                 /dashboard?token=TOKEN (the server then keeps it in a cookie for this \
+                 browser session), or send Authorization: Bearer TOKEN.",
+            );
+        }
+        let search = pairs
+            .iter()
+            .find(|(k, _)| k == "q")
+            .map(|(_, v)| v.clone())
+            .unwrap_or_default();
+        let filter = match filter::FleetQuery::from_params(&pairs, &["q"]) {
+            Ok(f) => f,
+            Err(e) => return html_error(StatusCode::BAD_REQUEST, "Bad query", &e),
+        };
+        let view = match self.read_fleet().await {
+            Ok(v) => v,
+            Err(e) => {
+                let mut resp = html_error(StatusCode::SERVICE_UNAVAILABLE, "Unavailable", &e);
+                resp.headers_mut().insert(
+                    http::header::RETRY_AFTER,
+                    HeaderValue::from(RETRY_AFTER_SECS),
+                );
+                return resp;
+            }
+        };
+        match filter.apply(view) {
+            Ok(v) => html_response(StatusCode::OK, crate::dashboard::render(&v, &search)),
+            Err(e @ filter::FilterError::UnknownCampaign(_)) => {
+                html_error(StatusCode::NOT_FOUND, "Unknown campaign", &e.to_string())
+            }
+            Err(e) => html_error(StatusCode::BAD_REQUEST, "Bad query", &e.to_string()),
+        }
+    }
+}
+
+/// 401 for a read without the token (`what` names the resource).
+fn unauthorized(what: &str) -> Response<ResponseBody> {
+    let mut resp = error(
+        StatusCode::UNAUTHORIZED,
+        "unauthorized",
+        format!("{what} needs Authorization: Bearer <reports read token>"),
+    );
+    resp.headers_mut().insert(
+        http::header::WWW_AUTHENTICATE,
+        HeaderValue::from_static("Bearer realm=\"petrel-reports\""),
+    );
+    resp
+}
+
+/// An HTML answer with the dashboard's headers: no caching, no sniffing, no framing,
+/// no referrer, and the dashboard's Content-Security-Policy.
+fn html_response(status: StatusCode, body: String) -> Response<ResponseBody> {
+    let mut resp = Response::new(ResponseBody::bytes(body));
+    *resp.status_mut() = status;
+    let h = resp.headers_mut();
+    h.insert(
+        CONTENT_TYPE,
+        HeaderValue::from_static("text/html; charset=utf-8"),
+    );
+    h.insert(CACHE_CONTROL, HeaderValue::from_static("no-store"));
+    h.insert(
+        http::header::CONTENT_SECURITY_POLICY,
+        HeaderValue::from_static(crate::dashboard::content_security_policy()),
+    );
+    h.insert(
+        http::header::X_CONTENT_TYPE_OPTIONS,
+        HeaderValue::from_static("nosniff"),
+    );
+    h.insert(
+        http::header::X_FRAME_OPTIONS,
+        HeaderValue::from_static("DENY"),
+    );
+    h.insert(
+        http::header::REFERRER_POLICY,
+        HeaderValue::from_static("no-referrer"),
+    );
+    resp
+}
+
+/// A small HTML error page.
+fn html_error(status: StatusCode, title: &str, message: &str) -> Response<ResponseBody> {
+    let body = format!(
+        "<!DOCTYPE html>\n<html lang=\"en\"><head><meta charset=\"utf-8\">\
+         <title>{t} — Petrel fleet dashboard</title></head>\n<body><h1>{t}</h1>\
+         <p id=\"error\">{m}</p></body></html>\n",
+        t = crate::dashboard::escape(title),
+        m = crate::dashboard::escape(message)
+    );
+    html_response(status, body)
+}
+
+fn html_unauthorized(message: &str) -> Response<ResponseBody> {
+    let mut resp = html_error(StatusCode::UNAUTHORIZED, "Read token needed", message);
+    resp.headers_mut().insert(
+        http::header::WWW_AUTHENTICATE,
+        HeaderValue::from_static("Bearer realm=\"petrel-reports\""),
+    );
+    resp
+}
+
+/// Percent-encodes everything but unreserved characters (RFC 3986), so any token is a
+/// valid cookie value.
+fn percent_encode(s: &str) -> String {
+    let mut out = String::with_capacity(s.len());
+    for b in s.bytes() {
+        if b.is_ascii_alphanumeric() || matches!(b, b'-' | b'.' | b'_' | b'~') {
+            out.push(b as char);
+        } else {
+            out.push_str(&format!("%{b:02X}"));
+        }
+    }
+    out
+}
+
+/// The request target with the value of every `token` query parameter replaced by
+/// `REDACTED`, for logs.
+pub fn redact_target(target: &str) -> String {
+    let Some((path, query)) = target.split_once('?') else {
+        return target.to_string();
+    };
+    let pairs: Vec<String> = query
+        .split('&')
+        .map(|p| {
+            let key = p.split_once('=').map_or(p, |(k, _)| k);
+            let decoded = percent_decode(key).unwrap_or_default();
+            if decoded.eq_ignore_ascii_case("token") {
+                format!("{key}=REDACTED")
+            } else {
+                p.to_string()
+            }
+        })
+        .collect();
+    format!("{path}?{}", pairs.join("&"))
 }
 
 fn is_json(headers: &HeaderMap) -> bool {
@@ -463,6 +738,34 @@ fn unavailable(message: &str) -> Response<ResponseBody> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn logged_targets_never_show_a_token() {
+        assert_eq!(
+            redact_target("/dashboard?q=a&token=s3cret&x=1"),
+            "/dashboard?q=a&token=REDACTED&x=1"
+        );
+        assert_eq!(
+            redact_target("http://other.example/dashboard?%74oken=s3cret"),
+            "http://other.example/dashboard?%74oken=REDACTED"
+        );
+        assert_eq!(
+            redact_target("/dashboard?TOKEN=s3cret"),
+            "/dashboard?TOKEN=REDACTED"
+        );
+        assert_eq!(redact_target("/dashboard"), "/dashboard");
+    }
+
+    #[test]
+    fn a_cookie_value_holds_any_token() {
+        let token = "a b;c=d,\"e\"+%\u{e9}";
+        let encoded = percent_encode(token);
+        assert!(HeaderValue::from_str(&encoded).is_ok());
+        assert!(encoded
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b"-._~%".contains(&b)));
+        assert_eq!(percent_decode(&encoded).unwrap(), token);
+    }
 
     #[test]
     fn summary_token_comparison_needs_exact_match() {
