@@ -123,8 +123,8 @@ pub struct AdvanceOptions {
     pub campaign: Option<String>,
     /// Say what would be done; change nothing.
     pub dry_run: bool,
-    /// A campaign still waiting gets a figures-only revision at most this often (a new
-    /// revision is a new attempt for devices whose install failed, so not on every run).
+    /// A campaign still waiting gets a figures-only revision at most this often (each one
+    /// is a manifest every device of the campaign downloads again).
     pub figures_every: Option<chrono::Duration>,
 }
 

@@ -689,8 +689,7 @@ impl Command {
                 | RolloutCommand::Forecast { json, .. }
                 | RolloutCommand::Advance { json, .. },
             )
-            | Command::Fleet(FleetCommand::Status { json, .. }
-            ) => *json,
+            | Command::Fleet(FleetCommand::Status { json, .. }) => *json,
             Command::Assign(AssignArgs {
                 command: Some(AssignCommand::Show { json, .. }),
                 ..

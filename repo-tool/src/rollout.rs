@@ -426,7 +426,7 @@ Examples (cron, every 10 minutes):
         dry_run: bool,
         /// A campaign still waiting gets a revision with new figures at most this often
         /// (e.g. 30m, 1h, 1d; 0 for every run).
-        #[arg(long, value_name = "DURATION", default_value = "1h")]
+        #[arg(long, value_name = "DURATION", default_value = "30m")]
         figures_every: String,
         /// Print what was done as JSON.
         #[arg(long)]
