@@ -150,12 +150,46 @@ wait_for() { # wait_for SECONDS COMMAND...: until COMMAND succeeds, at most SECO
   echo "timed out waiting for: $*"; echo "agent log:"; cat "$work/agent.log"; exit 1
 }
 installed() { [ "$(cat "$device/apps/acme.thermostat/VERSION" 2>/dev/null)" = "$1" ]; }
-echo "==> a security fix (no consent needed) is published; nobody runs a command on the device"
+echo "==> a security fix (no consent needed), gated: the lab thermostat (a canary) goes first"
+lab="$work/lab"
+rm -rf "$lab"
+mkdir -p "$lab/apps/acme.thermostat" "$lab/state"
+cp "$device/apps/acme.thermostat/"* "$lab/apps/acme.thermostat/"
+cat >"$lab/device.toml" <<TOML
+state_dir = "$lab/state"
+profile = "$demo/lab/profile.toml"
+report_url = "$url/v1/reports"
+[repository]
+metadata_url = "$url/metadata"
+targets_url = "$url/targets"
+[inventory]
+dir = "$lab/apps"
+TOML
+lab_agent() { timeout 60 "$agent" --config "$lab/device.toml" "$@"; }
+lab_agent init --root "$repo/tree/metadata/1.root.json"
+lab_agent device-key >"$work/lab.pub.pem"
+"$server" enroll --reports-db "$work/reports.db" --device thermo-lab-01 --public-key "$work/lab.pub.pem"
 "$repo_tool" -r "$repo" group set "$demo/group-thermostats-1.2.toml"
+"$repo_tool" -r "$repo" assign --group thermostats --devices "$demo/canaries.txt" --canary
 "$repo_tool" -r "$repo" campaign create "$demo/campaign-thermostat-1.2.toml"
 "$repo_tool" -r "$repo" publish
+echo "==> the fleet view (report server + published tree): the canary stage decides"
+"$repo_tool" -r "$repo" fleet status --reports "$url" --campaign thermostat-1.2
+sleep 3
+installed 1.1 || { echo "the device installed 1.2 before the canaries passed"; exit 1; }
+echo "    the resident agent waits: not a canary device, and no revision says the canaries passed"
+echo "==> the canary installs 1.2 and reports success (after its health check)"
+lab_agent update | sed -e 's/^/    /'
+echo "==> rollout advance (safe from cron): the gate passes the canaries and publishes the revision that opens the rollout"
+"$repo_tool" -r "$repo" rollout advance --reports "$url"
 wait_for 60 installed 1.2
 echo "    the agent installed acme.thermostat 1.2 by itself; its health check passed"
+"$repo_tool" -r "$repo" fleet status --reports "$url" --campaign thermostat-1.2
+echo "    the same view, read-only in a browser: $url/dashboard"
+if command -v curl >/dev/null; then
+  page=$(curl -fsS "$url/dashboard")
+  echo "    the page shows $(grep -o '<article class="campaign"' <<<"$page" | wc -l) campaign(s) and $(grep -o '<tr class="device' <<<"$page" | wc -l) device(s)"
+fi
 echo "==> firmware 1.3 fails its self-test on the device"
 "$repo_tool" -r "$repo" group set "$demo/group-thermostats-1.3.toml"
 "$repo_tool" -r "$repo" campaign create "$demo/campaign-thermostat-1.3.toml"
