@@ -196,6 +196,8 @@ fn counts_after(status: &petrel_server::reports::CampaignStatus, after: Option<u
         c.pending += w.counts.pending;
         c.declined += w.counts.declined;
         c.staged += w.counts.staged;
+        c.pending_reboot += w.counts.pending_reboot;
+        c.clock_skewed += w.counts.clock_skewed;
         for r in &w.counts.failure_reasons {
             *reasons.entry(r.reason.clone()).or_default() += r.count;
         }
@@ -608,5 +610,43 @@ pub fn run(command: &RolloutCommand, open: impl FnOnce() -> Result<Workspace>) -
             devices,
             json,
         } => crate::forecast::run(&open()?, campaign, devices, *json),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use petrel_server::reports::{CampaignStatus, WaveStatus};
+
+    #[test]
+    fn counts_after_a_halt_keep_every_count_of_the_later_revisions() {
+        let counts = |n: u64| Counts {
+            succeeded: n,
+            failed: n,
+            pending: 3 * n,
+            declined: n,
+            staged: n,
+            pending_reboot: n,
+            clock_skewed: n,
+            failure_reasons: Vec::new(),
+        };
+        let status = CampaignStatus {
+            campaign: "c".into(),
+            counts: counts(3),
+            waves: vec![
+                WaveStatus {
+                    revision: 1,
+                    wave: Some(1),
+                    counts: counts(1),
+                },
+                WaveStatus {
+                    revision: 3,
+                    wave: Some(1),
+                    counts: counts(2),
+                },
+            ],
+        };
+        assert_eq!(counts_after(&status, Some(2)), counts(2));
+        assert_eq!(counts_after(&status, None), counts(3));
     }
 }
