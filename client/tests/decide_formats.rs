@@ -286,3 +286,26 @@ fn capabilities_are_strict_too() {
         .unwrap()
         .is_unrestricted());
 }
+
+#[test]
+fn docs_gates_example_parses_and_matches_the_published_json_shown() {
+    #[derive(serde::Deserialize)]
+    struct Doc {
+        rollout: petrel_client::manifest::Rollout,
+    }
+    let toml_doc: Doc = toml::from_str(&doc_block("gates-toml")).unwrap();
+    let json_doc: Doc = serde_json::from_str(&doc_block("gates-json")).unwrap();
+    let (from_toml, published) = (toml_doc.rollout, json_doc.rollout);
+    assert_eq!(
+        from_toml.gates, published.gates,
+        "the gates written in the JSON"
+    );
+    assert_eq!(from_toml.waves, published.waves);
+    assert!(published.canary_passed && published.opened.len() == 1);
+    // Both are valid rollouts of a campaign; the JSON is what a device reads.
+    for r in [from_toml, published] {
+        let mut c = campaign();
+        c.rollout = r;
+        c.validate().unwrap_or_else(|e| panic!("{e}"));
+    }
+}
