@@ -5,10 +5,7 @@
 //! The view and the gate's verdict are computed by `petrel_server::reports::fleet`, the
 //! one definition shared with the server's fleet endpoint and dashboard.
 
-use bytes::Bytes;
 use chrono::{DateTime, Utc};
-use http::header::{HeaderName, AUTHORIZATION};
-use petrel_client::fetch::{HttpConfig, HttpTransport};
 use petrel_client::manifest::{CampaignState, UtcTime};
 use petrel_server::reports::fleet::{Action, CampaignView, FleetView};
 use petrel_server::reports::published::{fleet_view, read_tree};
@@ -50,35 +47,7 @@ pub fn load_fleet(
                 .or_else(|| base.strip_suffix("/v1/reports"))
                 .unwrap_or(base);
             let url = format!("{base}/v1/reports/fleet");
-            let transport = HttpTransport::new(HttpConfig::default())
-                .map_err(|e| Error::State(format!("cannot set up HTTP: {e}")))?;
-            let headers: Vec<(HeaderName, String)> = token
-                .map(|t| (AUTHORIZATION, format!("Bearer {t}")))
-                .into_iter()
-                .collect();
-            let resp = transport
-                .request_once(
-                    http::Method::GET,
-                    &url,
-                    &headers,
-                    Bytes::new(),
-                    MAX_FLEET_BYTES,
-                )
-                .map_err(|e| Error::State(format!("cannot read the fleet view: {e}")))?;
-            if resp.status != http::StatusCode::OK {
-                let hint = if resp.status == http::StatusCode::UNAUTHORIZED {
-                    " (set PETREL_REPORTS_TOKEN or --reports-token)"
-                } else {
-                    ""
-                };
-                return Err(Error::State(format!(
-                    "{url}: HTTP {}{hint}: {}",
-                    resp.status.as_u16(),
-                    String::from_utf8_lossy(&resp.body).trim()
-                )));
-            }
-            serde_json::from_slice(&resp.body)
-                .map_err(|e| Error::State(format!("{url}: not a fleet view: {e}")))
+            crate::rollout::get_json(&url, token, MAX_FLEET_BYTES, "a fleet view")
         }
     }
 }

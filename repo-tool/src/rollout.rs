@@ -74,37 +74,41 @@ pub fn load_summary(
         ReportsSource::Db(path) => read_db(path, campaign),
         ReportsSource::Url(base) => {
             let url = ReportsSource::summary_url(base, campaign);
-            let transport = HttpTransport::new(HttpConfig::default())
-                .map_err(|e| Error::State(format!("cannot set up HTTP: {e}")))?;
-            let headers: Vec<(HeaderName, String)> = token
-                .map(|t| (AUTHORIZATION, format!("Bearer {t}")))
-                .into_iter()
-                .collect();
-            let resp = transport
-                .request_once(
-                    http::Method::GET,
-                    &url,
-                    &headers,
-                    Bytes::new(),
-                    MAX_SUMMARY_BYTES,
-                )
-                .map_err(|e| Error::State(format!("cannot read the rollout summary: {e}")))?;
-            if resp.status != http::StatusCode::OK {
-                let hint = if resp.status == http::StatusCode::UNAUTHORIZED {
-                    " (set PETREL_REPORTS_TOKEN or --reports-token)"
-                } else {
-                    ""
-                };
-                return Err(Error::State(format!(
-                    "{url}: HTTP {}{hint}: {}",
-                    resp.status.as_u16(),
-                    String::from_utf8_lossy(&resp.body).trim()
-                )));
-            }
-            serde_json::from_slice(&resp.body)
-                .map_err(|e| Error::State(format!("{url}: not a rollout summary: {e}")))
+            get_json(&url, token, MAX_SUMMARY_BYTES, "a rollout summary")
         }
     }
+}
+
+/// GETs `url` from a report server (with `token` as `Authorization: Bearer`, if given)
+/// and parses the JSON answer; `what` names it in errors (`a rollout summary`).
+pub fn get_json<T: serde::de::DeserializeOwned>(
+    url: &str,
+    token: Option<&str>,
+    max_bytes: u64,
+    what: &str,
+) -> Result<T> {
+    let transport = HttpTransport::new(HttpConfig::default())
+        .map_err(|e| Error::State(format!("cannot set up HTTP: {e}")))?;
+    let headers: Vec<(HeaderName, String)> = token
+        .map(|t| (AUTHORIZATION, format!("Bearer {t}")))
+        .into_iter()
+        .collect();
+    let resp = transport
+        .request_once(http::Method::GET, url, &headers, Bytes::new(), max_bytes)
+        .map_err(|e| Error::State(format!("cannot read {what}: {e}")))?;
+    if resp.status != http::StatusCode::OK {
+        let hint = if resp.status == http::StatusCode::UNAUTHORIZED {
+            " (set PETREL_REPORTS_TOKEN or --reports-token)"
+        } else {
+            ""
+        };
+        return Err(Error::State(format!(
+            "{url}: HTTP {}{hint}: {}",
+            resp.status.as_u16(),
+            String::from_utf8_lossy(&resp.body).trim()
+        )));
+    }
+    serde_json::from_slice(&resp.body).map_err(|e| Error::State(format!("{url}: not {what}: {e}")))
 }
 
 fn read_db(path: &Path, campaign: Option<&str>) -> Result<RolloutSummary> {

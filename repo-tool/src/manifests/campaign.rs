@@ -306,71 +306,31 @@ pub fn change_campaign_state(
     id: &str,
     change: StateChange,
 ) -> Result<CampaignReport> {
-    check_id(id).map_err(|e| Error::Usage(format!("campaign id {id:?}: {e}")))?;
-    let mut s = Session::new(ws);
-    let name = campaign_target_path(id);
-    let Some(cur) = lookup::find(s.editor(), &name)? else {
-        return Err(Error::State(format!(
-            "there is no campaign {id:?} in this repository (see `petrel-repo campaign list`)"
-        )));
-    };
-    let (old, old_bytes) = s.read_current::<CampaignManifest>(&cur)?;
-    let refuse = |why: String| {
-        Err(Error::State(format!(
-            "campaign {id:?}: cannot {}: {why}",
-            change.verb()
-        )))
-    };
-    let new_state = match (change, old.state) {
-        (_, CampaignState::Cancelled) if change != StateChange::Cancel => {
-            return refuse(format!(
-                "it was cancelled (revision {}); cancel is final. Publish a new campaign under another id",
-                old.revision
-            ))
-        }
-        (StateChange::Halt, CampaignState::Active) => CampaignState::Halted,
-        (StateChange::Resume, CampaignState::Halted) => CampaignState::Active,
-        (StateChange::Cancel, CampaignState::Active | CampaignState::Halted) => {
-            CampaignState::Cancelled
-        }
-        (_, state) => {
-            return refuse(format!(
-                "it is already {state} (revision {})",
-                old.revision
-            ))
-        }
-    };
-    let mut c = old.clone();
-    c.revision = old.revision.checked_add(1).ok_or_else(|| {
-        Error::State(format!(
-            "campaign {id:?}: revision {} cannot grow",
-            old.revision
-        ))
-    })?;
-    c.state = new_state;
-    let bytes = c
-        .to_canonical_json()
-        .map_err(|e| Error::State(format!("campaign {id:?}: {e}")))?;
-    let dest = s.destination(&name, None, CAMPAIGNS)?;
-    let chain = s.chain(&dest)?;
-    chain.check_campaign(&c, ws.now()).map_err(|v| {
-        Error::State(format!(
-            "campaign {id:?}: cannot {}: role {:?} may not sign the new revision: {v}",
-            change.verb(),
-            dest.signer
-        ))
-    })?;
-    s.stage(&dest, &bytes)?;
-    s.commit()?;
-    Ok(report(
-        &c,
-        &dest.signer,
-        &bytes,
-        Some(&old),
-        Some(ManifestHash::of(&old_bytes)),
-        false,
-        Vec::new(),
-    ))
+    revise_campaign(ws, id, change.verb(), |c| {
+        let refuse = |why: String| {
+            Err(Error::State(format!(
+                "campaign {id:?}: cannot {}: {why}",
+                change.verb()
+            )))
+        };
+        let old_revision = c.revision - 1;
+        c.state = match (change, c.state) {
+            (_, CampaignState::Cancelled) if change != StateChange::Cancel => {
+                return refuse(format!(
+                    "it was cancelled (revision {old_revision}); cancel is final. Publish a new campaign under another id"
+                ))
+            }
+            (StateChange::Halt, CampaignState::Active) => CampaignState::Halted,
+            (StateChange::Resume, CampaignState::Halted) => CampaignState::Active,
+            (StateChange::Cancel, CampaignState::Active | CampaignState::Halted) => {
+                CampaignState::Cancelled
+            }
+            (_, state) => {
+                return refuse(format!("it is already {state} (revision {old_revision})"))
+            }
+        };
+        Ok(())
+    })
 }
 
 /// Stages a new revision of a published or staged campaign made by `change` (which gets
