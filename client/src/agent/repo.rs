@@ -1,5 +1,5 @@
 //! From the TUF updater to the engine's [`RepositoryView`]: the device's own assignment
-//! bin, its group manifest, every campaign manifest, and the signed lengths and hashes of
+//! bin, its group manifest, the campaign manifests that can concern it, and the signed lengths and hashes of
 //! the group's artifacts (with the deltas from the installed bytes, when the repository
 //! signs one). Every manifest is fetched through the updater (so it is verified
 //! against the signed length and hashes before anything reads it) and parsed strictly.
@@ -17,7 +17,8 @@ use super::inventory::InventorySource;
 use crate::decide::{ArtifactInfo, DeltaInfo, Entry, Inventory, Named, RepositoryView};
 use crate::delta::{self, DeltaMeta};
 use crate::manifest::{
-    assign_target_path, AssignmentBin, CampaignManifest, GroupManifest, Manifest, MAX_BIN_DIGITS,
+    assign_target_path, campaign_target_path, group_index_path, AssignmentBin, CampaignIndex,
+    CampaignManifest, GroupManifest, Manifest, FLEET_INDEX_PATH, MAX_BIN_DIGITS,
     MAX_MANIFEST_BYTES,
 };
 use crate::tuf::updater::{local_target_file_name, TargetInfo, UpdateError, Updater};
@@ -49,8 +50,9 @@ pub struct Gathered {
 
 /// Refreshes the updater and builds the device's view of the repository. Fetches only this
 /// device's assignment bin (`assign/<bin>.json`, `digits` hex digits), its group's
-/// manifest, the campaign manifests ([`CAMPAIGNS_PATTERN`], from the verified targets
-/// metadata) and the target infos of the group's artifacts; no artifact is downloaded.
+/// manifest, the campaign manifests that can concern it (those the campaign index lists for
+/// the fleet and for its group, when the repository publishes an index; else every one,
+/// [`CAMPAIGNS_PATTERN`]) and the target infos of the group's artifacts; no artifact is downloaded.
 /// Manifest bytes are kept in `cache_dir` (re-used when they still match the signed hashes;
 /// files no longer needed are removed). No deltas are looked up ([`gather_with_deltas`]).
 pub fn gather(
@@ -98,7 +100,7 @@ pub fn gather_with_deltas(
         MetadataVersions {
             root: t.root().signed.version,
             timestamp: t.timestamp().signed.version,
-            snapshot: t.snapshot().signed.version,
+            snapshot: t.snapshot().version(),
             targets: t.targets().signed.version,
         }
     };
@@ -140,20 +142,34 @@ pub fn gather_with_deltas(
         }
     }
 
-    // Every campaign.
-    match fetcher.updater.list_targets(CAMPAIGNS_PATTERN) {
-        Ok(infos) => {
-            for info in infos {
-                match fetcher.manifest::<CampaignManifest>(&info.path) {
-                    Ok(Some(e)) => view.campaigns.push(e),
+    // The campaigns: through the campaign index when the repository publishes one (only
+    // those that can concern this group), else every campaign.
+    match fetcher.index(FLEET_INDEX_PATH, None) {
+        Ok(Some(fleet)) => {
+            let mut ids = fleet.campaigns;
+            if let Some(g) = view.group.as_ref().map(|g| g.manifest.id.clone()) {
+                let path = group_index_path(&g);
+                match fetcher.index(&path, Some(&g)) {
+                    Ok(Some(i)) => ids.extend(i.campaigns),
                     Ok(None) => {}
-                    Err(why) => why.record(&info.path, &mut view),
+                    Err(why) => why.record(&path, &mut view),
+                }
+            }
+            for id in ids {
+                let path = campaign_target_path(&id);
+                match fetcher.manifest::<CampaignManifest>(&path) {
+                    Ok(Some(e)) => view.campaigns.push(e),
+                    Ok(None) => view.unusable.push((
+                        path,
+                        "listed in the campaign index, but not in the repository's signed metadata"
+                            .into(),
+                    )),
+                    Err(why) => why.record(&path, &mut view),
                 }
             }
         }
-        Err(e) => {
-            Unusable::Unreadable(format!("cannot list: {e}")).record(CAMPAIGNS_PATTERN, &mut view)
-        }
+        Ok(None) => list_all_campaigns(&mut fetcher, &mut view),
+        Err(why) => why.record(FLEET_INDEX_PATH, &mut view),
     }
 
     // The signed lengths and hashes of the group's artifacts.
@@ -187,6 +203,23 @@ pub fn gather_with_deltas(
     }
     fetcher.prune();
     Ok(Gathered { view, versions })
+}
+
+/// Every campaign manifest the repository signs ([`CAMPAIGNS_PATTERN`]): for repositories
+/// without a campaign index.
+fn list_all_campaigns(fetcher: &mut Fetcher<'_>, view: &mut RepositoryView) {
+    match fetcher.updater.list_targets(CAMPAIGNS_PATTERN) {
+        Ok(infos) => {
+            for info in infos {
+                match fetcher.manifest::<CampaignManifest>(&info.path) {
+                    Ok(Some(e)) => view.campaigns.push(e),
+                    Ok(None) => {}
+                    Err(why) => why.record(&info.path, view),
+                }
+            }
+        }
+        Err(e) => Unusable::Unreadable(format!("cannot list: {e}")).record(CAMPAIGNS_PATTERN, view),
+    }
 }
 
 /// The delta from the installed bytes `base` to `artifact`, if the repository signs one
@@ -303,6 +336,46 @@ struct Fetcher<'a> {
 impl Fetcher<'_> {
     /// `Ok(None)`: no role on the search path lists the target.
     fn manifest<T: Manifest + Named>(&mut self, path: &str) -> Result<Option<Entry<T>>, Unusable> {
+        let Some((info, bytes)) = self.verified_bytes(path)? else {
+            return Ok(None);
+        };
+        let trusted = self
+            .updater
+            .trusted()
+            .ok_or_else(|| Unusable::Unreadable(UpdateError::NotRefreshed.to_string()))?;
+        Entry::from_target(&info, &bytes, trusted)
+            .map(Some)
+            .map_err(Unusable::Content)
+    }
+
+    /// A campaign index ([`CampaignIndex`]), checked to be the index of `group` (`None`:
+    /// the fleet-wide one). `Ok(None)`: no role lists it.
+    fn index(
+        &mut self,
+        path: &str,
+        group: Option<&str>,
+    ) -> Result<Option<CampaignIndex>, Unusable> {
+        let Some((_, bytes)) = self.verified_bytes(path)? else {
+            return Ok(None);
+        };
+        let index =
+            CampaignIndex::from_json(&bytes).map_err(|e| Unusable::Content(e.to_string()))?;
+        if index.group.as_deref() != group {
+            return Err(Unusable::Content(format!(
+                "it is the campaign index of {}, not of {}",
+                index
+                    .group
+                    .as_deref()
+                    .map_or("the whole fleet".into(), |g| format!("group {g:?}")),
+                group.map_or("the whole fleet".into(), |g| format!("group {g:?}"))
+            )));
+        }
+        Ok(Some(index))
+    }
+
+    /// The verified bytes of a target (from the cache when they still match), with its
+    /// target info. `Ok(None)`: no role on the search path lists the target.
+    fn verified_bytes(&mut self, path: &str) -> Result<Option<(TargetInfo, Vec<u8>)>, Unusable> {
         let unreadable = |e: String| Unusable::Unreadable(e);
         let Some(info) = self
             .updater
@@ -330,13 +403,7 @@ impl Fetcher<'_> {
                 .map_err(|e| unreadable(e.to_string()))?;
         }
         let bytes = fs::read(&dest).map_err(|e| unreadable(format!("{}: {e}", dest.display())))?;
-        let trusted = self
-            .updater
-            .trusted()
-            .ok_or_else(|| unreadable(UpdateError::NotRefreshed.to_string()))?;
-        Entry::from_target(&info, &bytes, trusted)
-            .map(Some)
-            .map_err(Unusable::Content)
+        Ok(Some((info, bytes)))
     }
 
     /// Removes cached manifests this run did not use.

@@ -10,6 +10,7 @@
 //! | group manifest | [`GroupManifest`] | `groups/<group>.json` |
 //! | campaign manifest | [`CampaignManifest`] | `campaigns/<campaign>.json` |
 //! | assignment bin | [`AssignmentBin`] | `assign/<bin>.json` |
+//! | campaign index | [`CampaignIndex`] | `index/fleet.json`, `index/group-<group>.json` |
 //! | capabilities | [`Capabilities`] | `"petrel_capabilities"` inside a delegated role |
 //!
 //! Every format carries `kind` and `schema_version`. Parsing is strict: an unknown schema
@@ -41,6 +42,7 @@ mod campaign;
 mod capability;
 mod common;
 mod group;
+mod index;
 
 use std::fmt;
 
@@ -53,6 +55,7 @@ pub use campaign::*;
 pub use capability::*;
 pub use common::*;
 pub use group::*;
+pub use index::*;
 
 use crate::tuf::canonical;
 
@@ -208,6 +211,8 @@ pub enum ManifestKind {
     Campaign,
     /// An assignment bin (`assign/<bin>.json`).
     Assign,
+    /// A campaign index (`index/fleet.json`, `index/group-<group>.json`).
+    Index,
 }
 
 impl ManifestKind {
@@ -217,6 +222,7 @@ impl ManifestKind {
             ManifestKind::Group => "group",
             ManifestKind::Campaign => "campaign",
             ManifestKind::Assign => "assign",
+            ManifestKind::Index => "index",
         }
     }
 
@@ -226,6 +232,7 @@ impl ManifestKind {
             ManifestKind::Group => "groups/",
             ManifestKind::Campaign => "campaigns/",
             ManifestKind::Assign => "assign/",
+            ManifestKind::Index => "index/",
         }
     }
 
@@ -235,6 +242,7 @@ impl ManifestKind {
             ManifestKind::Group => "group manifest",
             ManifestKind::Campaign => "campaign manifest",
             ManifestKind::Assign => "assignment bin",
+            ManifestKind::Index => "campaign index",
         }
     }
 }

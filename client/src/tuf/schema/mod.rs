@@ -9,12 +9,14 @@ mod root;
 mod snapshot;
 mod targets;
 mod timestamp;
+pub mod tree;
 
 pub use common::*;
 pub use root::*;
 pub use snapshot::*;
 pub use targets::*;
 pub use timestamp::*;
+pub use tree::SnapshotTree;
 
 #[cfg(test)]
 mod tests {

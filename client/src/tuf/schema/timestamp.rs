@@ -31,6 +31,36 @@ impl Timestamp {
         // validate() guarantees presence.
         &self.meta["snapshot.json"]
     }
+
+    /// The reference to the snapshot tree's head ([`super::tree`]), if the timestamp pins
+    /// one; an error if the field is there but is not a valid reference.
+    pub fn snapshot_tree_meta(&self) -> Option<Result<MetaFile, SchemaError>> {
+        let v = self.unrecognized.get(super::tree::TIMESTAMP_FIELD)?;
+        Some(
+            serde_json::from_value::<MetaFile>(v.clone())
+                .map_err(|e| {
+                    SchemaError::invalid(
+                        "timestamp metadata",
+                        format!("{}: {e}", super::tree::TIMESTAMP_FIELD),
+                    )
+                })
+                .and_then(|m| {
+                    validate_meta_file("timestamp metadata", super::tree::TIMESTAMP_FIELD, &m)?;
+                    if m.length.is_none()
+                        || !m.hashes.as_ref().is_some_and(|h| h.contains_key("sha256"))
+                    {
+                        return Err(SchemaError::invalid(
+                            "timestamp metadata",
+                            format!(
+                                "{} must pin the length and sha256 of the head",
+                                super::tree::TIMESTAMP_FIELD
+                            ),
+                        ));
+                    }
+                    Ok(m)
+                }),
+        )
+    }
 }
 
 impl Metadata for Timestamp {

@@ -46,6 +46,10 @@ pub struct UpdaterConfig {
     /// With consistent snapshots, fetch targets as `dir/<hash>.<name>` (default true).
     /// Turn off for repositories that publish consistent metadata but plain target names.
     pub prefix_targets_with_hash: bool,
+    /// Read role versions from the snapshot tree when the timestamp pins one (default
+    /// true): a few small nodes per role used instead of the whole `snapshot.json`
+    /// (docs/scale.md). Off: always the whole snapshot, as other TUF clients do.
+    pub use_snapshot_tree: bool,
 }
 
 impl UpdaterConfig {
@@ -56,6 +60,7 @@ impl UpdaterConfig {
             target_base_url: None,
             limits: Limits::default(),
             prefix_targets_with_hash: true,
+            use_snapshot_tree: true,
         }
     }
 

@@ -254,6 +254,9 @@ impl Updater {
             }
             return Ok(());
         }
+        if let Some(tree) = trusted.tree_mut() {
+            self.resolve_in_tree(tree, role)?;
+        }
         let meta = trusted.role_meta(role)?.clone();
         let max = self.config.limits.targets_max_length;
         let file = role_file_name(role);

@@ -27,6 +27,7 @@ mod download;
 mod error;
 pub mod hashes;
 mod store;
+mod tree;
 mod trusted;
 
 use std::path::{Path, PathBuf};
@@ -42,7 +43,9 @@ pub use download::{
 };
 pub use error::UpdateError;
 pub use store::{role_file_name, write_atomic, MetadataStore};
-pub use trusted::{TrustedMetadata, TrustedRoot, Verified, WithSnapshot, WithTimestamp};
+pub use trusted::{
+    SnapshotSource, TreeView, TrustedMetadata, TrustedRoot, Verified, WithSnapshot, WithTimestamp,
+};
 
 use crate::fetch::{encode_path_segment, fetch_to_vec, FetchError, Transport};
 use crate::tuf::schema::{Signed, Snapshot, Timestamp};
@@ -168,7 +171,7 @@ impl Updater {
             "refresh done: root v{}, timestamp v{}, snapshot v{}, targets v{}",
             trusted.root().signed.version,
             trusted.timestamp().signed.version,
-            trusted.snapshot().signed.version,
+            trusted.snapshot().version(),
             trusted.targets().signed.version
         );
         self.trusted = Some(trusted);
@@ -192,6 +195,7 @@ impl Updater {
             info!("timestamp or snapshot keys rotated: deleting trusted timestamp and snapshot");
             self.remove_stored(TIMESTAMP_FILE)?;
             self.remove_stored(SNAPSHOT_FILE)?;
+            self.forget_tree()?;
         }
         // 5.3.12 Consistent snapshots (read from `root` from here on).
         debug!("consistent snapshots: {}", root.consistent_snapshot());
@@ -292,6 +296,11 @@ impl Updater {
         state: WithTimestamp,
         now: DateTime<Utc>,
     ) -> Result<WithSnapshot, UpdateError> {
+        if self.config.use_snapshot_tree {
+            if let Some(meta) = state.tree_meta()? {
+                return self.update_tree(state, meta, now);
+            }
+        }
         let max = self.config.limits.snapshot_max_length;
         let mut previous: Option<Signed<Snapshot>> = None;
         if let Some(bytes) = self.read_stored(SNAPSHOT_FILE, max) {
@@ -332,9 +341,12 @@ impl Updater {
 
     fn update_targets(
         &self,
-        state: WithSnapshot,
+        mut state: WithSnapshot,
         now: DateTime<Utc>,
     ) -> Result<TrustedMetadata, UpdateError> {
+        if let Some(tree) = state.tree_mut() {
+            self.resolve_in_tree(tree, "targets")?;
+        }
         let max = self.config.limits.targets_max_length;
         let file = role_file_name("targets");
         if let Some(bytes) = self.read_stored(&file, max) {
@@ -351,7 +363,10 @@ impl Updater {
         }
         let meta = state
             .role_meta("targets")
-            .expect("validated snapshot lists targets.json")
+            .ok_or_else(|| UpdateError::Invalid {
+                what: describe("targets", None),
+                reason: format!("not listed in {}", state.snapshot().describe()),
+            })?
             .clone();
         let url = self.role_url("targets", meta.version, state.consistent_snapshot());
         let bytes =

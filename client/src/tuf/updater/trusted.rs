@@ -14,7 +14,7 @@ use super::error::{describe, UpdateError};
 use super::hashes::verify_bytes;
 use crate::tuf::schema::{
     spec_major, Expires, Key, KeyId, MetaFile, Metadata, RawSigned, Root, Signed, Snapshot,
-    Targets, Timestamp, SUPPORTED_SPEC_MAJOR,
+    SnapshotTree, Targets, Timestamp, SUPPORTED_SPEC_MAJOR,
 };
 use crate::tuf::verify::verify_threshold;
 
@@ -296,6 +296,20 @@ impl TrustedRoot {
                     ),
                 });
             }
+            if let (Some(Ok(new_t)), Some(Ok(old_t))) = (
+                new.signed.snapshot_tree_meta(),
+                prev.signed.snapshot_tree_meta(),
+            ) {
+                if new_t.version < old_t.version {
+                    return Err(UpdateError::Rollback {
+                        what,
+                        reason: format!(
+                            "snapshot tree version {} is lower than {} in trusted timestamp v{pv}",
+                            new_t.version, old_t.version
+                        ),
+                    });
+                }
+            }
         }
         check_expiry("timestamp", &new.signed, now)?;
         Ok((
@@ -418,7 +432,178 @@ impl WithTimestamp {
         WithSnapshot {
             root: self.root,
             timestamp: self.timestamp,
-            snapshot: snapshot.0,
+            snapshot: SnapshotSource::Full(snapshot.0),
+        }
+    }
+
+    /// What the timestamp pins of the snapshot tree's head, if it pins one. A malformed
+    /// reference is an error: the timestamp's signers meant something.
+    pub fn tree_meta(&self) -> Result<Option<MetaFile>, UpdateError> {
+        match self.timestamp.signed.snapshot_tree_meta() {
+            None => Ok(None),
+            Some(Ok(m)) => Ok(Some(m)),
+            Some(Err(source)) => Err(UpdateError::Schema {
+                what: describe("timestamp", Some(self.timestamp.signed.version)),
+                source,
+            }),
+        }
+    }
+
+    /// Verifies the snapshot tree's head (docs/scale.md): length and hashes pinned by the
+    /// timestamp, a threshold of the root's *snapshot* keys, the version the timestamp
+    /// names, not lower than `previous` (the last trusted head's version), and the clock.
+    pub fn verify_tree_head(
+        &self,
+        meta: &MetaFile,
+        previous: Option<u64>,
+        bytes: &[u8],
+        now: DateTime<Utc>,
+    ) -> Result<Verified<SnapshotTree>, UpdateError> {
+        let tsv = self.timestamp.signed.version;
+        check_meta_file(TREE_ROLE, meta, &format!("timestamp v{tsv}"), bytes)?;
+        let new: Signed<SnapshotTree> = self.root.verify_top_level("snapshot", bytes)?;
+        let v = new.signed.version;
+        if v != meta.version {
+            return Err(UpdateError::Version {
+                what: describe(TREE_ROLE, Some(v)),
+                reason: format!(
+                    "version {} in timestamp v{tsv} does not match",
+                    meta.version
+                ),
+            });
+        }
+        if let Some(pv) = previous.filter(|pv| v < *pv) {
+            return Err(UpdateError::Rollback {
+                what: describe(TREE_ROLE, Some(v)),
+                reason: format!("version {v} is lower than trusted version {pv}"),
+            });
+        }
+        check_expiry(TREE_ROLE, &new.signed, now)?;
+        Ok(Verified(new))
+    }
+
+    /// Moves to the next state with a verified snapshot tree head; role references are
+    /// resolved from the tree as they are needed ([`WithSnapshot::resolve`]).
+    /// `floors`: the version this device trusted for each role before (rollback reference).
+    pub fn with_tree(
+        self,
+        head: Verified<SnapshotTree>,
+        floors: BTreeMap<String, u64>,
+    ) -> WithSnapshot {
+        WithSnapshot {
+            root: self.root,
+            timestamp: self.timestamp,
+            snapshot: SnapshotSource::Tree(TreeView {
+                head: head.0,
+                resolved: BTreeMap::new(),
+                floors,
+            }),
+        }
+    }
+}
+
+/// How the snapshot tree is named in messages.
+pub const TREE_ROLE: &str = "snapshot tree";
+
+/// Where the trusted role versions come from.
+#[derive(Clone, Debug)]
+pub enum SnapshotSource {
+    /// The whole `snapshot.json`.
+    Full(Signed<Snapshot>),
+    /// The snapshot tree: its verified head, and the role references read from it so far.
+    Tree(TreeView),
+}
+
+/// A verified snapshot tree head and the references resolved from it in this refresh.
+#[derive(Clone, Debug)]
+pub struct TreeView {
+    head: Signed<SnapshotTree>,
+    /// Role → its reference, or `None` when the tree does not list it.
+    resolved: BTreeMap<String, Option<MetaFile>>,
+    /// Role → the highest version this device has trusted for it.
+    floors: BTreeMap<String, u64>,
+}
+
+impl TreeView {
+    /// The verified head.
+    pub fn head(&self) -> &Signed<SnapshotTree> {
+        &self.head
+    }
+
+    /// Whether `role` has been looked up in the tree.
+    pub fn is_resolved(&self, role: &str) -> bool {
+        self.resolved.contains_key(role)
+    }
+
+    /// Records what the tree says about `role` (found through verified nodes).
+    pub fn record(&mut self, role: &str, meta: Option<MetaFile>) {
+        self.resolved.insert(role.to_string(), meta);
+    }
+
+    /// The highest version this device trusted for `role` before, if any.
+    pub fn floor(&self, role: &str) -> Option<u64> {
+        self.floors.get(role).copied()
+    }
+
+    /// Raises `role`'s trusted version to `version`; whether it changed.
+    pub fn raise_floor(&mut self, role: &str, version: u64) -> bool {
+        let f = self.floors.entry(role.to_string()).or_insert(0);
+        let raised = version > *f;
+        *f = (*f).max(version);
+        raised
+    }
+
+    /// Every role's highest trusted version.
+    pub fn floors(&self) -> &BTreeMap<String, u64> {
+        &self.floors
+    }
+
+    /// The references resolved so far.
+    pub fn resolved(&self) -> impl Iterator<Item = (&str, &MetaFile)> {
+        self.resolved
+            .iter()
+            .filter_map(|(r, m)| Some((r.as_str(), m.as_ref()?)))
+    }
+}
+
+impl SnapshotSource {
+    /// The snapshot's version (the tree head's version is the snapshot's).
+    pub fn version(&self) -> u64 {
+        match self {
+            SnapshotSource::Full(s) => s.signed.version,
+            SnapshotSource::Tree(t) => t.head.signed.version,
+        }
+    }
+
+    /// The whole snapshot, when it was fetched.
+    pub fn full(&self) -> Option<&Signed<Snapshot>> {
+        match self {
+            SnapshotSource::Full(s) => Some(s),
+            SnapshotSource::Tree(_) => None,
+        }
+    }
+
+    /// The tree, when role references come from it.
+    pub fn tree(&self) -> Option<&TreeView> {
+        match self {
+            SnapshotSource::Full(_) => None,
+            SnapshotSource::Tree(t) => Some(t),
+        }
+    }
+
+    /// What the snapshot says about a targets role (for a tree: once resolved).
+    pub fn role_meta(&self, role: &str) -> Option<&MetaFile> {
+        match self {
+            SnapshotSource::Full(s) => s.signed.role_meta(role),
+            SnapshotSource::Tree(t) => t.resolved.get(role).and_then(Option::as_ref),
+        }
+    }
+
+    /// "snapshot v7" or "snapshot tree v7", for messages.
+    pub fn describe(&self) -> String {
+        match self {
+            SnapshotSource::Full(s) => format!("snapshot v{}", s.signed.version),
+            SnapshotSource::Tree(t) => format!("{TREE_ROLE} v{}", t.head.signed.version),
         }
     }
 }
@@ -428,18 +613,26 @@ impl WithTimestamp {
 pub struct WithSnapshot {
     root: TrustedRoot,
     timestamp: Signed<Timestamp>,
-    snapshot: Signed<Snapshot>,
+    snapshot: SnapshotSource,
 }
 
 impl WithSnapshot {
     /// The trusted snapshot.
-    pub fn snapshot(&self) -> &Signed<Snapshot> {
+    pub fn snapshot(&self) -> &SnapshotSource {
         &self.snapshot
+    }
+
+    /// The tree whose references are still being resolved, if the snapshot is a tree.
+    pub fn tree_mut(&mut self) -> Option<&mut TreeView> {
+        match &mut self.snapshot {
+            SnapshotSource::Tree(t) => Some(t),
+            SnapshotSource::Full(_) => None,
+        }
     }
 
     /// What the snapshot says about a targets role, if it lists it.
     pub fn role_meta(&self, role: &str) -> Option<&MetaFile> {
-        self.snapshot.signed.role_meta(role)
+        self.snapshot.role_meta(role)
     }
 
     /// Whether consistent snapshots are on.
@@ -454,12 +647,14 @@ impl WithSnapshot {
         bytes: &[u8],
         now: DateTime<Utc>,
     ) -> Result<Verified<Targets>, UpdateError> {
+        let snapshot_desc = self.snapshot.describe();
         let meta = self
             .snapshot
-            .signed
             .role_meta("targets")
-            .expect("validated snapshot lists targets.json");
-        let snapshot_desc = format!("snapshot v{}", self.snapshot.signed.version);
+            .ok_or_else(|| UpdateError::Invalid {
+                what: describe("targets", None),
+                reason: format!("not listed in {snapshot_desc}"),
+            })?;
         check_meta_file("targets", meta, &snapshot_desc, bytes)?;
         let new: Signed<Targets> = self.root.verify_top_level("targets", bytes)?;
         check_role_version("targets", &new, meta, &snapshot_desc)?;
@@ -509,7 +704,7 @@ fn check_role_version(
 pub struct TrustedMetadata {
     root: TrustedRoot,
     timestamp: Signed<Timestamp>,
-    snapshot: Signed<Snapshot>,
+    snapshot: SnapshotSource,
     targets: BTreeMap<String, Signed<Targets>>,
     /// The bytes each delegated role was obtained as in this refresh: the stored copy or the
     /// download it was loaded from, or a download no delegator has accepted yet.
@@ -530,9 +725,17 @@ impl TrustedMetadata {
         &self.timestamp
     }
 
-    /// The trusted snapshot.
-    pub fn snapshot(&self) -> &Signed<Snapshot> {
+    /// The trusted snapshot: the whole `snapshot.json`, or the snapshot tree.
+    pub fn snapshot(&self) -> &SnapshotSource {
         &self.snapshot
+    }
+
+    /// The tree whose references are resolved as roles are needed, if the snapshot is a tree.
+    pub fn tree_mut(&mut self) -> Option<&mut TreeView> {
+        match &mut self.snapshot {
+            SnapshotSource::Tree(t) => Some(t),
+            SnapshotSource::Full(_) => None,
+        }
     }
 
     /// The trusted top-level targets.
@@ -567,11 +770,10 @@ impl TrustedMetadata {
     /// What the snapshot says about a targets role.
     pub fn role_meta(&self, role: &str) -> Result<&MetaFile, UpdateError> {
         self.snapshot
-            .signed
             .role_meta(role)
             .ok_or_else(|| UpdateError::Invalid {
                 what: describe(role, None),
-                reason: format!("not listed in snapshot v{}", self.snapshot.signed.version),
+                reason: format!("not listed in {}", self.snapshot.describe()),
             })
     }
 
@@ -600,7 +802,7 @@ impl TrustedMetadata {
         let (keyids, threshold) = delegations
             .role_keys(role)
             .ok_or_else(|| not_delegated(role, parent))?;
-        let snapshot_desc = format!("snapshot v{}", self.snapshot.signed.version);
+        let snapshot_desc = self.snapshot.describe();
         check_meta_file(role, meta, &snapshot_desc, bytes)?;
         let env = parse::<Targets>(role, bytes)?;
         env.check_threshold(
@@ -639,10 +841,10 @@ impl TrustedMetadata {
     /// hashes it pins, when it pins them): another delegator then verifies these bytes
     /// instead of fetching the role again. The role stays untrusted.
     pub fn keep_downloaded(&mut self, role: &str, bytes: Vec<u8>) {
-        let pinned =
-            self.snapshot.signed.role_meta(role).is_some_and(|meta| {
-                verify_bytes(&bytes, meta.length, meta.hashes.as_ref()).is_ok()
-            });
+        let pinned = self
+            .snapshot
+            .role_meta(role)
+            .is_some_and(|meta| verify_bytes(&bytes, meta.length, meta.hashes.as_ref()).is_ok());
         if pinned && !self.delegated_bytes.contains_key(role) {
             self.delegated_bytes.insert(role.to_string(), bytes);
         }
