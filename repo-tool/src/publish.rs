@@ -12,8 +12,8 @@ use std::fs;
 use std::path::{Path, PathBuf};
 
 use petrel_client::tuf::schema::{
-    encode_role_name, Expires, Hashes, MetaFile, Metadata, Root, Signed, Snapshot, Targets,
-    Timestamp, Unrecognized, SPEC_VERSION,
+    encode_role_name, tree, Expires, Hashes, MetaFile, Metadata, Root, Signed, Snapshot,
+    SnapshotTree, Targets, Timestamp, Unrecognized, SPEC_VERSION,
 };
 use serde::{Deserialize, Serialize};
 
@@ -77,6 +77,12 @@ pub fn publish(ws: &Workspace, refresh: Refresh) -> Result<PublishReport> {
         report.resumed = true;
         return Ok(report);
     }
+    // The campaign index follows the campaigns being published (when the layout has one).
+    if !ws.staged_roles()?.is_empty()
+        || (ws.settings.layout.campaign_index && ws.published::<Snapshot>("snapshot")?.is_none())
+    {
+        crate::manifests::refresh_campaign_index(ws)?;
+    }
     let staged = ws.staged_roles()?;
     let changed: Vec<String> = staged
         .iter()
@@ -135,6 +141,7 @@ pub fn publish(ws: &Workspace, refresh: Refresh) -> Result<PublishReport> {
         || refresh.snapshot
         || changed.iter().any(|r| r == "root")
         || prev_snapshot.is_none();
+    let tree_meta: MetaFile;
     let snapshot_ref: MetaFile = if make_snapshot {
         let mut meta = prev_snapshot
             .as_ref()
@@ -159,10 +166,12 @@ pub fn publish(ws: &Workspace, refresh: Refresh) -> Result<PublishReport> {
         let bytes = file_bytes(ws, "snapshot", &signed)?;
         finished.push(("snapshot".into(), bytes.clone()));
         order.push("snapshot".into());
+        tree_meta = write_snapshot_tree(ws, &mut ed, &signed.signed, true)?;
         meta_file(signed.signed.version, &bytes)
     } else {
         let prev = prev_snapshot.expect("checked above");
         let bytes = fsutil::read(&ws.current_path("snapshot"))?;
+        tree_meta = write_snapshot_tree(ws, &mut ed, &prev.signed, false)?;
         meta_file(prev.signed.version, &bytes)
     };
 
@@ -175,11 +184,22 @@ pub fn publish(ws: &Workspace, refresh: Refresh) -> Result<PublishReport> {
         version: prev_ts.as_ref().map_or(1, |t| t.signed.version + 1),
         expires: Expires(trunc_seconds(now + ws.settings.expiry_for("timestamp")?)),
         meta: tmeta,
-        unrecognized: prev_ts.map(|t| t.signed.unrecognized).unwrap_or_default(),
+        unrecognized: {
+            let mut u = prev_ts.map(|t| t.signed.unrecognized).unwrap_or_default();
+            u.insert(
+                tree::TIMESTAMP_FIELD.into(),
+                serde_json::to_value(&tree_meta).expect("a reference serializes"),
+            );
+            u
+        },
     };
     let mut signed = Signed::unsigned(ts);
     signing::sign_role(&mut ed, "timestamp", &mut signed)?;
-    finished.push(("timestamp".into(), file_bytes(ws, "timestamp", &signed)?));
+    // Compact: every device fetches the timestamp on every poll.
+    let mut ts_bytes =
+        serde_json::to_vec(&signed).map_err(|e| Error::State(format!("timestamp: {e}")))?;
+    ts_bytes.push(b'\n');
+    finished.push(("timestamp".into(), ts_bytes));
     order.push("timestamp".into());
 
     for (role, bytes) in &finished {
@@ -189,6 +209,63 @@ pub fn publish(ws: &Workspace, refresh: Refresh) -> Result<PublishReport> {
     let journal = serde_json::to_vec_pretty(&Journal { roles: order }).expect("journal serializes");
     fsutil::write_atomic(&journal_path(ws), &journal)?;
     apply_journal(ws, parsed, stored)
+}
+
+/// Writes the snapshot tree of `snapshot` into the tree (docs/scale.md): the nodes that are
+/// not there yet (content-addressed, so existing ones are the same bytes), then the head,
+/// signed with the snapshot keys, with the snapshot's version and expiry. With `fresh`
+/// false (the snapshot is not re-signed) an existing head is kept. Returns the reference
+/// the timestamp pins. Devices see none of it before the new timestamp is in place.
+fn write_snapshot_tree(
+    ws: &Workspace,
+    ed: &mut Editor<'_>,
+    snapshot: &Snapshot,
+    fresh: bool,
+) -> Result<MetaFile> {
+    let dir = ws.tree_dir().join("metadata").join(tree::TREE_DIR);
+    let head_path = dir.join(tree::head_file_name(snapshot.version));
+    if !fresh {
+        if let Ok(bytes) = fs::read(&head_path) {
+            return Ok(meta_file(snapshot.version, &bytes));
+        }
+    }
+    let roles: BTreeMap<String, MetaFile> = snapshot
+        .meta
+        .iter()
+        .filter_map(|(name, m)| Some((name.strip_suffix(".json")?.to_string(), m.clone())))
+        .collect();
+    let built = tree::build(&roles);
+    let mut written = 0usize;
+    for (hash, bytes) in &built.nodes {
+        let path = dir.join(tree::node_file_name(hash));
+        if !path.exists() {
+            fsutil::write_atomic(&path, bytes)?;
+            written += 1;
+        }
+    }
+    let head = SnapshotTree {
+        type_: tree::TREE_TYPE.into(),
+        spec_version: SPEC_VERSION.into(),
+        version: snapshot.version,
+        expires: snapshot.expires,
+        root: built.root,
+        roles: roles.len() as u64,
+        unrecognized: Unrecognized::new(),
+    };
+    let mut signed = Signed::unsigned(head);
+    signing::sign_role(ed, "snapshot", &mut signed)?;
+    let bytes = signed.to_file_bytes().map_err(|source| Error::Schema {
+        path: head_path.clone(),
+        source,
+    })?;
+    fsutil::write_atomic(&head_path, &bytes)?;
+    fsutil::sync_dir(&dir)?;
+    tracing::debug!(
+        "snapshot tree v{}: {} nodes, {written} new",
+        snapshot.version,
+        built.nodes.len()
+    );
+    Ok(meta_file(snapshot.version, &bytes))
 }
 
 /// Sets a fresh expiry unless the role already carries valid signatures (made offline

@@ -49,6 +49,50 @@ pub struct Settings {
         skip_serializing_if = "is_default_assign_bin_digits"
     )]
     pub assign_bin_digits: usize,
+    /// How manifests are laid out for large fleets (docs/scale.md).
+    #[serde(default, skip_serializing_if = "Layout::is_default")]
+    pub layout: Layout,
+}
+
+/// `[layout]`: hashed bins under the conventional manifest roles, and the campaign index.
+/// Bins are chosen when a conventional role is first created; changing them later does not
+/// re-bin an existing role.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Layout {
+    /// Succinct hashed bins (TAP 15) under `groups` (a power of two; 0: one role).
+    #[serde(default)]
+    pub groups_bins: u64,
+    /// Succinct hashed bins under `campaigns`.
+    #[serde(default)]
+    pub campaigns_bins: u64,
+    /// Succinct hashed bins under `assign`.
+    #[serde(default)]
+    pub assign_bins: u64,
+    /// Succinct hashed bins under `index`.
+    #[serde(default)]
+    pub index_bins: u64,
+    /// Publish the campaign index (`index/fleet.json`, `index/groups/<group>.json`), so a
+    /// device reads only the campaigns that can concern its group.
+    #[serde(default)]
+    pub campaign_index: bool,
+}
+
+impl Layout {
+    fn is_default(&self) -> bool {
+        *self == Layout::default()
+    }
+
+    /// The bins configured under a conventional role (0: none).
+    pub fn bins_for(&self, role: &str) -> u64 {
+        match role {
+            "groups" => self.groups_bins,
+            "campaigns" => self.campaigns_bins,
+            "assign" => self.assign_bins,
+            "index" => self.index_bins,
+            _ => 0,
+        }
+    }
 }
 
 fn default_assign_bin_digits() -> usize {
@@ -102,6 +146,7 @@ impl Default for Settings {
             consistent_snapshot: true,
             tree: default_tree(),
             assign_bin_digits: default_assign_bin_digits(),
+            layout: Layout::default(),
         }
     }
 }
@@ -132,6 +177,21 @@ impl Settings {
                     petrel_client::manifest::MAX_BIN_DIGITS
                 ),
             });
+        }
+        for (name, bins) in [
+            ("groups_bins", self.layout.groups_bins),
+            ("campaigns_bins", self.layout.campaigns_bins),
+            ("assign_bins", self.layout.assign_bins),
+            ("index_bins", self.layout.index_bins),
+        ] {
+            if bins != 0 && (!(2..=65536).contains(&bins) || !bins.is_power_of_two()) {
+                return Err(Error::Settings {
+                    path: path.to_path_buf(),
+                    reason: format!(
+                        "layout.{name}: {bins} is not 0 or a power of two from 2 to 65536"
+                    ),
+                });
+            }
         }
         for role in ["root", "targets", "snapshot", "timestamp", "delegated"] {
             self.expiry_for(role).map_err(|e| Error::Settings {

@@ -27,6 +27,7 @@ mod assign;
 mod campaign;
 mod capabilities;
 mod group;
+mod index;
 pub mod lookup;
 mod recheck;
 
@@ -51,6 +52,7 @@ pub use capabilities::{
 pub use group::{
     list_groups, set_group, GroupAppSummary, GroupList, GroupReport, GroupSummary, UnusableGroup,
 };
+pub use index::{refresh_campaign_index, IndexReport};
 pub use lookup::{Listing, Search};
 pub use recheck::check_before_publish;
 
@@ -76,6 +78,11 @@ pub const GROUPS: Convention = Convention {
 pub const CAMPAIGNS: Convention = Convention {
     role: "campaigns",
     paths: "campaigns/*",
+};
+/// `index`, trusted for the campaign index (`index/fleet.json`, `index/group-<group>.json`).
+pub const INDEX: Convention = Convention {
+    role: "index",
+    paths: "index/*",
 };
 /// `assign`, trusted for `assign/*`.
 pub const ASSIGN: Convention = Convention {
@@ -158,6 +165,24 @@ impl<'w> Session<'w> {
             key.key_id()
         ));
         self.new_keys.push((key, pem));
+        let bins = self.ed.workspace().settings.layout.bins_for(conv.role);
+        if bins > 0 {
+            let (bin_key, bin_pem) = KeyType::Ed25519.generate()?;
+            self.ed.delegate_bins(crate::editor::BinsSpec {
+                from: conv.role.into(),
+                bins,
+                name_prefix: conv.role.into(),
+                keys: vec![bin_key.public_key().clone()],
+                threshold: 1,
+            })?;
+            self.notes.push(format!(
+                "delegated {} to {bins} hashed bins ({}-…) with a new key {}",
+                conv.role,
+                conv.role,
+                bin_key.key_id()
+            ));
+            self.new_keys.push((bin_key, bin_pem));
+        }
         Ok(())
     }
 
