@@ -414,11 +414,19 @@ impl PetrelRepo {
     /// top-level role and default expiries. Source files are written under
     /// `dir/sources`; the tree is `dir/tree`.
     pub fn init(dir: &Path, consistent_snapshot: bool) -> PetrelRepo {
-        let opts = InitOptions {
-            settings: Settings {
+        PetrelRepo::init_with(
+            dir,
+            Settings {
                 consistent_snapshot,
                 ..Settings::default()
             },
+        )
+    }
+
+    /// [`PetrelRepo::init`] with these settings (a `[layout]`, bin sizes).
+    pub fn init_with(dir: &Path, settings: Settings) -> PetrelRepo {
+        let opts = InitOptions {
+            settings,
             ..InitOptions::default()
         };
         let ws = ok(editor::init(dir, &opts), "init");

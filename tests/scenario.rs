@@ -76,6 +76,17 @@ impl Scenario {
         }
     }
 
+    /// A new repository with these settings (consistent snapshots as given there).
+    pub fn with_settings(settings: petrel_repo::workspace::Settings) -> Scenario {
+        let dir = tempfile::tempdir().expect("temporary directory");
+        let repo = PetrelRepo::init_with(&dir.path().join("repo"), settings);
+        Scenario {
+            dir,
+            repo,
+            authored: 0,
+        }
+    }
+
     /// The underlying repository (for delegations, raw targets).
     pub fn repo(&mut self) -> &mut PetrelRepo {
         &mut self.repo
