@@ -263,6 +263,11 @@ fn build_repo(content: &Content) -> Result<Tree> {
         },
         consistent_snapshot: true,
         tree: PathBuf::from("tree"),
+        // The standard workflow: every attack is on the whole snapshot.
+        layout: crate::workspace::Layout {
+            snapshot_tree: false,
+            ..Default::default()
+        },
         ..Settings::default()
     };
     let tmp = tempfile::tempdir().map_err(|e| Error::io(std::env::temp_dir(), e))?;

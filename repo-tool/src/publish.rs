@@ -141,7 +141,7 @@ pub fn publish(ws: &Workspace, refresh: Refresh) -> Result<PublishReport> {
         || refresh.snapshot
         || changed.iter().any(|r| r == "root")
         || prev_snapshot.is_none();
-    let tree_meta: MetaFile;
+    let tree_meta: Option<MetaFile>;
     let snapshot_ref: MetaFile = if make_snapshot {
         let mut meta = prev_snapshot
             .as_ref()
@@ -166,12 +166,22 @@ pub fn publish(ws: &Workspace, refresh: Refresh) -> Result<PublishReport> {
         let bytes = file_bytes(ws, "snapshot", &signed)?;
         finished.push(("snapshot".into(), bytes.clone()));
         order.push("snapshot".into());
-        tree_meta = write_snapshot_tree(ws, &mut ed, &signed.signed, true)?;
+        tree_meta = ws
+            .settings
+            .layout
+            .snapshot_tree
+            .then(|| write_snapshot_tree(ws, &mut ed, &signed.signed, true))
+            .transpose()?;
         meta_file(signed.signed.version, &bytes)
     } else {
         let prev = prev_snapshot.expect("checked above");
         let bytes = fsutil::read(&ws.current_path("snapshot"))?;
-        tree_meta = write_snapshot_tree(ws, &mut ed, &prev.signed, false)?;
+        tree_meta = ws
+            .settings
+            .layout
+            .snapshot_tree
+            .then(|| write_snapshot_tree(ws, &mut ed, &prev.signed, false))
+            .transpose()?;
         meta_file(prev.signed.version, &bytes)
     };
 
@@ -186,19 +196,27 @@ pub fn publish(ws: &Workspace, refresh: Refresh) -> Result<PublishReport> {
         meta: tmeta,
         unrecognized: {
             let mut u = prev_ts.map(|t| t.signed.unrecognized).unwrap_or_default();
-            u.insert(
-                tree::TIMESTAMP_FIELD.into(),
-                serde_json::to_value(&tree_meta).expect("a reference serializes"),
-            );
+            match &tree_meta {
+                Some(m) => u.insert(
+                    tree::TIMESTAMP_FIELD.into(),
+                    serde_json::to_value(m).expect("a reference serializes"),
+                ),
+                None => u.remove(tree::TIMESTAMP_FIELD),
+            };
             u
         },
     };
     let mut signed = Signed::unsigned(ts);
     signing::sign_role(&mut ed, "timestamp", &mut signed)?;
-    // Compact: every device fetches the timestamp on every poll.
-    let mut ts_bytes =
-        serde_json::to_vec(&signed).map_err(|e| Error::State(format!("timestamp: {e}")))?;
-    ts_bytes.push(b'\n');
+    let ts_bytes = if tree_meta.is_some() {
+        // Compact: every device fetches the timestamp on every poll.
+        let mut b =
+            serde_json::to_vec(&signed).map_err(|e| Error::State(format!("timestamp: {e}")))?;
+        b.push(b'\n');
+        b
+    } else {
+        file_bytes(ws, "timestamp", &signed)?
+    };
     finished.push(("timestamp".into(), ts_bytes));
     order.push("timestamp".into());
 

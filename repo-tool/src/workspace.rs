@@ -57,9 +57,14 @@ pub struct Settings {
 /// `[layout]`: hashed bins under the conventional manifest roles, and the campaign index.
 /// Bins are chosen when a conventional role is first created; changing them later does not
 /// re-bin an existing role.
-#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct Layout {
+    /// Publish the snapshot tree beside `snapshot.json` and pin it in the timestamp
+    /// (default true), so devices read a few small nodes per role they use instead of the
+    /// whole snapshot. Off: a standard TUF repository and nothing more.
+    #[serde(default = "yes")]
+    pub snapshot_tree: bool,
     /// Succinct hashed bins (TAP 15) under `groups` (a power of two; 0: one role).
     #[serde(default)]
     pub groups_bins: u64,
@@ -76,6 +81,19 @@ pub struct Layout {
     /// device reads only the campaigns that can concern its group.
     #[serde(default)]
     pub campaign_index: bool,
+}
+
+impl Default for Layout {
+    fn default() -> Self {
+        Layout {
+            snapshot_tree: true,
+            groups_bins: 0,
+            campaigns_bins: 0,
+            assign_bins: 0,
+            index_bins: 0,
+            campaign_index: false,
+        }
+    }
 }
 
 impl Layout {
