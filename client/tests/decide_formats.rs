@@ -309,3 +309,13 @@ fn docs_gates_example_parses_and_matches_the_published_json_shown() {
         c.validate().unwrap_or_else(|e| panic!("{e}"));
     }
 }
+
+#[test]
+fn docs_campaign_index_example_is_a_valid_index_in_canonical_form() {
+    let block = doc_block("index-json");
+    let index = petrel_client::manifest::CampaignIndex::from_json(block.trim().as_bytes())
+        .unwrap_or_else(|e| panic!("{e}"));
+    assert_eq!(index.group.as_deref(), Some("kiosk-eu"));
+    assert_eq!(index.target_path(), "index/group-kiosk-eu.json");
+    assert_exact(&index.to_canonical_json().unwrap(), "index-json");
+}
