@@ -7,9 +7,10 @@ use std::fmt;
 use std::path::{Path, PathBuf};
 
 use chrono::Utc;
+use petrel_client::tuf::schema::tree;
 use petrel_client::tuf::schema::{
     check_target_path, encode_role_name, DelegatedRole, Hashes, Key, KeyId, MetaFile, Metadata,
-    RawSigned, Root, Signed, Snapshot, SuccinctRoles, Targets, Timestamp,
+    RawSigned, Root, Signed, Snapshot, SnapshotTree, SuccinctRoles, Targets, Timestamp,
 };
 use petrel_client::tuf::verify::verify_threshold;
 use ring::digest;
@@ -298,6 +299,57 @@ pub fn audit_tree(tree: &Path, root: Option<&Path>) -> Result<AuditReport> {
             "{snap_rel}: version {} but timestamp references {}",
             snap.signed.version, sm.version
         ));
+    }
+    // The snapshot tree, when the timestamp pins one: signed by the snapshot keys, the
+    // same role versions as the snapshot, every node present with the bytes its name says.
+    match ts.signed.snapshot_tree_meta() {
+        None => {}
+        Some(Err(e)) => a.problem(format!("{ts_rel}: {e}")),
+        Some(Ok(tm)) => {
+            let head_rel = format!(
+                "metadata/{}/{}",
+                tree::TREE_DIR,
+                tree::head_file_name(tm.version)
+            );
+            if let Some(head_bytes) = a.read(&head_rel) {
+                a.check_meta(&head_rel, &head_bytes, &tm);
+                if let Some(head) = a.load::<SnapshotTree>(
+                    &head_rel,
+                    "snapshot",
+                    &head_bytes,
+                    &[(&sk.keyids, sk.threshold, &trusted.keys)],
+                ) {
+                    let roles: BTreeMap<String, MetaFile> = snap
+                        .signed
+                        .meta
+                        .iter()
+                        .filter_map(|(n, m)| {
+                            Some((n.strip_suffix(".json")?.to_string(), m.clone()))
+                        })
+                        .collect();
+                    let built = tree::build(&roles);
+                    if built.root != head.signed.root {
+                        a.problem(format!(
+                            "{head_rel}: its tree (root {}) does not list the role versions of {snap_rel} (whose tree has root {})",
+                            head.signed.root, built.root
+                        ));
+                    }
+                    for (hash, bytes) in &built.nodes {
+                        let rel =
+                            format!("metadata/{}/{}", tree::TREE_DIR, tree::node_file_name(hash));
+                        match std::fs::read(tree.join(&rel)) {
+                            Ok(b) if &b == bytes => {}
+                            Ok(_) => a.problem(format!(
+                                "{rel}: its bytes do not hash to its name; publish again"
+                            )),
+                            Err(_) => a.problem(format!(
+                                "{rel}: missing (a node of the snapshot tree); publish again"
+                            )),
+                        }
+                    }
+                }
+            }
+        }
     }
 
     // Targets roles, depth-first from targets; each verified with its delegator's keys.

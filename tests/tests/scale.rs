@@ -104,6 +104,7 @@ fn fleet_with(campaign_index: bool) -> Scenario {
         assign_bins: 16,
         index_bins: 16,
         campaign_index,
+        ..Layout::default()
     };
     let mut s = Scenario::with_settings(Settings {
         layout,
@@ -546,4 +547,35 @@ fn an_index_of_another_group_is_refused() {
         got.unusable
     );
     assert!(got.campaigns.is_empty(), "{:?}", got.campaigns);
+}
+
+#[test]
+fn verify_reports_a_missing_or_damaged_tree_node() {
+    let s = fleet();
+    let report = petrel_repo::audit::audit_tree(&s.tree(), None).unwrap();
+    assert!(report.problems.is_empty(), "{:?}", report.problems);
+    let head = current_head(&s);
+    let root = tree_dir(&s).join(tree::node_file_name(&head.signed.root));
+    let bytes = std::fs::read(&root).unwrap();
+    std::fs::write(&root, b"{}").unwrap();
+    let report = petrel_repo::audit::audit_tree(&s.tree(), None).unwrap();
+    assert!(
+        report
+            .problems
+            .iter()
+            .any(|p| p.contains("do not hash to its name")),
+        "{:?}",
+        report.problems
+    );
+    std::fs::remove_file(&root).unwrap();
+    let report = petrel_repo::audit::audit_tree(&s.tree(), None).unwrap();
+    assert!(
+        report
+            .problems
+            .iter()
+            .any(|p| p.contains("missing (a node of the snapshot tree)")),
+        "{:?}",
+        report.problems
+    );
+    std::fs::write(&root, bytes).unwrap();
 }
