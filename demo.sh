@@ -45,6 +45,17 @@ content="$demo/content"
 
 echo "==> signing a demo repository in $repo"
 "$repo_tool" -r "$repo" init --expiry timestamp=1d
+# The layout of a large fleet, in miniature (docs/scale.md): hashed bins under the manifest
+# roles and the campaign index; the snapshot tree is on by default.
+cat >>"$repo/petrel-repo.toml" <<'TOML'
+
+[layout]
+groups_bins = 4
+campaigns_bins = 4
+index_bins = 4
+assign_bins = 4
+campaign_index = true
+TOML
 "$repo_tool" -r "$repo" delegate --to acme --paths 'apps/acme/*/*/*' --terminating
 "$repo_tool" -r "$repo" delegate --to globex --paths 'apps/globex/*/*/*' 'apps/globex/*/*/*/*' --terminating
 "$repo_tool" -r "$repo" delegate --from globex --to globex-bin --bins 4
@@ -119,7 +130,9 @@ echo "==> the user reads the notice and agrees"
 echo "==> the operator halts the rollout and resumes it: consent is bound to the offer (notice, payload), not to the rollout state, so the answer holds"
 "$repo_tool" -r "$repo" campaign halt thermostat-1.1
 "$repo_tool" -r "$repo" publish
+before=$(wc -l <"$log")
 "$agent" check | grep -F "thermostat-1.1"
+echo "    that check fetched $(tail -n +$((before + 1)) "$log" | grep -c ' GET ') files, $(tail -n +$((before + 1)) "$log" | awk '/ GET /{b+=$6} END{print b+0}') bytes: the timestamp, the snapshot tree's new head and nodes on the device's paths, the campaign's bin and manifest (not snapshot.json)"
 "$repo_tool" -r "$repo" campaign resume thermostat-1.1
 "$repo_tool" -r "$repo" publish
 "$agent" check --explain | grep -F "still holds"
