@@ -13,6 +13,11 @@
 //!   steps may only hold the exact bytes the repository serves (newer verified metadata), and
 //!   `root.json` never changes; after a download, everything the refresh stored is unchanged
 //!   and only genuine delegated roles were added (never the failing one);
+//! * with the snapshot tree (the `tree-*` fixtures), the files below `snapshot-tree/` obey
+//!   the README's rules too: cached nodes are served nodes named by their SHA-256, a role's
+//!   trusted version only rises to what the served tree lists (never the failing role's),
+//!   and the head only moves to the one the served timestamp pins, after that timestamp;
+//! * where `fixture.json` has `error_contains`, the message contains it (which check refused);
 //! * nothing was written outside the metadata and download directories, nothing is left at
 //!   a failed download's destination, and the fixture tree itself is untouched;
 //! * the device is not stuck: where the root is the good repository's and no newer version
@@ -52,6 +57,14 @@ use tempfile::TempDir;
 /// The top-level workflow steps, in order; each is stored as `<step>.json`.
 const STEPS: [&str; 4] = ["root", "timestamp", "snapshot", "targets"];
 
+/// `fails_at` for a node of the snapshot tree (README); the updater says "snapshot tree".
+const TREE: &str = "snapshot-tree";
+/// The snapshot tree's directory, in the repository's metadata and in the device's.
+const TREE_DIR: &str = "snapshot-tree";
+/// The device's trusted snapshot tree head and per-role versions, below [`TREE_DIR`].
+const TREE_HEAD: &str = "snapshot-tree/head.json";
+const TREE_VERSIONS: &str = "snapshot-tree/versions.json";
+
 fn fixtures_root() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR"))
         .join("../fixtures")
@@ -80,6 +93,8 @@ fn sha256_hex(bytes: &[u8]) -> String {
 fn describe(role: &str, version: Option<u64>) -> String {
     let base = if STEPS.contains(&role) {
         role.to_string()
+    } else if role == TREE {
+        "snapshot tree".to_string()
     } else {
         format!("targets role {role:?}")
     };
@@ -103,6 +118,24 @@ fn meta_version(bytes: &[u8], file: &str) -> Option<u64> {
     json(bytes)?["signed"]["meta"][file]["version"].as_u64()
 }
 
+/// A role's position in the snapshot tree: the SHA-256 of its name as base-4 digits
+/// (docs/scale.md).
+fn role_digits(role: &str) -> Vec<u8> {
+    ring::digest::digest(&ring::digest::SHA256, role.as_bytes())
+        .as_ref()
+        .iter()
+        .flat_map(|b| [6, 4, 2, 0].map(|shift| b'0' + ((b >> shift) & 3)))
+        .collect()
+}
+
+/// The device's `snapshot-tree/versions.json` (absent: none).
+fn tree_versions(files: &Files) -> BTreeMap<String, u64> {
+    files
+        .get(TREE_VERSIONS)
+        .map(|b| serde_json::from_slice(b).expect("versions.json is a map of versions"))
+        .unwrap_or_default()
+}
+
 struct Fixture {
     /// `good` or `attacks/<name>`.
     rel: String,
@@ -116,6 +149,7 @@ struct Step {
     targets: Vec<String>,
     expect: String,
     fails_at: Option<String>,
+    error_contains: Option<String>,
     sha256: BTreeMap<String, String>,
 }
 
@@ -175,9 +209,36 @@ impl Fixture {
         }
     }
 
+    /// The snapshot tree head version the served timestamp pins, if it pins one (the
+    /// client then reads role versions from the tree: `use_snapshot_tree` is on by default).
+    fn tree_pin(&self) -> Option<u64> {
+        json(&self.served("timestamp.json")?)?["signed"]["petrel_snapshot_tree"]["version"].as_u64()
+    }
+
+    /// What the served snapshot tree lists for `role`, following the nodes its path names
+    /// (without checking them: the client does that).
+    fn tree_lookup(&self, role: &str) -> Option<Value> {
+        let head = json(&self.served_file(TREE)?)?;
+        let mut hash = head["signed"]["root"].as_str()?.to_string();
+        let digits = role_digits(role);
+        for digit in digits {
+            let node = json(&self.served(&format!("{TREE_DIR}/{hash}.json"))?)?;
+            match node.get("children") {
+                Some(children) => {
+                    hash = children[char::from(digit).to_string()]
+                        .as_str()?
+                        .to_string()
+                }
+                None => return node["roles"].get(role).cloned(),
+            }
+        }
+        None
+    }
+
     /// The version the referencing metadata names for `role` (what the client knows before
     /// it has parsed the role's own file): root N+1, none for timestamp, the timestamp's
-    /// snapshot version, the snapshot's version for targets and delegated roles.
+    /// snapshot (or snapshot tree head) version, the snapshot's (or the snapshot tree's)
+    /// version for targets and delegated roles.
     fn referenced_version(&self, role: &str) -> Option<u64> {
         match role {
             "root" => {
@@ -186,15 +247,19 @@ impl Fixture {
             }
             "timestamp" => None,
             "snapshot" => meta_version(&self.served("timestamp.json")?, "snapshot.json"),
+            TREE => self.tree_pin(),
+            role if self.tree_pin().is_some() => self.tree_lookup(role)?["version"].as_u64(),
             role => meta_version(&self.served_file("snapshot")?, &role_file_name(role)),
         }
     }
 
-    /// The bytes the repository serves for `role` on the path the client takes.
+    /// The bytes the repository serves for `role` on the path the client takes (for
+    /// [`TREE`]: the head the timestamp pins).
     fn served_file(&self, role: &str) -> Option<Vec<u8>> {
         match role {
             "root" => self.served(&format!("{}.root.json", self.referenced_version("root")?)),
             "timestamp" => self.served("timestamp.json"),
+            TREE => self.served(&format!("{TREE_DIR}/{}.head.json", self.tree_pin()?)),
             role => {
                 let v = self.referenced_version(role)?;
                 self.served(&self.versioned(v, &role_file_name(role)))
@@ -235,6 +300,7 @@ fn step_of(j: &Value, rel: &str) -> Step {
         targets,
         expect: s("expect").unwrap_or_else(|| panic!("{rel}: a step has no expect")),
         fails_at: s("fails_at"),
+        error_contains: s("error_contains"),
         sha256,
     };
     assert!(
@@ -276,8 +342,14 @@ fn assert_kind(rel: &str, kind: &str, fails_at: Option<&str>, err: &UpdateError)
         "length-mismatch" => {
             matches!(err, E::LengthOrHash { reason, .. } if reason.starts_with("length "))
         }
+        "hash-mismatch" if fails_at == Some(TREE) => {
+            matches!(err, E::LengthOrHash { reason, .. } if reason.contains(" hash to "))
+        }
         "hash-mismatch" => {
             matches!(err, E::LengthOrHash { reason, .. } if reason.contains(" mismatch: expected "))
+        }
+        "wrong-position" => {
+            matches!(err, E::Invalid { reason, .. } if reason.contains("position"))
         }
         "unsafe-target-path" => matches!(err, E::Target { .. }),
         "malformed" => matches!(err, E::Schema { .. }),
@@ -291,6 +363,17 @@ fn assert_kind(rel: &str, kind: &str, fails_at: Option<&str>, err: &UpdateError)
         other => panic!("{rel}: unknown expect kind {other:?}: teach the harness about it"),
     };
     assert!(ok, "{rel}: expected {kind}, got {err:?}\n  ({err})");
+}
+
+/// `error_contains`: the message tells which check refused.
+fn assert_error_contains(rel: &str, step: &Step, err: &UpdateError) {
+    if let Some(text) = &step.error_contains {
+        let msg = err.to_string();
+        assert!(
+            msg.contains(text.as_str()),
+            "{rel}: the message should contain {text:?}: {msg}"
+        );
+    }
 }
 
 /// The message starts with the failing role and the version known at that point: the
@@ -314,8 +397,13 @@ fn assert_names_role_and_version(
         describe(fails_at, version)
     };
     let msg = err.to_string();
+    let names = |what: &str| msg.starts_with(what) && msg[what.len()..].starts_with([':', ' ']);
+    // The updater's `describe` has no case for the snapshot tree and names it like a
+    // delegated role; either form names the tree and its version.
+    let alias = (fails_at == TREE)
+        .then(|| what.replacen("snapshot tree", "targets role \"snapshot tree\"", 1));
     assert!(
-        msg.starts_with(&what) && msg[what.len()..].starts_with([':', ' ']),
+        names(&what) || alias.as_deref().is_some_and(names),
         "{}: the message should start with {what:?}: {msg}",
         f.rel
     );
@@ -340,22 +428,30 @@ impl<T: Transport> Transport for Recording<T> {
 
 type Files = BTreeMap<String, Vec<u8>>;
 
+/// The files of a metadata directory by relative path (`timestamp.json`,
+/// `snapshot-tree/head.json`): files at the top and in [`TREE_DIR`], nothing else.
 fn read_files(dir: &Path) -> Files {
-    fs::read_dir(dir)
-        .unwrap()
-        .map(|e| {
-            let e = e.unwrap();
-            assert!(
-                e.file_type().unwrap().is_file(),
-                "{:?} is not a file",
-                e.path()
-            );
-            (
-                e.file_name().into_string().unwrap(),
-                fs::read(e.path()).unwrap(),
-            )
-        })
-        .collect()
+    let mut files = Files::new();
+    for e in fs::read_dir(dir).unwrap() {
+        let e = e.unwrap();
+        let name = e.file_name().into_string().unwrap();
+        if e.file_type().unwrap().is_dir() {
+            assert_eq!(name, TREE_DIR, "{:?} is not a file", e.path());
+            for n in fs::read_dir(e.path()).unwrap() {
+                let n = n.unwrap();
+                assert!(
+                    n.file_type().unwrap().is_file(),
+                    "{:?} is not a file",
+                    n.path()
+                );
+                let rel = format!("{TREE_DIR}/{}", n.file_name().into_string().unwrap());
+                files.insert(rel, fs::read(n.path()).unwrap());
+            }
+        } else {
+            files.insert(name, fs::read(e.path()).unwrap());
+        }
+    }
+    files
 }
 
 /// Every entry below `dir` (relative path, is-dir, length), sorted.
@@ -396,9 +492,13 @@ impl Device {
         let work = tmp.path().canonicalize().unwrap();
         let md = work.join("metadata");
         fs::create_dir(&md).unwrap();
-        for e in fs::read_dir(f.dir.join("trusted")).unwrap() {
-            let e = e.unwrap();
-            fs::copy(e.path(), md.join(e.file_name())).unwrap();
+        let trusted = f.dir.join("trusted");
+        for (rel, is_dir, _) in walk(&trusted) {
+            if is_dir {
+                fs::create_dir(md.join(&rel)).unwrap();
+            } else {
+                fs::copy(trusted.join(&rel), md.join(&rel)).unwrap();
+            }
         }
         let downloads = work.join("device/var/downloads");
         fs::create_dir_all(&downloads).unwrap();
@@ -452,11 +552,16 @@ impl Device {
 
     /// No temporary file, no stray file and no stray directory anywhere under `work`.
     fn assert_nothing_escaped(&self, rel: &str) {
-        let allowed_dirs: BTreeSet<PathBuf> =
-            ["metadata", "device", "device/var", "device/var/downloads"]
-                .iter()
-                .map(PathBuf::from)
-                .collect();
+        let allowed_dirs: BTreeSet<PathBuf> = [
+            "metadata",
+            "metadata/snapshot-tree",
+            "device",
+            "device/var",
+            "device/var/downloads",
+        ]
+        .iter()
+        .map(PathBuf::from)
+        .collect();
         for (path, is_dir, _) in walk(&self.work) {
             let name = path.file_name().unwrap().to_str().unwrap();
             assert!(
@@ -474,9 +579,9 @@ impl Device {
                     "{rel}: {path:?} is not a verified download"
                 );
             } else {
-                assert_eq!(
-                    path.parent(),
-                    Some(Path::new("metadata")),
+                assert!(
+                    path.parent() == Some(Path::new("metadata"))
+                        || path.parent() == Some(Path::new("metadata/snapshot-tree")),
                     "{rel}: stray file {path:?}"
                 );
             }
@@ -502,9 +607,16 @@ fn show(f: Option<&Vec<u8>>) -> String {
 /// device able to update later").
 fn assert_refresh_failure_state(f: &Fixture, fails_at: &str, before: &Files, after: &Files) {
     let rel = &f.rel;
+    // A tree node is read in the snapshot step's place: after the head is verified, while
+    // `targets` is looked up.
+    let step = if fails_at == TREE {
+        "snapshot"
+    } else {
+        fails_at
+    };
     let failing = STEPS
         .iter()
-        .position(|s| *s == fails_at)
+        .position(|s| *s == step)
         .unwrap_or_else(|| panic!("{rel}: a refresh cannot fail at {fails_at:?}"));
     assert_eq!(
         after.get("root.json"),
@@ -544,8 +656,149 @@ fn assert_refresh_failure_state(f: &Fixture, fails_at: &str, before: &Files, aft
     let top: BTreeSet<String> = STEPS.iter().map(|s| format!("{s}.json")).collect();
     for name in after.keys() {
         assert!(
-            before.contains_key(name) || top.contains(name),
+            before.contains_key(name) || top.contains(name) || in_tree_dir(name),
             "{rel}: the failed refresh stored {name}"
+        );
+    }
+    let rule = match fails_at {
+        "root" | "timestamp" | "snapshot" => TreeRule::Unchanged,
+        TREE => TreeRule::Refresh {
+            head_required: false,
+            versions_frozen: true,
+            frozen_role: None,
+        },
+        role => TreeRule::Refresh {
+            head_required: false,
+            versions_frozen: false,
+            frozen_role: Some(role),
+        },
+    };
+    assert_tree_state(f, before, after, rule);
+}
+
+fn in_tree_dir(name: &str) -> bool {
+    name.starts_with(TREE_DIR) && name[TREE_DIR.len()..].starts_with('/')
+}
+
+/// What an action may do to the device's snapshot tree files (below [`TREE_DIR`]).
+enum TreeRule<'a> {
+    /// Nothing (a refresh that failed before the snapshot step).
+    Unchanged,
+    /// A refresh: `head.json` may become the head the served timestamp pins (must, with
+    /// `head_required`); `versions.json` may rise unless `versions_frozen`, but never for
+    /// `frozen_role`.
+    Refresh {
+        head_required: bool,
+        versions_frozen: bool,
+        frozen_role: Option<&'a str>,
+    },
+    /// A target lookup: `head.json` stays; `versions.json` may rise, never for `frozen_role`.
+    Lookup { frozen_role: Option<&'a str> },
+}
+
+/// The README's rules for `snapshot-tree/`: see [`TreeRule`]; a role's version only rises,
+/// to the version the served tree lists; every cached node is a node the repository serves,
+/// named by the SHA-256 of its bytes.
+fn assert_tree_state(f: &Fixture, before: &Files, after: &Files, rule: TreeRule) {
+    let rel = &f.rel;
+    let tree_files = |files: &Files| -> Files {
+        files
+            .iter()
+            .filter(|(name, _)| in_tree_dir(name))
+            .map(|(n, b)| (n.clone(), b.clone()))
+            .collect()
+    };
+    let (was, now) = (tree_files(before), tree_files(after));
+    let (head_may_move, head_required, versions_frozen, frozen_role) = match rule {
+        TreeRule::Unchanged => {
+            assert!(
+                was == now,
+                "{rel}: {TREE_DIR}/ changed although the refresh failed before reading the tree: \
+                 was {:?}, now {:?}",
+                was.keys().collect::<Vec<_>>(),
+                now.keys().collect::<Vec<_>>()
+            );
+            return;
+        }
+        TreeRule::Refresh {
+            head_required,
+            versions_frozen,
+            frozen_role,
+        } => (true, head_required, versions_frozen, frozen_role),
+        TreeRule::Lookup { frozen_role } => (false, false, false, frozen_role),
+    };
+
+    let (head_was, head_now) = (was.get(TREE_HEAD), now.get(TREE_HEAD));
+    let served_head = f.served_file(TREE);
+    if head_required {
+        assert!(
+            head_now.is_some() && head_now == served_head.as_ref(),
+            "{rel}: {TREE_HEAD} is {}, not the head the timestamp pins ({})",
+            show(head_now),
+            show(served_head.as_ref())
+        );
+    } else if head_now != head_was {
+        assert!(
+            head_may_move && head_now.is_some() && head_now == served_head.as_ref(),
+            "{rel}: {TREE_HEAD} went from {} to {}, which is not the head the timestamp pins",
+            show(head_was),
+            show(head_now)
+        );
+    }
+    if let (Some(was), Some(now)) = (head_was, head_now) {
+        assert!(
+            version_of(now) >= version_of(was),
+            "{rel}: {TREE_HEAD} went from {} back to {}",
+            show(Some(was)),
+            show(Some(now))
+        );
+    }
+
+    if versions_frozen {
+        assert!(
+            was.get(TREE_VERSIONS) == now.get(TREE_VERSIONS),
+            "{rel}: {TREE_VERSIONS} changed: {:?} → {:?}",
+            tree_versions(&was),
+            tree_versions(&now)
+        );
+    }
+    let (vw, vn) = (tree_versions(&was), tree_versions(&now));
+    for (role, v) in &vw {
+        assert!(
+            vn.get(role) >= Some(v),
+            "{rel}: the version trusted for {role} went from {v} to {:?}",
+            vn.get(role)
+        );
+    }
+    for (role, v) in &vn {
+        if vw.get(role) == Some(v) {
+            continue;
+        }
+        assert_ne!(
+            Some(role.as_str()),
+            frozen_role,
+            "{rel}: the version trusted for the failing role {role} changed to {v}"
+        );
+        let listed = f.tree_lookup(role).and_then(|m| m["version"].as_u64());
+        assert_eq!(
+            listed,
+            Some(*v),
+            "{rel}: the version trusted for {role} rose to {v}, not to what the served tree lists"
+        );
+    }
+
+    for (name, bytes) in &now {
+        if name == TREE_HEAD || name == TREE_VERSIONS {
+            continue;
+        }
+        assert_eq!(
+            name[TREE_DIR.len() + 1..],
+            format!("{}.json", sha256_hex(bytes)),
+            "{rel}: the cached node {name} is not named by the SHA-256 of its bytes"
+        );
+        assert!(
+            f.served(name).as_ref() == Some(bytes),
+            "{rel}: the cached node {name} is not a node the repository serves"
         );
     }
 }
@@ -561,6 +814,14 @@ fn assert_refresh_success_state(f: &Fixture, before: &Files, after: &Files) {
     );
     for step in &STEPS[1..] {
         let file = format!("{step}.json");
+        if *step == "snapshot" && f.tree_pin().is_some() {
+            // Role versions come from the snapshot tree (checked below): no snapshot.json.
+            assert!(
+                before.get(&file) == after.get(&file),
+                "{rel}: {file} changed although the snapshot tree is used"
+            );
+            continue;
+        }
         let now = after
             .get(&file)
             .unwrap_or_else(|| panic!("{rel}: {file} missing after a refresh"));
@@ -574,17 +835,26 @@ fn assert_refresh_success_state(f: &Fixture, before: &Files, after: &Files) {
             show(served.as_ref())
         );
     }
-    for name in after.keys() {
+    for (name, bytes) in after {
         assert!(
-            STEPS.iter().any(|s| format!("{s}.json") == *name),
+            STEPS.iter().any(|s| format!("{s}.json") == *name)
+                || in_tree_dir(name)
+                || before.get(name) == Some(bytes),
             "{rel}: the refresh stored {name}"
         );
     }
+    let rule = TreeRule::Refresh {
+        head_required: f.tree_pin().is_some(),
+        versions_frozen: false,
+        frozen_role: None,
+    };
+    assert_tree_state(f, before, after, rule);
 }
 
-/// Around a target lookup and download: everything stored before is unchanged, and every
-/// new file is a delegated role the trusted snapshot lists, holding exactly the repository's
-/// bytes; `forbidden` (the role that failed) is not stored at all.
+/// Around a target lookup and download: everything stored before is unchanged (the
+/// snapshot tree's files follow [`assert_tree_state`]), and every new file is a delegated
+/// role the trusted snapshot (or snapshot tree) lists, holding exactly the repository's
+/// bytes; `forbidden` (the role that failed) is not stored, nor its stored copy changed.
 fn assert_only_genuine_roles_added(
     f: &Fixture,
     base: &Files,
@@ -594,7 +864,7 @@ fn assert_only_genuine_roles_added(
     let rel = &f.rel;
     for (name, bytes) in base {
         assert!(
-            after.get(name) == Some(bytes),
+            in_tree_dir(name) || after.get(name) == Some(bytes),
             "{rel}: {name} changed during a target operation"
         );
     }
@@ -603,14 +873,19 @@ fn assert_only_genuine_roles_added(
         .as_object()
         .unwrap()
         .clone();
+    let listed_version = |name: &str| -> Option<u64> {
+        if f.tree_pin().is_some() {
+            f.tree_lookup(name.strip_suffix(".json")?)?["version"].as_u64()
+        } else {
+            listed.get(name)?["version"].as_u64()
+        }
+    };
     for (name, bytes) in after {
-        if base.contains_key(name) {
+        if base.contains_key(name) || in_tree_dir(name) {
             continue;
         }
-        let meta = listed
-            .get(name)
+        let v = listed_version(name)
             .unwrap_or_else(|| panic!("{rel}: stored {name}, which snapshot does not list"));
-        let v = meta["version"].as_u64().unwrap();
         assert_eq!(
             Some(bytes),
             f.served(&f.versioned(v, name)).as_ref(),
@@ -618,11 +893,20 @@ fn assert_only_genuine_roles_added(
         );
     }
     if let Some(role) = forbidden {
+        let file = role_file_name(role);
         assert!(
-            !after.contains_key(&role_file_name(role)),
+            after.get(&file) == base.get(&file),
             "{rel}: the failing role {role} was stored as trusted"
         );
     }
+    assert_tree_state(
+        f,
+        base,
+        after,
+        TreeRule::Lookup {
+            frozen_role: forbidden,
+        },
+    );
 }
 
 // ---------------------------------------------------------------------------------------
@@ -657,7 +941,7 @@ fn run_download(f: &Fixture, dev: &mut Device, step: &Step, target: &str) {
     let delegated_failure = step
         .fails_at
         .as_deref()
-        .filter(|r| *r != "target" && !STEPS.contains(r));
+        .filter(|r| *r != "target" && *r != TREE && !STEPS.contains(r));
     assert_only_genuine_roles_added(f, &base, &after, delegated_failure);
     match (step.expect.as_str(), outcome) {
         ("ok", Outcome::Downloaded) => {
@@ -682,6 +966,7 @@ fn run_download(f: &Fixture, dev: &mut Device, step: &Step, target: &str) {
                 .as_deref()
                 .unwrap_or_else(|| panic!("{rel}: {kind} without fails_at"));
             assert_names_role_and_version(f, fails_at, Some(target), &e);
+            assert_error_contains(rel, step, &e);
             if kind == "unsafe-target-path" {
                 let made = &dev.requests()[requests_before..];
                 assert!(
@@ -714,7 +999,10 @@ fn run_fixture(rel: &str) {
     let mut dev = Device::new(&f, f.file_config(), AutoTransport::default());
     assert_eq!(
         read_files(&dev.md).len(),
-        walk(&f.dir.join("trusted")).len()
+        walk(&f.dir.join("trusted"))
+            .iter()
+            .filter(|(_, is_dir, _)| !is_dir)
+            .count()
     );
 
     let mut failed_target: Option<String> = None;
@@ -734,6 +1022,7 @@ fn run_fixture(rel: &str) {
                         let fails_at = step.fails_at.as_deref().expect("fails_at");
                         assert_kind(rel, kind, Some(fails_at), &e);
                         assert_names_role_and_version(&f, fails_at, None, &e);
+                        assert_error_contains(rel, step, &e);
                         assert_refresh_failure_state(&f, fails_at, &before, &after);
                         assert!(dev.updater.trusted().is_none(), "{rel}: still trusted");
                         refresh_failed = true;
@@ -771,11 +1060,19 @@ fn run_fixture(rel: &str) {
 }
 
 /// Whether the device, as the failure left it, can be expected to accept `good/repo`: same
-/// trusted root, and no stored top-level version above good's (a legitimately stored newer
-/// timestamp would make good's a rollback).
+/// trusted root, no stored top-level version above good's (a legitimately stored newer
+/// timestamp would make good's a rollback), and no other timestamp of good's version (the
+/// client keeps the one it has when the versions are equal).
 fn good_is_acceptable(good: &Fixture, stored: &Files) -> Result<(), String> {
     if stored.get("root.json") != good.trusted_file("root.json").as_ref() {
         return Err("another trusted root".into());
+    }
+    if let (Some(mine), Some(theirs)) =
+        (stored.get("timestamp.json"), good.served("timestamp.json"))
+    {
+        if *mine != theirs && version_of(mine) == version_of(&theirs) {
+            return Err("another timestamp of good's version".into());
+        }
     }
     for step in &STEPS[1..] {
         let file = format!("{step}.json");
@@ -1299,6 +1596,11 @@ attack_tests! {
     slow_retrieval_is_refused_and_trusted_state_is_unchanged: run_slow_attack("slow-retrieval"),
     threshold_duplicate_signatures_is_refused_and_trusted_state_is_unchanged: run_attack("threshold-duplicate-signatures"),
     threshold_not_met_is_refused_and_trusted_state_is_unchanged: run_attack("threshold-not-met"),
+    tree_leaf_for_another_role_is_refused_and_trusted_state_is_unchanged: run_attack("tree-leaf-for-another-role"),
+    tree_rollback_head_is_refused_and_trusted_state_is_unchanged: run_attack("tree-rollback-head"),
+    tree_rollback_role_is_refused_and_trusted_state_is_unchanged: run_attack("tree-rollback-role"),
+    tree_tampered_node_is_refused_and_trusted_state_is_unchanged: run_attack("tree-tampered-node"),
+    tree_wrong_position_is_refused_and_trusted_state_is_unchanged: run_attack("tree-wrong-position"),
     wrong_hash_is_refused_and_trusted_state_is_unchanged: run_attack("wrong-hash"),
     wrong_length_is_refused_and_trusted_state_is_unchanged: run_attack("wrong-length"),
 }
@@ -1352,6 +1654,7 @@ fn every_attack_fixture_has_a_test() {
                     "too-large",
                     "length-mismatch",
                     "hash-mismatch",
+                    "wrong-position",
                     "not-found",
                     "unsafe-target-path",
                     "malformed",

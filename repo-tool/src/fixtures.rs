@@ -18,7 +18,9 @@
 //! [`FIXTURE_NOW`], and ed25519 signatures are deterministic, so the same inputs always give
 //! byte-identical output. The good repository is built with the ordinary editor and publish
 //! code; attack repositories are derived from it by changing metadata and re-signing it with
-//! the fixed keys. The keys are public knowledge: fixtures are for testing only.
+//! the fixed keys. The `tree-*` attacks derive from the same repository published with the
+//! snapshot tree (everything else is the standard workflow, without it). The keys are public
+//! knowledge: fixtures are for testing only.
 
 use std::collections::BTreeMap;
 use std::fmt::Write as _;
@@ -28,10 +30,11 @@ use std::path::{Path, PathBuf};
 use chrono::{DateTime, Utc};
 use petrel_client::tuf::canonical;
 use petrel_client::tuf::keys::{KeySource, PrivateKey};
+use petrel_client::tuf::schema::tree::{self as snapshot_tree, role_digits, TreeNode};
 use petrel_client::tuf::schema::{
     encode_role_name, parse_datetime, Expires, Hashes, Key, KeyId, MetaFile, Metadata, RoleKeys,
-    Root, Signature, Signed, Snapshot, TargetFile, Targets, Timestamp, Unrecognized, SPEC_VERSION,
-    TOP_LEVEL_ROLES,
+    Root, Signature, Signed, Snapshot, SnapshotTree, TargetFile, Targets, Timestamp, Unrecognized,
+    SPEC_VERSION, TOP_LEVEL_ROLES,
 };
 use ring::digest;
 use serde::Serialize;
@@ -66,6 +69,7 @@ pub const EXPECT_KINDS: &[&str] = &[
     "too-large",
     "length-mismatch",
     "hash-mismatch",
+    "wrong-position",
     "not-found",
     "unsafe-target-path",
     "malformed",
@@ -159,7 +163,7 @@ pub fn generate(out: &Path, opts: &FixtureOptions) -> Result<FixtureReport> {
                     dir.display()
                 )));
             }
-            build_repo(&Content::Files(sources))?
+            build_repo(&Content::Files(sources), false)?
         }
         None => ctx.base.clone(),
     };
@@ -248,8 +252,9 @@ enum Content {
 }
 
 /// Builds a repository in a temporary workspace with the fixed keys and clock, and returns
-/// its published tree.
-fn build_repo(content: &Content) -> Result<Tree> {
+/// its published tree. `snapshot_tree`: also publish the snapshot tree and pin it in the
+/// timestamp (Petrel's layout); off, the standard workflow only.
+fn build_repo(content: &Content, snapshot_tree: bool) -> Result<Tree> {
     let now = time(FIXTURE_NOW);
     let days = (time(FIXTURE_EXPIRES) - now).num_days();
     let expiry = format!("{days}d");
@@ -263,9 +268,9 @@ fn build_repo(content: &Content) -> Result<Tree> {
         },
         consistent_snapshot: true,
         tree: PathBuf::from("tree"),
-        // The standard workflow: every attack is on the whole snapshot.
+        // The standard workflow: every attack but the `tree-*` ones is on the whole snapshot.
         layout: crate::workspace::Layout {
-            snapshot_tree: false,
+            snapshot_tree,
             ..Default::default()
         },
         ..Settings::default()
@@ -486,6 +491,98 @@ impl Tree {
             .ok_or_else(|| gen_err(format!("{role} does not list {name}")))?;
         Ok(target_path(name, &tf.hashes["sha256"]))
     }
+
+    /// What the timestamp pins of the snapshot tree's head.
+    fn tree_meta(&self) -> Result<MetaFile> {
+        self.timestamp()?
+            .signed
+            .snapshot_tree_meta()
+            .ok_or_else(|| gen_err("the timestamp pins no snapshot tree"))?
+            .map_err(gen_err)
+    }
+
+    /// The snapshot tree head the timestamp pins.
+    fn tree_head(&self) -> Result<Signed<SnapshotTree>> {
+        self.parse(&tree_head_path(self.tree_meta()?.version))
+    }
+
+    fn tree_node(&self, hash: &str) -> Result<TreeNode> {
+        let path = tree_node_path(hash);
+        TreeNode::from_bytes(self.get(&path)?).map_err(|e| gen_err(format!("{path}: {e}")))
+    }
+
+    /// The nodes on `role`'s path in the snapshot tree, root first: (hash, node).
+    fn tree_path(&self, role: &str) -> Result<Vec<(String, TreeNode)>> {
+        let digits = role_digits(role);
+        let mut hash = self.tree_head()?.signed.root;
+        let mut path = Vec::new();
+        loop {
+            let node = self.tree_node(&hash)?;
+            let next = node
+                .children
+                .as_ref()
+                .and_then(|c| c.get(&digits[path.len()..=path.len()]).cloned());
+            path.push((hash, node));
+            match next {
+                Some(h) => hash = h,
+                None => return Ok(path),
+            }
+        }
+    }
+
+    /// Writes a snapshot tree node; returns its hash (its name).
+    fn put_node(&mut self, node: &TreeNode) -> String {
+        let bytes = node.to_bytes();
+        let hash = snapshot_tree::sha256_hex(&bytes);
+        self.put(tree_node_path(&hash), bytes);
+        hash
+    }
+
+    /// Writes `node` in place of the last node of `path` (from [`Tree::tree_path`] for
+    /// `role`) and each node above it re-pointed at its new child; returns the new root.
+    fn replace_on_path(
+        &mut self,
+        role: &str,
+        path: &[(String, TreeNode)],
+        node: TreeNode,
+    ) -> Result<String> {
+        let digits = role_digits(role);
+        let mut hash = self.put_node(&node);
+        for (depth, (_, parent)) in path.iter().enumerate().rev().skip(1) {
+            let mut parent = parent.clone();
+            parent
+                .children
+                .as_mut()
+                .ok_or_else(|| gen_err("a node above another is a branch"))?
+                .insert(digits[depth..=depth].to_string(), hash);
+            hash = self.put_node(&parent);
+        }
+        Ok(hash)
+    }
+}
+
+fn tree_head_path(version: u64) -> String {
+    format!(
+        "metadata/{}/{}",
+        snapshot_tree::TREE_DIR,
+        snapshot_tree::head_file_name(version)
+    )
+}
+
+fn tree_node_path(hash: &str) -> String {
+    format!(
+        "metadata/{}/{}",
+        snapshot_tree::TREE_DIR,
+        snapshot_tree::node_file_name(hash)
+    )
+}
+
+/// A snapshot's role references by role name (the snapshot tree's keys).
+fn snapshot_roles(snap: &Snapshot) -> BTreeMap<String, MetaFile> {
+    snap.meta
+        .iter()
+        .filter_map(|(name, m)| Some((name.strip_suffix(".json")?.to_string(), m.clone())))
+        .collect()
 }
 
 fn meta_file(version: u64, bytes: &[u8]) -> MetaFile {
@@ -567,6 +664,8 @@ struct FixtureJson {
     #[serde(skip_serializing_if = "Option::is_none")]
     fails_at: Option<String>,
     #[serde(skip_serializing_if = "Option::is_none")]
+    error_contains: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
     sha256: Option<String>,
     #[serde(skip_serializing_if = "Vec::is_empty")]
     also: Vec<Step>,
@@ -601,6 +700,8 @@ const BAD_INPUT: &str = "Malformed or hostile input (design brief)";
 struct Ctx {
     keys: BTreeMap<&'static str, PrivateKey>,
     base: Tree,
+    /// The same repository published with the snapshot tree (the `tree-*` fixtures).
+    tree_base: Tree,
     content: BTreeMap<String, Vec<u8>>,
     expires: Expires,
     expired: Expires,
@@ -610,7 +711,8 @@ impl Ctx {
     fn new() -> Result<Ctx> {
         Ok(Ctx {
             keys: KEY_NAMES.iter().map(|n| (*n, fixture_key(n).0)).collect(),
-            base: build_repo(&Content::Builtin)?,
+            base: build_repo(&Content::Builtin, false)?,
+            tree_base: build_repo(&Content::Builtin, true)?,
             content: default_content(),
             expires: Expires(time(FIXTURE_EXPIRES)),
             expired: Expires(time(FIXTURE_EXPIRED)),
@@ -687,6 +789,65 @@ impl Ctx {
             meta,
             unrecognized: Unrecognized::new(),
         }
+    }
+
+    /// File bytes of a timestamp pinning `snapshot` and the snapshot tree head `head`,
+    /// compact as `publish` writes a timestamp that pins a tree.
+    fn tree_timestamp(&self, version: u64, snapshot: MetaFile, head: MetaFile) -> Result<Vec<u8>> {
+        let mut ts = self.timestamp(version, snapshot);
+        ts.unrecognized.insert(
+            snapshot_tree::TIMESTAMP_FIELD.into(),
+            serde_json::to_value(head).map_err(gen_err)?,
+        );
+        let mut s = Signed::unsigned(ts);
+        let msg = s.canonical_signed().map_err(gen_err)?;
+        s.signatures.push(signature(self.key("timestamp"), &msg)?);
+        let mut bytes = serde_json::to_vec(&s).map_err(gen_err)?;
+        bytes.push(b'\n');
+        Ok(bytes)
+    }
+
+    /// Writes snapshot `snap` and, as `publish` does, its snapshot tree: the nodes
+    /// `tree::build` makes of its roles and the head (version and expiry of the snapshot),
+    /// both signed with the snapshot key. `root` replaces the head's root node (a crafted
+    /// tree whose nodes are already in `tree`). Returns the timestamp's references to the
+    /// snapshot and to the head.
+    fn put_snapshot_and_tree(
+        &self,
+        tree: &mut Tree,
+        snap: &Snapshot,
+        root: Option<String>,
+    ) -> Result<(MetaFile, MetaFile)> {
+        let sm = self.put_snapshot(tree, snap, &["snapshot"])?;
+        let roles = snapshot_roles(snap);
+        let built = snapshot_tree::build(&roles);
+        for (hash, bytes) in built.nodes {
+            tree.put(tree_node_path(&hash), bytes);
+        }
+        let head = SnapshotTree {
+            type_: snapshot_tree::TREE_TYPE.into(),
+            spec_version: SPEC_VERSION.into(),
+            version: snap.version,
+            expires: snap.expires,
+            root: root.unwrap_or(built.root),
+            roles: roles.len() as u64,
+            unrecognized: Unrecognized::new(),
+        };
+        let bytes = self.sign(&head, &["snapshot"])?;
+        let hm = meta_file(snap.version, &bytes);
+        tree.put(tree_head_path(snap.version), bytes);
+        Ok((sm, hm))
+    }
+
+    /// Publishes a crafted snapshot tree whose root node is `root` (already in `tree`), as
+    /// holders of the snapshot and timestamp keys could: the tree's snapshot and head at
+    /// version 2 and timestamp v2 pinning both.
+    fn publish_crafted_tree(&self, tree: &mut Tree, root: String) -> Result<()> {
+        let mut snap = tree.snapshot()?.signed;
+        snap.version = 2;
+        let (sm, hm) = self.put_snapshot_and_tree(tree, &snap, Some(root))?;
+        tree.put("metadata/timestamp.json", self.tree_timestamp(2, sm, hm)?);
+        Ok(())
     }
 
     /// Publishes changed targets roles as a repository would: a snapshot and a timestamp
@@ -789,6 +950,7 @@ impl Ctx {
                 target_sha256: None,
                 expect: "ok",
                 fails_at: None,
+                error_contains: None,
                 sha256: None,
                 also: Vec::new(),
             },
@@ -820,6 +982,12 @@ impl Fixture {
         self.json.expect = expect;
         self.json.fails_at = fails_at.map(Into::into);
         self.json.sha256 = sha256;
+        self
+    }
+
+    /// The failure's message must contain `text` (it tells which check refused).
+    fn error_contains(mut self, text: &str) -> Self {
+        self.json.error_contains = Some(text.into());
         self
     }
 
@@ -882,6 +1050,7 @@ fn good(tree: Tree, user_content: bool) -> Result<Fixture> {
             target_sha256: Some(targets),
             expect: "ok",
             fails_at: None,
+            error_contains: None,
             sha256: None,
             also: Vec::new(),
         },
@@ -925,6 +1094,11 @@ fn attacks(ctx: &Ctx) -> Result<Vec<Fixture>> {
         path_traversal,
         wrong_length,
         wrong_hash,
+        tree_tampered_node,
+        tree_wrong_position,
+        tree_leaf_for_another_role,
+        tree_rollback_role,
+        tree_rollback_head,
     ];
     let mut out: Vec<Fixture> = builders.iter().map(|b| b(ctx)).collect::<Result<_>>()?;
     out.sort_by(|a, b| a.dir.cmp(&b.dir));
@@ -1684,6 +1858,246 @@ fn wrong_hash(ctx: &Ctx) -> Result<Fixture> {
 }
 
 // ---------------------------------------------------------------------------------------
+// The snapshot tree: the same repository published with Petrel's snapshot tree beside
+// `snapshot.json`, attacked where a client that reads the tree relies on it.
+
+/// `snapshot-tree/versions.json` as the client keeps it: role → the highest version it
+/// trusted.
+fn tree_versions(versions: &[(&str, u64)]) -> Result<Vec<u8>> {
+    let map: BTreeMap<&str, u64> = versions.iter().copied().collect();
+    serde_json::to_vec(&map).map_err(gen_err)
+}
+
+impl Ctx {
+    /// The trusted directory of a device that installed the tree repository's root only.
+    fn trusted_tree_root_only(&self) -> Result<BTreeMap<String, Vec<u8>>> {
+        let mut t = BTreeMap::new();
+        t.insert(
+            "root.json".to_string(),
+            self.tree_base.get("metadata/1.root.json")?.to_vec(),
+        );
+        Ok(t)
+    }
+
+    /// The trusted directory of a device that refreshed against a tree repository:
+    /// `timestamp`, the head it pinned (`snapshot-tree/head.json`), the version the device
+    /// trusted for each role it looked up (`snapshot-tree/versions.json`), and the stored
+    /// targets roles (`roles`: role → file bytes).
+    fn trusted_tree(
+        &self,
+        timestamp: Vec<u8>,
+        head: Vec<u8>,
+        versions: &[(&str, u64)],
+        roles: &[(&str, Vec<u8>)],
+    ) -> Result<BTreeMap<String, Vec<u8>>> {
+        let mut t = self.trusted_tree_root_only()?;
+        t.insert("timestamp.json".into(), timestamp);
+        let dir = snapshot_tree::TREE_DIR;
+        t.insert(format!("{dir}/head.json"), head);
+        t.insert(format!("{dir}/versions.json"), tree_versions(versions)?);
+        for (role, bytes) in roles {
+            t.insert(format!("{}.json", encode_role_name(role)), bytes.clone());
+        }
+        Ok(t)
+    }
+}
+
+fn tree_tampered_node(ctx: &Ctx) -> Result<Fixture> {
+    let mut tree = ctx.tree_base.clone();
+    let path = tree.tree_path("targets")?;
+    if path.len() < 2 {
+        return Err(gen_err("targets' leaf should be below the root node"));
+    }
+    let (hash, leaf) = path.last().expect("a path has a node");
+    let mut leaf = leaf.clone();
+    let prefix = leaf.prefix.clone();
+    leaf.roles
+        .as_mut()
+        .and_then(|r| r.get_mut("targets"))
+        .ok_or_else(|| gen_err("the last node on targets' path lists it"))?
+        .version += 1;
+    tree.put(tree_node_path(hash), leaf.to_bytes());
+    Ok(ctx
+        .attack(
+            "tree-tampered-node",
+            MIX,
+            &format!(
+                "The snapshot tree's leaf on the path of `targets` (position `{prefix}`) is \
+                 served under its own name, `{hash}.json`, with changed bytes: it lists \
+                 targets.json v2 instead of v1. A node is named by the SHA-256 of its bytes: \
+                 the device must refuse it, naming the node, and keep nothing from it."
+            ),
+            tree,
+            ctx.trusted_tree_root_only()?,
+        )
+        .refresh_fails("hash-mismatch", "snapshot-tree")
+        .error_contains(&format!("node {hash}")))
+}
+
+fn tree_wrong_position(ctx: &Ctx) -> Result<Fixture> {
+    let mut tree = ctx.tree_base.clone();
+    let root = tree.tree_node(&tree.tree_head()?.signed.root)?;
+    let digit = role_digits("targets")[..1].to_string();
+    let mut children = root
+        .children
+        .clone()
+        .ok_or_else(|| gen_err("the root node is a branch"))?;
+    let (other_digit, other) = children
+        .iter()
+        .find(|(d, _)| **d != digit)
+        .map(|(d, h)| (d.clone(), h.clone()))
+        .ok_or_else(|| gen_err("the root node has more than one child"))?;
+    children.insert(digit.clone(), other);
+    let crafted = TreeNode {
+        children: Some(children),
+        ..root
+    };
+    let root_hash = tree.put_node(&crafted);
+    ctx.publish_crafted_tree(&mut tree, root_hash)?;
+    Ok(ctx
+        .attack(
+            "tree-wrong-position",
+            MIX,
+            &format!(
+                "Snapshot tree head v2, validly signed and pinned by timestamp v2 (made with \
+                 the snapshot and timestamp keys), has a root node that names, under digit \
+                 `{digit}` where `targets` lies, the genuine node of position \
+                 `{other_digit}`. A node states its position, which must be the one its \
+                 parent puts it at: the device must refuse the tree."
+            ),
+            tree,
+            ctx.trusted_tree_root_only()?,
+        )
+        .refresh_fails("wrong-position", "snapshot-tree")
+        .error_contains("position"))
+}
+
+fn tree_leaf_for_another_role(ctx: &Ctx) -> Result<Fixture> {
+    let mut tree = ctx.tree_base.clone();
+    let path = tree.tree_path("targets")?;
+    if path.len() < 2 {
+        return Err(gen_err("targets' leaf should be below the root node"));
+    }
+    let leaf = path.last().expect("a path has a node").1.clone();
+    let roles = snapshot_roles(&tree.snapshot()?.signed);
+    let (other, meta) = roles
+        .iter()
+        .find(|(r, _)| !role_digits(r).starts_with(&leaf.prefix))
+        .ok_or_else(|| gen_err("some role lies outside targets' leaf"))?;
+    let other_prefix = role_digits(other)[..leaf.prefix.len()].to_string();
+    let prefix = leaf.prefix.clone();
+    let mut crafted = leaf;
+    crafted
+        .roles
+        .as_mut()
+        .ok_or_else(|| gen_err("the last node on targets' path is a leaf"))?
+        .insert(other.clone(), meta.clone());
+    let root = tree.replace_on_path("targets", &path, crafted)?;
+    ctx.publish_crafted_tree(&mut tree, root)?;
+    Ok(ctx
+        .attack(
+            "tree-leaf-for-another-role",
+            MIX,
+            &format!(
+                "Snapshot tree head v2, validly signed and pinned by timestamp v2, leads on \
+                 the path of `targets` to a leaf at position `{prefix}` that also lists role \
+                 `{other}` (its genuine reference), whose name hashes to position \
+                 `{other_prefix}`. A leaf may only list roles whose name hashes to its \
+                 position (the layout is a function of the role set, so no two paths can \
+                 give one role two versions): the device must refuse the node as malformed."
+            ),
+            tree,
+            ctx.trusted_tree_root_only()?,
+        )
+        .refresh_fails("malformed", "snapshot-tree")
+        .error_contains("elsewhere in the tree"))
+}
+
+fn tree_rollback_role(ctx: &Ctx) -> Result<Fixture> {
+    let base_snap = ctx.tree_base.snapshot()?.signed;
+    // The device saw timestamp v2 → head v2, whose tree lists acme v2, and looked up
+    // targets and acme.
+    let mut acme2 = ctx.tree_base.role("acme")?.signed;
+    acme2.version = 2;
+    let acme2_bytes = ctx.sign(&acme2, &["acme"])?;
+    let mut snap2 = base_snap.clone();
+    snap2.version = 2;
+    snap2
+        .meta
+        .insert("acme.json".into(), meta_file(2, &acme2_bytes));
+    let mut seen = Tree::default();
+    let (sm2, hm2) = ctx.put_snapshot_and_tree(&mut seen, &snap2, None)?;
+    let targets = ctx.tree_base.get(&ctx.tree_base.role_path("targets")?)?;
+    let trusted = ctx.trusted_tree(
+        ctx.tree_timestamp(2, sm2, hm2)?,
+        seen.get(&tree_head_path(2))?.to_vec(),
+        &[("acme", 2), ("targets", 1)],
+        &[("targets", targets.to_vec()), ("acme", acme2_bytes)],
+    )?;
+    // The attacker (holding the snapshot and timestamp keys) serves timestamp v3 → head v3
+    // over the older role set: acme v1.
+    let mut tree = ctx.tree_base.clone();
+    let mut snap3 = base_snap;
+    snap3.version = 3;
+    let (sm3, hm3) = ctx.put_snapshot_and_tree(&mut tree, &snap3, None)?;
+    tree.put("metadata/timestamp.json", ctx.tree_timestamp(3, sm3, hm3)?);
+    Ok(ctx
+        .attack(
+            "tree-rollback-role",
+            ROLLBACK,
+            "The device trusts snapshot tree head v2, whose tree lists acme.json v2, and \
+             keeps the version it trusted for each role it looked up \
+             (trusted/snapshot-tree/versions.json: acme 2, targets 1). The served timestamp v3 \
+             → head v3 (validly signed) lists the older acme.json v1 (genuine, and served). \
+             Refresh succeeds (targets is unchanged); looking up an acme target must fail as \
+             a rollback of acme, while globex's targets still work.",
+            tree,
+            trusted,
+        )
+        .download(ACME_APP, "rollback", Some("acme"), None)
+        .error_contains("lower than version 2 this device trusted before")
+        .also_download(GLOBEX_TOOL, "ok", ctx.sha(GLOBEX_TOOL)))
+}
+
+fn tree_rollback_head(ctx: &Ctx) -> Result<Fixture> {
+    let base_head = ctx.tree_base.tree_meta()?;
+    // The device saw timestamp v2 → snapshot v2 and head v2 (the same roles).
+    let mut snap2 = ctx.tree_base.snapshot()?.signed;
+    snap2.version = 2;
+    let mut seen = Tree::default();
+    let (sm2, hm2) = ctx.put_snapshot_and_tree(&mut seen, &snap2, None)?;
+    let targets = ctx.tree_base.get(&ctx.tree_base.role_path("targets")?)?;
+    let trusted = ctx.trusted_tree(
+        ctx.tree_timestamp(2, sm2.clone(), hm2)?,
+        seen.get(&tree_head_path(2))?.to_vec(),
+        &[("targets", 1)],
+        &[("targets", targets.to_vec())],
+    )?;
+    // The attacker (holding the timestamp key) serves timestamp v3: snapshot v2, but the
+    // older head v1.
+    let mut tree = ctx.tree_base.clone();
+    let snap2_path = metadata_path("snapshot", 2);
+    tree.put(snap2_path.clone(), seen.get(&snap2_path)?.to_vec());
+    tree.put(
+        "metadata/timestamp.json",
+        ctx.tree_timestamp(3, sm2, base_head)?,
+    );
+    Ok(ctx
+        .attack(
+            "tree-rollback-head",
+            ROLLBACK,
+            "The device trusts timestamp v2, which pins snapshot v2 and snapshot tree head \
+             v2 (trusted/snapshot-tree/head.json). The served timestamp v3 (validly signed) \
+             pins the same snapshot v2 but the older, genuine head v1: the snapshot tree \
+             version in timestamp went backwards.",
+            tree,
+            trusted,
+        )
+        .refresh_fails("rollback", "timestamp")
+        .error_contains("snapshot tree version 1 is lower than 2"))
+}
+
+// ---------------------------------------------------------------------------------------
 // Output.
 
 /// Every output file: path relative to the output directory → bytes.
@@ -1851,15 +2265,26 @@ good/trusted/root.json   the root to provision devices with
 good/fixture.json
 attacks/<name>/repo/     the tree the attacker serves
 attacks/<name>/trusted/  the device's trusted metadata before the attack: root.json, and
-                         timestamp.json / snapshot.json / targets.json where the attack
-                         needs prior state (e.g. rollback)
+                         timestamp.json / snapshot.json / targets.json / <role>.json where
+                         the attack needs prior state (e.g. rollback); for the tree-*
+                         fixtures also snapshot-tree/head.json (the trusted snapshot tree
+                         head) and snapshot-tree/versions.json (the version the device
+                         trusted for each role it looked up in the tree)
 attacks/<name>/fixture.json
 good/.gitattributes, attacks/.gitattributes
                          `* -text`: git must never convert line endings, the bytes are signed
 ```
 
 Serve `repo/` (or read it with `file://`): metadata base URL `…/repo/metadata`, targets
-base URL `…/repo/targets`. Copy `trusted/` into the client's metadata directory first.
+base URL `…/repo/targets`. Copy `trusted/` (with its subdirectories) into the client's
+metadata directory first.
+
+The `tree-*` fixtures are Petrel's snapshot tree (docs/scale.md): their repositories also
+publish `metadata/snapshot-tree/` (nodes `<sha256>.json`, heads `<version>.head.json`
+signed by the snapshot keys) and their timestamps pin the head in `petrel_snapshot_tree`.
+They are for clients that read role versions from the tree (Petrel's default,
+`use_snapshot_tree`); a client that reads only `snapshot.json` accepts them, as it never
+reads what they attack. Every other fixture is a standard TUF repository without the tree.
 
 Every repository has the same roles. With the built-in content (always used by the attack
 fixtures; `--content DIR` replaces the good repository's files): top-level `targets` lists
@@ -1885,7 +2310,8 @@ between (the real clock works).
 | `target` / `targets` | the target path(s) to download |
 | `target_sha256`, `sha256` | SHA-256 the downloaded file(s) must have when `expect` is `ok` |
 | `expect` | the outcome of the action: `ok` or one of the error kinds below |
-| `fails_at` | where the failure is detected: `root`, `timestamp`, `snapshot`, `targets`, a delegated role's name, or `target` (checking or fetching the target file itself). Absent when the action succeeds, for `not-found`, and for `slow-retrieval` (which can hit any file) |
+| `fails_at` | where the failure is detected: `root`, `timestamp`, `snapshot`, `targets`, a delegated role's name, `snapshot-tree` (a node of the snapshot tree, read on the path of the role being looked up: during a refresh, `targets`), or `target` (checking or fetching the target file itself). Absent when the action succeeds, for `not-found`, and for `slow-retrieval` (which can hit any file) |
+| `error_contains` | text the failure's message must contain: it tells which check refused (several checks give the same kind) |
 | `also` | further steps, run with the same client after the main action, each `{action, target, expect, sha256?}` (e.g. "the role's own targets still work") |
 
 ## Expected outcomes (`expect`)
@@ -1894,15 +2320,16 @@ between (the real clock works).
 |---|---|---|
 | `ok` | the action succeeds (downloads match `sha256`) | – |
 | `threshold` | signature threshold not met: missing, invalid, unauthorized or duplicate-key signatures (spec 5.3.4, 5.4.2, 5.5.3, 5.6.3, delegated roles) | `Signature` |
-| `rollback` | a version went backwards: timestamp version lower than the trusted one, the snapshot version in timestamp lower than the trusted one, a role's version in snapshot lower than in the trusted snapshot, or a role dropped from snapshot (5.4.3, 5.5.5) | `Rollback` |
+| `rollback` | a version went backwards: timestamp version lower than the trusted one, the snapshot (or snapshot tree head) version in timestamp lower than the trusted one, a role's version in snapshot lower than in the trusted snapshot, a role dropped from snapshot (5.4.3, 5.5.5), or a role's version in the snapshot tree lower than the one the device trusted for it before (`snapshot-tree/versions.json`) | `Rollback` |
 | `version-mismatch` | metadata whose version is not the one the referencing file names: snapshot ≠ timestamp's reference (5.5.4), targets ≠ snapshot's (5.6.4), or `N.root.json` whose version is not N (5.3.5) | `Version` |
 | `expired` | expired at the update's fixed start time: root (5.3.10), timestamp (5.4.4), snapshot (5.5.6), targets (5.6.5) or a delegated role | `Expired` |
 | `too-large` | more bytes than allowed: the length the referencing metadata pins, or the default limit when none is pinned (timestamp 16 KiB); the client stops reading there | `Fetch` / `TargetFetch` with `FetchError::TooLarge` |
 | `length-mismatch` | fewer bytes than the pinned length | `LengthOrHash` |
-| `hash-mismatch` | bytes whose hash differs from the pinned hash (5.5.2, 5.6.2, 5.7) | `LengthOrHash` |
+| `hash-mismatch` | bytes whose hash differs from the pinned hash (5.5.2, 5.6.2, 5.7), or a snapshot tree node whose bytes do not hash to its name | `LengthOrHash` |
+| `wrong-position` | a snapshot tree node that states another position than the one its parent names it at | `Invalid` |
 | `not-found` | no role on the target's search path lists it (5.6.7, 5.7.2): the lookup returns "no such target" | `get_target_info` → `Ok(None)` |
 | `unsafe-target-path` | the target path could escape the download directory (`..`, absolute, …); refused before any request | `Target` |
-| `malformed` | not JSON, or not metadata of the expected shape | `Schema` |
+| `malformed` | not JSON, or not metadata of the expected shape (a snapshot tree node: also a leaf listing a role whose name hashes to another position) | `Schema` |
 | `slow-retrieval` | a download did not complete within the client's deadlines | `Fetch` with `FetchError::Timeout` |
 
 A failed action must leave the device able to update later. For a failed `refresh`, the
@@ -1911,8 +2338,18 @@ snapshot → targets) must be byte-identical to `trusted/` (or still absent); fi
 earlier steps may have been replaced by newer verified metadata, as the specification
 requires (5.3.8, 5.4.5, 5.5.7). No fixture serves a root the client may accept before a
 failure, so `root.json` never changes in a failing fixture. For a failed `download`, the
-role named in `fails_at` (if it is a delegated role) must not be stored as trusted, and no
-file may be left at the download destination.
+role named in `fails_at` (if it is a delegated role) must not be stored as trusted (nor its
+stored copy changed), and no file may be left at the download destination.
+
+With the snapshot tree, the snapshot step's trusted files are `snapshot-tree/head.json` and
+`snapshot-tree/versions.json` (`snapshot.json` is not stored; `fails_at: snapshot-tree`
+counts as the snapshot step in the rule above), and `snapshot-tree/` may also cache nodes.
+After any action: a cached node is a file the repository serves, named by
+the SHA-256 of its bytes; a role's version in `versions.json` never goes down, only rises
+to the version the served tree lists for it, and not for the role named in `fails_at`.
+After a refresh that fails at `root`, `timestamp` or `snapshot`, `snapshot-tree/` is
+byte-identical; after one that fails at `snapshot-tree`, `head.json` may hold the head the
+timestamp pins (it verified) and `versions.json` is byte-identical.
 "#;
 
 const README_KEYS_HEADER: &str = r#"

@@ -22,7 +22,7 @@ use chrono::{DateTime, Utc};
 use tracing::{debug, info, warn};
 
 use super::error::describe;
-use super::trusted::{TreeView, WithSnapshot, WithTimestamp, TREE_ROLE};
+use super::trusted::{describe_tree, TreeView, WithSnapshot, WithTimestamp, TREE_ROLE};
 use super::{store, UpdateError, Updater};
 use crate::fetch::fetch_to_vec;
 use crate::tuf::schema::tree::{
@@ -91,7 +91,7 @@ impl Updater {
         let max = meta.length.unwrap_or(MAX_HEAD_BYTES).min(MAX_HEAD_BYTES);
         let bytes =
             fetch_to_vec(&*self.transport, &url, max).map_err(|source| UpdateError::Fetch {
-                what: describe(TREE_ROLE, Some(meta.version)),
+                what: describe_tree(Some(meta.version)),
                 url: url.clone(),
                 source,
             })?;
@@ -115,7 +115,7 @@ impl Updater {
             return Ok(());
         }
         let head_v = tree.head().signed.version;
-        let what = || describe(TREE_ROLE, Some(head_v));
+        let what = || describe_tree(Some(head_v));
         let digits = role_digits(role);
         let mut hash = tree.head().signed.root.clone();
         let mut found: Option<MetaFile> = None;
@@ -177,7 +177,7 @@ impl Updater {
     fn tree_node(&self, hash: &str, head_v: u64) -> Result<TreeNode, UpdateError> {
         let name = tree::node_file_name(hash);
         let cached = self.tree_dir().join(&name);
-        let what = || format!("{} node {hash}", describe(TREE_ROLE, Some(head_v)));
+        let what = || format!("{} node {hash}", describe_tree(Some(head_v)));
         if let Some(bytes) = read_bounded(&cached, MAX_NODE_BYTES) {
             if sha256_hex(&bytes) == hash {
                 if let Ok(node) = TreeNode::from_bytes(&bytes) {

@@ -465,7 +465,7 @@ impl WithTimestamp {
         let v = new.signed.version;
         if v != meta.version {
             return Err(UpdateError::Version {
-                what: describe(TREE_ROLE, Some(v)),
+                what: describe_tree(Some(v)),
                 reason: format!(
                     "version {} in timestamp v{tsv} does not match",
                     meta.version
@@ -474,7 +474,7 @@ impl WithTimestamp {
         }
         if let Some(pv) = previous.filter(|pv| v < *pv) {
             return Err(UpdateError::Rollback {
-                what: describe(TREE_ROLE, Some(v)),
+                what: describe_tree(Some(v)),
                 reason: format!("version {v} is lower than trusted version {pv}"),
             });
         }
@@ -504,6 +504,14 @@ impl WithTimestamp {
 
 /// How the snapshot tree is named in messages.
 pub const TREE_ROLE: &str = "snapshot tree";
+
+/// "snapshot tree v7" (not a targets role's name, whatever the delegations call theirs).
+pub(crate) fn describe_tree(version: Option<u64>) -> String {
+    match version {
+        Some(v) => format!("{TREE_ROLE} v{v}"),
+        None => TREE_ROLE.to_string(),
+    }
+}
 
 /// Where the trusted role versions come from.
 #[derive(Clone, Debug)]
