@@ -239,7 +239,7 @@ impl Device {
         };
         (
             ids(&t.timestamp().signatures),
-            ids(&t.snapshot().signatures),
+            ids(t.snapshot().signatures()),
         )
     }
 }

@@ -22,7 +22,8 @@ pub const MAX_SEGMENT_BYTES: usize = 255;
 /// Which part of the tree a request addresses, which decides its caching policy.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum FileKind {
-    /// `metadata/<N>.<role>.json`: a consistent-snapshot (versioned) metadata file.
+    /// `metadata/<N>.<role>.json`: a consistent-snapshot (versioned) metadata file; also
+    /// `metadata/snapshot-tree/<sha256>.json`, a snapshot tree node named by its hash.
     VersionedMetadata,
     /// Any other metadata file, e.g. `timestamp.json` or the unversioned `root.json`.
     UnversionedMetadata,
@@ -142,7 +143,10 @@ pub fn parse_request_path(raw: &str) -> Result<TreePath, PathError> {
     let file_name = segments[segments.len() - 1];
     let kind = match segments[0] {
         "metadata" => {
-            if is_versioned_metadata_name(file_name) {
+            let tree_node = segments.len() == 3
+                && segments[1] == "snapshot-tree"
+                && is_content_addressed_name(file_name);
+            if is_versioned_metadata_name(file_name) || tree_node {
                 FileKind::VersionedMetadata
             } else {
                 FileKind::UnversionedMetadata
@@ -172,6 +176,16 @@ pub fn is_versioned_metadata_name(name: &str) -> bool {
         && version.bytes().all(|b| b.is_ascii_digit())
         && rest.len() > ".json".len()
         && rest.ends_with(".json")
+}
+
+/// `<64 lowercase hex digits>.json`: a snapshot tree node (`metadata/snapshot-tree/`),
+/// named by the SHA-256 of its bytes, so it never changes.
+pub fn is_content_addressed_name(name: &str) -> bool {
+    name.strip_suffix(".json").is_some_and(|h| {
+        h.len() == 64
+            && h.bytes()
+                .all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b))
+    })
 }
 
 /// `<64 or 128 hex digits>.<name>`: the consistent-snapshot name of a target
@@ -247,6 +261,17 @@ mod tests {
         assert_eq!(p.content_type(), "application/json");
         let p = parse_request_path("/metadata/timestamp.json").unwrap();
         assert_eq!(p.kind(), FileKind::UnversionedMetadata);
+        // Snapshot tree nodes are named by their hash; heads are versioned.
+        let p = parse_request_path(&format!("/metadata/snapshot-tree/{H}.json")).unwrap();
+        assert_eq!(p.kind(), FileKind::VersionedMetadata);
+        let p = parse_request_path("/metadata/snapshot-tree/7.head.json").unwrap();
+        assert_eq!(p.kind(), FileKind::VersionedMetadata);
+        let p = parse_request_path(&format!("/metadata/{H}.json")).unwrap();
+        assert_eq!(
+            p.kind(),
+            FileKind::UnversionedMetadata,
+            "a role named like a hash"
+        );
         let p = parse_request_path("/metadata/root.json").unwrap();
         assert_eq!(p.kind(), FileKind::UnversionedMetadata);
         let p = parse_request_path(&format!("/targets/apps/a/1/{H}.app.bin")).unwrap();

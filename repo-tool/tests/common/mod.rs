@@ -208,12 +208,14 @@ impl Repo {
         out
     }
 
-    /// Metadata file name → bytes, for the tree's `metadata/` directory.
+    /// Metadata file name → bytes, for the files of the tree's `metadata/` directory (not
+    /// its `snapshot-tree/` subdirectory).
     pub fn tree_metadata(&self) -> BTreeMap<String, Vec<u8>> {
         std::fs::read_dir(self.tree().join("metadata"))
             .expect("tree metadata")
+            .map(|e| e.expect("entry"))
+            .filter(|e| e.path().is_file())
             .map(|e| {
-                let e = e.expect("entry");
                 (
                     e.file_name().to_string_lossy().into_owned(),
                     std::fs::read(e.path()).expect("read"),

@@ -607,6 +607,14 @@ impl SnapshotSource {
         }
     }
 
+    /// The signatures of the snapshot, or of the tree's head (both by the snapshot keys).
+    pub fn signatures(&self) -> &[crate::tuf::schema::Signature] {
+        match self {
+            SnapshotSource::Full(s) => &s.signatures,
+            SnapshotSource::Tree(t) => &t.head.signatures,
+        }
+    }
+
     /// "snapshot v7" or "snapshot tree v7", for messages.
     pub fn describe(&self) -> String {
         match self {
