@@ -142,8 +142,10 @@ fn client_downloads_top_level_delegated_and_binned_targets_from_nginx_by_consist
         if r.path.starts_with("/metadata/") {
             let (version, _) = file.split_once('.').unwrap();
             let versioned = version.bytes().all(|b| b.is_ascii_digit());
+            // Snapshot tree nodes are named by their hash.
+            let node = r.path.starts_with("/metadata/snapshot-tree/") && is_hex_hash(version);
             assert!(
-                versioned || file == "timestamp.json",
+                versioned || node || file == "timestamp.json",
                 "unversioned metadata {} requested: {paths:?}",
                 r.path
             );
@@ -159,7 +161,7 @@ fn client_downloads_top_level_delegated_and_binned_targets_from_nginx_by_consist
         }
     }
     for role in [
-        "1.snapshot.json",
+        "snapshot-tree/1.head.json",
         "1.targets.json",
         "1.vendor.json",
         "1.fleet.json",
@@ -205,7 +207,7 @@ fn client_sees_a_new_publish_through_nginx_on_the_next_refresh() {
     for wanted in [
         "/metadata/2.root.json",
         "/metadata/timestamp.json",
-        "/metadata/2.snapshot.json",
+        "/metadata/snapshot-tree/2.head.json",
         "/metadata/2.targets.json",
     ] {
         assert!(paths.iter().any(|p| p == wanted), "{wanted}: {paths:?}");
