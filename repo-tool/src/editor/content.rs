@@ -221,6 +221,12 @@ fn store_many(
             r
         })
         .collect::<Result<_>>()?;
+    make_durable(content_dir, incoming)
+}
+
+/// Makes copies placed without a sync durable (one file-system sync for all, then their
+/// names) and returns what they hold.
+fn make_durable(content_dir: &Path, incoming: Vec<Incoming>) -> Result<Vec<StoredFile>> {
     let synced = incoming
         .iter()
         .any(|i| !matches!(i.placed, Placed::Already));
@@ -230,6 +236,49 @@ fn store_many(
     let files = incoming.iter().map(|i| i.file.clone()).collect();
     name_synced(content_dir, incoming, synced)?;
     Ok(files)
+}
+
+/// Stores contents held in memory (compiled manifests) as [`store_files`] stores files:
+/// hashed and placed in parallel, made durable with one sync for all (one file sync when
+/// there is one), results in the order given, nothing new left in the store on error.
+pub fn store_bytes(contents: &[&[u8]], content_dir: &Path) -> Result<Vec<StoredFile>> {
+    let sync = contents.len() == 1;
+    let created = std::sync::Mutex::new(Vec::new());
+    let stored = contents
+        .par_iter()
+        .map(|bytes| {
+            let stored = StoredFile {
+                length: bytes.len() as u64,
+                sha256: hex::encode(digest::digest(&digest::SHA256, bytes)),
+                sha512: hex::encode(digest::digest(&digest::SHA512, bytes)),
+            };
+            let mut dirs = Vec::new();
+            let placed = place_bytes(content_dir, &stored, bytes, sync, &mut dirs);
+            if !dirs.is_empty() {
+                created
+                    .lock()
+                    .unwrap_or_else(|e| e.into_inner())
+                    .extend(dirs.iter().cloned());
+            }
+            Ok(Incoming {
+                file: stored,
+                placed: placed?,
+                created_dirs: dirs,
+            })
+        })
+        .collect::<Result<Vec<Incoming>>>()
+        .and_then(|incoming| {
+            if sync {
+                let files = incoming.iter().map(|i| i.file.clone()).collect();
+                name_synced(content_dir, incoming, false).map(|()| files)
+            } else {
+                make_durable(content_dir, incoming)
+            }
+        });
+    if stored.is_err() {
+        remove_empty_dirs(&created.into_inner().unwrap_or_else(|e| e.into_inner()));
+    }
+    stored
 }
 
 /// Removes the subdirectories an add made, where they are empty (after a failed add).

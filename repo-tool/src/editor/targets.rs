@@ -6,7 +6,7 @@ use std::path::{Path, PathBuf};
 use petrel_client::tuf::schema::{check_target_path, Hashes, TargetFile, Unrecognized};
 use serde_json::Value;
 
-use super::content::{store_files, StoredFile};
+use super::content::{store_bytes, store_files, StoredFile};
 use super::{Editor, RoleLocation};
 use crate::error::{Error, Result};
 
@@ -189,32 +189,8 @@ impl Editor<'_> {
         sources: &[SourceFile],
         opts: &AddOptions,
     ) -> Result<Vec<AddedTarget>> {
-        let role = opts.role.clone().unwrap_or_else(|| "targets".into());
-        if let Some(c) = &opts.custom {
-            if !c.is_object() {
-                return Err(Error::Usage("custom metadata must be a JSON object".into()));
-            }
-        }
-        let mut seen = BTreeSet::new();
-        let mut dests = Vec::with_capacity(sources.len());
-        for s in sources {
-            check_target_path(&s.name).map_err(|r| Error::target(&s.name, r))?;
-            if !seen.insert(s.name.as_str()) {
-                return Err(Error::target(
-                    &s.name,
-                    "duplicate target name: two of the given files map to it",
-                ));
-            }
-            let dest = self.destination_role(&role, &s.name)?;
-            dests.push(dest);
-        }
-        // Clients accept a target from `role` (or its bins) only if every delegation on
-        // the chain to `role` matches the name.
-        let loc = self.locate(&role)?;
-        for s in sources {
-            check_path_authorized(&loc, &s.name)?;
-            self.check_bins_authorized(&loc, &s.name)?;
-        }
+        let names: Vec<&str> = sources.iter().map(|s| s.name.as_str()).collect();
+        let dests = self.plan_adds(&names, opts)?;
         let content_dir = self.workspace().content_dir();
         std::fs::create_dir_all(&content_dir).map_err(|e| Error::io(&content_dir, e))?;
         // Copying and hashing runs on rayon's pool (one thread per core: the files are
@@ -222,8 +198,67 @@ impl Editor<'_> {
         // file-system sync for all files, not one per file (see `store_files`).
         let paths: Vec<PathBuf> = sources.iter().map(|s| s.path.clone()).collect();
         let stored: Vec<StoredFile> = store_files(&paths, &content_dir)?;
-        let mut added = Vec::with_capacity(sources.len());
-        for ((s, dest), file) in sources.iter().zip(dests).zip(stored) {
+        self.record_adds(&names, dests, stored, opts)
+    }
+
+    /// [`Editor::add_targets`] for contents held in memory (compiled manifests), named
+    /// `(target name, bytes)`: the same checks, stored without a copy on disk first.
+    pub fn add_target_bytes(
+        &mut self,
+        contents: &[(String, Vec<u8>)],
+        opts: &AddOptions,
+    ) -> Result<Vec<AddedTarget>> {
+        let names: Vec<&str> = contents.iter().map(|(n, _)| n.as_str()).collect();
+        let dests = self.plan_adds(&names, opts)?;
+        let content_dir = self.workspace().content_dir();
+        std::fs::create_dir_all(&content_dir).map_err(|e| Error::io(&content_dir, e))?;
+        let bytes: Vec<&[u8]> = contents.iter().map(|(_, b)| b.as_slice()).collect();
+        let stored = store_bytes(&bytes, &content_dir)?;
+        self.record_adds(&names, dests, stored, opts)
+    }
+
+    /// Checks every name, its destination role and that clients would accept it from
+    /// there; returns the destination of each.
+    fn plan_adds(&mut self, names: &[&str], opts: &AddOptions) -> Result<Vec<String>> {
+        let role = opts.role.clone().unwrap_or_else(|| "targets".into());
+        if let Some(c) = &opts.custom {
+            if !c.is_object() {
+                return Err(Error::Usage("custom metadata must be a JSON object".into()));
+            }
+        }
+        let mut seen = BTreeSet::new();
+        let mut dests = Vec::with_capacity(names.len());
+        for &name in names {
+            check_target_path(name).map_err(|r| Error::target(name, r))?;
+            if !seen.insert(name) {
+                return Err(Error::target(
+                    name,
+                    "duplicate target name: two of the given files map to it",
+                ));
+            }
+            let dest = self.destination_role(&role, name)?;
+            dests.push(dest);
+        }
+        // Clients accept a target from `role` (or its bins) only if every delegation on
+        // the chain to `role` matches the name.
+        let loc = self.locate(&role)?;
+        for &name in names {
+            check_path_authorized(&loc, name)?;
+            self.check_bins_authorized(&loc, name)?;
+        }
+        Ok(dests)
+    }
+
+    /// Lists stored contents in their destination roles.
+    fn record_adds(
+        &mut self,
+        names: &[&str],
+        dests: Vec<String>,
+        stored: Vec<StoredFile>,
+        opts: &AddOptions,
+    ) -> Result<Vec<AddedTarget>> {
+        let mut added = Vec::with_capacity(names.len());
+        for ((&name, dest), file) in names.iter().zip(dests).zip(stored) {
             let mut hashes = Hashes::new();
             hashes.insert("sha256".into(), file.sha256.clone());
             hashes.insert("sha512".into(), file.sha512.clone());
@@ -234,9 +269,9 @@ impl Editor<'_> {
                 unrecognized: Unrecognized::new(),
             };
             let t = self.targets_mut(&dest)?;
-            let replaced = t.targets.insert(s.name.clone(), tf).is_some();
+            let replaced = t.targets.insert(name.to_string(), tf).is_some();
             added.push(AddedTarget {
-                name: s.name.clone(),
+                name: name.to_string(),
                 role: dest,
                 file,
                 replaced,

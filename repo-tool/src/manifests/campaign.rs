@@ -1,8 +1,9 @@
 //! `petrel-repo campaign create|update|halt|resume|cancel|list|show`: campaign manifests as
 //! `campaigns/<campaign>.json`.
 
+use std::collections::HashMap;
 use std::fmt::Write as _;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 
 use petrel_client::manifest::{
     campaign_target_path, check_id, group_target_path, CampaignManifest, CampaignState,
@@ -11,7 +12,9 @@ use petrel_client::manifest::{
 };
 
 use super::group::check_revision_grows;
-use super::{invalid, lookup, publication, read_text, Listing, Publication, Session, CAMPAIGNS};
+use super::{
+    batch_errors, invalid, lookup, publication, read_text, Listing, Publication, Session, CAMPAIGNS,
+};
 use crate::editor::Editor;
 use crate::error::{Error, Result};
 use crate::workspace::Workspace;
@@ -86,16 +89,113 @@ pub fn update_campaign(ws: &Workspace, file: &Path, role: Option<&str>) -> Resul
     write_campaign(ws, file, role, false)
 }
 
+/// What `campaign create` did with a directory (or list) of campaign manifests.
+#[derive(Clone, Debug, Default)]
+pub struct CampaignBatchReport {
+    /// One report per file, in the order given.
+    pub campaigns: Vec<CampaignReport>,
+    /// Roles created on the way, and similar notes.
+    pub notes: Vec<String>,
+}
+
+/// [`create_campaign`] for many files in one change: every file is validated and checked
+/// first (an error names the file; with several errors, all are listed), and only if all
+/// pass are the campaigns staged, together. Every campaign must be new, and two files
+/// for the same campaign are refused.
+pub fn create_campaigns(
+    ws: &Workspace,
+    files: &[PathBuf],
+    role: Option<&str>,
+) -> Result<CampaignBatchReport> {
+    let mut s = Session::new(ws);
+    let mut out = CampaignBatchReport::default();
+    let mut errors = Vec::new();
+    let mut seen: HashMap<String, PathBuf> = HashMap::new();
+    let mut groups = GroupRevisions::default();
+    for file in files {
+        match prepare_campaign(&mut s, ws, file, role, true, &mut seen, &mut groups) {
+            Ok(r) => out.campaigns.push(r),
+            Err(e) => errors.push(super::group::in_file(files.len(), file, e)),
+        }
+    }
+    if !errors.is_empty() {
+        return Err(batch_errors("campaign manifests", files.len(), errors));
+    }
+    out.notes = s.notes().to_vec();
+    if s.staged_count() > 0 {
+        s.commit()?;
+    }
+    Ok(out)
+}
+
 fn write_campaign(
     ws: &Workspace,
     file: &Path,
     role: Option<&str>,
     create: bool,
 ) -> Result<CampaignReport> {
+    let mut s = Session::new(ws);
+    let mut r = prepare_campaign(
+        &mut s,
+        ws,
+        file,
+        role,
+        create,
+        &mut HashMap::new(),
+        &mut GroupRevisions::default(),
+    )?;
+    if !r.unchanged {
+        r.notes = s.notes().to_vec();
+        s.commit()?;
+    }
+    Ok(r)
+}
+
+/// The current revision of each group a campaign names (`None`: no such group), read once
+/// per change.
+#[derive(Default)]
+struct GroupRevisions(HashMap<String, Option<u64>>);
+
+impl GroupRevisions {
+    fn get(&mut self, s: &mut Session<'_>, id: &str) -> Result<Option<u64>> {
+        if let Some(r) = self.0.get(id) {
+            return Ok(*r);
+        }
+        let rev = match lookup::find(s.editor(), &group_target_path(id))? {
+            None => None,
+            Some(l) => Some(s.read_current::<GroupManifest>(&l)?.0.revision),
+        };
+        self.0.insert(id.to_string(), rev);
+        Ok(rev)
+    }
+}
+
+/// Validates and checks one campaign manifest and, unless it is unchanged, stages it in
+/// `s`; `seen` has the ids of the change's earlier files. The report has the authoring
+/// warnings, not the session's notes.
+fn prepare_campaign(
+    s: &mut Session<'_>,
+    ws: &Workspace,
+    file: &Path,
+    role: Option<&str>,
+    create: bool,
+    seen: &mut HashMap<String, PathBuf>,
+    groups: &mut GroupRevisions,
+) -> Result<CampaignReport> {
     let text = read_text(file)?;
     let c = CampaignManifest::from_toml(&text).map_err(|e| invalid(file, e))?;
+    if let Some(other) = seen.get(&c.id) {
+        return Err(Error::manifest(
+            file,
+            format!(
+                "id: campaign {:?} is also given by {}; give each campaign once",
+                c.id,
+                other.display()
+            ),
+        ));
+    }
+    seen.insert(c.id.clone(), file.to_path_buf());
     let bytes = c.to_canonical_json().map_err(|e| invalid(file, e))?;
-    let mut s = Session::new(ws);
     let name = c.target_path();
     if create {
         if let Some(l) = lookup::find(s.editor(), &name)? {
@@ -146,12 +246,10 @@ fn write_campaign(
         previous = Some(old);
         previous_sha256 = Some(ManifestHash::of(&old_bytes));
     }
-    check_payload_group(&mut s, file, &c)?;
-    check_capabilities(&mut s, file, &dest, &c, ws)?;
-    let warnings = authoring_warnings(s.editor(), &c, ws.now())?;
+    check_payload_group(s, file, &c, groups)?;
+    check_capabilities(s, file, &dest, &c, ws)?;
+    let warnings = warnings_with(&c, ws.now(), |g| Ok(s.canaries()?.any_in(g)))?;
     s.stage(&dest, &bytes)?;
-    let notes = s.notes().to_vec();
-    s.commit()?;
     let mut r = report(
         &c,
         &dest.signer,
@@ -159,7 +257,7 @@ fn write_campaign(
         previous.as_ref(),
         previous_sha256,
         false,
-        notes,
+        Vec::new(),
     );
     r.warnings = warnings;
     Ok(r)
@@ -172,6 +270,16 @@ pub fn authoring_warnings(
     ed: &mut Editor<'_>,
     c: &CampaignManifest,
     now: chrono::DateTime<chrono::Utc>,
+) -> Result<Vec<String>> {
+    warnings_with(c, now, |groups| super::assign::canary_assigned(ed, groups))
+}
+
+/// [`authoring_warnings`], asking `has_canary` whether a device of the given groups
+/// (`None`: of any group) is assigned as a canary.
+fn warnings_with(
+    c: &CampaignManifest,
+    now: chrono::DateTime<chrono::Utc>,
+    mut has_canary: impl FnMut(Option<&std::collections::BTreeSet<String>>) -> Result<bool>,
 ) -> Result<Vec<String>> {
     let mut w = Vec::new();
     if let Some(d) = c.consent.deadline.filter(|d| d.0 <= now) {
@@ -195,7 +303,7 @@ pub fn authoring_warnings(
     }
     if c.rollout.canary {
         let groups = c.target_groups();
-        if !super::assign::canary_assigned(ed, groups.as_ref())? {
+        if !has_canary(groups.as_ref())? {
             let whose = match &groups {
                 Some(g) => format!("group {}", g.iter().cloned().collect::<Vec<_>>().join(", ")),
                 None => "any group".to_string(),
@@ -243,12 +351,17 @@ fn report(
 
 /// A group payload must name the group's current revision: an older one means devices
 /// would see a superseded campaign, a newer one does not exist yet.
-fn check_payload_group(s: &mut Session<'_>, file: &Path, c: &CampaignManifest) -> Result<()> {
+fn check_payload_group(
+    s: &mut Session<'_>,
+    file: &Path,
+    c: &CampaignManifest,
+    groups: &mut GroupRevisions,
+) -> Result<()> {
     let Some(g) = &c.payload.group else {
         return Ok(());
     };
     let mut p = Problems::new();
-    match lookup::find(s.editor(), &group_target_path(&g.id))? {
+    match groups.get(s, &g.id)? {
         None => p.push(
             "payload.group.id",
             format!(
@@ -256,22 +369,21 @@ fn check_payload_group(s: &mut Session<'_>, file: &Path, c: &CampaignManifest) -
                 g.id
             ),
         ),
-        Some(l) => {
-            let (group, _) = s.read_current::<GroupManifest>(&l)?;
-            if group.revision < g.revision {
+        Some(revision) => {
+            if revision < g.revision {
                 p.push(
                     "payload.group.revision",
                     format!(
-                        "group {:?} is at revision {}; set revision {} first with `petrel-repo group set`",
-                        g.id, group.revision, g.revision
+                        "group {:?} is at revision {revision}; set revision {} first with `petrel-repo group set`",
+                        g.id, g.revision
                     ),
                 );
-            } else if group.revision > g.revision {
+            } else if revision > g.revision {
                 p.push(
                     "payload.group.revision",
                     format!(
-                        "group {:?} is already at revision {}; devices would treat a campaign for revision {} as superseded (use {})",
-                        g.id, group.revision, g.revision, group.revision
+                        "group {:?} is already at revision {revision}; devices would treat a campaign for revision {} as superseded (use {revision})",
+                        g.id, g.revision
                     ),
                 );
             }

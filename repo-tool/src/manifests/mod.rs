@@ -31,6 +31,7 @@ mod index;
 pub mod lookup;
 mod recheck;
 
+use std::collections::{BTreeMap, BTreeSet};
 use std::path::Path;
 
 use petrel_client::manifest::{CapabilityChain, Manifest, ValidationError, MAX_MANIFEST_BYTES};
@@ -38,25 +39,27 @@ use petrel_client::tuf::keys::{KeySource, PrivateKey};
 use petrel_client::tuf::schema::{Targets, Unrecognized};
 
 pub use assign::{
-    assign_devices, canary_assigned, check_device_id, read_device_ids, remove_devices,
-    AssignOptions, AssignReport, AssignmentLookup, BinListing, DeviceAssignment, RemoveReport,
+    assign_csv, assign_devices, canary_assigned, check_device_id, read_device_ids, remove_devices,
+    AssignOptions, AssignReport, AssignmentLookup, BinListing, CsvAssignOptions, DeviceAssignment,
+    RemoveReport,
 };
 pub use campaign::{
-    authoring_warnings, campaign_details, change_campaign_state, create_campaign, list_campaigns,
-    revise_campaign, update_campaign, CampaignDetails, CampaignList, CampaignReport,
-    CampaignSummary, StateChange,
+    authoring_warnings, campaign_details, change_campaign_state, create_campaign, create_campaigns,
+    list_campaigns, revise_campaign, update_campaign, CampaignBatchReport, CampaignDetails,
+    CampaignList, CampaignReport, CampaignSummary, StateChange,
 };
 pub use capabilities::{
     check_role_manifests, existing_delegation, read_capabilities, set_delegation_capabilities,
 };
 pub use group::{
-    list_groups, set_group, GroupAppSummary, GroupList, GroupReport, GroupSummary, UnusableGroup,
+    list_groups, set_group, set_groups, GroupAppSummary, GroupBatchReport, GroupList, GroupReport,
+    GroupSummary, UnusableGroup,
 };
 pub use index::{refresh_campaign_index, IndexReport};
 pub use lookup::{Listing, Search};
 pub use recheck::check_before_publish;
 
-use crate::editor::{AddOptions, DelegationSpec, Editor, KeyType, SourceFile};
+use crate::editor::{AddOptions, DelegationSpec, Editor, KeyType};
 use crate::error::{Error, Result};
 use crate::workspace::Workspace;
 
@@ -106,12 +109,27 @@ pub struct Destination {
 }
 
 /// One edit of manifests: an editor, keys generated for new roles (saved only on
-/// [`Session::commit`]), and a scratch directory for compiled manifests.
+/// [`Session::commit`]), and the compiled manifests staged so far.
+///
+/// A session may stage any number of manifests: [`Session::stage`] only keeps the
+/// compiled bytes, and [`Session::commit`] adds all of them to their roles at once (one
+/// content-store pass and one file-system sync per role, each changed role written
+/// once), so staging N manifests costs O(N), not O(N²).
 pub struct Session<'w> {
     ed: Editor<'w>,
     new_keys: Vec<(PrivateKey, String)>,
     notes: Vec<String>,
-    scratch: Option<tempfile::TempDir>,
+    /// Manifests waiting to be added by [`Session::commit`], in the order staged.
+    pending: Vec<(Destination, Vec<u8>)>,
+    /// Target names in `pending`.
+    pending_names: BTreeSet<String>,
+    /// Conventional roles known to exist in the editor (checked once per session).
+    ensured: BTreeSet<&'static str>,
+    /// Capabilities along each chain seen, read once per session (staging manifests
+    /// never changes a delegation).
+    chains: BTreeMap<Vec<String>, CapabilityChain>,
+    /// The groups with a canary device in the assignment bins, computed once on demand.
+    canaries: Option<assign::CanaryIndex>,
 }
 
 impl<'w> Session<'w> {
@@ -121,8 +139,17 @@ impl<'w> Session<'w> {
             ed: Editor::new(ws),
             new_keys: Vec::new(),
             notes: Vec::new(),
-            scratch: None,
+            pending: Vec::new(),
+            pending_names: BTreeSet::new(),
+            ensured: BTreeSet::new(),
+            chains: BTreeMap::new(),
+            canaries: None,
         }
+    }
+
+    /// How many manifests are staged and waiting for [`Session::commit`].
+    pub fn staged_count(&self) -> usize {
+        self.pending.len()
     }
 
     /// The editor.
@@ -138,7 +165,11 @@ impl<'w> Session<'w> {
     /// Creates the conventional role unless a role of that name exists anywhere in the
     /// delegation graph (a partner may own it, with capabilities).
     pub fn ensure_role(&mut self, conv: Convention) -> Result<()> {
+        if self.ensured.contains(conv.role) {
+            return Ok(());
+        }
         if self.ed.locate(conv.role).is_ok() {
+            self.ensured.insert(conv.role);
             return Ok(());
         }
         if self.ed.has_role(conv.role)? {
@@ -183,6 +214,7 @@ impl<'w> Session<'w> {
             ));
             self.new_keys.push((bin_key, bin_pem));
         }
+        self.ensured.insert(conv.role);
         Ok(())
     }
 
@@ -256,65 +288,168 @@ impl<'w> Session<'w> {
 
     /// The capabilities along a destination's chain.
     pub fn chain(&mut self, dest: &Destination) -> Result<CapabilityChain> {
-        lookup::capability_chain(&mut self.ed, &dest.chain)
+        if let Some(c) = self.chains.get(&dest.chain) {
+            return Ok(c.clone());
+        }
+        let c = lookup::capability_chain(&mut self.ed, &dest.chain)?;
+        self.chains.insert(dest.chain.clone(), c.clone());
+        Ok(c)
+    }
+
+    /// The groups that have a canary device in the workspace's assignment bins (staged
+    /// view), read once per session.
+    pub(crate) fn canaries(&mut self) -> Result<&assign::CanaryIndex> {
+        if self.canaries.is_none() {
+            self.canaries = Some(assign::CanaryIndex::read(&mut self.ed)?);
+        }
+        Ok(self.canaries.as_ref().expect("read above"))
     }
 
     /// The current manifest at a listing, parsed strictly, with its exact bytes.
     pub fn read_current<T: Manifest>(&mut self, l: &Listing) -> Result<(T, Vec<u8>)> {
         let bytes = lookup::read_listed(&mut self.ed, l)?;
-        let m = T::from_json(&bytes).map_err(|e| {
-            Error::target(
-                &l.name,
-                format!(
-                    "the current manifest (role {:?}) cannot be read, so its revision is unknown: {e}",
-                    l.role
-                ),
-            )
-        })?;
+        let m = parse_current(l, &bytes)?;
         Ok((m, bytes))
     }
 
-    /// Adds compiled manifest bytes as the target `dest.name` of `dest.add_role`.
+    /// The exact bytes of the current manifest at a listing (parse them with
+    /// [`parse_current`]).
+    pub(crate) fn read_current_bytes(&mut self, l: &Listing) -> Result<Vec<u8>> {
+        lookup::read_listed(&mut self.ed, l)
+    }
+
+    /// Stages compiled manifest bytes as the target `dest.name` of `dest.add_role`: they
+    /// are kept until [`Session::commit`], which adds every staged manifest to its role.
+    /// Staging the same target twice in one session is refused.
     pub fn stage(&mut self, dest: &Destination, bytes: &[u8]) -> Result<()> {
-        if self.scratch.is_none() {
-            let dir = self.ed.workspace().dir().to_path_buf();
-            self.scratch = Some(
-                tempfile::Builder::new()
-                    .prefix(".manifests-")
-                    .tempdir_in(&dir)
-                    .map_err(|e| Error::io(&dir, e))?,
-            );
-        }
-        let dir = self.scratch.as_ref().expect("made above").path();
-        let file = dir.join(dest.name.replace('/', "_"));
-        std::fs::write(&file, bytes).map_err(|e| Error::io(&file, e))?;
-        let added = self.ed.add_targets(
-            &[SourceFile {
-                path: file.clone(),
-                name: dest.name.clone(),
-            }],
-            &AddOptions {
-                role: Some(dest.add_role.clone()),
-                custom: None,
-            },
-        )?;
-        let _ = std::fs::remove_file(&file);
-        if added.first().map(|a| a.role.as_str()) != Some(dest.signer.as_str()) {
+        if !self.pending_names.insert(dest.name.clone()) {
             return Err(Error::target(
                 &dest.name,
-                format!("was not placed in role {:?} as planned", dest.signer),
+                "is staged twice in one change; give each manifest once",
             ));
+        }
+        self.pending.push((dest.clone(), bytes.to_vec()));
+        Ok(())
+    }
+
+    /// Adds every staged manifest to its role: one add per role (contents stored in
+    /// parallel and made durable with one sync), then checks that each landed in the
+    /// role planned for it.
+    fn add_pending(&mut self) -> Result<()> {
+        let pending = std::mem::take(&mut self.pending);
+        let mut by_role: BTreeMap<String, Vec<(Destination, Vec<u8>)>> = BTreeMap::new();
+        for (dest, bytes) in pending {
+            by_role
+                .entry(dest.add_role.clone())
+                .or_default()
+                .push((dest, bytes));
+        }
+        for (role, items) in by_role {
+            let (dests, contents): (Vec<Destination>, Vec<(String, Vec<u8>)>) = items
+                .into_iter()
+                .map(|(d, b)| {
+                    let name = d.name.clone();
+                    (d, (name, b))
+                })
+                .unzip();
+            let added = self.ed.add_target_bytes(
+                &contents,
+                &AddOptions {
+                    role: Some(role),
+                    custom: None,
+                },
+            )?;
+            for (dest, a) in dests.iter().zip(&added) {
+                if a.name != dest.name || a.role != dest.signer {
+                    return Err(Error::target(
+                        &dest.name,
+                        format!("was not placed in role {:?} as planned", dest.signer),
+                    ));
+                }
+            }
         }
         Ok(())
     }
 
-    /// Saves generated keys and stages every changed role. Returns the roles staged.
+    /// Adds every staged manifest to its role, saves generated keys and stages every
+    /// changed role (each written once). Returns the roles staged.
     pub fn commit(mut self) -> Result<Vec<String>> {
+        self.add_pending()?;
         for (k, pem) in &self.new_keys {
             self.ed.workspace().save_private_key(k, pem)?;
         }
         self.ed.save()
     }
+}
+
+/// The current manifest at a listing, parsed strictly from its bytes.
+pub(crate) fn parse_current<T: Manifest>(l: &Listing, bytes: &[u8]) -> Result<T> {
+    T::from_json(bytes).map_err(|e| {
+        Error::target(
+            &l.name,
+            format!(
+                "the current manifest (role {:?}) cannot be read, so its revision is unknown: {e}",
+                l.role
+            ),
+        )
+    })
+}
+
+/// The manifests to read from `path`: the file itself, or every `*.toml` file directly in
+/// the directory `path` (not in subdirectories; names starting with `.` are skipped),
+/// sorted by name. A directory without any is an error.
+pub fn manifest_files(path: &Path) -> Result<Vec<std::path::PathBuf>> {
+    let meta = std::fs::metadata(path).map_err(|e| Error::io(path, e))?;
+    if !meta.is_dir() {
+        return Ok(vec![path.to_path_buf()]);
+    }
+    let mut files = Vec::new();
+    for entry in std::fs::read_dir(path).map_err(|e| Error::io(path, e))? {
+        let entry = entry.map_err(|e| Error::io(path, e))?;
+        let name = entry.file_name();
+        let Some(name) = name.to_str() else {
+            continue;
+        };
+        if name.starts_with('.') || !name.ends_with(".toml") {
+            continue;
+        }
+        let p = entry.path();
+        if std::fs::metadata(&p)
+            .map_err(|e| Error::io(&p, e))?
+            .is_file()
+        {
+            files.push(p);
+        }
+    }
+    files.sort();
+    if files.is_empty() {
+        return Err(Error::manifest(
+            path,
+            "the directory holds no *.toml manifest (subdirectories are not read)",
+        ));
+    }
+    Ok(files)
+}
+
+/// Every error of a batch, as one error: the error itself when there is one, else a
+/// count and the first few, one per line.
+pub(crate) fn batch_errors(what: &str, total: usize, mut errors: Vec<Error>) -> Error {
+    if errors.len() == 1 {
+        return errors.remove(0);
+    }
+    const SHOWN: usize = 20;
+    let mut msg = format!(
+        "{} of {total} {what} cannot be staged, so nothing was staged:",
+        errors.len()
+    );
+    for e in errors.iter().take(SHOWN) {
+        msg.push_str("\n  ");
+        msg.push_str(&e.to_string());
+    }
+    if errors.len() > SHOWN {
+        msg.push_str(&format!("\n  … and {} more", errors.len() - SHOWN));
+    }
+    Error::State(msg)
 }
 
 /// Reads an authored file (TOML), refusing one larger than a manifest may be.
