@@ -2,7 +2,8 @@
 # Runs the whole Petrel test suite (this is what CI runs). Installs what the tests need:
 # Python virtual environments with python-tuf 7 and 6 for the interop tests, nginx
 # for the client's end-to-end tests against a plain web server, SoftHSM2 for the
-# PKCS#11 key tests, and Chromium for the dashboard's headless-browser test; ends with
+# PKCS#11 key tests, moto (a local S3-compatible server) for the uploads to object storage,
+# and Chromium for the dashboard's headless-browser test; ends with
 # a short bounded run of every fuzz target (libFuzzer).
 set -euo pipefail
 cd "$(dirname "$0")"
@@ -15,6 +16,9 @@ export PETREL_NGINX
 echo "==> SoftHSM2 (petrel-repo's PKCS#11 key tests)"
 PETREL_SOFTHSM_MODULE="$(scripts/ensure-softhsm.sh)"
 export PETREL_SOFTHSM_MODULE
+echo "==> moto (petrel-repo's uploads to an S3-compatible object store)"
+PETREL_MOTO="$(scripts/ensure-s3.sh)"
+export PETREL_MOTO
 echo "==> Chromium (petrel-server's dashboard test in a headless browser)"
 PETREL_CHROMIUM="$(scripts/ensure-chromium.sh)"
 export PETREL_CHROMIUM

@@ -35,6 +35,7 @@ pub mod pkcs11;
 pub mod publish;
 pub mod rollout;
 pub mod signing;
+pub mod upload;
 pub mod workspace;
 
 pub use error::{Error, Result};

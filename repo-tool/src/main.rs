@@ -107,9 +107,34 @@ Example:
         after_help = "Examples:\n  petrel-repo delegate --to acme --paths 'apps/acme/*' 'apps/acme/*/*/*' --terminating\n  petrel-repo delegate --to partner --paths 'apps/partner/*' --public-key partner.pub.pem\n  petrel-repo delegate --from acme --to acme-bin --bins 64\n  petrel-repo delegate --from campaigns --to partner-acme --paths 'campaigns/acme-*' --public-key acme.pub.json --capabilities acme.toml"
     )]
     Delegate(DelegateArgs),
-    /// Sign staged changes and write the static tree (snapshot and timestamp included).
-    #[command(after_help = "Example:\n  petrel-repo publish --key /media/offline/root.pem")]
-    Publish,
+    /// Sign staged changes and write the static tree (snapshot and timestamp included);
+    /// with --to (or `[publish] to`), upload the tree to an S3-compatible object store.
+    #[command(after_help = "\
+The upload puts targets first, then versioned metadata, then root, and timestamp.json
+last, so devices polling the bucket see the previous repository until it ends; objects
+already there are skipped, and running it again (even with nothing staged) finishes an
+interrupted upload. Credentials come from AWS_ACCESS_KEY_ID, AWS_SECRET_ACCESS_KEY
+(and AWS_SESSION_TOKEN); docs/server.md, Publishing to object storage.
+
+Examples:
+  petrel-repo publish --key /media/offline/root.pem
+  petrel-repo publish --to s3://updates/fleet
+  petrel-repo publish --to s3://updates/fleet --endpoint http://127.0.0.1:9000")]
+    Publish {
+        /// Upload the tree to this bucket and key prefix (overrides `[publish] to`).
+        #[arg(long, value_name = "s3://BUCKET/PREFIX")]
+        to: Option<String>,
+        /// The endpoint of an S3-compatible store other than AWS (overrides `[publish]
+        /// endpoint` and AWS_ENDPOINT).
+        #[arg(long, value_name = "URL")]
+        endpoint: Option<String>,
+        /// The bucket's region (overrides `[publish] region` and AWS_REGION).
+        #[arg(long)]
+        region: Option<String>,
+        /// Allow a plain-HTTP endpoint that is not a loopback address.
+        #[arg(long)]
+        allow_http: bool,
+    },
     /// Re-sign the timestamp (and with --snapshot the snapshot) with a new expiry, and publish.
     #[command(after_help = "Example (cron, hourly):\n  petrel-repo --repo /srv/fleet refresh")]
     Refresh {
@@ -185,6 +210,7 @@ Example:
     #[command(after_help = "\
 Examples (kiosk-eu.toml holds kind = \"group\", id, revision and [apps.\"<app>\"] tables):
   petrel-repo group set kiosk-eu.toml && petrel-repo publish
+  petrel-repo group set groups/ && petrel-repo publish
   petrel-repo group list")]
     Group(GroupArgs),
     /// Assign devices to a group, or remove them, through the hashed assignment bins (ids are
@@ -193,11 +219,13 @@ Examples (kiosk-eu.toml holds kind = \"group\", id, revision and [apps.\"<app>\"
         args_conflicts_with_subcommands = true,
         subcommand_negates_reqs = true,
         after_help = "\
-FILE holds one device id per line (blank lines and # comments are skipped). Only salted
-hashes of the ids are written; the ids themselves appear nowhere in the workspace or tree.
+FILE holds one device id per line (blank lines and # comments are skipped); a --csv file
+holds device_id,group[,canary] lines. Only salted hashes of the ids are written; the ids
+themselves appear nowhere in the workspace or tree.
 
 Examples:
   petrel-repo assign --group kiosk-eu --devices kiosks-eu.txt
+  petrel-repo assign --csv fleet.csv
   petrel-repo assign --group kiosk-eu --devices lab.txt --canary --campaign fleet-owner-upgrade
   petrel-repo assign --remove --devices retired.txt
   petrel-repo assign show --device kiosk-0042"
@@ -207,6 +235,7 @@ Examples:
     #[command(after_help = "\
 Examples:
   petrel-repo campaign create player-2.1.toml && petrel-repo publish
+  petrel-repo campaign create campaigns/ && petrel-repo publish
   petrel-repo campaign halt player-2.1 && petrel-repo publish
   petrel-repo campaign list")]
     Campaign(CampaignArgs),
@@ -308,17 +337,23 @@ struct GroupArgs {
 
 #[derive(Subcommand, Debug)]
 enum GroupCommand {
-    /// Validate a group manifest (TOML) and stage it as groups/<group>.json.
+    /// Validate group manifests (TOML) and stage each as groups/<group>.json.
     #[command(after_help = "\
 The revision must be greater than the current one, and every artifact (apps.<app>.target)
 must already be a target of the repository. The manifest is signed by the role that
 lists groups/<group>.json, else --role, else the role `groups` (created on first use,
 paths groups/*, with a new key), within that role's capabilities.
 
-Example:
-  petrel-repo group set kiosk-eu.toml && petrel-repo publish")]
+PATH may be a directory: every *.toml file directly in it is a group manifest. All are
+checked first (nothing is staged if one fails), then staged in one change; a manifest
+identical to the current one is left alone.
+
+Examples:
+  petrel-repo group set kiosk-eu.toml && petrel-repo publish
+  petrel-repo group set groups/ && petrel-repo publish")]
     Set {
-        /// The group manifest (TOML; see docs/formats.md).
+        /// The group manifest (TOML; see docs/formats.md), or a directory of them.
+        #[arg(value_name = "PATH")]
         file: PathBuf,
         /// The role to list a new group in (default `groups`).
         #[arg(long)]
@@ -338,11 +373,22 @@ struct AssignArgs {
     #[command(subcommand)]
     command: Option<AssignCommand>,
     /// The group (it must exist: `petrel-repo group set`).
-    #[arg(long, required_unless_present = "remove", conflicts_with = "remove")]
+    #[arg(
+        long,
+        required_unless_present_any = ["remove", "csv"],
+        conflicts_with = "remove"
+    )]
     group: Option<String>,
     /// A file with one device id per line.
-    #[arg(long, value_name = "FILE", required = true)]
+    #[arg(long, value_name = "FILE", required_unless_present = "csv")]
     devices: Option<PathBuf>,
+    /// A file of device_id,group[,canary] lines: each device into its group, in one change.
+    #[arg(
+        long,
+        value_name = "FILE",
+        conflicts_with_all = ["group", "devices", "remove", "canary"]
+    )]
+    csv: Option<PathBuf>,
     /// Remove the listed devices' entries from their bins instead (every id must be assigned).
     #[arg(long, conflicts_with_all = ["canary", "campaigns", "role"])]
     remove: bool,
@@ -385,18 +431,23 @@ struct CampaignArgs {
 
 #[derive(Subcommand, Debug)]
 enum CampaignCommand {
-    /// Validate a new campaign (TOML) and stage it as campaigns/<id>.json.
+    /// Validate new campaigns (TOML) and stage each as campaigns/<id>.json.
     #[command(after_help = "\
 The campaign is checked against the capabilities of the role that will sign it (every
 delegation from targets to it) before anything is staged. Default role: `campaigns`
 (created on first use, paths campaigns/*, with a new key). A group payload must name
 the group's current revision.
 
+PATH may be a directory: every *.toml file directly in it is a new campaign. All are
+checked first (nothing is staged if one fails), then staged in one change.
+
 Examples:
   petrel-repo campaign create player-2.1.toml
+  petrel-repo campaign create campaigns/
   petrel-repo campaign create acme-kiosk.toml --role partner-acme --key acme.pem")]
     Create {
-        /// The campaign manifest (TOML; see docs/formats.md).
+        /// The campaign manifest (TOML; see docs/formats.md), or a directory of them.
+        #[arg(value_name = "PATH")]
         file: PathBuf,
         /// The role to list and sign it (default `campaigns`).
         #[arg(long)]
@@ -1017,6 +1068,9 @@ fn run(cli: Cli) -> Result<()> {
             command: GroupCommand::Set { file, role },
         }) => {
             let ws = open_for_edit(&cli)?;
+            if file.is_dir() {
+                return group_set_many(&ws, file, role.as_deref());
+            }
             let r = manifests::set_group(&ws, file, role.as_deref())?;
             if r.unchanged {
                 println!(
@@ -1062,6 +1116,34 @@ fn run(cli: Cli) -> Result<()> {
             );
             Ok(())
         }
+        Command::Assign(a) if a.csv.is_some() => {
+            let ws = open_for_edit(&cli)?;
+            let csv = a.csv.as_ref().expect("matched");
+            let r = manifests::assign_csv(
+                &ws,
+                csv,
+                &manifests::CsvAssignOptions {
+                    role: a.role.clone(),
+                    campaigns: a.campaigns.iter().cloned().collect(),
+                },
+            )?;
+            for n in &r.notes {
+                println!("{n}");
+            }
+            println!(
+                "{} device(s) in {} group(s): {} new, {} moved from another group, {} updated, {} unchanged",
+                r.devices, r.groups, r.added, r.moved, r.updated, r.unchanged
+            );
+            if r.bins.is_empty() {
+                println!("no assignment bin changed; nothing staged");
+                return Ok(());
+            }
+            println!(
+                "{} assignment bin(s) staged; run `petrel-repo publish`",
+                r.bins.len()
+            );
+            Ok(())
+        }
         Command::Assign(a) => {
             let ws = open_for_edit(&cli)?;
             let group = a.group.clone().expect("required by clap without --remove");
@@ -1099,9 +1181,25 @@ fn run(cli: Cli) -> Result<()> {
             Ok(())
         }
         Command::Campaign(CampaignArgs { command }) => campaign(&cli, command),
-        Command::Publish => {
+        Command::Publish {
+            to,
+            endpoint,
+            region,
+            allow_http,
+        } => {
             let ws = open(&cli)?;
+            // Checked before anything is signed.
+            let upload = petrel_repo::upload::UploadOptions::resolve(
+                &ws.settings.publish,
+                to.as_deref(),
+                endpoint.as_deref(),
+                region.as_deref(),
+                *allow_http,
+            )?;
             report(publish::publish(&ws, Refresh::default())?, ws.tree_dir());
+            if let Some(u) = upload {
+                println!("{}", petrel_repo::upload::upload_tree(&ws.tree_dir(), &u)?);
+            }
             Ok(())
         }
         Command::Refresh { snapshot } => {
@@ -1371,6 +1469,34 @@ fn campaign(cli: &Cli, command: &CampaignCommand) -> Result<()> {
         }
     };
     match command {
+        CampaignCommand::Create { file, role } if file.is_dir() => {
+            let ws = open_for_edit(cli)?;
+            let files = manifests::manifest_files(file)?;
+            let b = manifests::create_campaigns(&ws, &files, role.as_deref())?;
+            for n in &b.notes {
+                println!("{n}");
+            }
+            let many = b.campaigns.len() > MANY;
+            for r in &b.campaigns {
+                for w in &r.warnings {
+                    eprintln!("warning: {w}");
+                }
+                if !many {
+                    println!(
+                        "created campaign {}: revision {}, {}; staged {} in role {}",
+                        r.id, r.revision, r.state, r.target, r.role
+                    );
+                }
+            }
+            let mut roles: Vec<&str> = b.campaigns.iter().map(|r| r.role.as_str()).collect();
+            roles.sort_unstable();
+            roles.dedup();
+            println!(
+                "{} campaign(s) created, staged in role(s) {}",
+                b.campaigns.len(),
+                roles.join(", ")
+            );
+        }
         CampaignCommand::Create { file, role } => {
             let ws = open_for_edit(cli)?;
             let r = manifests::create_campaign(&ws, file, role.as_deref())?;
@@ -1725,6 +1851,47 @@ fn targets_list(ws: &Workspace, role: Option<&str>, json: bool) -> Result<()> {
         })
         .collect();
     print_table(&["PATH", "LENGTH", "SHA256", "ROLE", "TREE"], &rows);
+    Ok(())
+}
+
+/// Above this many manifests, bulk commands print counts instead of one line each.
+const MANY: usize = 20;
+
+/// `group set DIR`: every group manifest of the directory in one change.
+fn group_set_many(ws: &Workspace, dir: &Path, role: Option<&str>) -> Result<()> {
+    let files = manifests::manifest_files(dir)?;
+    let b = manifests::set_groups(ws, &files, role)?;
+    for n in &b.notes {
+        println!("{n}");
+    }
+    if b.groups.len() <= MANY {
+        for r in &b.groups {
+            match (r.unchanged, r.previous) {
+                (true, _) => println!("{} is unchanged (revision {})", r.target, r.revision),
+                (false, p) => {
+                    let was = p
+                        .map(|p| format!(" (was {p})"))
+                        .unwrap_or_else(|| " (new group)".into());
+                    println!(
+                        "staged {} revision {}{was} in role {}; sha256 {}",
+                        r.target, r.revision, r.role, r.sha256
+                    );
+                }
+            }
+        }
+    }
+    println!(
+        "{} group manifest(s): {} created, {} revised, {} unchanged",
+        b.groups.len(),
+        b.created,
+        b.revised,
+        b.unchanged
+    );
+    if b.created + b.revised == 0 {
+        println!("nothing staged");
+    } else {
+        println!("run `petrel-repo publish`");
+    }
     Ok(())
 }
 

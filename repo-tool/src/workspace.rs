@@ -52,6 +52,35 @@ pub struct Settings {
     /// How manifests are laid out for large fleets (docs/scale.md).
     #[serde(default, skip_serializing_if = "Layout::is_default")]
     pub layout: Layout,
+    /// Where `publish` uploads the tree after writing it (an S3-compatible object store).
+    #[serde(default, skip_serializing_if = "PublishSettings::is_default")]
+    pub publish: PublishSettings,
+}
+
+/// `[publish]`: the object store `petrel-repo publish` uploads the tree to (docs/cli.md).
+/// Credentials come from the usual `AWS_*` environment variables, never from this file.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PublishSettings {
+    /// `s3://BUCKET/PREFIX`; unset: publish writes the local tree only.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub to: Option<String>,
+    /// The store's endpoint URL for S3-compatible stores other than AWS, e.g.
+    /// `http://127.0.0.1:9000`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub endpoint: Option<String>,
+    /// The bucket's region (default: `AWS_REGION`/`AWS_DEFAULT_REGION`, else `us-east-1`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub region: Option<String>,
+    /// Allow a plain-HTTP endpoint that is not on the loopback interface.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub allow_http: bool,
+}
+
+impl PublishSettings {
+    fn is_default(&self) -> bool {
+        *self == PublishSettings::default()
+    }
 }
 
 /// `[layout]`: hashed bins under the conventional manifest roles, and the campaign index.
@@ -165,6 +194,7 @@ impl Default for Settings {
             tree: default_tree(),
             assign_bin_digits: default_assign_bin_digits(),
             layout: Layout::default(),
+            publish: PublishSettings::default(),
         }
     }
 }
