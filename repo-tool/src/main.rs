@@ -121,26 +121,19 @@ Examples:
   petrel-repo publish --to s3://updates/fleet
   petrel-repo publish --to s3://updates/fleet --endpoint http://127.0.0.1:9000")]
     Publish {
-        /// Upload the tree to this bucket and key prefix (overrides `[publish] to`).
-        #[arg(long, value_name = "s3://BUCKET/PREFIX")]
-        to: Option<String>,
-        /// The endpoint of an S3-compatible store other than AWS (overrides `[publish]
-        /// endpoint` and AWS_ENDPOINT).
-        #[arg(long, value_name = "URL")]
-        endpoint: Option<String>,
-        /// The bucket's region (overrides `[publish] region` and AWS_REGION).
-        #[arg(long)]
-        region: Option<String>,
-        /// Allow a plain-HTTP endpoint that is not a loopback address.
-        #[arg(long)]
-        allow_http: bool,
+        #[command(flatten)]
+        upload: UploadArgs,
     },
     /// Re-sign the timestamp (and with --snapshot the snapshot) with a new expiry, and publish.
-    #[command(after_help = "Example (cron, hourly):\n  petrel-repo --repo /srv/fleet refresh")]
+    #[command(
+        after_help = "Examples (cron, hourly):\n  petrel-repo --repo /srv/fleet refresh\n  petrel-repo --repo /srv/fleet refresh --to s3://fleet-bucket/repo"
+    )]
     Refresh {
         /// Re-sign the snapshot too.
         #[arg(long)]
         snapshot: bool,
+        #[command(flatten)]
+        upload: UploadArgs,
     },
     /// Add, remove or replace keys of any role, root included.
     #[command(
@@ -366,6 +359,40 @@ Examples:
         #[arg(long)]
         json: bool,
     },
+}
+
+/// Where `publish` and `refresh` upload the tree (else `[publish]` in petrel-repo.toml).
+#[derive(Args, Debug)]
+struct UploadArgs {
+    /// Upload the tree to this bucket and key prefix (overrides `[publish] to`).
+    #[arg(long, value_name = "s3://BUCKET/PREFIX")]
+    to: Option<String>,
+    /// The endpoint of an S3-compatible store other than AWS (overrides `[publish]
+    /// endpoint` and AWS_ENDPOINT).
+    #[arg(long, value_name = "URL")]
+    endpoint: Option<String>,
+    /// The bucket's region (overrides `[publish] region` and AWS_REGION).
+    #[arg(long)]
+    region: Option<String>,
+    /// Allow a plain-HTTP endpoint that is not a loopback address.
+    #[arg(long)]
+    allow_http: bool,
+}
+
+impl UploadArgs {
+    /// The upload to make after signing, if any; checked before anything is signed.
+    fn resolve(
+        &self,
+        ws: &Workspace,
+    ) -> petrel_repo::Result<Option<petrel_repo::upload::UploadOptions>> {
+        petrel_repo::upload::UploadOptions::resolve(
+            &ws.settings.publish,
+            self.to.as_deref(),
+            self.endpoint.as_deref(),
+            self.region.as_deref(),
+            self.allow_http,
+        )
+    }
 }
 
 #[derive(Args, Debug)]
@@ -1181,29 +1208,18 @@ fn run(cli: Cli) -> Result<()> {
             Ok(())
         }
         Command::Campaign(CampaignArgs { command }) => campaign(&cli, command),
-        Command::Publish {
-            to,
-            endpoint,
-            region,
-            allow_http,
-        } => {
+        Command::Publish { upload } => {
             let ws = open(&cli)?;
-            // Checked before anything is signed.
-            let upload = petrel_repo::upload::UploadOptions::resolve(
-                &ws.settings.publish,
-                to.as_deref(),
-                endpoint.as_deref(),
-                region.as_deref(),
-                *allow_http,
-            )?;
+            let upload = upload.resolve(&ws)?;
             report(publish::publish(&ws, Refresh::default())?, ws.tree_dir());
             if let Some(u) = upload {
                 println!("{}", petrel_repo::upload::upload_tree(&ws.tree_dir(), &u)?);
             }
             Ok(())
         }
-        Command::Refresh { snapshot } => {
+        Command::Refresh { snapshot, upload } => {
             let ws = open(&cli)?;
+            let upload = upload.resolve(&ws)?;
             let refresh = Refresh {
                 timestamp: true,
                 snapshot: *snapshot,
@@ -1215,6 +1231,9 @@ fn run(cli: Cli) -> Result<()> {
                 // The finished publish carries the timestamp signed when it began, which
                 // may be old by now: refresh as asked.
                 report(publish::publish(&ws, refresh)?, ws.tree_dir());
+            }
+            if let Some(u) = upload {
+                println!("{}", petrel_repo::upload::upload_tree(&ws.tree_dir(), &u)?);
             }
             Ok(())
         }

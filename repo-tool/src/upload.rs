@@ -32,8 +32,8 @@ use object_store::{
     PutOptions, PutPayload, RetryConfig,
 };
 use petrel_server::path::{
-    content_type_for, is_hash_prefixed_name, is_temporary_name, is_versioned_metadata_name,
-    FileKind,
+    content_type_for, is_content_addressed_name, is_hash_prefixed_name, is_temporary_name,
+    is_versioned_metadata_name, FileKind,
 };
 use petrel_server::static_files::cache_control_for;
 
@@ -270,7 +270,9 @@ impl TreeFile {
             (kind, Phase::Targets)
         } else {
             let versioned = is_versioned_metadata_name(name);
-            let kind = if versioned {
+            // A snapshot tree node is named by its hash: served (and cached) as immutable.
+            let node = rest == format!("snapshot-tree/{name}") && is_content_addressed_name(name);
+            let kind = if versioned || node {
                 FileKind::VersionedMetadata
             } else {
                 FileKind::UnversionedMetadata
@@ -822,12 +824,12 @@ mod tests {
         );
         let f = TreeFile::classify("metadata/snapshot.json", 3, false);
         assert_eq!((f.phase, f.immutable), (Phase::Metadata, false));
-        // Snapshot-tree nodes are named by their hash; heads are versioned. Headers follow
-        // petrel-server's table, which has no rule for content-addressed metadata.
+        // Snapshot-tree nodes are named by their hash; heads are versioned. Both are
+        // immutable, as petrel-server serves them.
         let f = TreeFile::classify(&format!("metadata/snapshot-tree/{H}.json"), 3, true);
         assert_eq!(
             (f.phase, f.immutable, f.cache_control),
-            (Phase::Metadata, true, "no-cache")
+            (Phase::Metadata, true, "public, max-age=31536000, immutable")
         );
         let f = TreeFile::classify("metadata/snapshot-tree/4.head.json", 3, true);
         assert_eq!(

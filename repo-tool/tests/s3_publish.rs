@@ -342,6 +342,13 @@ fn expected_headers(rel: &str) -> (&'static str, &'static str) {
         }
     } else if versioned(name) {
         IMMUTABLE
+    } else if rel.starts_with("metadata/snapshot-tree/")
+        && name
+            .strip_suffix(".json")
+            .is_some_and(|h| h.len() == 64 && hex(h))
+    {
+        // A snapshot tree node, named by its hash.
+        IMMUTABLE
     } else {
         "no-cache"
     };
@@ -503,6 +510,30 @@ fn uploads_the_tree_then_only_what_changed() {
     assert_eq!(skipped, after.len() - changed.len(), "{out}");
     assert_bucket_is_tree(&r.tree(), &bucket);
     assert_headers(&r.tree(), &bucket);
+
+    // The cron job: `refresh --to` re-signs the timestamp and uploads it (last).
+    let before = tree_files(&r.tree());
+    let out = expect_ok(with_aws(r.cmd(&[
+        "refresh",
+        "--to",
+        to,
+        "--endpoint",
+        &moto.endpoint(),
+    ])));
+    let after = tree_files(&r.tree());
+    let changed: Vec<&String> = after
+        .iter()
+        .filter(|(p, b)| before.get(*p) != Some(*b))
+        .map(|(p, _)| p)
+        .collect();
+    assert!(
+        changed
+            .iter()
+            .any(|p| p.as_str() == "metadata/timestamp.json"),
+        "{changed:?}"
+    );
+    assert_eq!(counts(&out).0, changed.len(), "{out}");
+    assert_bucket_is_tree(&r.tree(), &bucket);
     // The local tree is still what `verify` accepts.
     r.verify_ok();
 }
@@ -750,8 +781,9 @@ fn settings_and_a_tree_without_consistent_snapshots() {
     assert_bucket_is_tree(&r.tree(), &bucket);
     // Names reused for new content: revalidated every time.
     let immutable = assert_headers(&r.tree(), &bucket);
-    // Only the versioned names: 1.root.json and the snapshot tree's 1.head.json.
-    assert_eq!(immutable, 2);
+    // Only the versioned and content-addressed names: 1.root.json, the snapshot tree's
+    // 1.head.json and its one node (a leaf: the repository has two roles).
+    assert_eq!(immutable, 3);
 
     // Mutable names are compared by content: nothing changed, nothing uploaded.
     let out = expect_ok(with_aws(r.cmd(&["publish"])));
