@@ -611,6 +611,9 @@ fn proxy_connection(
     let timeout = Some(Duration::from_secs(30));
     client.set_read_timeout(timeout)?;
     if seen.load(Ordering::SeqCst) >= limit {
+        // A connection opened after the store went away: refused, and counted as a refused
+        // request (the client would have sent one on it).
+        seen.fetch_add(1, Ordering::SeqCst);
         let _ = client.shutdown(Shutdown::Both);
         return Ok(());
     }
