@@ -78,8 +78,9 @@ pub fn publish(ws: &Workspace, refresh: Refresh) -> Result<PublishReport> {
         return Ok(report);
     }
     // The campaign index follows the campaigns being published (when the layout has one).
-    if !ws.staged_roles()?.is_empty()
-        || (ws.settings.layout.campaign_index && ws.published::<Snapshot>("snapshot")?.is_none())
+    // (Without it, the roles staged are listed once, below.)
+    if ws.settings.layout.campaign_index
+        && (!ws.staged_roles()?.is_empty() || ws.published::<Snapshot>("snapshot")?.is_none())
     {
         crate::manifests::refresh_campaign_index(ws)?;
     }

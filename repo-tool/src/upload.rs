@@ -261,13 +261,13 @@ impl TreeFile {
         let (top, rest) = path.split_once('/').unwrap_or(("", path));
         let name = rest.rsplit('/').next().unwrap_or(rest);
         let in_subdir = rest.contains('/');
-        let (kind, phase) = if top == "targets" {
+        let (kind, phase, node) = if top == "targets" {
             let kind = if is_hash_prefixed_name(name) {
                 FileKind::HashedTarget
             } else {
                 FileKind::UnhashedTarget
             };
-            (kind, Phase::Targets)
+            (kind, Phase::Targets, false)
         } else {
             let versioned = is_versioned_metadata_name(name);
             // A snapshot tree node is named by its hash: served (and cached) as immutable.
@@ -285,18 +285,13 @@ impl TreeFile {
                 }
                 _ => Phase::Metadata,
             };
-            (kind, phase)
+            (kind, phase, node)
         };
-        // A content-addressed node (`metadata/snapshot-tree/<sha256>.json`) never changes.
-        let content_addressed = top == "metadata"
-            && in_subdir
-            && name
-                .strip_suffix(".json")
-                .is_some_and(|h| h.len() == 64 && h.bytes().all(|b| b.is_ascii_hexdigit()));
         // Without consistent snapshots a target name is reused for new content, whatever
         // it looks like.
         let hashed_target = kind == FileKind::HashedTarget && consistent;
-        let content_addressed = content_addressed || hashed_target;
+        // A snapshot tree node is named by its hash: it never changes either.
+        let content_addressed = node || hashed_target;
         let immutable =
             content_addressed || (kind.is_immutable() && kind != FileKind::HashedTarget);
         TreeFile {

@@ -137,18 +137,24 @@ pub fn assign_devices(
             canary: opts.canary.then_some(true),
         })
         .collect();
+    stage_assignments(s, &wanted, 1, opts.role.as_deref(), &opts.campaigns)
+}
+
+/// Updates the bins of `wanted` (every device with its group), stages each changed bin once
+/// and commits; `groups` is how many groups the devices were assigned to.
+fn stage_assignments(
+    mut s: Session<'_>,
+    wanted: &[Wanted<'_>],
+    groups: usize,
+    role: Option<&str>,
+    campaigns: &BTreeSet<String>,
+) -> Result<AssignReport> {
     let mut r = AssignReport {
-        devices: ids.len(),
-        groups: 1,
+        devices: wanted.len(),
+        groups,
         ..AssignReport::default()
     };
-    update_bins(
-        &mut s,
-        &wanted,
-        opts.role.as_deref(),
-        &opts.campaigns,
-        &mut r,
-    )?;
+    update_bins(&mut s, wanted, role, campaigns, &mut r)?;
     r.notes = s.notes().to_vec();
     if !r.bins.is_empty() {
         s.commit()?;
@@ -511,23 +517,13 @@ pub fn assign_csv(ws: &Workspace, csv: &Path, opts: &CsvAssignOptions) -> Result
         })
         .collect();
     drop(rows);
-    let mut r = AssignReport {
-        devices: wanted.len(),
-        groups: groups.len(),
-        ..AssignReport::default()
-    };
-    update_bins(
-        &mut s,
+    stage_assignments(
+        s,
         &wanted,
+        groups.len(),
         opts.role.as_deref(),
         &opts.campaigns,
-        &mut r,
-    )?;
-    r.notes = s.notes().to_vec();
-    if !r.bins.is_empty() {
-        s.commit()?;
-    }
-    Ok(r)
+    )
 }
 
 /// What `assign --remove` did. Counts only: device ids are never reported back.

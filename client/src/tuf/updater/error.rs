@@ -156,7 +156,7 @@ pub enum UpdateError {
 
 /// `root v4`, `snapshot`, `targets role "vendor" v3`: how messages name a role.
 pub(crate) fn describe(role: &str, version: Option<u64>) -> String {
-    let base = if TOP_LEVEL_ROLES.contains(&role) {
+    let base = if TOP_LEVEL_ROLES.contains(&role) || role == super::trusted::TREE_ROLE {
         role.to_string()
     } else {
         format!("targets role {role:?}")

@@ -22,7 +22,7 @@ use chrono::{DateTime, Utc};
 use tracing::{debug, info, warn};
 
 use super::error::describe;
-use super::trusted::{describe_tree, TreeView, WithSnapshot, WithTimestamp, TREE_ROLE};
+use super::trusted::{TreeView, WithSnapshot, WithTimestamp, TREE_ROLE};
 use super::{store, UpdateError, Updater};
 use crate::fetch::fetch_to_vec;
 use crate::tuf::schema::tree::{
@@ -91,12 +91,13 @@ impl Updater {
         let max = meta.length.unwrap_or(MAX_HEAD_BYTES).min(MAX_HEAD_BYTES);
         let bytes =
             fetch_to_vec(&*self.transport, &url, max).map_err(|source| UpdateError::Fetch {
-                what: describe_tree(Some(meta.version)),
+                what: describe(TREE_ROLE, Some(meta.version)),
                 url: url.clone(),
                 source,
             })?;
         let verified = state.verify_tree_head(&meta, previous, &bytes, now)?;
         store::write_atomic(&head_path, &bytes).map_err(store_err(head_path.clone()))?;
+        self.bound_node_cache();
         info!("{TREE_ROLE} updated to v{}", meta.version);
         let floors = self.read_floors();
         Ok(state.with_tree(verified, floors))
@@ -115,7 +116,7 @@ impl Updater {
             return Ok(());
         }
         let head_v = tree.head().signed.version;
-        let what = || describe_tree(Some(head_v));
+        let what = || describe(TREE_ROLE, Some(head_v));
         let digits = role_digits(role);
         let mut hash = tree.head().signed.root.clone();
         let mut found: Option<MetaFile> = None;
@@ -177,7 +178,7 @@ impl Updater {
     fn tree_node(&self, hash: &str, head_v: u64) -> Result<TreeNode, UpdateError> {
         let name = tree::node_file_name(hash);
         let cached = self.tree_dir().join(&name);
-        let what = || format!("{} node {hash}", describe_tree(Some(head_v)));
+        let what = || format!("{} node {hash}", describe(TREE_ROLE, Some(head_v)));
         if let Some(bytes) = read_bounded(&cached, MAX_NODE_BYTES) {
             if sha256_hex(&bytes) == hash {
                 if let Ok(node) = TreeNode::from_bytes(&bytes) {
@@ -213,24 +214,30 @@ impl Updater {
         Ok(node)
     }
 
-    /// Keeps a verified node (best effort: a full disk only costs a later download).
-    fn cache_node(&self, path: &std::path::Path, bytes: &[u8]) {
+    /// Empties the node cache once it holds more than [`MAX_CACHED_NODES`] files (checked
+    /// when a new head arrives, not on every node).
+    fn bound_node_cache(&self) {
         let dir = self.tree_dir();
         let count = fs::read_dir(&dir).map(|d| d.count()).unwrap_or(0);
-        if count > MAX_CACHED_NODES {
-            debug!(
-                "{} holds {count} files: emptying the node cache",
-                dir.display()
-            );
-            if let Ok(entries) = fs::read_dir(&dir) {
-                for e in entries.flatten() {
-                    let n = e.file_name();
-                    if n != HEAD_FILE && n != VERSIONS_FILE {
-                        let _ = fs::remove_file(e.path());
-                    }
+        if count <= MAX_CACHED_NODES {
+            return;
+        }
+        debug!(
+            "{} holds {count} files: emptying the node cache",
+            dir.display()
+        );
+        if let Ok(entries) = fs::read_dir(&dir) {
+            for e in entries.flatten() {
+                let n = e.file_name();
+                if n != HEAD_FILE && n != VERSIONS_FILE {
+                    let _ = fs::remove_file(e.path());
                 }
             }
         }
+    }
+
+    /// Keeps a verified node (best effort: a full disk only costs a later download).
+    fn cache_node(&self, path: &std::path::Path, bytes: &[u8]) {
         if let Err(e) = store::write_atomic(path, bytes) {
             debug!("cannot cache {}: {e}", path.display());
         }

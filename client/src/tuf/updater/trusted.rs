@@ -465,7 +465,7 @@ impl WithTimestamp {
         let v = new.signed.version;
         if v != meta.version {
             return Err(UpdateError::Version {
-                what: describe_tree(Some(v)),
+                what: describe(TREE_ROLE, Some(v)),
                 reason: format!(
                     "version {} in timestamp v{tsv} does not match",
                     meta.version
@@ -474,7 +474,7 @@ impl WithTimestamp {
         }
         if let Some(pv) = previous.filter(|pv| v < *pv) {
             return Err(UpdateError::Rollback {
-                what: describe_tree(Some(v)),
+                what: describe(TREE_ROLE, Some(v)),
                 reason: format!("version {v} is lower than trusted version {pv}"),
             });
         }
@@ -504,14 +504,6 @@ impl WithTimestamp {
 
 /// How the snapshot tree is named in messages.
 pub const TREE_ROLE: &str = "snapshot tree";
-
-/// "snapshot tree v7" (not a targets role's name, whatever the delegations call theirs).
-pub(crate) fn describe_tree(version: Option<u64>) -> String {
-    match version {
-        Some(v) => format!("{TREE_ROLE} v{v}"),
-        None => TREE_ROLE.to_string(),
-    }
-}
 
 /// Where the trusted role versions come from.
 #[derive(Clone, Debug)]
@@ -565,13 +557,6 @@ impl TreeView {
     pub fn floors(&self) -> &BTreeMap<String, u64> {
         &self.floors
     }
-
-    /// The references resolved so far.
-    pub fn resolved(&self) -> impl Iterator<Item = (&str, &MetaFile)> {
-        self.resolved
-            .iter()
-            .filter_map(|(r, m)| Some((r.as_str(), m.as_ref()?)))
-    }
 }
 
 impl SnapshotSource {
@@ -580,22 +565,6 @@ impl SnapshotSource {
         match self {
             SnapshotSource::Full(s) => s.signed.version,
             SnapshotSource::Tree(t) => t.head.signed.version,
-        }
-    }
-
-    /// The whole snapshot, when it was fetched.
-    pub fn full(&self) -> Option<&Signed<Snapshot>> {
-        match self {
-            SnapshotSource::Full(s) => Some(s),
-            SnapshotSource::Tree(_) => None,
-        }
-    }
-
-    /// The tree, when role references come from it.
-    pub fn tree(&self) -> Option<&TreeView> {
-        match self {
-            SnapshotSource::Full(_) => None,
-            SnapshotSource::Tree(t) => Some(t),
         }
     }
 
