@@ -16,7 +16,7 @@
 //!
 //! The repo tool (`petrel-repo`) depends on this crate for the formats, so each format has
 //! exactly one definition.
-#![forbid(unsafe_code)]
+#![deny(unsafe_code)]
 #![warn(missing_docs)]
 
 pub mod agent;

@@ -28,21 +28,39 @@ pub struct DeltaOptions {
     pub format: DeltaFormat,
 }
 
-/// Which delta format to build.
+/// Which delta formats to build.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub enum DeltaFormat {
-    /// Chunked for new versions of [`CHUNKED_FROM`] bytes or more (system images: devices
-    /// apply them with bounded memory), whole-file patch-from below.
+    /// Every format that fits the pair, the smallest kept ([`delta::make_best`]).
     #[default]
     Auto,
     /// Whole-file zstd patch-from ([`delta::FORMAT`]).
     Patch,
     /// Chunked ([`delta::chunked::FORMAT`]).
     Chunked,
+    /// bsdiff ([`delta::bsdiff::FORMAT`]).
+    Bsdiff,
+    /// Executable-aware bsdiff ([`delta::bsdiff::EXEC_FORMAT`]; ELF files only).
+    Exec,
 }
 
-/// From this size on, [`DeltaFormat::Auto`] builds chunked deltas.
-pub const CHUNKED_FROM: usize = 16 * 1024 * 1024;
+impl DeltaFormat {
+    /// The build options of this choice: one format, or all of them.
+    pub fn build_options(self) -> delta::BuildOptions {
+        let only = |f: &'static str| delta::BuildOptions {
+            formats: vec![f],
+            bsdiff_up_to: delta::bsdiff::MAX_LEN,
+            chunked_from: 0,
+        };
+        match self {
+            DeltaFormat::Auto => delta::BuildOptions::default(),
+            DeltaFormat::Patch => only(delta::FORMAT),
+            DeltaFormat::Chunked => only(delta::chunked::FORMAT),
+            DeltaFormat::Bsdiff => only(delta::bsdiff::FORMAT),
+            DeltaFormat::Exec => only(delta::bsdiff::EXEC_FORMAT),
+        }
+    }
+}
 
 impl std::str::FromStr for DeltaFormat {
     type Err = String;
@@ -51,8 +69,10 @@ impl std::str::FromStr for DeltaFormat {
             "auto" => Ok(DeltaFormat::Auto),
             "zstd-patch" | "patch" => Ok(DeltaFormat::Patch),
             "zstd-chunked" | "chunked" => Ok(DeltaFormat::Chunked),
+            "bsdiff-zstd" | "bsdiff" => Ok(DeltaFormat::Bsdiff),
+            "exec-bsdiff" | "exec" => Ok(DeltaFormat::Exec),
             other => Err(format!(
-                "{other:?} is not a delta format (auto, zstd-patch, zstd-chunked)"
+                "{other:?} is not a delta format (auto, zstd-patch, zstd-chunked, bsdiff-zstd, exec-bsdiff)"
             )),
         }
     }
@@ -116,42 +136,11 @@ pub fn make_deltas(ws: &Workspace, opts: &DeltaOptions) -> Result<Vec<DeltaOutco
                 ),
             ));
         }
-        let chunked = match opts.format {
-            DeltaFormat::Auto => new_bytes.len() >= CHUNKED_FROM,
-            DeltaFormat::Patch => false,
-            DeltaFormat::Chunked => true,
-        };
-        let built_bytes = if chunked {
-            delta::chunked::make_with(&old, &new_bytes, delta::chunked::CHUNK_SIZE, |n, f| {
-                use rayon::prelude::*;
-                (0..n).into_par_iter().map(f).collect()
-            })
-        } else {
-            delta::make(&old, &new_bytes)
-        };
-        let bytes =
-            built_bytes.map_err(|e| Error::target(from, format!("building the delta: {e}")))?;
-        let mut check = Vec::with_capacity(new_bytes.len());
-        let applied = if chunked {
-            delta::chunked::apply(
-                std::io::Cursor::new(&old),
-                old.len() as u64,
-                &bytes[..],
-                new_bytes.len() as u64,
-                &mut check,
-            )
-        } else {
-            delta::apply(&old, &bytes[..], new_bytes.len() as u64, &mut check)
-        };
-        applied.map_err(|e| {
-            Error::target(from, format!("the delta just built does not apply: {e}"))
-        })?;
-        if check != new_bytes {
-            return Err(Error::target(
-                from,
-                "the delta just built does not reproduce the new bytes",
-            ));
-        }
+        // Every candidate is checked to rebuild the new bytes before the smallest is kept.
+        let best = delta::make_best(&old, &new_bytes, &opts.format.build_options())
+            .map_err(|e| Error::target(from, format!("building the delta: {e}")))?;
+        let format = best.format;
+        let bytes = best.bytes;
         if bytes.len() >= new_bytes.len() {
             out.push(DeltaOutcome::Skipped {
                 from: from.clone(),
@@ -161,11 +150,7 @@ pub fn make_deltas(ws: &Workspace, opts: &DeltaOptions) -> Result<Vec<DeltaOutco
             continue;
         }
         let meta = DeltaMeta {
-            format: if chunked {
-                delta::chunked::FORMAT.into()
-            } else {
-                delta::FORMAT.into()
-            },
+            format: format.into(),
             base_sha256,
             base_length: old.len() as u64,
             result_sha256: result_sha256.clone(),

@@ -1,5 +1,7 @@
-//! Owns the delta formats: building and applying zstd patch-from deltas, bounded, and
-//! (in [`chunked`]) chunked deltas applied with bounded memory.
+//! Owns the delta formats and the choice between them: zstd patch-from deltas (here),
+//! chunked deltas for images ([`chunked`]), bsdiff and executable-aware bsdiff deltas
+//! ([`bsdiff`], [`exec`]), and [`make_best`], which builds every format that fits a pair
+//! and keeps the smallest.
 //!
 //! A delta turns the exact bytes with SHA-256 `B` (the *base*, what a device has installed)
 //! into the bytes with SHA-256 `R` (the *result*, a signed artifact). It is published as the
@@ -20,7 +22,10 @@ use serde::{Deserialize, Serialize};
 use serde_json::Value;
 use zstd::zstd_safe::{self, CParameter};
 
+pub mod bsdiff;
 pub mod chunked;
+pub mod exec;
+mod map;
 
 /// The `format` of a zstd patch-from delta.
 pub const FORMAT: &str = "zstd-patch";
@@ -75,6 +80,380 @@ pub struct DeltaMeta {
     pub result_length: u64,
 }
 
+/// Every delta format this version builds and applies.
+pub const FORMATS: [&str; 4] = [FORMAT, chunked::FORMAT, bsdiff::FORMAT, bsdiff::EXEC_FORMAT];
+
+/// Up to this size (of the larger of old and new), [`make_best`] also builds the bsdiff
+/// candidates: suffix sorting costs about 16 bytes of memory per old byte and is far slower
+/// than zstd's matcher, so larger pairs get the zstd formats only.
+pub const BSDIFF_UP_TO: u64 = 32 * 1024 * 1024;
+/// From this size of the new bytes on, [`make_best`] also builds a chunked candidate.
+pub const CHUNKED_FROM: u64 = 16 * 1024 * 1024;
+
+/// One delta built for a pair.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+pub struct Candidate {
+    /// Its format.
+    pub format: &'static str,
+    /// Its length.
+    pub length: u64,
+}
+
+/// The smallest delta for a pair, and every candidate that was built and checked.
+#[derive(Clone, Debug)]
+pub struct Best {
+    /// The chosen format.
+    pub format: &'static str,
+    /// The delta.
+    pub bytes: Vec<u8>,
+    /// Every candidate (the chosen one included), in the order they were built.
+    pub candidates: Vec<Candidate>,
+}
+
+/// Which formats [`make_best`] may build.
+#[derive(Clone, Debug)]
+pub struct BuildOptions {
+    /// The formats allowed (default: all of [`FORMATS`]).
+    pub formats: Vec<&'static str>,
+    /// See [`BSDIFF_UP_TO`].
+    pub bsdiff_up_to: u64,
+    /// See [`CHUNKED_FROM`].
+    pub chunked_from: u64,
+}
+
+impl Default for BuildOptions {
+    fn default() -> Self {
+        BuildOptions {
+            formats: FORMATS.to_vec(),
+            bsdiff_up_to: BSDIFF_UP_TO,
+            chunked_from: CHUNKED_FROM,
+        }
+    }
+}
+
+/// Builds every allowed format that fits the pair (zstd patch-from always; chunked from
+/// [`BuildOptions::chunked_from`]; bsdiff, and executable-aware bsdiff for two ELF files,
+/// up to [`BuildOptions::bsdiff_up_to`]), checks that each rebuilds `new` exactly, and
+/// keeps the smallest. zstd and bsdiff are built at the same time on two threads. Fails
+/// only when no allowed format fits or a candidate does not rebuild `new` (a bug).
+pub fn make_best(old: &[u8], new: &[u8], opts: &BuildOptions) -> io::Result<Best> {
+    let allowed = |f: &str| opts.formats.contains(&f);
+    let big = old.len().max(new.len()) as u64;
+    let want_bsd = big <= opts.bsdiff_up_to && allowed(bsdiff::FORMAT);
+    let want_exec = big <= opts.bsdiff_up_to && allowed(bsdiff::EXEC_FORMAT);
+    let want_chunked = new.len() as u64 >= opts.chunked_from && allowed(chunked::FORMAT);
+    let (zstd, bsd, chunk) = std::thread::scope(|s| {
+        let bsd = s.spawn(|| {
+            if want_bsd || want_exec {
+                bsdiff::make_both(old, new, want_bsd, want_exec)
+            } else {
+                Ok((None, None))
+            }
+        });
+        let zstd =
+            if allowed(FORMAT) && window_log_for(old.len() as u64 + new.len() as u64).is_some() {
+                Some(make(old, new))
+            } else {
+                None
+            };
+        let chunk = want_chunked
+            .then(|| chunked::make_with(old, new, chunked::CHUNK_SIZE, |n, f| par_map(n, f)));
+        (
+            zstd,
+            bsd.join().expect("the bsdiff thread does not panic"),
+            chunk,
+        )
+    });
+    let (plain, exec) = bsd?;
+    let mut built: Vec<(&'static str, Vec<u8>)> = Vec::new();
+    if let Some(z) = zstd {
+        built.push((FORMAT, z?));
+    }
+    if let Some(c) = chunk {
+        built.push((chunked::FORMAT, c?));
+    }
+    if let Some(b) = plain {
+        built.push((bsdiff::FORMAT, b));
+    }
+    if let Some(e) = exec {
+        built.push((bsdiff::EXEC_FORMAT, e));
+    }
+    if built.is_empty() {
+        return Err(io::Error::other(format!(
+            "no allowed delta format ({}) fits a {}-byte base and a {}-byte result",
+            opts.formats.join(", "),
+            old.len(),
+            new.len()
+        )));
+    }
+    let candidates = built
+        .iter()
+        .map(|(f, b)| Candidate {
+            format: f,
+            length: b.len() as u64,
+        })
+        .collect();
+    // Smallest first; among equals, the earlier (simpler) format.
+    built.sort_by_key(|(_, b)| b.len());
+    for (format, bytes) in &built {
+        let mut check = Vec::with_capacity(new.len());
+        apply_format(format, old, &bytes[..], new.len() as u64, &mut check).map_err(|e| {
+            io::Error::other(format!("the {format} delta just built does not apply: {e}"))
+        })?;
+        if check != new {
+            return Err(io::Error::other(format!(
+                "the {format} delta just built does not rebuild the new bytes"
+            )));
+        }
+    }
+    let (format, bytes) = built.swap_remove(0);
+    Ok(Best {
+        format,
+        bytes,
+        candidates,
+    })
+}
+
+/// `(0..n).map(f)` on every core, in order.
+fn par_map<T: Send>(n: usize, f: &(dyn Fn(usize) -> T + Sync)) -> Vec<T> {
+    let threads = std::thread::available_parallelism()
+        .map_or(1, |t| t.get())
+        .clamp(1, n.max(1));
+    let per = n.div_ceil(threads);
+    std::thread::scope(|s| {
+        let parts: Vec<_> = (0..threads)
+            .map(|t| s.spawn(move || (t * per..((t + 1) * per).min(n)).map(f).collect::<Vec<T>>()))
+            .collect();
+        parts
+            .into_iter()
+            .flat_map(|p| p.join().expect("a delta thread does not panic"))
+            .collect()
+    })
+}
+
+/// Applies a delta of `format` (one of [`FORMATS`]) to `base`, writing at most `max_len`
+/// bytes to `out`; returns the result's length. `base` is read where the delta says (a
+/// memory map or a buffer: the zstd patch-from format references it whole).
+pub fn apply_format(
+    format: &str,
+    base: &[u8],
+    delta: &[u8],
+    max_len: u64,
+    out: impl Write,
+) -> Result<u64, DeltaError> {
+    match format {
+        FORMAT => apply(base, delta, max_len, out),
+        chunked::FORMAT => chunked::apply(
+            io::Cursor::new(base),
+            base.len() as u64,
+            delta,
+            max_len,
+            out,
+        ),
+        bsdiff::FORMAT | bsdiff::EXEC_FORMAT => {
+            let h = bsdiff::Header::read(delta)?;
+            if h.exec != (format == bsdiff::EXEC_FORMAT) {
+                return Err(DeltaError::Decode(format!(
+                    "the delta's header does not match its format {format:?}"
+                )));
+            }
+            bsdiff::apply(base, delta, max_len, out)
+        }
+        other => Err(DeltaError::Decode(format!(
+            "{other:?} is not a delta format this version reads ({})",
+            FORMATS.join(", ")
+        ))),
+    }
+}
+
+/// How a device reads the bytes a delta is applied to.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum ApplyMode {
+    /// The base and the delta are memory-mapped (the output too, for zstd patch-from):
+    /// anonymous memory stays under [`APPLY_MEMORY`] whatever the sizes.
+    #[default]
+    Mmap,
+    /// No maps (raw flash, no MMU): positioned reads and bounded buffers, at most
+    /// [`APPLY_MEMORY`] too. zstd patch-from deltas need their whole base in memory, so
+    /// they are refused here above [`STREAMING_PATCH_LIMIT`] (the device then downloads the
+    /// full artifact).
+    Streaming,
+}
+
+/// The largest result `petrel delta-apply` writes (the agent uses the artifact's signed
+/// length instead).
+pub const MAX_APPLY_OUTPUT: u64 = 1 << 40;
+
+/// The memory a device's delta application holds at most (besides mapped file pages).
+pub const APPLY_MEMORY: u64 = 8 * 1024 * 1024;
+/// In [`ApplyMode::Streaming`], the largest base plus result of a zstd patch-from delta.
+pub const STREAMING_PATCH_LIMIT: u64 = 4 * 1024 * 1024;
+
+/// Applies the delta file `delta` of `format` to the first `base_len` bytes of `base`,
+/// writing the result to `out` (truncated first); returns the result's length, at most
+/// `max_len`. Memory is bounded by [`APPLY_MEMORY`] in both modes. The caller checks the
+/// result against the artifact's signed hash.
+pub fn apply_file(
+    format: &str,
+    base: &std::fs::File,
+    base_len: u64,
+    delta: &std::fs::File,
+    max_len: u64,
+    mode: ApplyMode,
+    out: &std::fs::File,
+) -> Result<u64, DeltaError> {
+    let io_err = DeltaError::Write;
+    out.set_len(0).map_err(io_err)?;
+    let writer = || io::BufWriter::with_capacity(64 * 1024, out);
+    let delta_len = delta.metadata().map_err(io_err)?.len();
+    match (format, mode) {
+        (FORMAT, ApplyMode::Mmap) => {
+            let b = map::Map::read(base, base_len).map_err(io_err)?;
+            let d = map::Map::read(delta, delta_len).map_err(io_err)?;
+            apply_patch_mapped(b.bytes(), d.bytes(), max_len, out)
+        }
+        (FORMAT, ApplyMode::Streaming) => {
+            // The result's length, from the frame header when it states one.
+            let mut head = [0u8; 18];
+            let n = read_at_most(delta, &mut head).map_err(io_err)?;
+            let max_len = match zstd_safe::get_frame_content_size(&head[..n]) {
+                Ok(Some(len)) if len <= max_len => len,
+                _ => max_len,
+            };
+            if base_len.saturating_add(max_len) > STREAMING_PATCH_LIMIT {
+                return Err(DeltaError::Decode(format!(
+                    "a {FORMAT} delta holds its whole {base_len}-byte base in memory; in streaming mode only up to {STREAMING_PATCH_LIMIT} bytes of base and result"
+                )));
+            }
+            let mut b = Vec::new();
+            io::Read::read_to_end(&mut io::Read::take(base, base_len), &mut b).map_err(io_err)?;
+            apply(&b, io::BufReader::new(delta), max_len, writer())
+        }
+        (chunked::FORMAT, _) => {
+            let b = io::BufReader::new(base);
+            chunked::apply(b, base_len, io::BufReader::new(delta), max_len, writer())
+        }
+        (bsdiff::FORMAT | bsdiff::EXEC_FORMAT, m) => {
+            let check = |h: bsdiff::Header| {
+                if h.exec != (format == bsdiff::EXEC_FORMAT) {
+                    return Err(DeltaError::Decode(format!(
+                        "the delta's header does not match its format {format:?}"
+                    )));
+                }
+                Ok(())
+            };
+            if m == ApplyMode::Mmap {
+                let b = map::Map::read(base, base_len).map_err(io_err)?;
+                let d = map::Map::read(delta, delta_len).map_err(io_err)?;
+                check(bsdiff::Header::read(d.bytes())?)?;
+                bsdiff::apply(b.bytes(), d.bytes(), max_len, writer())
+            } else {
+                let b = exec::Prefix {
+                    file: base,
+                    len: base_len,
+                };
+                check(bsdiff::Header::read(delta)?)?;
+                bsdiff::apply(&b, delta, max_len, writer())
+            }
+        }
+        (other, _) => Err(DeltaError::Decode(format!(
+            "{other:?} is not a delta format this version reads ({})",
+            FORMATS.join(", ")
+        ))),
+    }
+}
+
+/// Reads up to `buf.len()` bytes from the start of `f`.
+fn read_at_most(f: &std::fs::File, buf: &mut [u8]) -> io::Result<usize> {
+    let mut n = 0;
+    let mut r = f;
+    io::Seek::seek(&mut r, io::SeekFrom::Start(0))?;
+    while n < buf.len() {
+        match io::Read::read(&mut r, &mut buf[n..])? {
+            0 => break,
+            k => n += k,
+        }
+    }
+    io::Seek::seek(&mut r, io::SeekFrom::Start(0))?;
+    Ok(n)
+}
+
+/// zstd patch-from with the base and delta mapped, decoded in one pass straight into the
+/// mapped output: zstd keeps no window of its own.
+fn apply_patch_mapped(
+    base: &[u8],
+    delta: &[u8],
+    max_len: u64,
+    out: &std::fs::File,
+) -> Result<u64, DeltaError> {
+    let decode = |what: &str, c: usize| {
+        DeltaError::Decode(format!("{what}: {}", zstd_safe::get_error_name(c)))
+    };
+    if delta.is_empty() {
+        return Err(DeltaError::Decode("the delta is empty".into()));
+    }
+    let frame = zstd_safe::find_frame_compressed_size(delta)
+        .map_err(|c| decode("reading the delta's frame", c))?;
+    if frame != delta.len() {
+        return Err(DeltaError::Decode(
+            "bytes follow the delta's zstd frame".into(),
+        ));
+    }
+    let len = match zstd_safe::get_frame_content_size(delta) {
+        Ok(Some(n)) => n,
+        _ => {
+            return Err(DeltaError::Decode(
+                "the delta's frame does not state the result's length".into(),
+            ))
+        }
+    };
+    if len > max_len {
+        return Err(DeltaError::TooLong { max_len });
+    }
+    let mut dctx = zstd_safe::DCtx::create();
+    dctx.ref_prefix(base)
+        .map_err(|c| decode("referencing the base", c))?;
+    let mut m = map::write(out, len).map_err(DeltaError::Write)?;
+    let n = match m.as_deref_mut() {
+        Some(dst) => dctx
+            .decompress(dst, delta)
+            .map_err(|c| decode("the delta cannot be decoded", c))?,
+        None => {
+            let mut empty: [u8; 0] = [];
+            dctx.decompress(&mut empty[..], delta)
+                .map_err(|c| decode("the delta cannot be decoded", c))?
+        }
+    };
+    if n as u64 != len {
+        return Err(DeltaError::Decode(format!(
+            "the delta produced {n} bytes, its frame says {len}"
+        )));
+    }
+    if let Some(m) = m {
+        m.flush().map_err(DeltaError::Write)?;
+    }
+    Ok(len)
+}
+
+/// The format a delta's first bytes name (zstd frame magic, `PTRLCHK1`, `PTRLBSD1` and its
+/// exec flag), for tools given a delta file without its signed metadata.
+pub fn sniff_format(delta: &[u8]) -> Option<&'static str> {
+    if delta.starts_with(&[0x28, 0xB5, 0x2F, 0xFD]) {
+        Some(FORMAT)
+    } else if delta.starts_with(chunked::MAGIC) {
+        Some(chunked::FORMAT)
+    } else if delta.starts_with(bsdiff::MAGIC) {
+        Some(if delta.get(9) == Some(&1) {
+            bsdiff::EXEC_FORMAT
+        } else {
+            bsdiff::FORMAT
+        })
+    } else {
+        None
+    }
+}
+
 /// The target path of the delta from the bytes with hash `base_sha256` to those with hash
 /// `result_sha256`: `deltas/<result>/<base>.zst` (lowercase hex).
 pub fn target_path(result_sha256: &str, base_sha256: &str) -> String {
@@ -93,11 +472,11 @@ impl DeltaMeta {
             .ok_or("its custom metadata has no \"delta\" object")?;
         let m: DeltaMeta = serde_json::from_value(v.clone())
             .map_err(|e| format!("custom metadata \"delta\": {e}"))?;
-        if m.format != FORMAT && m.format != chunked::FORMAT {
+        if !FORMATS.contains(&m.format.as_str()) {
             return Err(format!(
-                "custom metadata \"delta\".format is {:?}; this version reads {FORMAT:?} and {:?}",
+                "custom metadata \"delta\".format is {:?}; this version reads {}",
                 m.format,
-                chunked::FORMAT
+                FORMATS.join(", ")
             ));
         }
         for (field, h) in [

@@ -1,0 +1,53 @@
+//! Owns the memory maps deltas are applied with: the one place of this crate that uses
+//! `unsafe`, because mapping a file is.
+//!
+//! Safety: a map is only sound while no one else truncates or rewrites the file. The
+//! agent maps the installed bytes it is about to replace (which only the agent changes,
+//! and not while it applies a delta), the delta it downloaded into its own staging
+//! directory, and the temporary output file it just created there. A file changed anyway
+//! by hand at that moment can at worst end the process with SIGBUS or yield wrong bytes,
+//! which the signed-hash check of the result refuses; nothing unverified is installed.
+#![allow(unsafe_code)]
+
+use std::fs::File;
+use std::io;
+
+/// A read-only map of the first `len` bytes of `file` (empty files map to an empty slice).
+pub enum Map {
+    /// A real map.
+    Mapped(memmap2::Mmap),
+    /// Nothing to map.
+    Empty,
+}
+
+impl Map {
+    /// Maps the first `len` bytes of `file` read-only.
+    pub fn read(file: &File, len: u64) -> io::Result<Map> {
+        if len == 0 {
+            return Ok(Map::Empty);
+        }
+        let len = usize::try_from(len).map_err(|_| io::Error::other("too large to map"))?;
+        // SAFETY: see the module documentation.
+        let m = unsafe { memmap2::MmapOptions::new().len(len).map(file)? };
+        Ok(Map::Mapped(m))
+    }
+
+    /// The mapped bytes.
+    pub fn bytes(&self) -> &[u8] {
+        match self {
+            Map::Mapped(m) => m,
+            Map::Empty => &[],
+        }
+    }
+}
+
+/// A writable shared map of `file`, first sized to `len` bytes.
+pub fn write(file: &File, len: u64) -> io::Result<Option<memmap2::MmapMut>> {
+    file.set_len(len)?;
+    if len == 0 {
+        return Ok(None);
+    }
+    // SAFETY: see the module documentation; the output file is the agent's own new file.
+    let m = unsafe { memmap2::MmapMut::map_mut(file)? };
+    Ok(Some(m))
+}
