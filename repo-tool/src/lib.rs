@@ -20,6 +20,7 @@
 #![warn(missing_docs)]
 
 pub mod audit;
+pub mod autodelta;
 pub mod delta;
 pub mod duration;
 pub mod editor;

@@ -74,10 +74,12 @@ enum Command {
     },
     /// Add whole-file binary deltas from earlier versions of an artifact to a new one.
     #[command(after_help = "\
-Each delta is a zstd frame with the old bytes as reference prefix (zstd-patch) or, for new
-versions of 16 MiB and more (system images), a series of 4 MiB chunks each compressed
-against a window of the old bytes, which devices apply with bounded memory (zstd-chunked);
-added as the target
+Every format that fits the pair is built and checked to rebuild the new bytes, and the
+smallest is kept (its format is recorded in the target's custom metadata): zstd-patch (a
+zstd frame with the old bytes as reference prefix), bsdiff-zstd and, for two ELF files of
+one architecture, exec-bsdiff (bsdiff with the diff taken against the old code's
+references moved to where the new version's layout puts them) up to 32 MiB, and
+zstd-chunked (4 MiB chunks, for system images) from 16 MiB. Added as the target
 deltas/<new sha256>/<old sha256>.zst with custom metadata naming both hashes and lengths
 (docs/formats.md, Deltas). Devices that have exactly the old bytes installed download the
 delta instead of the artifact and check the result against the artifact's signed hash.
@@ -97,10 +99,33 @@ Example:
         /// The role to list the deltas in (a role delegating to hashed bins places each).
         #[arg(long)]
         role: Option<String>,
-        /// auto (zstd-chunked from 16 MiB on, else zstd-patch), zstd-patch or zstd-chunked
-        /// (applied by devices with bounded memory: system images).
+        /// auto (every format that fits, the smallest kept), or only one of zstd-patch,
+        /// zstd-chunked, bsdiff-zstd, exec-bsdiff.
         #[arg(long, default_value = "auto")]
         format: petrel_repo::delta::DeltaFormat,
+    },
+    /// Build the best delta between two files, outside any workspace (for trying formats
+    /// on real pairs; `petrel-repo delta` is what publishes them).
+    #[command(after_help = "\
+Examples:
+  petrel-repo delta-file libfoo.so.1.2 libfoo.so.1.3 -o libfoo.delta
+  petrel-repo delta-file --format zstd-patch old.img new.img -o img.delta
+
+Builds every format that fits (zstd-patch always; bsdiff-zstd and, for two ELF files of
+one architecture, exec-bsdiff up to 32 MiB; zstd-chunked from 16 MiB), checks that each
+rebuilds NEW exactly, keeps the smallest and prints one JSON line: the chosen format, its
+length and every candidate's length. `petrel delta-apply` applies it.")]
+    DeltaFile {
+        /// The old version.
+        old: PathBuf,
+        /// The new version.
+        new: PathBuf,
+        /// Where to write the delta.
+        #[arg(short, long, value_name = "FILE")]
+        out: PathBuf,
+        /// Only these formats (repeatable): zstd-patch, zstd-chunked, bsdiff-zstd, exec-bsdiff.
+        #[arg(long = "format", value_name = "FORMAT")]
+        formats: Vec<String>,
     },
     /// Delegate target paths (or hashed bins) to a new role with its own keys.
     #[command(
@@ -992,6 +1017,56 @@ fn run(cli: Cli) -> Result<()> {
             }
             Ok(())
         }
+        Command::DeltaFile {
+            old,
+            new,
+            out,
+            formats,
+        } => {
+            use petrel_client::delta;
+            let read =
+                |p: &PathBuf| std::fs::read(p).map_err(|e| petrel_repo::error::Error::io(p, e));
+            let (o, n) = (read(old)?, read(new)?);
+            let mut opts = delta::BuildOptions::default();
+            if !formats.is_empty() {
+                opts.formats = Vec::new();
+                for f in formats {
+                    let known = delta::FORMATS
+                        .iter()
+                        .find(|k| **k == f.as_str())
+                        .ok_or_else(|| {
+                            petrel_repo::error::Error::Usage(format!(
+                                "--format {f:?} is not a delta format ({})",
+                                delta::FORMATS.join(", ")
+                            ))
+                        })?;
+                    opts.formats.push(known);
+                }
+            }
+            let best = delta::make_best(&o, &n, &opts).map_err(|e| {
+                petrel_repo::error::Error::Usage(format!(
+                    "{} -> {}: {e}",
+                    old.display(),
+                    new.display()
+                ))
+            })?;
+            std::fs::write(out, &best.bytes).map_err(|e| petrel_repo::error::Error::io(out, e))?;
+            let candidates: serde_json::Map<String, serde_json::Value> = best
+                .candidates
+                .iter()
+                .map(|c| (c.format.to_string(), c.length.into()))
+                .collect();
+            println!(
+                "{}",
+                serde_json::json!({
+                    "engine": best.format,
+                    "length": best.bytes.len(),
+                    "new_length": n.len(),
+                    "candidates": candidates,
+                })
+            );
+            Ok(())
+        }
         Command::Remove { role, names } => {
             let ws = open_for_edit(&cli)?;
             let mut ed = Editor::new(&ws);
@@ -1211,7 +1286,7 @@ fn run(cli: Cli) -> Result<()> {
         Command::Publish { upload } => {
             let ws = open(&cli)?;
             let upload = upload.resolve(&ws)?;
-            report(publish::publish(&ws, Refresh::default())?, ws.tree_dir());
+            report(publish::publish_with_deltas(&ws)?, ws.tree_dir());
             if let Some(u) = upload {
                 println!("{}", petrel_repo::upload::upload_tree(&ws.tree_dir(), &u)?);
             }
@@ -1686,6 +1761,9 @@ fn check_top_level(role: &str) -> Result<()> {
 }
 
 fn report(r: publish::PublishReport, tree: PathBuf) {
+    if let Some(d) = &r.deltas {
+        println!("{d}");
+    }
     if r.roles.is_empty() {
         println!("nothing staged; nothing to publish");
         return;

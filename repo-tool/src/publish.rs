@@ -34,6 +34,8 @@ pub struct PublishReport {
     pub targets_written: usize,
     /// Whether this run finished a previously interrupted publish.
     pub resumed: bool,
+    /// The automatic deltas built first (`[deltas]`), when [`publish_with_deltas`] ran them.
+    pub deltas: Option<crate::autodelta::AutoDeltaReport>,
 }
 
 /// What to regenerate even if nothing is staged.
@@ -68,6 +70,33 @@ pub fn ensure_not_interrupted(ws: &Workspace) -> Result<()> {
         ));
     }
     Ok(())
+}
+
+/// What `petrel-repo publish` runs: first the automatic deltas of `[deltas]`
+/// ([`crate::autodelta`]), built and staged before anything is signed, then [`publish`].
+/// A delta that cannot be built stops the publish with nothing changed; a publish that
+/// fails before it is decided (its journal written) takes the deltas back, so a failed
+/// publish still changes nothing. An interrupted publish is finished without new deltas.
+pub fn publish_with_deltas(ws: &Workspace) -> Result<PublishReport> {
+    if interrupted(ws) {
+        return publish(ws, Refresh::default());
+    }
+    let Some(deltas) = crate::autodelta::stage_for_publish(ws)? else {
+        return publish(ws, Refresh::default());
+    };
+    match publish(ws, Refresh::default()) {
+        Ok(mut report) => {
+            report.deltas = Some(deltas.report);
+            Ok(report)
+        }
+        Err(e) if interrupted(ws) => Err(e),
+        Err(e) => match deltas.undo() {
+            Ok(()) => Err(e),
+            Err(u) => Err(Error::State(format!(
+                "{e}; taking back the automatic deltas staged for this publish failed too: {u}"
+            ))),
+        },
+    }
 }
 
 /// Publishes every staged change (and refreshes what `refresh` asks for).

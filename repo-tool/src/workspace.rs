@@ -55,6 +55,9 @@ pub struct Settings {
     /// Where `publish` uploads the tree after writing it (an S3-compatible object store).
     #[serde(default, skip_serializing_if = "PublishSettings::is_default")]
     pub publish: PublishSettings,
+    /// Deltas `publish` builds by itself (docs/repository.md, Automatic deltas).
+    #[serde(default, skip_serializing_if = "DeltaSettings::is_default")]
+    pub deltas: DeltaSettings,
 }
 
 /// `[publish]`: the object store `petrel-repo publish` uploads the tree to (docs/cli.md).
@@ -81,6 +84,140 @@ impl PublishSettings {
     fn is_default(&self) -> bool {
         *self == PublishSettings::default()
     }
+}
+
+/// `[deltas]`: the deltas `petrel-repo publish` builds by itself, from earlier versions of
+/// each artifact a group manifest names to that artifact (docs/repository.md, Automatic
+/// deltas).
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct DeltaSettings {
+    /// How many earlier versions of an artifact get a delta to each version a group names
+    /// (0, the default: no automatic deltas).
+    #[serde(default, deserialize_with = "deserialize_version_count")]
+    pub previous: usize,
+    /// Artifacts smaller than this many bytes get no delta (default 65536).
+    #[serde(
+        default = "default_delta_min_size",
+        deserialize_with = "deserialize_byte_count"
+    )]
+    pub min_size: u64,
+    /// A delta larger than this share of its artifact is not published (more than 0, at
+    /// most 1; default 0.5).
+    #[serde(default = "default_delta_max_ratio")]
+    pub max_ratio: f64,
+    /// The role to list the deltas in (default: `deltas` if the repository has that role,
+    /// else `targets`, as for `petrel-repo delta`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub role: Option<String>,
+}
+
+impl Default for DeltaSettings {
+    fn default() -> Self {
+        DeltaSettings {
+            previous: 0,
+            min_size: default_delta_min_size(),
+            max_ratio: default_delta_max_ratio(),
+            role: None,
+        }
+    }
+}
+
+impl DeltaSettings {
+    fn is_default(&self) -> bool {
+        *self == DeltaSettings::default()
+    }
+
+    /// Whether `publish` builds deltas at all.
+    pub fn enabled(&self) -> bool {
+        self.previous > 0
+    }
+
+    fn validate(&self) -> std::result::Result<(), String> {
+        if !(self.max_ratio > 0.0 && self.max_ratio <= 1.0) {
+            return Err(format!(
+                "deltas.max_ratio: {} is not a share of the artifact: give a number more than 0 and at most 1, e.g. max_ratio = 0.5",
+                self.max_ratio
+            ));
+        }
+        if let Some(role) = &self.role {
+            if role.is_empty() || ["root", "snapshot", "timestamp"].contains(&role.as_str()) {
+                return Err(format!(
+                    "deltas.role: {role:?} is not a targets role: name `targets` or a delegated role, e.g. role = \"deltas\""
+                ));
+            }
+        }
+        Ok(())
+    }
+}
+
+fn default_delta_min_size() -> u64 {
+    64 * 1024
+}
+
+fn default_delta_max_ratio() -> f64 {
+    0.5
+}
+
+/// `deltas.previous`: a whole number of versions (see [`deserialize_count`]).
+fn deserialize_version_count<'de, D: serde::Deserializer<'de>>(
+    d: D,
+) -> std::result::Result<usize, D::Error> {
+    let n = deserialize_count(d, "deltas.previous", "versions", "previous = 2")?;
+    usize::try_from(n)
+        .map_err(|_| serde::de::Error::custom(format!("deltas.previous: {n} versions is too many")))
+}
+
+/// `deltas.min_size`: a whole number of bytes (see [`deserialize_count`]).
+fn deserialize_byte_count<'de, D: serde::Deserializer<'de>>(
+    d: D,
+) -> std::result::Result<u64, D::Error> {
+    deserialize_count(d, "deltas.min_size", "bytes", "min_size = 65536")
+}
+
+/// A whole number of `unit` for the setting `key`; anything else (a negative number, a
+/// fraction, a string such as `"64KiB"`) is refused with the key, the value and `example`.
+fn deserialize_count<'de, D: serde::Deserializer<'de>>(
+    d: D,
+    key: &'static str,
+    unit: &'static str,
+    example: &'static str,
+) -> std::result::Result<u64, D::Error> {
+    struct Count {
+        key: &'static str,
+        unit: &'static str,
+        example: &'static str,
+    }
+    impl Count {
+        fn refuse<E: serde::de::Error>(&self, shown: String) -> E {
+            E::custom(format!(
+                "{}: {shown} is not a number of {}: give a whole number, 0 or more, without a unit or quotes, e.g. {}",
+                self.key, self.unit, self.example
+            ))
+        }
+    }
+    impl serde::de::Visitor<'_> for Count {
+        type Value = u64;
+        fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+            write!(f, "a whole number of {}", self.unit)
+        }
+        fn visit_u64<E: serde::de::Error>(self, v: u64) -> std::result::Result<u64, E> {
+            Ok(v)
+        }
+        fn visit_i64<E: serde::de::Error>(self, v: i64) -> std::result::Result<u64, E> {
+            u64::try_from(v).map_err(|_| self.refuse(v.to_string()))
+        }
+        fn visit_f64<E: serde::de::Error>(self, v: f64) -> std::result::Result<u64, E> {
+            Err(self.refuse(v.to_string()))
+        }
+        fn visit_str<E: serde::de::Error>(self, v: &str) -> std::result::Result<u64, E> {
+            Err(self.refuse(format!("{v:?}")))
+        }
+        fn visit_bool<E: serde::de::Error>(self, v: bool) -> std::result::Result<u64, E> {
+            Err(self.refuse(v.to_string()))
+        }
+    }
+    d.deserialize_any(Count { key, unit, example })
 }
 
 /// `[layout]`: hashed bins under the conventional manifest roles, and the campaign index.
@@ -195,6 +332,7 @@ impl Default for Settings {
             assign_bin_digits: default_assign_bin_digits(),
             layout: Layout::default(),
             publish: PublishSettings::default(),
+            deltas: DeltaSettings::default(),
         }
     }
 }
@@ -241,6 +379,10 @@ impl Settings {
                 });
             }
         }
+        self.deltas.validate().map_err(|reason| Error::Settings {
+            path: path.to_path_buf(),
+            reason,
+        })?;
         for role in ["root", "targets", "snapshot", "timestamp", "delegated"] {
             self.expiry_for(role).map_err(|e| Error::Settings {
                 path: path.to_path_buf(),
