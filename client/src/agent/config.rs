@@ -27,6 +27,10 @@
 //! [inhibit]
 //! files = ["/run/vending-in-progress"]
 //! command = ["/usr/libexec/battery-above-30"]
+//!
+//! [deltas]
+//! mode = "mmap"        # or "streaming" (no memory maps: raw flash, no MMU)
+//! max_share = 0.9      # a delta above this share of the full artifact is not used
 //! ```
 //!
 //! Relative paths are relative to the directory of the configuration file, and so are
@@ -97,6 +101,8 @@ pub struct AgentConfig {
     pub slots: Option<SlotsConfig>,
     /// How the device reboots into a new system (`[reboot]`).
     pub reboot: RebootConfig,
+    /// How deltas are applied and when they are used (`[deltas]`).
+    pub deltas: DeltaConfig,
 }
 
 /// The two system image slots (`[slots]`, see `docs/images.md`).
@@ -209,6 +215,32 @@ pub struct HealthConfig {
     pub interval: std::time::Duration,
 }
 
+/// How deltas are applied and when they are used (`[deltas]`).
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct DeltaConfig {
+    /// `mode`: memory-mapped (default) or streaming; both keep the delta's memory under
+    /// [`crate::delta::APPLY_MEMORY`].
+    pub mode: crate::delta::ApplyMode,
+    /// `max_share`: a delta longer than this share of the full artifact is skipped and the
+    /// artifact downloaded instead (default 0.9: the delta must save a tenth).
+    pub max_share: f64,
+}
+
+// `max_share` is checked to be a finite share when the file is read.
+impl Eq for DeltaConfig {}
+
+/// The default [`DeltaConfig::max_share`].
+pub const DEFAULT_MAX_DELTA_SHARE: f64 = 0.9;
+
+impl Default for DeltaConfig {
+    fn default() -> Self {
+        DeltaConfig {
+            mode: crate::delta::ApplyMode::Mmap,
+            max_share: DEFAULT_MAX_DELTA_SHARE,
+        }
+    }
+}
+
 /// How the resident agent polls (`[poll]`).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct PollConfig {
@@ -304,6 +336,17 @@ struct RawConfig {
     slots: Option<RawSlots>,
     #[serde(default)]
     reboot: Option<RawReboot>,
+    #[serde(default)]
+    deltas: RawDeltas,
+}
+
+#[derive(Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawDeltas {
+    #[serde(default)]
+    mode: Option<crate::delta::ApplyMode>,
+    #[serde(default)]
+    max_share: Option<f64>,
 }
 
 #[derive(Deserialize)]
@@ -684,6 +727,17 @@ impl AgentConfig {
                 })
             }
         };
+        let mut deltas = DeltaConfig::default();
+        if let Some(m) = raw.deltas.mode {
+            deltas.mode = m;
+        }
+        match raw.deltas.max_share {
+            Some(x) if x > 0.0 && x <= 1.0 => deltas.max_share = x,
+            Some(x) => problems.push(format!(
+                "deltas.max_share: {x} is not a share above 0 and at most 1 (e.g. 0.9)"
+            )),
+            None => {}
+        }
         let mut poll = PollConfig::default();
         match raw.poll.interval.as_ref().map(|d| d.parse("poll.interval")) {
             Some(Ok(d)) if d >= std::time::Duration::from_secs(1) => {
@@ -781,6 +835,7 @@ impl AgentConfig {
             confirm_command: raw.inventory.confirm_command,
             slots,
             reboot,
+            deltas,
         };
         config.resolve_programs(base);
         Ok(config)

@@ -388,6 +388,7 @@ impl Agent {
                 let (path, len, _) = s.delta_base()?;
                 Some((s.config().app.clone(), path, len))
             }),
+            config: self.config.deltas,
         }
     }
 
@@ -429,13 +430,19 @@ impl Agent {
         }
         let mut state = AgentState::load(&self.paths.state_file())?;
         let mut updater = self.updater()?;
-        let gathered = repo::gather_with_deltas(
+        let mut gathered = repo::gather_with_deltas(
             &mut updater,
             &self.profile.id,
             self.config.repository.assign_bin_digits,
             &self.paths.manifests(),
             &self.delta_bases(),
         )?;
+        // A delta above the configured share of its artifact is not worth it (`[deltas]`).
+        let share = self.config.deltas.max_share;
+        for a in gathered.view.artifacts.values_mut() {
+            let full = a.length;
+            a.deltas.retain(|d| d.length as f64 <= share * full as f64);
+        }
         let mut local = state.local_state(consent.records().clone());
         local.inhibit = inhibit::check(&self.config.inhibit);
         let decision = decide(&gathered.view, &self.profile, &local, now);

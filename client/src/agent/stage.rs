@@ -38,7 +38,6 @@ use super::state::{AgentState, StatePaths};
 use crate::decide::{
     ArtifactInfo, CampaignDecision, Decision, DeltaInfo, DownloadItem, Plan, StagedItem, Status,
 };
-use crate::tuf::updater::hashes::HashingWriter;
 use crate::tuf::updater::{
     local_target_file_name, DownloadProgress, UpdateError, Updater, PARTIAL_PREFIX,
 };
@@ -230,6 +229,8 @@ pub struct DeltaSources {
     /// The system image: its application id, the running slot and the length of the
     /// image written there.
     pub slot: Option<(String, PathBuf, u64)>,
+    /// How deltas are applied and when they are used.
+    pub config: super::config::DeltaConfig,
 }
 
 impl DeltaSources {
@@ -525,9 +526,10 @@ fn stage_via_delta(
         .map_err(|e| e.to_string())?
         .ok_or("no longer in the repository's signed metadata")?;
     let meta = super::repo::check_delta_target(&info, signed, &d.base_sha256)?;
-    if info.length() >= signed.length {
+    let share = bases.config.max_share;
+    if info.length() as f64 > share * signed.length as f64 {
         return Err(format!(
-            "the delta ({} bytes) is not smaller than the artifact ({} bytes)",
+            "the delta ({} bytes) is more than {share} of the artifact ({} bytes; deltas.max_share)",
             info.length(),
             signed.length
         ));
@@ -541,24 +543,16 @@ fn stage_via_delta(
             meta.base_length
         ));
     }
-    let chunked = meta.format == crate::delta::chunked::FORMAT;
-    if prefix.is_some() && !chunked {
-        return Err(format!(
-            "a {} delta holds the whole base in memory; an image delta must be {} (petrel-repo delta --format zstd-chunked)",
-            meta.format,
-            crate::delta::chunked::FORMAT
-        ));
-    }
     let changed = || {
         format!(
             "the installed bytes {} changed since the decision (not the delta's base)",
             base_path.display()
         )
     };
-    let mut base = Vec::new();
-    if chunked {
-        // Streamed: hashed here, read window by window while applying.
-        let f = fs::File::open(&base_path).map_err(|e| format!("{}: {e}", base_path.display()))?;
+    let open_base =
+        || fs::File::open(&base_path).map_err(|e| format!("{}: {e}", base_path.display()));
+    {
+        let f = open_base()?;
         let len = if prefix.is_some() {
             meta.base_length
         } else {
@@ -569,16 +563,6 @@ fn stage_via_delta(
         if len != meta.base_length
             || n != meta.base_length
             || !sha.eq_ignore_ascii_case(&meta.base_sha256)
-        {
-            return Err(changed());
-        }
-    } else {
-        let limit = prefix.unwrap_or(meta.base_length + 1);
-        fs::File::open(&base_path)
-            .and_then(|f| f.take(limit).read_to_end(&mut base))
-            .map_err(|e| format!("{}: {e}", base_path.display()))?;
-        if base.len() as u64 != meta.base_length
-            || !crate::manifest::sha256_hex(&base).eq_ignore_ascii_case(&meta.base_sha256)
         {
             return Err(changed());
         }
@@ -593,34 +577,32 @@ fn stage_via_delta(
             .map_err(|e| format!("downloading the delta: {e}"))?;
         let delta_file =
             fs::File::open(&delta_path).map_err(|e| format!("{}: {e}", delta_path.display()))?;
-        let mut tmp = tempfile::Builder::new()
+        let tmp = tempfile::Builder::new()
             .prefix(".petrel-tmp-")
             .tempfile_in(dir)
             .map_err(|e| format!("a temporary file in {}: {e}", dir.display()))?;
+        let base = open_base()?;
+        crate::delta::apply_file(
+            &meta.format,
+            &base,
+            meta.base_length,
+            &delta_file,
+            signed.length,
+            bases.config.mode,
+            tmp.as_file(),
+        )
+        .map_err(|e| format!("{} delta: {e}", meta.format))?;
         // Checked against the artifact's own signed length and SHA-256, never the delta's.
-        let expected =
-            crate::tuf::schema::Hashes::from([("sha256".to_string(), signed.sha256.clone())]);
-        let mut w = HashingWriter::new(&expected, io::BufWriter::new(tmp.as_file_mut()));
-        if chunked {
-            let b =
-                fs::File::open(&base_path).map_err(|e| format!("{}: {e}", base_path.display()))?;
-            crate::delta::chunked::apply(
-                b,
-                meta.base_length,
-                io::BufReader::new(delta_file),
-                signed.length,
-                &mut w,
-            )
-            .map_err(|e| e.to_string())?;
-        } else {
-            crate::delta::apply(&base, io::BufReader::new(delta_file), signed.length, &mut w)
-                .map_err(|e| e.to_string())?;
+        let (sha, n) = tmp
+            .reopen()
+            .and_then(|f| hash_reader(io::BufReader::new(f)))
+            .map_err(|e| format!("reading the result: {e}"))?;
+        if n != signed.length || !sha.eq_ignore_ascii_case(&signed.sha256) {
+            return Err(format!(
+                "the result is not the signed artifact ({n} bytes, sha256 {sha}; signed: {} bytes, sha256 {})",
+                signed.length, signed.sha256
+            ));
         }
-        let mut out = w
-            .verify(Some(signed.length), &expected)
-            .map_err(|e| format!("the result is not the signed artifact: {e}"))?;
-        io::Write::flush(&mut out).map_err(|e| format!("writing the result: {e}"))?;
-        drop(out);
         tmp.as_file()
             .sync_all()
             .map_err(|e| format!("writing the result: {e}"))?;

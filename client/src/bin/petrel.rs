@@ -16,7 +16,7 @@
 //! device (tried again later); 4 when another petrel command holds the state directory.
 //! See `docs/agent.md` and `docs/device.md`.
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
 use chrono::{DateTime, Duration, Utc};
@@ -185,6 +185,29 @@ Examples:
 See docs/images.md."
     )]
     Slots(SlotsCommand),
+    /// Apply a delta file to a base file (what the agent does when it stages a delta; for
+    /// testing deltas offline). Needs no configuration.
+    #[command(after_help = "\
+Examples:
+  petrel delta-apply app-2.0.bin app.delta -o app-2.1.bin
+  petrel delta-apply --streaming app-2.0.bin app.delta -o app-2.1.bin
+
+The format is read from the delta's first bytes (zstd-patch, zstd-chunked, bsdiff-zstd,
+exec-bsdiff). The base and the delta are memory-mapped unless --streaming, which reads
+with bounded buffers (raw-flash devices); both keep anonymous memory under 8 MiB.
+zstd-patch deltas need a map above 4 MiB of base and result. See docs/device.md.")]
+    DeltaApply {
+        /// The installed bytes the delta starts from.
+        base: PathBuf,
+        /// The delta.
+        delta: PathBuf,
+        /// Where to write the result.
+        #[arg(short, long, value_name = "FILE")]
+        out: PathBuf,
+        /// No memory maps: positioned reads and bounded buffers.
+        #[arg(long)]
+        streaming: bool,
+    },
     /// Consent: list pending requests, show a notice, answer it.
     #[command(
         subcommand,
@@ -470,6 +493,15 @@ fn print_json(v: &serde_json::Value) {
 }
 
 fn run(cli: Cli) -> Result<(), Failure> {
+    if let Command::DeltaApply {
+        base,
+        delta,
+        out,
+        streaming,
+    } = &cli.command
+    {
+        return delta_apply(base, delta, out, *streaming);
+    }
     let config = AgentConfig::load(&cli.config)?;
     match cli.command {
         Command::Init { root, force } => {
@@ -577,6 +609,7 @@ fn run(cli: Cli) -> Result<(), Failure> {
             print!("{}", Agent::device_key_pem(&config)?);
         }
         Command::Consent(c) => consent(config, c)?,
+        Command::DeltaApply { .. } => unreachable!("handled before the configuration is read"),
     }
     Ok(())
 }
@@ -795,5 +828,48 @@ fn consent(config: AgentConfig, cmd: ConsentCommand) -> Result<(), Failure> {
             render::next_step(c)
         );
     }
+    Ok(())
+}
+
+/// `petrel delta-apply`: one delta applied to one base, outside any repository.
+fn delta_apply(base: &Path, delta: &Path, out: &Path, streaming: bool) -> Result<(), Failure> {
+    use petrel_client::delta;
+    let fail = |message: String| Failure { message, code: 1 };
+    let open = |p: &Path| std::fs::File::open(p).map_err(|e| fail(format!("{}: {e}", p.display())));
+    let (b, d) = (open(base)?, open(delta)?);
+    let mut head = [0u8; 16];
+    let n = std::io::Read::read(&mut &d, &mut head)
+        .map_err(|e| fail(format!("{}: {e}", delta.display())))?;
+    std::io::Seek::seek(&mut &d, std::io::SeekFrom::Start(0))
+        .map_err(|e| fail(format!("{}: {e}", delta.display())))?;
+    let format = delta::sniff_format(&head[..n]).ok_or_else(|| {
+        fail(format!(
+            "{}: not a delta this version reads (its first bytes name none of {})",
+            delta.display(),
+            delta::FORMATS.join(", ")
+        ))
+    })?;
+    let base_len = b
+        .metadata()
+        .map_err(|e| fail(format!("{}: {e}", base.display())))?
+        .len();
+    let o = std::fs::File::create(out).map_err(|e| fail(format!("{}: {e}", out.display())))?;
+    let mode = if streaming {
+        delta::ApplyMode::Streaming
+    } else {
+        delta::ApplyMode::Mmap
+    };
+    let n = delta::apply_file(format, &b, base_len, &d, delta::MAX_APPLY_OUTPUT, mode, &o)
+        .map_err(|e| {
+            fail(format!(
+                "applying {} ({format}) to {}: {e}",
+                delta.display(),
+                base.display()
+            ))
+        })?;
+    eprintln!(
+        "petrel: wrote {} ({n} bytes) from {format} delta",
+        out.display()
+    );
     Ok(())
 }
