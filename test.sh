@@ -33,9 +33,49 @@ cargo test --workspace --all-targets --locked --no-run
 fuzz_log="$(mktemp "${TMPDIR:-/tmp}/petrel-fuzz-build.XXXXXX")"
 FUZZ_PROFILE=smoke nice -n 19 scripts/fuzz.sh --build >"$fuzz_log" 2>&1 &
 fuzz_build=$!
-echo "==> tests"
+# The tests run in three groups at once: the end-to-end tests mostly wait on the agents,
+# servers and faults they start, so one group at a time would leave both cores idle.
+# Each group's output is printed whole when it ends.
+echo "==> tests (three groups at once)"
 tests_status=0
-cargo test --workspace --all-targets --locked || tests_status=$?
+group_dir="$(mktemp -d "${TMPDIR:-/tmp}/petrel-tests.XXXXXX")"
+run_group() {
+    local name="$1"
+    shift
+    local start=$SECONDS rc=0
+    cargo test --locked --no-fail-fast "$@" >"$group_dir/$name.log" 2>&1 || rc=$?
+    echo "$rc" >"$group_dir/$name.rc"
+    echo "$((SECONDS - start))" >"$group_dir/$name.secs"
+}
+agent_tests=(agent_crash agent_faults nginx_e2e scale)
+interop_tests=(images interop_python_tuf interop_tough interop_client agent_service deltas scenarios)
+# Every end-to-end test file is in one of the two groups.
+for f in tests/tests/*.rs; do
+    t="$(basename "$f" .rs)"
+    if [[ " ${agent_tests[*]} ${interop_tests[*]} " != *" $t "* ]]; then
+        echo "test.sh: tests/tests/$t.rs is in no test group; add it to agent_tests or interop_tests" >&2
+        exit 1
+    fi
+done
+test_args() { for t in "$@"; do printf -- '--test\n%s\n' "$t"; done; }
+mapfile -t agent_args < <(test_args "${agent_tests[@]}")
+mapfile -t interop_args < <(test_args "${interop_tests[@]}")
+run_group e2e-agent -p petrel-tests "${agent_args[@]}" &
+group_agent=$!
+run_group e2e-interop -p petrel-tests --lib "${interop_args[@]}" &
+group_interop=$!
+run_group units --workspace --exclude petrel-tests --all-targets
+wait "$group_agent" "$group_interop" || true
+for g in units e2e-interop e2e-agent; do
+    echo "==> test group $g ($(cat "$group_dir/$g.secs") s)"
+    cat "$group_dir/$g.log"
+    rc="$(cat "$group_dir/$g.rc")"
+    if [[ "$rc" != 0 ]]; then
+        echo "test.sh: test group $g failed (exit status $rc)" >&2
+        tests_status="$rc"
+    fi
+done
+rm -rf "$group_dir"
 echo "==> fuzzing smoke run (every fuzz target for 8 s, from the committed seeds)"
 if ! wait "$fuzz_build"; then
     cat "$fuzz_log" >&2
