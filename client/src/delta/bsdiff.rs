@@ -35,6 +35,9 @@ pub const EXEC_FORMAT: &str = "exec-bsdiff";
 pub const MAGIC: &[u8; 8] = b"PTRLBSD1";
 /// The window (log2) of the diff and extra frames: what a device's decoder holds per frame.
 pub const WINDOW_LOG: u32 = 20;
+/// The zstd level of the three streams: the highest, since the diff stream is mostly
+/// zeros and compresses fast at any level.
+pub const LEVEL: i32 = 22;
 /// The most entries a device accepts (they are held while applying).
 pub const MAX_ENTRIES: u64 = 65_536;
 /// The largest old or new file these formats take (positions are 32-bit).
@@ -199,7 +202,7 @@ fn compress(data: &[u8]) -> io::Result<Vec<u8>> {
     };
     let mut cctx = zstd_safe::CCtx::create();
     for p in [
-        CParameter::CompressionLevel(super::LEVEL),
+        CParameter::CompressionLevel(LEVEL),
         CParameter::WindowLog(WINDOW_LOG),
         CParameter::ChecksumFlag(false),
         CParameter::ContentSizeFlag(true),

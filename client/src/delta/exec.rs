@@ -17,8 +17,9 @@
 //!
 //! Supported: 64-bit little-endian ELF for x86-64 (`call`/`jmp`/`jcc` rel32, RIP-relative
 //! `mov`/`lea`/ALU operands, indirect `call`/`jmp` through the GOT) and AArch64 (`b`/`bl`,
-//! `adrp`); the tables `SHT_RELA` (offsets and addends) and `SHT_SYMTAB`/`SHT_DYNSYM`
-//! (symbol values).
+//! `adrp`); the tables `SHT_RELA` (offsets and addends), `SHT_SYMTAB`/`SHT_DYNSYM`
+//! (symbol values) and `.eh_frame_hdr` (its search table); and the words the relocations
+//! say hold addresses (`.data.rel.ro`, `.init_array`, …).
 
 /// The instruction set whose references are predicted.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -70,7 +71,28 @@ enum TableKind {
     Rela,
     /// `Elf64_Sym`: `st_value` at 8, 24-byte entries.
     Sym,
+    /// The binary search table of `.eh_frame_hdr` (`PT_GNU_EH_FRAME`, encoding
+    /// `DW_EH_PE_datarel | DW_EH_PE_sdata4`): pairs of 32-bit offsets from the header's
+    /// address, 8-byte entries.
+    EhHdr {
+        /// The header's virtual address in the old file.
+        base: u64,
+    },
 }
+
+impl TableKind {
+    /// Entry size, and the (offset, width) of each address field in an entry.
+    fn fields(self) -> (u64, &'static [(u64, u64)]) {
+        match self {
+            TableKind::Rela => (24, &[(0, 8), (16, 8)]),
+            TableKind::Sym => (24, &[(8, 8)]),
+            TableKind::EhHdr { .. } => (8, &[(0, 4), (4, 4)]),
+        }
+    }
+}
+
+/// The most pointer locations (from relocations) the predictor keeps.
+const MAX_POINTERS: usize = 131_072;
 
 /// A table of 64-bit addresses in the old file.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -92,6 +114,8 @@ pub struct Layout {
     /// `PT_LOAD` segments, in header order.
     pub segments: Vec<Segment>,
     tables: Vec<Table>,
+    /// File offsets of 8-byte words that relocations say hold an address (sorted).
+    pointers: Vec<u64>,
 }
 
 fn u16_at(b: &[u8], at: usize) -> Option<u16> {
@@ -192,11 +216,17 @@ impl Layout {
             return None;
         }
         let mut segments = Vec::new();
+        let mut eh_hdr = None;
         let mut ph = [0u8; 56];
         for i in 0..phnum as u64 {
             file.read_exact_at(phoff.checked_add(i * phentsize)?, &mut ph)
                 .ok()?;
-            if u32_at(&ph, 0)? != 1 {
+            let p_type = u32_at(&ph, 0)?;
+            if p_type == 0x6474_e550 {
+                // PT_GNU_EH_FRAME: offset, address, size.
+                eh_hdr = Some((u64_at(&ph, 8)?, u64_at(&ph, 16)?, u64_at(&ph, 32)?));
+            }
+            if p_type != 1 {
                 continue; // not PT_LOAD
             }
             let s = Segment {
@@ -243,11 +273,98 @@ impl Layout {
                 }
             }
         }
-        Some(Layout {
+        if let Some((off, va, size)) = eh_hdr {
+            let mut h = [0u8; 4];
+            // Version 1, table encoding datarel|sdata4: the table follows 12 bytes in.
+            if size >= 12
+                && off.checked_add(size).is_some_and(|e| e <= len)
+                && file.read_exact_at(off, &mut h).is_ok()
+                && h[0] == 1
+                && h[3] == 0x3b
+                && tables.len() < MAX_TABLES
+            {
+                tables.push(Table {
+                    offset: off + 12,
+                    size: (size - 12) / 8 * 8,
+                    kind: TableKind::EhHdr { base: va },
+                });
+            }
+        }
+        let mut layout = Layout {
             arch,
             segments,
             tables,
-        })
+            pointers: Vec::new(),
+        };
+        layout.pointers = layout.relocated_words(file);
+        Some(layout)
+    }
+
+    /// The file offsets of the words the old file's `RELA` tables relocate as plain
+    /// addresses (x86-64 `R_X86_64_RELATIVE`/`R_X86_64_64`, AArch64
+    /// `R_AARCH64_RELATIVE`/`R_AARCH64_ABS64`), outside code and the tables, at most
+    /// [`MAX_POINTERS`].
+    fn relocated_words(&self, file: &(impl ReadAt + ?Sized)) -> Vec<u64> {
+        let types: [u32; 2] = match self.arch {
+            Arch::X86_64 => [8, 1],
+            Arch::Aarch64 => [1027, 257],
+        };
+        let mut out = Vec::new();
+        let mut buf = vec![0u8; 24 * 1024];
+        for t in self.tables.iter().filter(|t| t.kind == TableKind::Rela) {
+            let mut at = t.offset;
+            let end = t.offset + t.size / 24 * 24;
+            while at < end {
+                let n = (end - at).min(buf.len() as u64) as usize;
+                if file.read_exact_at(at, &mut buf[..n]).is_err() {
+                    break;
+                }
+                for e in buf[..n].chunks_exact(24) {
+                    let r_offset = u64::from_le_bytes(e[0..8].try_into().expect("8 bytes"));
+                    let r_type = u32::from_le_bytes(e[8..12].try_into().expect("4 bytes"));
+                    if !types.contains(&r_type) {
+                        continue;
+                    }
+                    let Some(off) = self.offset_of(r_offset) else {
+                        continue;
+                    };
+                    let (code, _) = self.code_span(off);
+                    if !code && !self.in_exec_segment(off) && !self.overlaps_table(off, 8) {
+                        out.push(off);
+                    }
+                    if out.len() == MAX_POINTERS {
+                        break;
+                    }
+                }
+                at += n as u64;
+            }
+        }
+        out.sort_unstable();
+        out.dedup();
+        // Overlapping words: keep the first of each overlap.
+        let mut last = None;
+        out.retain(|&o| {
+            let keep = last.is_none_or(|l: u64| o >= l + 8);
+            if keep {
+                last = Some(o);
+            }
+            keep
+        });
+        out
+    }
+
+    /// The file offset of virtual address `va`, if a segment's file bytes hold it.
+    fn offset_of(&self, va: u64) -> Option<u64> {
+        self.segments
+            .iter()
+            .find(|s| va >= s.vaddr && va - s.vaddr < s.filesz)
+            .map(|s| s.offset + (va - s.vaddr))
+    }
+
+    fn in_exec_segment(&self, off: u64) -> bool {
+        self.segments
+            .iter()
+            .any(|s| s.exec && off >= s.offset && off - s.offset < s.filesz)
     }
 
     /// A layout with only segments (what the delta carries of the new file).
@@ -256,6 +373,7 @@ impl Layout {
             arch,
             segments,
             tables: Vec::new(),
+            pointers: Vec::new(),
         }
     }
 
@@ -487,29 +605,56 @@ impl<'a> Predictor<'a> {
             if lo >= hi {
                 continue;
             }
-            let first = (lo - t.offset) / 24;
-            let last = (hi - t.offset).div_ceil(24);
+            let (entsize, fields) = t.kind.fields();
+            let first = (lo - t.offset) / entsize;
+            let last = (hi - t.offset).div_ceil(entsize);
             for e in first..last {
-                let base = t.offset + e * 24;
-                let fields: &[u64] = match t.kind {
-                    TableKind::Rela => &[0, 16],
-                    TableKind::Sym => &[8],
-                };
-                for &fo in fields {
+                let base = t.offset + e * entsize;
+                for &(fo, width) in fields {
                     let f = base + fo;
-                    if f < start || f >= end || !fits(f, 8) {
+                    if f < start || f >= end || !fits(f, width) {
                         continue;
                     }
                     let fi = (f - start) as usize;
-                    let v = u64::from_le_bytes(buf[fi..fi + 8].try_into().expect("8 bytes"));
-                    if v == 0 {
-                        continue;
-                    }
-                    if let Some(p) = self.map_vaddr(v) {
-                        buf[fi..fi + 8].copy_from_slice(&p.to_le_bytes());
-                        done = done.max(f + 8);
+                    if width == 8 {
+                        let v = u64::from_le_bytes(buf[fi..fi + 8].try_into().expect("8 bytes"));
+                        if v == 0 {
+                            continue;
+                        }
+                        if let Some(p) = self.map_vaddr(v) {
+                            buf[fi..fi + 8].copy_from_slice(&p.to_le_bytes());
+                            done = done.max(f + 8);
+                        }
+                    } else if let TableKind::EhHdr { base } = t.kind {
+                        let v = i32::from_le_bytes(buf[fi..fi + 4].try_into().expect("4 bytes"));
+                        let p = base.checked_add_signed(i64::from(v)).and_then(|a| {
+                            let nb = self.map_vaddr(base)?;
+                            let na = self.map_vaddr(a)?;
+                            i32::try_from((na as i64).wrapping_sub(nb as i64)).ok()
+                        });
+                        if let Some(p) = p {
+                            buf[fi..fi + 4].copy_from_slice(&p.to_le_bytes());
+                            done = done.max(f + 4);
+                        }
                     }
                 }
+            }
+        }
+        // Words that relocations say hold addresses.
+        let ptrs = &self.old.pointers;
+        let from = ptrs.partition_point(|&o| o < start);
+        for &f in ptrs[from..].iter().take_while(|&&o| o < end) {
+            if !fits(f, 8) {
+                continue;
+            }
+            let fi = (f - start) as usize;
+            let v = u64::from_le_bytes(buf[fi..fi + 8].try_into().expect("8 bytes"));
+            if v == 0 {
+                continue;
+            }
+            if let Some(p) = self.map_vaddr(v) {
+                buf[fi..fi + 8].copy_from_slice(&p.to_le_bytes());
+                done = done.max(f + 8);
             }
         }
         (done.min(region_end), scan.max(done))
