@@ -2,7 +2,8 @@
 //! format) of arbitrary bytes against a fixed 16 KiB base. Mode byte: bit 0 the format;
 //! bits 1-3 the output cap (`max_len`); bit 4 (chunked) whether the base handed over is
 //! only its first half; bits 5-7 all set: a round trip instead (the input is a result,
-//! delta built by `make`, applied, compared).
+//! delta built by `make`, applied, compared). Bit 0 and bit 5 set (bits 5-7 not all set):
+//! the bsdiff family (`delta::bsdiff::apply`) instead of the chunked format.
 //!
 //! Properties: never a panic; never more than `max_len` bytes written, and the returned
 //! length is what was written; the chunked format reads nothing of the base beyond the
@@ -111,6 +112,20 @@ fn chunks(data: &[u8], max: u64, base_len: u64, keep: bool) -> Option<Vec<u8>> {
     r.ok().and(sink.keep)
 }
 
+fn bsd(data: &[u8], max: u64) {
+    let mut sink = Sink {
+        max,
+        written: 0,
+        keep: None,
+    };
+    if let Ok(n) = delta::bsdiff::apply(base(), data, max, &mut sink) {
+        assert_eq!(
+            n, sink.written,
+            "returned length differs from bytes written"
+        );
+    }
+}
+
 fuzz_target!(|data: &[u8]| {
     let (m, rest) = mode(data);
     if m >> 5 == 7 {
@@ -133,6 +148,8 @@ fuzz_target!(|data: &[u8]| {
     let max = CAPS[usize::from((m >> 1) & 7)];
     if m & 1 == 0 {
         patch(rest, max, false);
+    } else if m & 32 != 0 {
+        bsd(rest, max);
     } else {
         let full = base().len() as u64;
         let base_len = if m & 16 != 0 { full / 2 } else { full };

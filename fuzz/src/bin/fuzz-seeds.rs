@@ -206,6 +206,8 @@ fn deltas(c: &mut Corpus) {
     c.add("delta_apply", Some((5 << 1) | 1), &chunks);
     c.add("delta_apply", Some((5 << 1) | 1 | 16), &chunks);
     c.add("delta_apply", Some(3 << 1), &patch);
+    let bsd = delta::bsdiff::make(&base, &result, false).unwrap().unwrap();
+    c.add("delta_apply", Some((5 << 1) | 1 | 32), &bsd);
     let small = delta::make(&base, b"small").unwrap();
     c.add("delta_apply", Some(2 << 1), &small);
     let empty = chunked::make_with(&base, b"", 1024, |n, f| (0..n).map(f).collect()).unwrap();
