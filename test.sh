@@ -28,6 +28,11 @@ echo "==> installer recipes (RAUC, SWUpdate) against stand-ins of their tools"
 bash tests/recipes/run.sh
 echo "==> building the tests"
 cargo test --workspace --all-targets --locked --no-run
+# The binaries the end-to-end tests run, built as the tests build them (one package at a
+# time, so with that package's own features): the tests then find them up to date.
+for bin in petrel-client:petrel petrel-repo:petrel-repo petrel-server:petrel-server; do
+    cargo build --locked --quiet -p "${bin%%:*}" --bin "${bin##*:}"
+done
 # The fuzz targets build (coverage-instrumented, fuzz/target) at the lowest CPU priority
 # while the tests run: the tests leave most of the CPU idle, waiting on what they start.
 fuzz_log="$(mktemp "${TMPDIR:-/tmp}/petrel-fuzz-build.XXXXXX")"
