@@ -7,6 +7,8 @@
 # a short bounded run of every fuzz target (libFuzzer).
 set -euo pipefail
 cd "$(dirname "$0")"
+# One cold build, run once: incremental state would only double the target directory.
+export CARGO_INCREMENTAL="${CARGO_INCREMENTAL:-0}"
 echo "==> python-tuf environments (7 in .venv, 6 in .venv-tuf6)"
 PETREL_TUF_SERIES=7 PETREL_VENV="$PWD/.venv" scripts/ensure-venv.sh >/dev/null
 PETREL_TUF_SERIES=6 PETREL_VENV="$PWD/.venv-tuf6" scripts/ensure-venv.sh >/dev/null
@@ -28,11 +30,6 @@ echo "==> installer recipes (RAUC, SWUpdate) against stand-ins of their tools"
 bash tests/recipes/run.sh
 echo "==> building the tests"
 cargo test --workspace --all-targets --locked --no-run
-# The binaries the end-to-end tests run, built as the tests build them (one package at a
-# time, so with that package's own features): the tests then find them up to date.
-for bin in petrel-client:petrel petrel-repo:petrel-repo petrel-server:petrel-server; do
-    cargo build --locked --quiet -p "${bin%%:*}" --bin "${bin##*:}"
-done
 # The fuzz targets build (coverage-instrumented, fuzz/target) at the lowest CPU priority
 # while the tests run: the tests leave most of the CPU idle, waiting on what they start.
 fuzz_log="$(mktemp "${TMPDIR:-/tmp}/petrel-fuzz-build.XXXXXX")"

@@ -319,7 +319,10 @@ pub fn python_script_of(series: PyTuf, script: &str) -> Command {
 // ---------------------------------------------------------------------------------------
 
 /// The `petrel-repo` binary, built (once per test process) with
-/// `cargo build -p petrel-repo --bin petrel-repo` into [`target_dir`].
+/// `cargo test --workspace --all-targets --no-run` into [`target_dir`]: the build the test
+/// command runs first, so under it this compiles nothing, and every binary has the
+/// workspace's features (a `cargo build -p` would compile the binary and its dependencies
+/// again with one package's features).
 ///
 /// A test crate cannot name another package's binary with `env!("CARGO_BIN_EXE_…")`,
 /// hence the build. Cargo releases its build lock before it runs test binaries, so this
@@ -329,29 +332,29 @@ pub fn python_script_of(series: PyTuf, script: &str) -> Command {
 /// If the build fails.
 pub fn petrel_repo_bin() -> &'static Path {
     static BIN: OnceLock<Result<PathBuf, String>> = OnceLock::new();
-    built(&BIN, "petrel-repo", "petrel-repo")
+    built(&BIN, "petrel-repo")
 }
 
 /// The device agent binary `petrel`, built like [`petrel_repo_bin`].
 pub fn petrel_bin() -> &'static Path {
     static BIN: OnceLock<Result<PathBuf, String>> = OnceLock::new();
-    built(&BIN, "petrel-client", "petrel")
+    built(&BIN, "petrel")
 }
 
 /// The `petrel-server` binary, built like [`petrel_repo_bin`].
 pub fn petrel_server_bin() -> &'static Path {
     static BIN: OnceLock<Result<PathBuf, String>> = OnceLock::new();
-    built(&BIN, "petrel-server", "petrel-server")
+    built(&BIN, "petrel-server")
 }
 
-fn built<'a>(cell: &'a OnceLock<Result<PathBuf, String>>, package: &str, bin: &str) -> &'a Path {
+fn built<'a>(cell: &'a OnceLock<Result<PathBuf, String>>, bin: &str) -> &'a Path {
     let r = cell.get_or_init(|| {
         let cargo: OsString = std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into());
         let target = target_dir();
         let release = profile_dir().file_name().is_some_and(|n| n == "release");
         let mut cmd = Command::new(cargo);
         cmd.current_dir(workspace_root())
-            .args(["build", "--quiet", "-p", package, "--bin", bin])
+            .args(["test", "--quiet", "--workspace", "--all-targets", "--no-run"])
             .arg("--target-dir")
             .arg(&target);
         if release {
