@@ -354,7 +354,13 @@ fn built<'a>(cell: &'a OnceLock<Result<PathBuf, String>>, bin: &str) -> &'a Path
         let release = profile_dir().file_name().is_some_and(|n| n == "release");
         let mut cmd = Command::new(cargo);
         cmd.current_dir(workspace_root())
-            .args(["test", "--quiet", "--workspace", "--all-targets", "--no-run"])
+            .args([
+                "test",
+                "--quiet",
+                "--workspace",
+                "--all-targets",
+                "--no-run",
+            ])
             .arg("--target-dir")
             .arg(&target);
         if release {
