@@ -11,6 +11,8 @@
 //!   consent tokens.
 //! * [`report`] — signed device status reports, the device's report key, and the outbox
 //!   that sends them to the report endpoint.
+//! * [`tree`] — tree artifacts: a directory as one target, its signed file manifest, the
+//!   container and tree deltas.
 //! * [`agent`] — the device agent's I/O shell around the engine (configuration, inventory,
 //!   state directory, consent answers); the `petrel` binary is a thin CLI over it.
 //!
@@ -26,4 +28,5 @@ pub mod delta;
 pub mod fetch;
 pub mod manifest;
 pub mod report;
+pub mod tree;
 pub mod tuf;

@@ -484,6 +484,63 @@ impl Updater {
         Ok(())
     }
 
+    /// Reads `len` bytes of a target from byte `offset` on (one range request; a source
+    /// that ignores the range is read from byte 0 and the bytes before `offset` skipped).
+    ///
+    /// **The bytes are not verified here**: a part of a target has no signed hash. The
+    /// caller must check them against signed data of its own (a tree manifest's per-file
+    /// SHA-256) before using them.
+    pub fn read_target_range(
+        &self,
+        info: &TargetInfo,
+        offset: u64,
+        len: u64,
+    ) -> Result<Vec<u8>, UpdateError> {
+        let url = self.configured_target_url(info)?;
+        let end = offset
+            .checked_add(len)
+            .filter(|e| *e <= info.file.length)
+            .ok_or_else(|| UpdateError::Target {
+                path: info.path.clone(),
+                reason: format!(
+                    "bytes {offset}+{len} are past the end of the {}-byte target",
+                    info.file.length
+                ),
+            })?;
+        debug!(
+            "reading bytes {offset}..{end} of {:?} from {url}",
+            info.path
+        );
+        let mut sink = RangeTake {
+            skip: 0,
+            offset,
+            want: len as usize,
+            buf: Vec::with_capacity(len as usize),
+        };
+        let res = self
+            .transport
+            .fetch_from(&url, offset, info.file.length, &mut sink);
+        // The sink stops the transfer once it has its bytes: that "error" is the success.
+        if sink.buf.len() == sink.want {
+            return Ok(sink.buf);
+        }
+        let fail = |source: FetchError| UpdateError::TargetFetch {
+            path: info.path.clone(),
+            url: url.clone(),
+            source,
+        };
+        match res {
+            Err(e) => Err(fail(e)),
+            Ok(_) => Err(UpdateError::Target {
+                path: info.path.clone(),
+                reason: format!(
+                    "the source sent {} of the {len} bytes asked for at {offset}",
+                    sink.buf.len()
+                ),
+            }),
+        }
+    }
+
     /// Downloads a target from the configured target base URL to `dest`, resuming from
     /// (and leaving, on failure) a partial file beside it ([`partial_download_path`]), so
     /// that neither an interruption within this call nor a crash, reboot or network error
@@ -1358,5 +1415,43 @@ mod tests {
             );
             assert!(partial_download_path(Path::new("/")).is_none());
         }
+    }
+}
+
+/// The sink of [`Updater::read_target_range`]: keeps `want` bytes from `offset` on, then
+/// stops the transfer with an error.
+struct RangeTake {
+    /// Bytes still to skip (a source that sent the target from byte 0).
+    skip: u64,
+    offset: u64,
+    want: usize,
+    buf: Vec<u8>,
+}
+
+impl Write for RangeTake {
+    fn write(&mut self, data: &[u8]) -> io::Result<usize> {
+        let mut d = data;
+        if self.skip > 0 {
+            let k = (self.skip.min(d.len() as u64)) as usize;
+            self.skip -= k as u64;
+            d = &d[k..];
+        }
+        let room = self.want - self.buf.len();
+        self.buf.extend_from_slice(&d[..d.len().min(room)]);
+        if self.buf.len() == self.want {
+            return Err(io::Error::other("the range is complete"));
+        }
+        Ok(data.len())
+    }
+    fn flush(&mut self) -> io::Result<()> {
+        Ok(())
+    }
+}
+
+impl RangeSink for RangeTake {
+    fn start_at(&mut self, start: u64) -> io::Result<()> {
+        self.skip = self.offset.saturating_sub(start);
+        self.buf.clear();
+        Ok(())
     }
 }
