@@ -137,10 +137,15 @@ pub fn make_deltas(ws: &Workspace, opts: &DeltaOptions) -> Result<Vec<DeltaOutco
             ));
         }
         // Every candidate is checked to rebuild the new bytes before the smallest is kept.
-        let best = delta::make_best(&old, &new_bytes, &opts.format.build_options())
-            .map_err(|e| Error::target(from, format!("building the delta: {e}")))?;
-        let format = best.format;
-        let bytes = best.bytes;
+        let (format, bytes) = if crate::trees::is_tree(&old) && crate::trees::is_tree(&new_bytes) {
+            let d = crate::trees::make_tree_delta(&old, &new_bytes, &opts.format.build_options())
+                .map_err(|e| Error::target(from, format!("building the tree delta: {e}")))?;
+            (petrel_client::tree::delta::FORMAT, d)
+        } else {
+            let best = delta::make_best(&old, &new_bytes, &opts.format.build_options())
+                .map_err(|e| Error::target(from, format!("building the delta: {e}")))?;
+            (best.format, best.bytes)
+        };
         if bytes.len() >= new_bytes.len() {
             out.push(DeltaOutcome::Skipped {
                 from: from.clone(),

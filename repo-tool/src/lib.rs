@@ -13,6 +13,7 @@
 //! * [`rollout`] — rollout status from device reports, and the failure-rate gate.
 //! * [`fleet`] — the fleet view from reports and the published tree, and `rollout advance`.
 //! * [`forecast`] — each device's wave in a campaign, computed as devices compute it.
+//! * [`trees`] — directories packed as tree artifacts, and tree deltas.
 //! * [`fixtures`] — deterministic good and attack repositories for tests and offline CI.
 //!
 //! Schema types come from `petrel-client`, so there is one definition of each format.
@@ -36,6 +37,7 @@ pub mod pkcs11;
 pub mod publish;
 pub mod rollout;
 pub mod signing;
+pub mod trees;
 pub mod upload;
 pub mod workspace;
 

@@ -626,6 +626,10 @@ struct AddArgs {
     /// Custom metadata, a JSON object recorded with every added target.
     #[arg(long)]
     custom: Option<String>,
+    /// Add each directory as one tree artifact (`<name>.ptree`: its files, modes and
+    /// symbolic links with a signed file manifest), for install type "tree".
+    #[arg(long)]
+    tree: bool,
 }
 
 #[derive(Args, Debug)]
@@ -939,19 +943,30 @@ fn run(cli: Cli) -> Result<()> {
                 ),
                 None => None,
             };
-            let sources =
-                editor::collect_sources(&a.paths, a.prefix.as_deref(), a.name.as_deref())?;
-            if sources.is_empty() {
-                return Err(Error::Usage("no files found to add".into()));
-            }
             let mut ed = Editor::new(&ws);
-            let added = ed.add_targets(
-                &sources,
-                &editor::AddOptions {
-                    role: Some(a.role.clone()),
+            let added = if a.tree {
+                petrel_repo::trees::add_trees(
+                    &mut ed,
+                    &a.paths,
+                    a.prefix.as_deref(),
+                    a.name.as_deref(),
+                    &a.role,
                     custom,
-                },
-            )?;
+                )?
+            } else {
+                let sources =
+                    editor::collect_sources(&a.paths, a.prefix.as_deref(), a.name.as_deref())?;
+                if sources.is_empty() {
+                    return Err(Error::Usage("no files found to add".into()));
+                }
+                ed.add_targets(
+                    &sources,
+                    &editor::AddOptions {
+                        role: Some(a.role.clone()),
+                        custom,
+                    },
+                )?
+            };
             ed.save()?;
             let (new, replaced): (Vec<_>, Vec<_>) = added.iter().partition(|t| !t.replaced);
             if added.len() <= 20 {

@@ -192,6 +192,23 @@ pub fn installed_artifact_file(inventory_dir: &Path, app: &str) -> Option<PathBu
     }
 }
 
+/// An installed tree artifact of `app` in an inventory directory: its root
+/// (`<dir>/<app>/tree`) and its manifest's exact bytes (`<dir>/<app>/.petrel-tree.json`,
+/// written by the installer after every file was verified). Tree deltas apply to it.
+pub fn installed_tree(inventory_dir: &Path, app: &str) -> Option<(PathBuf, Vec<u8>)> {
+    let app_dir = inventory_dir.join(app);
+    let root = app_dir.join(crate::tree::TREE_DIR);
+    if !fs::symlink_metadata(&root).is_ok_and(|m| m.is_dir()) {
+        return None;
+    }
+    let f = File::open(app_dir.join(crate::tree::MANIFEST_FILE)).ok()?;
+    let mut bytes = Vec::new();
+    f.take(crate::tree::MAX_MANIFEST_BYTES + 1)
+        .read_to_end(&mut bytes)
+        .ok()?;
+    (bytes.len() as u64 <= crate::tree::MAX_MANIFEST_BYTES).then_some((root, bytes))
+}
+
 /// The SHA-256 (lowercase hex) of a file, read in chunks.
 pub fn sha256_file(path: &Path) -> io::Result<String> {
     let mut f = File::open(path)?;

@@ -81,6 +81,11 @@ pub struct StagedArtifact {
     /// staging directory has no room for it): there is no file.
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub in_slot: bool,
+    /// For a tree artifact: the signed SHA-256 of its manifest. The staged container may
+    /// then also be one rebuilt from a tree delta (stored frames), verified file by file
+    /// against that manifest rather than by its own hash.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tree: Option<String>,
 }
 
 impl StagedPlan {

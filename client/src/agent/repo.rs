@@ -66,7 +66,8 @@ pub fn gather(
 
 /// The installed artifacts a delta could be applied to: application id → SHA-256 of the
 /// installed bytes, for the applications of a directory inventory whose artifact is one
-/// file the agent can read ([`super::inventory::installed_artifact_file`]). Empty for a command
+/// file the agent can read ([`super::inventory::installed_artifact_file`]) or an installed
+/// tree ([`super::inventory::installed_tree`]). Empty for a command
 /// inventory (the agent cannot read the installed bytes).
 pub fn delta_bases(source: &InventorySource, inventory: &Inventory) -> BTreeMap<String, String> {
     let InventorySource::Dir(dir) = source else {
@@ -76,7 +77,9 @@ pub fn delta_bases(source: &InventorySource, inventory: &Inventory) -> BTreeMap<
         .iter()
         .filter_map(|(app, i)| {
             let sha = i.sha256.as_ref()?;
-            super::inventory::installed_artifact_file(dir, app)?;
+            if super::inventory::installed_tree(dir, app).is_none() {
+                super::inventory::installed_artifact_file(dir, app)?;
+            }
             Some((app.clone(), sha.to_ascii_lowercase()))
         })
         .collect()
@@ -446,6 +449,7 @@ mod tests {
             length: 100,
             sha256: r.clone(),
             deltas: Vec::new(),
+            tree: None,
         };
         let meta = DeltaMeta {
             format: delta::FORMAT.into(),

@@ -418,6 +418,10 @@ fn stage_one(
     {
         return Ok(Staged::Kept);
     }
+    if signed.tree.is_some() && verify_staged(&dest, &signed) {
+        // A tree rebuilt from a tree delta by an earlier run.
+        return Ok(Staged::Kept);
+    }
     if dest.exists() {
         tracing::warn!(
             "staging: {} does not match the signed length and hashes; downloading it again",
@@ -427,7 +431,7 @@ fn stage_one(
     }
     let mut wasted = 0;
     if let Some(d) = &item.delta {
-        let tried = stage_via_delta(updater, dir, &dest, item, &signed, d, bases);
+        let tried = stage_via_delta(updater, dir, &dest, item, (&info, &signed), d, bases);
         match tried {
             Ok(bytes) => {
                 tracing::info!(
@@ -517,7 +521,7 @@ fn stage_via_delta(
     dir: &Path,
     dest: &Path,
     item: &DownloadItem,
-    signed: &ArtifactInfo,
+    (full, signed): (&TargetInfo, &ArtifactInfo),
     d: &DeltaInfo,
     bases: &DeltaSources,
 ) -> Result<u64, String> {
@@ -533,6 +537,9 @@ fn stage_via_delta(
             info.length(),
             signed.length
         ));
+    }
+    if meta.format == crate::tree::delta::FORMAT {
+        return stage_via_tree_delta(updater, dir, dest, item, (full, signed), &info, bases);
     }
     // The base: exactly the bytes the delta names (a whole file, or a slot's first bytes),
     // hashed as they are read.
@@ -620,6 +627,78 @@ fn stage_via_delta(
     result
 }
 
+/// Builds the tree `dest` from the tree delta `info` and the installed tree of `item.app`:
+/// every file is checked against the signed tree manifest; a file whose installed copy was
+/// edited is read alone from the full artifact (`full`). Returns the bytes fetched.
+fn stage_via_tree_delta(
+    updater: &mut Updater,
+    dir: &Path,
+    dest: &Path,
+    item: &DownloadItem,
+    (full, signed): (&TargetInfo, &ArtifactInfo),
+    info: &TargetInfo,
+    bases: &DeltaSources,
+) -> Result<u64, String> {
+    let want = signed
+        .tree
+        .as_deref()
+        .ok_or("a tree delta for an artifact without signed tree metadata")?;
+    let inv = bases
+        .inventory_dir
+        .as_deref()
+        .ok_or("the inventory is not a directory, so the installed tree cannot be read")?;
+    let (root, manifest) = super::inventory::installed_tree(inv, &item.app)
+        .ok_or_else(|| format!("{} is not an installed tree", inv.join(&item.app).display()))?;
+    let name = local_target_file_name(&info.path).map_err(|e| e.to_string())?;
+    let delta_path = dir.join(format!(".petrel-tmp-delta-{name}"));
+    let _ = fs::remove_file(&delta_path);
+    updater
+        .download_target(info, &delta_path)
+        .map_err(|e| format!("downloading the delta: {e}"))?;
+    let result = (|| {
+        let mut tmp = tempfile::Builder::new()
+            .prefix(".petrel-tmp-")
+            .tempfile_in(dir)
+            .map_err(|e| format!("a temporary file in {}: {e}", dir.display()))?;
+        let mut fetch = |f: crate::tree::FrameAt| {
+            updater
+                .read_target_range(full, f.offset, f.length)
+                .map_err(|e| e.to_string())
+        };
+        let done = crate::tree::delta::apply(
+            &delta_path,
+            &crate::tree::delta::Base {
+                root: &root,
+                manifest: &manifest,
+            },
+            want,
+            bases.config.mode,
+            dir,
+            Some(&mut fetch),
+            tmp.as_file_mut(),
+        )
+        .map_err(|e| format!("tree delta: {e}"))?;
+        if !done.fetched.is_empty() {
+            tracing::warn!(
+                "staging: {} installed file(s) of {} were not the ones the delta refers to (edited?) and were read from the full artifact: {}",
+                done.fetched.len(),
+                item.app,
+                done.fetched.join(", ")
+            );
+        }
+        tmp.persist(dest)
+            .map_err(|e| format!("{}: {}", dest.display(), e.error))?;
+        if let Ok(d) = fs::File::open(dir) {
+            let _ = d.sync_all();
+        }
+        Ok(info.length() + done.fetched_bytes)
+    })();
+    if result.is_ok() {
+        let _ = fs::remove_file(&delta_path);
+    }
+    result
+}
+
 /// The SHA-256 and length of what `r` yields, read in chunks.
 fn hash_reader(mut r: impl Read) -> io::Result<(String, u64)> {
     let mut ctx = ring::digest::Context::new(&ring::digest::SHA256);
@@ -685,8 +764,8 @@ pub fn record_plan(
                     reason: e.to_string(),
                 })?;
                 let here = dir.join(&file);
-                let ok = verify_file(&here, &art.sha256, art.length)
-                    || adopt(paths, &dir, &file, &art.sha256, art.length);
+                let ok =
+                    verify_staged(&here, art) || adopt(paths, &dir, &file, &art.sha256, art.length);
                 let in_slot = !ok && slots.is_some_and(|sl| sl.holds_staged(target, &art.sha256));
                 if !ok && !in_slot {
                     state.staged.remove(target);
@@ -698,6 +777,7 @@ pub fn record_plan(
                     length: art.length,
                     file,
                     in_slot,
+                    tree: art.tree.clone(),
                 })
             }
         };
@@ -724,6 +804,16 @@ pub fn record_plan(
     };
     let path = staged.save(&dir)?;
     Ok(Ok((path, staged)))
+}
+
+/// Whether `path` holds the staged artifact `art`: its signed bytes, or (a tree) a
+/// container whose every file is the signed manifest's.
+fn verify_staged(path: &Path, art: &ArtifactInfo) -> bool {
+    verify_file(path, &art.sha256, art.length)
+        || art
+            .tree
+            .as_deref()
+            .is_some_and(|t| path.exists() && crate::tree::verify_container(path, t).is_ok())
 }
 
 /// Copies (hard link when possible) a verified file named `file` from another staging

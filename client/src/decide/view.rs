@@ -129,6 +129,10 @@ pub struct ArtifactInfo {
     /// Deltas that produce this artifact from a known base.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub deltas: Vec<DeltaInfo>,
+    /// For a tree artifact: the signed SHA-256 of its file manifest
+    /// ([`crate::tree::TreeMeta`]).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tree: Option<String>,
 }
 
 /// A delta target that turns the bytes with hash `base_sha256` into the artifact.
@@ -149,6 +153,10 @@ impl ArtifactInfo {
             length: info.length(),
             sha256: info.hashes().get("sha256")?.to_ascii_lowercase(),
             deltas: Vec::new(),
+            tree: crate::tree::TreeMeta::from_custom(info.file.custom.as_ref())
+                .ok()
+                .flatten()
+                .map(|m| m.manifest_sha256),
         })
     }
 }

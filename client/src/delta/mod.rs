@@ -472,11 +472,12 @@ impl DeltaMeta {
             .ok_or("its custom metadata has no \"delta\" object")?;
         let m: DeltaMeta = serde_json::from_value(v.clone())
             .map_err(|e| format!("custom metadata \"delta\": {e}"))?;
-        if !FORMATS.contains(&m.format.as_str()) {
+        if !FORMATS.contains(&m.format.as_str()) && m.format != crate::tree::delta::FORMAT {
             return Err(format!(
-                "custom metadata \"delta\".format is {:?}; this version reads {}",
+                "custom metadata \"delta\".format is {:?}; this version reads {} and {}",
                 m.format,
-                FORMATS.join(", ")
+                FORMATS.join(", "),
+                crate::tree::delta::FORMAT
             ));
         }
         for (field, h) in [

@@ -25,7 +25,7 @@ pub const NEW_PREFIX: &str = ".petrel-new-";
 /// Prefix of a previous application directory kept aside.
 pub const OLD_PREFIX: &str = ".petrel-old-";
 
-/// Installs into an inventory directory (install type `file`).
+/// Installs into an inventory directory (install types `file` and `tree`).
 #[derive(Clone, Debug)]
 pub struct FilesInstaller {
     dir: PathBuf,
@@ -90,7 +90,7 @@ impl Installer for FilesInstaller {
             s.step
                 .install_type
                 .as_deref()
-                .filter(|t| *t != "file")
+                .filter(|t| *t != "file" && *t != crate::tree::INSTALL_TYPE)
                 .map(|t| (&s.step.app, t))
         }) {
             if t == super::slot::INSTALL_TYPE {
@@ -99,7 +99,7 @@ impl Installer for FilesInstaller {
                 )));
             }
             return Err(ApplyError::Unsupported(format!(
-                "{app}: install type {t:?} has no installer in an inventory directory (only \"file\"); nothing installed. Use inventory.command with an inventory.install_command that knows it"
+                "{app}: install type {t:?} has no installer in an inventory directory (only \"file\" and \"tree\"); nothing installed. Use inventory.command with an inventory.install_command that knows it"
             )));
         }
         if !self.dir.is_dir() {
@@ -132,9 +132,13 @@ impl Installer for FilesInstaller {
                 fs::remove_dir_all(&new).map_err(io_at(&new))?;
             }
             fs::create_dir(&new).map_err(io_at(&new))?;
-            let target = s.step.target().unwrap_or_default();
-            let dest = new.join(artifact_file_name(target));
-            copy_verified(&staging_dir.join(&art.file), &dest, &art.sha256, art.length)?;
+            if s.step.install_type.as_deref() == Some(crate::tree::INSTALL_TYPE) {
+                prepare_tree(&staging_dir.join(&art.file), art, &new, &s.step.app)?;
+            } else {
+                let target = s.step.target().unwrap_or_default();
+                let dest = new.join(artifact_file_name(target));
+                copy_verified(&staging_dir.join(&art.file), &dest, &art.sha256, art.length)?;
+            }
             let vfile = new.join(VERSION_FILE);
             let mut f = File::create(&vfile).map_err(io_at(&vfile))?;
             f.write_all(format!("{version}\n").as_bytes())
@@ -216,6 +220,41 @@ impl Installer for FilesInstaller {
         let _ = sync_dir(&self.dir);
         Ok(())
     }
+}
+
+/// Unpacks a staged tree container into `new/tree`, every file checked against the signed
+/// manifest, then records the manifest (`.petrel-tree.json`, the base of later tree deltas)
+/// and the artifact's signed hash (`SHA256`, what the inventory reports).
+fn prepare_tree(
+    src: &Path,
+    art: &crate::agent::plan::StagedArtifact,
+    new: &Path,
+    app: &str,
+) -> Result<(), ApplyError> {
+    let want = art.tree.as_deref().ok_or_else(|| {
+        ApplyError::Verify(format!(
+            "{app}: install type \"tree\" but its target has no signed tree metadata (publish the directory with `petrel-repo add --tree`); nothing installed"
+        ))
+    })?;
+    let root = new.join(crate::tree::TREE_DIR);
+    let manifest = crate::tree::unpack(src, want, &root).map_err(|e| match e {
+        crate::tree::TreeError::Io(p, err) if p != src => ApplyError::Io(p, err),
+        other => ApplyError::Verify(format!(
+            "the staged tree {} is not the signed one: {other}; nothing installed",
+            src.display()
+        )),
+    })?;
+    for (name, bytes) in [
+        (crate::tree::MANIFEST_FILE, manifest.as_slice()),
+        (SHA256_FILE, format!("{}\n", art.sha256).as_bytes()),
+    ] {
+        let p = new.join(name);
+        let mut f = File::create(&p).map_err(io_at(&p))?;
+        f.write_all(bytes)
+            .and_then(|()| f.sync_all())
+            .map_err(io_at(&p))?;
+    }
+    Ok(())
 }
 
 /// Copies `src` to `dest` while hashing; the copy must be exactly `length` bytes with
