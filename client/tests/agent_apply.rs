@@ -1180,6 +1180,7 @@ fn hand_plan(dir: &Path, install_type: Option<&str>) -> StagedPlan {
                 length: bytes.len() as u64,
                 file: "clock.staged".into(),
                 in_slot: false,
+                tree: None,
             }),
         }],
     }
@@ -1258,6 +1259,54 @@ fn apply_refuses_an_install_type_it_has_no_installer_for() {
     assert!(e.to_string().contains("install type \"package\""), "{e}");
     assert_eq!(fs::read_dir(&inv).unwrap().count(), 0);
     assert!(!journal.exists());
+}
+
+#[test]
+fn a_tree_step_without_signed_tree_metadata_or_with_another_tree_installs_nothing() {
+    let work = tempfile::tempdir().unwrap();
+    let inv = work.path().join("apps");
+    fs::create_dir(&inv).unwrap();
+    let journal = work.path().join("apply.journal.json");
+    let run = |plan: &StagedPlan| {
+        install::install(
+            &mut FilesInstaller::new(&inv),
+            plan,
+            work.path(),
+            &journal,
+            &Hooks::default(),
+            Utc::now(),
+            &mut |_, _| Ok(()),
+        )
+        .unwrap_err()
+        .to_string()
+    };
+    // The staged file is not a tree container, and nothing says which tree is signed.
+    let mut plan = hand_plan(work.path(), Some("tree"));
+    let e = run(&plan);
+    assert!(e.contains("no signed tree metadata"), "{e}");
+    assert_eq!(fs::read_dir(&inv).unwrap().count(), 0);
+    // A real container, but not the tree the plan's signed manifest hash names.
+    let src = work.path().join("src");
+    fs::create_dir_all(src.join("d")).unwrap();
+    fs::write(src.join("d/f"), b"tree file").unwrap();
+    let scanned = petrel_client::tree::scan(&src).unwrap();
+    let mut c = fs::File::create(work.path().join("clock.staged")).unwrap();
+    petrel_client::tree::write_container(&scanned, None, &mut c).unwrap();
+    let bytes = fs::read(work.path().join("clock.staged")).unwrap();
+    let art = plan.steps[0].artifact.as_mut().unwrap();
+    art.sha256 = petrel_client::manifest::sha256_hex(&bytes);
+    art.length = bytes.len() as u64;
+    art.tree = Some("ab".repeat(32));
+    let e = run(&plan);
+    assert!(e.contains("not the signed"), "{e}");
+    assert_eq!(
+        fs::read_dir(&inv)
+            .unwrap()
+            .filter_map(Result::ok)
+            .filter(|e| !e.file_name().to_string_lossy().starts_with('.'))
+            .count(),
+        0
+    );
 }
 
 #[test]

@@ -114,6 +114,7 @@ pub fn artifact(target: &str) -> ArtifactInfo {
         length: b.len() as u64,
         sha256: sha256_hex(&b),
         deltas: Vec::new(),
+        tree: None,
     }
 }
 
