@@ -12,8 +12,11 @@
 # slots (docs/images.md): image 1.1 is written into slot B, boots, fails its health check,
 # is marked bad, and the board reboots into slot A and reports the failure, rolled back;
 # image 1.2 (zstd-compressed when zstd is installed) boots from B, passes, is marked good
-# and reported succeeded. Needs bash, python3 (the board's image maker and summaries) and
-# coreutils' timeout.
+# and reported succeeded. Then a kiosk (examples/kiosk) installs a web application that is a
+# directory tree (one tree artifact with its signed file manifest) and updates it through a
+# tree delta, where a file edited by hand is read again alone from the full tree. Needs
+# bash, python3 (the board's image maker, the kiosk's tree maker and summaries), diffutils
+# and coreutils' timeout.
 # Usage: ./demo.sh [WORK_DIR]
 #   PETREL_DEMO_NO_BUILD=1 ./demo.sh [WORK_DIR]   uses the binaries already built (no cargo build)
 set -euo pipefail
@@ -337,4 +340,46 @@ rejected=$(find "$board/state/outbox" -name '*.reason.txt' | head -n 5)
 echo "==> the release engineer's view: rollout status of both image campaigns from the board's reports"
 "$repo_tool" -r "$repo" rollout status --reports "$url" --campaign os-1.1
 "$repo_tool" -r "$repo" rollout status --reports "$url" --campaign os-1.2
-echo "demo complete: repository $repo, device state $device, board $board"
+
+echo "==> a kiosk's web application: a directory published as one tree artifact (docs/formats.md, Tree artifacts)"
+kiosk_ex="$top/examples/kiosk"
+kiosk="$work/kiosk"
+web="$work/web"
+rm -rf "$kiosk" "$web"
+mkdir -p "$kiosk/apps" "$web"
+python3 "$kiosk_ex/make-web.py" 1.0 "$web/1.0"
+python3 "$kiosk_ex/make-web.py" 1.1 "$web/1.1"
+"$repo_tool" -r "$repo" add --tree "$web/1.0" --prefix apps/acme/web/1.0 --name web.ptree --role acme
+"$repo_tool" -r "$repo" group set "$kiosk_ex/group-kiosks-1.0.toml"
+"$repo_tool" -r "$repo" assign --group kiosks --devices "$kiosk_ex/devices.txt"
+"$repo_tool" -r "$repo" campaign create "$kiosk_ex/campaign-web-1.0.toml"
+"$repo_tool" -r "$repo" publish
+cat >"$kiosk/device.toml" <<TOML
+state_dir = "$kiosk/state"
+profile = "$kiosk_ex/profile.toml"
+[repository]
+metadata_url = "$url/metadata"
+targets_url = "$url/targets"
+[inventory]
+dir = "$kiosk/apps"
+TOML
+kiosk_agent() { timeout 60 "$agent" --config "$kiosk/device.toml" "$@"; }
+kiosk_agent init --root "$repo/tree/metadata/1.root.json"
+echo "==> the kiosk installs web 1.0: the whole tree, every file checked against the signed manifest"
+kiosk_agent update | sed -e 's/^/    /'
+diff -r --no-dereference "$web/1.0" "$kiosk/apps/acme.web/tree"
+echo "    installed: $(find "$kiosk/apps/acme.web/tree" -type f | wc -l) files, link lib/libweb.so.1 -> $(readlink "$kiosk/apps/acme.web/tree/lib/libweb.so.1")"
+echo "==> someone edits a font file on the kiosk by hand"
+echo "edited" >>"$kiosk/apps/acme.web/tree/share/fonts/kiosk.ttf"
+echo "==> web 1.1 and its tree delta: unchanged files by hash, the renamed library and the stylesheet as file deltas"
+"$repo_tool" -r "$repo" add --tree "$web/1.1" --prefix apps/acme/web/1.1 --name web.ptree --role acme
+"$repo_tool" -r "$repo" delta --from apps/acme/web/1.0/web.ptree --to apps/acme/web/1.1/web.ptree
+"$repo_tool" -r "$repo" group set "$kiosk_ex/group-kiosks-1.1.toml"
+"$repo_tool" -r "$repo" campaign create "$kiosk_ex/campaign-web-1.1.toml"
+"$repo_tool" -r "$repo" publish
+echo "==> the kiosk updates through the tree delta; only the edited font is read again, alone, from the full tree"
+kiosk_agent update 2>"$work/kiosk.log" | sed -e 's/^/    /'
+grep -o "installed file(s) of acme.web were not the ones.*" "$work/kiosk.log" | sed -e 's/^/    /' || true
+diff -r --no-dereference "$web/1.1" "$kiosk/apps/acme.web/tree"
+echo "    the installed tree is exactly web 1.1 (link lib/libweb.so.1 -> $(readlink "$kiosk/apps/acme.web/tree/lib/libweb.so.1"))"
+echo "demo complete: repository $repo, device state $device, board $board, kiosk $kiosk"
