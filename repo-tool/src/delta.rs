@@ -138,8 +138,9 @@ pub fn make_deltas(ws: &Workspace, opts: &DeltaOptions) -> Result<Vec<DeltaOutco
         }
         // Every candidate is checked to rebuild the new bytes before the smallest is kept.
         let (format, bytes) = if crate::trees::is_tree(&old) && crate::trees::is_tree(&new_bytes) {
-            let d = crate::trees::make_tree_delta(&old, &new_bytes, &opts.format.build_options())
-                .map_err(|e| Error::target(from, format!("building the tree delta: {e}")))?;
+            let (d, _) =
+                crate::trees::make_tree_delta(&old, &new_bytes, &opts.format.build_options())
+                    .map_err(|e| Error::target(from, format!("building the tree delta: {e}")))?;
             (petrel_client::tree::delta::FORMAT, d)
         } else {
             let best = delta::make_best(&old, &new_bytes, &opts.format.build_options())

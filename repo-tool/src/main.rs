@@ -110,15 +110,20 @@ Example:
 Examples:
   petrel-repo delta-file libfoo.so.1.2 libfoo.so.1.3 -o libfoo.delta
   petrel-repo delta-file --format zstd-patch old.img new.img -o img.delta
+  petrel-repo delta-file suite-5.0/ suite-5.1/ -o suite.delta
+
+Two directories are packed as tree artifacts and get a tree delta (petrel-tree: unchanged
+files by hash, changed and renamed files as file deltas, added files compressed); the
+JSON line then counts each kind of file.
 
 Builds every format that fits (zstd-patch always; bsdiff-zstd and, for two ELF files of
 one architecture, exec-bsdiff up to 32 MiB; zstd-chunked from 16 MiB), checks that each
 rebuilds NEW exactly, keeps the smallest and prints one JSON line: the chosen format, its
 length and every candidate's length. `petrel delta-apply` applies it.")]
     DeltaFile {
-        /// The old version.
+        /// The old version (a file, or a directory for a tree delta).
         old: PathBuf,
-        /// The new version.
+        /// The new version (a file, or a directory).
         new: PathBuf,
         /// Where to write the delta.
         #[arg(short, long, value_name = "FILE")]
@@ -1041,7 +1046,6 @@ fn run(cli: Cli) -> Result<()> {
             use petrel_client::delta;
             let read =
                 |p: &PathBuf| std::fs::read(p).map_err(|e| petrel_repo::error::Error::io(p, e));
-            let (o, n) = (read(old)?, read(new)?);
             let mut opts = delta::BuildOptions::default();
             if !formats.is_empty() {
                 opts.formats = Vec::new();
@@ -1058,6 +1062,50 @@ fn run(cli: Cli) -> Result<()> {
                     opts.formats.push(known);
                 }
             }
+            if old.is_dir() && new.is_dir() {
+                // Two directories: packed as tree artifacts, and the tree delta between them.
+                let pack = |d: &PathBuf| -> petrel_repo::error::Result<(
+                    Vec<u8>,
+                    petrel_client::tree::TreeMeta,
+                )> {
+                    let mut f =
+                        tempfile::tempfile().map_err(|e| petrel_repo::error::Error::io(d, e))?;
+                    let meta = petrel_repo::trees::pack_dir(d, &mut f)?;
+                    let mut b = Vec::new();
+                    use std::io::{Read, Seek};
+                    f.rewind()
+                        .and_then(|()| f.read_to_end(&mut b))
+                        .map_err(|e| petrel_repo::error::Error::io(d, e))?;
+                    Ok((b, meta))
+                };
+                let ((o, _), (n, nmeta)) = (pack(old)?, pack(new)?);
+                let (d, made) =
+                    petrel_repo::trees::make_tree_delta(&o, &n, &opts).map_err(|e| {
+                        petrel_repo::error::Error::Usage(format!(
+                            "{} -> {}: {e}",
+                            old.display(),
+                            new.display()
+                        ))
+                    })?;
+                std::fs::write(out, &d).map_err(|e| petrel_repo::error::Error::io(out, e))?;
+                println!(
+                    "{}",
+                    serde_json::json!({
+                        "engine": petrel_client::tree::delta::FORMAT,
+                        "length": d.len(),
+                        "new_length": n.len(),
+                        "new_tree_size": nmeta.size,
+                        "files": nmeta.files,
+                        "copied": made.copied,
+                        "deltas": made.deltas,
+                        "renamed": made.renamed,
+                        "added": made.added,
+                        "removed": made.removed,
+                    })
+                );
+                return Ok(());
+            }
+            let (o, n) = (read(old)?, read(new)?);
             let best = delta::make_best(&o, &n, &opts).map_err(|e| {
                 petrel_repo::error::Error::Usage(format!(
                     "{} -> {}: {e}",

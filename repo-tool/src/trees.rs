@@ -120,14 +120,14 @@ pub fn make_tree_delta(
     old: &[u8],
     new: &[u8],
     opts: &petrel_client::delta::BuildOptions,
-) -> std::io::Result<Vec<u8>> {
+) -> std::io::Result<(Vec<u8>, tree::delta::Made)> {
     let t = tempfile::tempdir()?;
     let (po, pn) = (t.path().join("old"), t.path().join("new"));
     std::fs::write(&po, old)?;
     std::fs::write(&pn, new)?;
     let to_io = |e: tree::TreeError| std::io::Error::other(e.to_string());
     let mut d = Vec::new();
-    tree::delta::make(&po, &pn, opts, &mut d).map_err(to_io)?;
+    let made = tree::delta::make(&po, &pn, opts, &mut d).map_err(to_io)?;
     // Checked as a device would: rebuilt from the unpacked old tree, against the new manifest.
     let (old_manifest, _) = tree::read_manifest(&mut &old[..], None).map_err(to_io)?;
     let (new_manifest, _) = tree::read_manifest(&mut &new[..], None).map_err(to_io)?;
@@ -149,5 +149,5 @@ pub fn make_tree_delta(
         &mut out,
     )
     .map_err(to_io)?;
-    Ok(d)
+    Ok((d, made))
 }
