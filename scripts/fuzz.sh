@@ -20,7 +20,7 @@ HOST="$(rustc -vV | sed -n 's/^host: //p')"
 PROFILE="${FUZZ_PROFILE:-release}"
 [[ "${1:-}" == "--smoke" ]] && PROFILE="${FUZZ_PROFILE:-smoke}"
 BIN_DIR="$FUZZ/target/$HOST/$PROFILE"
-TARGETS=(tuf_root tuf_timestamp tuf_snapshot tuf_tree_node tuf_targets canonical_json manifest delta_apply server_reports server_path)
+TARGETS=(tuf_root tuf_timestamp tuf_snapshot tuf_tree_node tuf_targets canonical_json manifest delta_apply tree_container server_reports server_path)
 
 # Sanitizer coverage for libFuzzer on stable rustc: inline 8-bit counters and the PC table
 # (what libFuzzer's `cov:`/`ft:` count), comparison tracing (guides it through magic values

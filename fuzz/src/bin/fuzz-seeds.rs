@@ -219,6 +219,21 @@ fn deltas(c: &mut Corpus) {
     );
 }
 
+/// The tree containers of the hostile-delta fixtures (`fixtures/deltas/*/*.ptree`): well
+/// formed ones and ones whose manifest breaks a rule.
+fn trees(c: &mut Corpus, repo: &Path) {
+    let mut found: Vec<PathBuf> = std::fs::read_dir(repo.join("fixtures/deltas"))
+        .unwrap()
+        .flatten()
+        .flat_map(|d| ["tree.ptree", "base.ptree"].map(|n| d.path().join(n)))
+        .filter(|p| p.exists())
+        .collect();
+    found.sort();
+    for p in found {
+        c.add("tree_container", None, &std::fs::read(p).unwrap());
+    }
+}
+
 fn reports(c: &mut Corpus) {
     let dir = tempfile::tempdir().unwrap();
     let key_path = dir.path().join("device.pem");
@@ -305,6 +320,7 @@ fn main() {
     metadata(&mut c, &repo);
     manifests(&mut c, &repo);
     deltas(&mut c);
+    trees(&mut c, &repo);
     reports(&mut c);
     paths(&mut c, &repo);
     println!(
