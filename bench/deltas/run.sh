@@ -23,7 +23,7 @@
 #             zstd -q -f -d --long=31 --patch-from=OLD D -o OUT
 #
 # A directory pair (pair.json kind "dir", e.g. pg-tree-dir) is measured with Petrel's
-# tree mode only (`delta-file --tree` / `delta-apply --tree`), when the build has it; the
+# tree deltas only (`delta-file` and `delta-apply` of directories), when the build has them; the
 # peers' numbers for it are those of the same trees as a tar (pg-tree).
 #
 # Environment: RUNS (3), PAIRS (every pair under bench/work/deltas/pairs, smallest first),
@@ -100,7 +100,7 @@ if wants petrel; then
     fi
     if [[ -n "${petrel_error}" ]]; then
         say "ERROR: Petrel cannot be measured: ${petrel_error}. Its columns are left empty; the peers are measured."
-    elif grep -q -- '--tree' "${work}/delta-file.help" && grep -q -- '--tree' "${work}/delta-apply.help"; then
+    elif grep -q 'Two directories' "${work}/delta-file.help" && grep -q 'tree delta' "${work}/delta-apply.help"; then
         petrel_tree=1
     fi
 fi
@@ -216,7 +216,7 @@ run_pair() {
             case "${tool}" in
                 petrel)
                     if [[ "${kind}" == dir ]]; then
-                        measure "$d" "${petrel_repo}" delta-file --tree "${old}" "${new}" -o "$d" || rc=$?
+                        measure "$d" "${petrel_repo}" delta-file "${old}" "${new}" -o "$d" || rc=$?
                     else
                         measure "$d" "${petrel_repo}" delta-file "${old}" "${new}" -o "$d" || rc=$?
                     fi ;;
@@ -253,7 +253,7 @@ run_pair() {
                 case "${tool}/${step}" in
                     petrel/apply)
                         if [[ "${kind}" == dir ]]; then
-                            measure "$o" "${petrel_agent}" delta-apply --tree "${old}" "$d" -o "$o" || rc=$?
+                            measure "$o" "${petrel_agent}" delta-apply "${old}" "$d" -o "$o" || rc=$?
                         else
                             measure "$o" "${petrel_agent}" delta-apply "${old}" "$d" -o "$o" || rc=$?
                         fi ;;

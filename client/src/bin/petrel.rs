@@ -191,13 +191,17 @@ See docs/images.md."
 Examples:
   petrel delta-apply app-2.0.bin app.delta -o app-2.1.bin
   petrel delta-apply --streaming app-2.0.bin app.delta -o app-2.1.bin
+  petrel delta-apply suite-5.0/ suite.delta -o suite-5.1/
 
 The format is read from the delta's first bytes (zstd-patch, zstd-chunked, bsdiff-zstd,
-exec-bsdiff). The base and the delta are memory-mapped unless --streaming, which reads
+exec-bsdiff). A directory as the base takes a tree delta (petrel-repo delta-file of two
+directories) and writes the new tree into the directory OUT, every file checked against
+the manifest the delta carries. The base and the delta are memory-mapped unless --streaming, which reads
 with bounded buffers (raw-flash devices); both keep anonymous memory under 8 MiB.
 zstd-patch deltas need a map above 4 MiB of base and result. See docs/device.md.")]
     DeltaApply {
-        /// The installed bytes the delta starts from.
+        /// The installed bytes the delta starts from (a directory, for a tree delta: OUT is
+        /// then the directory written).
         base: PathBuf,
         /// The delta.
         delta: PathBuf,
@@ -836,6 +840,9 @@ fn delta_apply(base: &Path, delta: &Path, out: &Path, streaming: bool) -> Result
     use petrel_client::delta;
     let fail = |message: String| Failure { message, code: 1 };
     let open = |p: &Path| std::fs::File::open(p).map_err(|e| fail(format!("{}: {e}", p.display())));
+    if base.is_dir() {
+        return tree_delta_apply(base, delta, out, streaming);
+    }
     let (b, d) = (open(base)?, open(delta)?);
     let mut head = [0u8; 16];
     let n = std::io::Read::read(&mut &d, &mut head)
@@ -870,6 +877,64 @@ fn delta_apply(base: &Path, delta: &Path, out: &Path, streaming: bool) -> Result
     eprintln!(
         "petrel: wrote {} ({n} bytes) from {format} delta",
         out.display()
+    );
+    Ok(())
+}
+
+/// `petrel delta-apply TREE_DIR DELTA -o OUT_DIR`: a tree delta applied to an installed
+/// tree (its manifest taken from the directory as it is), unpacked into OUT_DIR, every file
+/// checked against the new manifest the delta carries.
+fn tree_delta_apply(base: &Path, delta: &Path, out: &Path, streaming: bool) -> Result<(), Failure> {
+    use petrel_client::tree;
+    let fail = |message: String| Failure { message, code: 1 };
+    let scanned = tree::scan(base).map_err(|e| fail(format!("{}: {e}", base.display())))?;
+    let manifest = scanned.manifest.to_bytes();
+    let want = tree::delta::named_manifest_sha256(delta)
+        .map_err(|e| fail(format!("{}: {e}", delta.display())))?;
+    let parent = out
+        .parent()
+        .filter(|p| !p.as_os_str().is_empty())
+        .unwrap_or(Path::new("."));
+    let scratch =
+        tempfile::tempdir_in(parent).map_err(|e| fail(format!("{}: {e}", parent.display())))?;
+    let container = scratch.path().join("tree.ptree");
+    let mut c = std::fs::File::options()
+        .create_new(true)
+        .read(true)
+        .write(true)
+        .open(&container)
+        .map_err(|e| fail(format!("{}: {e}", container.display())))?;
+    let mode = if streaming {
+        petrel_client::delta::ApplyMode::Streaming
+    } else {
+        petrel_client::delta::ApplyMode::Mmap
+    };
+    let done = tree::delta::apply(
+        delta,
+        &tree::delta::Base {
+            root: base,
+            manifest: &manifest,
+        },
+        &want,
+        mode,
+        scratch.path(),
+        None,
+        &mut c,
+    )
+    .map_err(|e| {
+        fail(format!(
+            "applying {} to {}: {e}",
+            delta.display(),
+            base.display()
+        ))
+    })?;
+    tree::unpack(&container, &want, out).map_err(|e| fail(format!("{}: {e}", out.display())))?;
+    eprintln!(
+        "petrel: wrote the tree {} from the tree delta: {} file(s) unchanged, {} from file deltas, {} added",
+        out.display(),
+        done.copied,
+        done.deltas,
+        done.added
     );
     Ok(())
 }

@@ -280,6 +280,31 @@ pub struct Base<'a> {
     pub manifest: &'a [u8],
 }
 
+/// The new manifest's SHA-256 a tree delta names in its header, **unverified**: for trying
+/// a delta offline (`petrel delta-apply`), where no signed tree says what to expect.
+pub fn named_manifest_sha256(delta: &Path) -> Result<String, TreeError> {
+    let mut r =
+        BufReader::new(File::open(delta).map_err(|e| TreeError::Io(delta.to_path_buf(), e))?);
+    let bad = |w: &str| TreeError::Container(format!("tree delta: {w}"));
+    let mut head = [0u8; 16];
+    r.read_exact(&mut head)
+        .map_err(|_| bad("truncated in its header"))?;
+    if &head[..8] != DELTA_MAGIC {
+        return Err(bad("does not start with PTRLTDL1"));
+    }
+    let len = u64::from_le_bytes(head[8..].try_into().expect("8 bytes"));
+    if len > MAX_MANIFEST_BYTES {
+        return Err(bad("its header is too large"));
+    }
+    let mut h = Vec::new();
+    r.take(len)
+        .read_to_end(&mut h)
+        .map_err(|e| bad(&e.to_string()))?;
+    let header: Header =
+        serde_json::from_slice(&h).map_err(|e| bad(&format!("its header: {e}")))?;
+    Ok(header.manifest_sha256)
+}
+
 /// Reads a tree delta's header and new manifest: the manifest's SHA-256 must be `want`.
 pub fn read_header(
     r: &mut impl Read,
