@@ -3,7 +3,7 @@
 //! added files compressed, removed files listed.
 //!
 //! ```text
-//! "PTRLTDL1" | u64 LE header length | header (JSON) | u64 LE manifest length | manifest
+//! "PTRLTDL1" | u64 LE length | header (JSON, zstd) | u64 LE length | manifest (zstd)
 //!            | payloads (one per `delta` or `add` operation, in order)
 //! ```
 //! The device rebuilds the new tree as a container with stored frames, each file checked
@@ -240,11 +240,15 @@ pub fn make(
         n += b.len() as u64;
         out.write_all(b).map_err(io_err)
     };
+    // The header and the manifest are JSON naming every path: compressed, they cost a
+    // fifth as much (for a tree of a few thousand files, hundreds of kilobytes).
+    let hz = zstd::bulk::compress(&hbytes, 19).map_err(io_err)?;
+    let mz = zstd::bulk::compress(&new_bytes, 19).map_err(io_err)?;
     put(DELTA_MAGIC)?;
-    put(&(hbytes.len() as u64).to_le_bytes())?;
-    put(&hbytes)?;
-    put(&(new_bytes.len() as u64).to_le_bytes())?;
-    put(&new_bytes)?;
+    put(&(hz.len() as u64).to_le_bytes())?;
+    put(&hz)?;
+    put(&(mz.len() as u64).to_le_bytes())?;
+    put(&mz)?;
     for p in &payloads {
         put(p)?;
     }
@@ -296,13 +300,28 @@ pub fn named_manifest_sha256(delta: &Path) -> Result<String, TreeError> {
     if len > MAX_MANIFEST_BYTES {
         return Err(bad("its header is too large"));
     }
-    let mut h = Vec::new();
+    let mut z = Vec::new();
     r.take(len)
-        .read_to_end(&mut h)
+        .read_to_end(&mut z)
         .map_err(|e| bad(&e.to_string()))?;
+    let h = unzstd(&z).map_err(|e| bad(&format!("its header: {e}")))?;
     let header: Header =
         serde_json::from_slice(&h).map_err(|e| bad(&format!("its header: {e}")))?;
     Ok(header.manifest_sha256)
+}
+
+/// Decodes one zstd-compressed section of a tree delta, at most [`MAX_MANIFEST_BYTES`].
+fn unzstd(z: &[u8]) -> io::Result<Vec<u8>> {
+    let mut out = Vec::new();
+    zstd::stream::read::Decoder::new(z)?
+        .take(MAX_MANIFEST_BYTES + 1)
+        .read_to_end(&mut out)?;
+    if out.len() as u64 > MAX_MANIFEST_BYTES {
+        return Err(io::Error::other(format!(
+            "more than {MAX_MANIFEST_BYTES} bytes decoded"
+        )));
+    }
+    Ok(out)
 }
 
 /// Reads a tree delta's header and new manifest: the manifest's SHA-256 must be `want`.
@@ -334,7 +353,7 @@ pub fn read_header(
         if b.len() as u64 != len {
             return Err(bad(format!("truncated in its {what}")));
         }
-        Ok(b)
+        unzstd(&b).map_err(|e| bad(format!("its {what}: {e}")))
     };
     let hbytes = read_part("header")?;
     let mbytes = read_part("manifest")?;
