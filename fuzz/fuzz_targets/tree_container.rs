@@ -27,7 +27,11 @@ fuzz_target!(|data: &[u8]| {
     let dest = t.path().join("out");
     let unpacked = tree::unpack(&src, &want, &dest);
     let verified = tree::verify_container(&src, &want);
-    assert_eq!(unpacked.is_ok(), verified.is_ok(), "{unpacked:?} / {verified:?}");
+    assert_eq!(
+        unpacked.is_ok(),
+        verified.is_ok(),
+        "{unpacked:?} / {verified:?}"
+    );
     let mut names: Vec<String> = fs::read_dir(t.path())
         .unwrap()
         .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())

@@ -234,6 +234,44 @@ fn trees(c: &mut Corpus, repo: &Path) {
     }
 }
 
+/// Snapshot tree nodes and heads as the fixtures serve them (`fixtures/**/snapshot-tree/`),
+/// and inputs that once broke the round trip of a node.
+fn tree_nodes(c: &mut Corpus, repo: &Path) {
+    let mut all = Vec::new();
+    files(&repo.join("fixtures"), &mut all);
+    for p in all {
+        if p.parent().and_then(|d| d.file_name()) == Some("snapshot-tree".as_ref()) {
+            c.add("tuf_tree_node", None, &std::fs::read(&p).unwrap());
+        }
+    }
+    // The nodes of a tree of forty roles, as the repo tool writes them: branches and leaves.
+    let roles: serde_json::Map<String, Value> = (0..40)
+        .map(|i| {
+            let name = format!("assign-{i}");
+            let hash = hex::encode(ring::digest::digest(&ring::digest::SHA256, name.as_bytes()));
+            let meta = serde_json::json!({
+                "version": 1 + i % 3,
+                "length": 4000 + 97 * i,
+                "hashes": { "sha256": hash },
+            });
+            (name, meta)
+        })
+        .collect();
+    let built = petrel_client::tuf::schema::tree::build(
+        &serde_json::from_value(Value::Object(roles)).unwrap(),
+    );
+    for node in built.nodes.values() {
+        c.add("tuf_tree_node", None, node);
+    }
+    // An integer beyond u64 in an unknown field is read as a float: the parse must be
+    // correctly rounded for the node to round-trip.
+    c.add(
+        "tuf_tree_node",
+        None,
+        br#"{"prefix":"010","roles":{"index-05":{"version":1,"lYength":1033302120002245146054804534206,"hashes":{"":"f54024649e2fdf8b"}}}}"#,
+    );
+}
+
 fn reports(c: &mut Corpus) {
     let dir = tempfile::tempdir().unwrap();
     let key_path = dir.path().join("device.pem");
@@ -321,6 +359,7 @@ fn main() {
     manifests(&mut c, &repo);
     deltas(&mut c);
     trees(&mut c, &repo);
+    tree_nodes(&mut c, &repo);
     reports(&mut c);
     paths(&mut c, &repo);
     println!(
