@@ -78,7 +78,7 @@ Every format that fits the pair is built and checked to rebuild the new bytes, a
 smallest is kept (its format is recorded in the target's custom metadata): zstd-patch (a
 zstd frame with the old bytes as reference prefix), bsdiff-zstd and, for two ELF files of
 one architecture, exec-bsdiff (bsdiff with the diff taken against the old code's
-references moved to where the new version's layout puts them) up to 32 MiB, and
+references moved to where the new version's layout puts them) up to 256 MiB, and
 zstd-chunked (4 MiB chunks, for system images) from 16 MiB. Added as the target
 deltas/<new sha256>/<old sha256>.zst with custom metadata naming both hashes and lengths
 (docs/formats.md, Deltas). Devices that have exactly the old bytes installed download the
@@ -117,7 +117,7 @@ files by hash, changed and renamed files as file deltas, added files compressed)
 JSON line then counts each kind of file.
 
 Builds every format that fits (zstd-patch always; bsdiff-zstd and, for two ELF files of
-one architecture, exec-bsdiff up to 32 MiB; zstd-chunked from 16 MiB), checks that each
+one architecture, exec-bsdiff up to 256 MiB; zstd-chunked from 16 MiB), checks that each
 rebuilds NEW exactly, keeps the smallest and prints one JSON line: the chosen format, its
 length and every candidate's length. `petrel delta-apply` applies it.")]
     DeltaFile {

@@ -87,53 +87,68 @@ pub fn make_both(
     if !plain && layouts.is_none() {
         return Ok((None, None));
     }
-    let mut raw = Vec::new();
-    bsdiff::diff(old, new, &mut raw)?;
-    // bsdiff's own stream: per entry 3 × 8 bytes (mix, copy, seek; sign and magnitude),
-    // then `mix` diff bytes and `copy` extra bytes.
-    let mut entries: Vec<(u32, u32, i32)> = Vec::new();
-    let mut regions = Vec::new();
-    let mut extra = Vec::new();
-    let (mut at, mut old_pos, mut new_pos) = (0usize, 0i64, 0u64);
-    let bad = || io::Error::other("bsdiff produced a malformed stream");
-    while at < raw.len() {
-        let word = |k: usize| -> io::Result<i64> {
-            let b: [u8; 8] = raw
-                .get(at + 8 * k..at + 8 * k + 8)
-                .ok_or_else(bad)?
-                .try_into()
-                .unwrap();
-            let v = u64::from_le_bytes(b);
-            let m = (v & !(1 << 63)) as i64;
-            Ok(if v >> 63 == 1 { -m } else { m })
-        };
-        let (mix, copy, seek) = (word(0)?, word(1)?, word(2)?);
-        at += 24;
-        let (mix_u, copy_u) = (
-            usize::try_from(mix).map_err(|_| bad())?,
-            usize::try_from(copy).map_err(|_| bad())?,
-        );
-        regions.push(Region {
-            old_pos: u64::try_from(old_pos).map_err(|_| bad())?,
-            new_pos,
-            len: mix_u as u64,
+    // bsdiff's matching (suffix array of the old bytes, then its scan of the new bytes)
+    // yields a series of matches that tile the new bytes: `add_length` bytes added to the
+    // old bytes at `add_old_start`, then literal bytes up to `copy_end`.
+    let mut matches: Vec<bidiff::Match> = Vec::new();
+    if old.is_empty() {
+        // Nothing to match against: the new bytes are all literal.
+        if !new.is_empty() {
+            matches.push(bidiff::Match {
+                add_old_start: 0,
+                add_new_start: 0,
+                add_length: 0,
+                copy_end: new.len(),
+            });
+        }
+    } else {
+        let too_many = bidiff::diff(old, new, &bidiff::DiffParams::default(), |m| {
+            matches.push(m);
+            if matches.len() as u64 > MAX_ENTRIES {
+                Err(())
+            } else {
+                Ok(())
+            }
         });
-        at += mix_u;
-        extra.extend_from_slice(raw.get(at..at + copy_u).ok_or_else(bad)?);
-        at += copy_u;
-        new_pos += (mix_u + copy_u) as u64;
-        old_pos += mix + seek;
-        entries.push((
-            u32::try_from(mix).map_err(|_| bad())?,
-            u32::try_from(copy).map_err(|_| bad())?,
-            i32::try_from(seek).map_err(|_| bad())?,
-        ));
-        if entries.len() as u64 > MAX_ENTRIES {
+        if too_many.is_err() {
             return Ok((None, None));
         }
     }
-    drop(raw);
-    if new_pos != new.len() as u64 {
+    let bad = || io::Error::other("the matcher produced matches that do not tile the new bytes");
+    let mut entries: Vec<(u32, u32, i32)> = Vec::with_capacity(matches.len());
+    let mut regions = Vec::with_capacity(matches.len());
+    let mut extra = Vec::new();
+    let (mut old_pos, mut new_pos) = (0usize, 0usize);
+    for (i, m) in matches.iter().enumerate() {
+        let copy_start = m.add_new_start + m.add_length;
+        if m.add_new_start != new_pos
+            || m.add_old_start != old_pos
+            || copy_start > m.copy_end
+            || m.copy_end > new.len()
+            || m.add_old_start + m.add_length > old.len()
+        {
+            return Err(bad());
+        }
+        let next_old = matches
+            .get(i + 1)
+            .map_or(m.add_old_start + m.add_length, |n| n.add_old_start);
+        let seek = next_old as i64 - (m.add_old_start + m.add_length) as i64;
+        regions.push(Region {
+            old_pos: m.add_old_start as u64,
+            new_pos: m.add_new_start as u64,
+            len: m.add_length as u64,
+        });
+        extra.extend_from_slice(&new[copy_start..m.copy_end]);
+        entries.push((
+            u32::try_from(m.add_length).map_err(|_| bad())?,
+            u32::try_from(m.copy_end - copy_start).map_err(|_| bad())?,
+            i32::try_from(seek).map_err(|_| bad())?,
+        ));
+        new_pos = m.copy_end;
+        old_pos = next_old;
+    }
+    drop(matches);
+    if new_pos != new.len() {
         return Err(bad());
     }
     let mut ctrl = Vec::with_capacity(entries.len() * ENTRY);

@@ -84,9 +84,10 @@ pub struct DeltaMeta {
 pub const FORMATS: [&str; 4] = [FORMAT, chunked::FORMAT, bsdiff::FORMAT, bsdiff::EXEC_FORMAT];
 
 /// Up to this size (of the larger of old and new), [`make_best`] also builds the bsdiff
-/// candidates: suffix sorting costs about 16 bytes of memory per old byte and is far slower
-/// than zstd's matcher, so larger pairs get the zstd formats only.
-pub const BSDIFF_UP_TO: u64 = 32 * 1024 * 1024;
+/// candidates. Matching holds both files, a 4-byte suffix array entry per old byte and the
+/// diff bytes, about 6.2 bytes per byte of a pair: a 200 MiB pair is built, with every
+/// other candidate beside it, in about 1.6 GB; larger pairs get the zstd formats only.
+pub const BSDIFF_UP_TO: u64 = 256 * 1024 * 1024;
 /// From this size of the new bytes on, [`make_best`] also builds a chunked candidate.
 pub const CHUNKED_FROM: u64 = 16 * 1024 * 1024;
 
