@@ -145,7 +145,7 @@ impl<R: Read> Read for CountRead<R> {
 /// Builds the tree delta from the container `old` to the container `new` into `out`.
 /// Each changed file gets the smallest of its file delta ([`crate::delta::make_best`],
 /// against the file at the same path, else a removed file with the same [`stem`]) and
-/// its zstd-compressed bytes.
+/// its zstd-compressed bytes, built on every core.
 pub fn make(
     old: &Path,
     new: &Path,
@@ -174,19 +174,11 @@ pub fn make(
     let mut ops = Vec::new();
     let mut payloads: Vec<Vec<u8>> = Vec::new();
     let io_err = |e: io::Error| TreeError::Io(PathBuf::from("the tree delta"), e);
-    for (e, (bytes, frame)) in new_m.files().zip(&new_files) {
-        let sha = e.file().1;
-        let mut op = Op {
-            path: e.path.clone(),
-            how: How::Copy,
-            base_sha256: None,
-            format: None,
-            length: None,
-            frame: *frame,
-        };
-        if by_sha.contains_key(sha) {
-            made.copied += 1;
-            ops.push(op);
+    // Every file the base lacks, with the base file its delta is made against (the file
+    // at the same path, else the removed file with the same stem closest in size).
+    let mut jobs = Vec::new();
+    for (i, (e, (bytes, _))) in new_m.files().zip(&new_files).enumerate() {
+        if by_sha.contains_key(e.file().1) {
             continue;
         }
         let (base, renamed) = match by_path.get(e.path.as_str()) {
@@ -200,22 +192,53 @@ pub fn make(
                 true,
             ),
         };
-        let whole = zstd::bulk::compress(bytes, 19).map_err(io_err)?;
-        let mut payload = whole;
-        op.how = How::Add;
-        if let Some((base_sha, base)) = base {
-            let best = crate::delta::make_best(base, bytes, opts).map_err(io_err)?;
-            if best.bytes.len() < payload.len() {
-                payload = best.bytes;
+        jobs.push((i, &bytes[..], base, renamed));
+    }
+    // The payloads are built on every core (the result does not depend on the order).
+    let built: Vec<io::Result<(usize, Vec<u8>, Option<(&str, &'static str)>, bool)>> = {
+        use rayon::prelude::*;
+        jobs.par_iter()
+            .map(|&(i, bytes, base, renamed)| {
+                let whole = zstd::bulk::compress(bytes, 19)?;
+                if let Some((base_sha, base)) = base {
+                    let best = crate::delta::make_best(base, bytes, opts)?;
+                    if best.bytes.len() < whole.len() {
+                        return Ok((i, best.bytes, Some((base_sha, best.format)), renamed));
+                    }
+                }
+                Ok((i, whole, None, false))
+            })
+            .collect()
+    };
+    let mut built = built.into_iter();
+    let mut next = built.next().transpose().map_err(io_err)?;
+    for (i, (e, (_, frame))) in new_m.files().zip(&new_files).enumerate() {
+        let mut op = Op {
+            path: e.path.clone(),
+            how: How::Copy,
+            base_sha256: None,
+            format: None,
+            length: None,
+            frame: *frame,
+        };
+        let Some((_, payload, delta, renamed)) = next.take_if(|(j, ..)| *j == i) else {
+            made.copied += 1;
+            ops.push(op);
+            continue;
+        };
+        next = built.next().transpose().map_err(io_err)?;
+        match delta {
+            Some((base_sha, format)) => {
                 op.how = How::Delta;
                 op.base_sha256 = Some(base_sha.to_string());
-                op.format = Some(best.format.to_string());
+                op.format = Some(format.to_string());
+                made.deltas += 1;
                 made.renamed += usize::from(renamed);
             }
-        }
-        match op.how {
-            How::Delta => made.deltas += 1,
-            _ => made.added += 1,
+            None => {
+                op.how = How::Add;
+                made.added += 1;
+            }
         }
         op.length = Some(payload.len() as u64);
         payloads.push(payload);

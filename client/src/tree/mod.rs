@@ -509,9 +509,22 @@ pub fn write_container(
                 )
                 .map_err(io_at(&out_path))?;
                 let _ = enc.include_checksum(false);
-                io::copy(&mut hr, &mut enc).map_err(io_at(src))?;
-                let mut bw = enc.finish().map_err(io_at(&out_path))?;
-                w(bw.flush())?;
+                // The size is known: zstd sizes its tables to it (for a small file, a
+                // fraction of what an unknown size allocates and clears).
+                enc.set_pledged_src_size(Some(size))
+                    .map_err(io_at(&out_path))?;
+                let done = match io::copy(&mut hr, &mut enc).map_err(io_at(src)) {
+                    Ok(_) => enc
+                        .finish()
+                        .and_then(|mut bw| bw.flush())
+                        .map_err(io_at(&out_path)),
+                    Err(e) => Err(e),
+                };
+                if done.is_err() && hr.count() != size {
+                    // More or fewer bytes than pledged: the file changed.
+                    return Err(changed());
+                }
+                done?;
             } else {
                 let mut bw = BufWriter::new(&mut *out);
                 io::copy(&mut hr, &mut bw).map_err(io_at(src))?;
@@ -561,6 +574,11 @@ impl<R: Read> HashRead<R> {
             n: 0,
         }
     }
+    /// Bytes read so far.
+    pub(crate) fn count(&self) -> u64 {
+        self.n
+    }
+
     pub(crate) fn finish(self) -> (String, u64) {
         (hex::encode(self.ctx.finish()), self.n)
     }
