@@ -1064,13 +1064,17 @@ fn run(cli: Cli) -> Result<()> {
             }
             if old.is_dir() && new.is_dir() {
                 // Two directories: packed as tree artifacts, and the tree delta between them.
-                let pack = |d: &PathBuf| -> petrel_repo::error::Result<(
+                // Only the new container's layout is part of the delta (its frame
+                // positions), so the base is packed stored, without compressing it.
+                let pack = |d: &PathBuf,
+                            level: Option<i32>|
+                 -> petrel_repo::error::Result<(
                     Vec<u8>,
                     petrel_client::tree::TreeMeta,
                 )> {
                     let mut f =
                         tempfile::tempfile().map_err(|e| petrel_repo::error::Error::io(d, e))?;
-                    let meta = petrel_repo::trees::pack_dir(d, &mut f)?;
+                    let meta = petrel_repo::trees::pack_dir_at(d, &mut f, level)?;
                     let mut b = Vec::new();
                     use std::io::{Read, Seek};
                     f.rewind()
@@ -1078,7 +1082,10 @@ fn run(cli: Cli) -> Result<()> {
                         .map_err(|e| petrel_repo::error::Error::io(d, e))?;
                     Ok((b, meta))
                 };
-                let ((o, _), (n, nmeta)) = (pack(old)?, pack(new)?);
+                let ((o, _), (n, nmeta)) = (
+                    pack(old, None)?,
+                    pack(new, Some(petrel_repo::trees::LEVEL))?,
+                );
                 let (d, made) =
                     petrel_repo::trees::make_tree_delta(&o, &n, &opts).map_err(|e| {
                         petrel_repo::error::Error::Usage(format!(

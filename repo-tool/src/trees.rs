@@ -14,17 +14,23 @@ use crate::error::{Error, Result};
 pub const EXTENSION: &str = "ptree";
 
 /// zstd level of the files in a tree container.
-const LEVEL: i32 = 19;
+pub const LEVEL: i32 = 19;
 
 /// Packs `dir` into a container at `out` (zstd level 19 per file, stored when that is not
 /// smaller) and returns its custom metadata.
 pub fn pack_dir(dir: &Path, out: &mut std::fs::File) -> Result<TreeMeta> {
+    pack_dir_at(dir, out, Some(LEVEL))
+}
+
+/// Packs `dir` into a container at `out`, its files zstd-compressed at `level` (when
+/// that is smaller) or, without one, stored; returns its custom metadata.
+pub fn pack_dir_at(dir: &Path, out: &mut std::fs::File, level: Option<i32>) -> Result<TreeMeta> {
     let scanned =
         tree::scan(dir).map_err(|e| Error::target(dir.display().to_string(), e.to_string()))?;
     out.set_len(0).map_err(|e| Error::io(dir, e))?;
     out.seek(SeekFrom::Start(0))
         .map_err(|e| Error::io(dir, e))?;
-    tree::write_container(&scanned, Some(LEVEL), out)
+    tree::write_container(&scanned, level, out)
         .map_err(|e| Error::target(dir.display().to_string(), e.to_string()))?;
     out.flush().map_err(|e| Error::io(dir, e))?;
     let (files, size) = scanned.manifest.totals();

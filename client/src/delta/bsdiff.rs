@@ -66,15 +66,13 @@ pub fn make(old: &[u8], new: &[u8], exec: bool) -> io::Result<Option<Vec<u8>>> {
     Ok(if exec { ex } else { plain })
 }
 
+/// The `bsdiff-zstd` and `exec-bsdiff` deltas of one pair, each when built.
+pub type Both = (Option<Vec<u8>>, Option<Vec<u8>>);
+
 /// Builds the plain and (for two ELF files of one supported architecture) the
-/// executable-aware delta from one matching pass: (`bsdiff-zstd`, `exec-bsdiff`), each
-/// `None` when not asked for or when it does not fit ([`make`]).
-pub fn make_both(
-    old: &[u8],
-    new: &[u8],
-    plain: bool,
-    exec: bool,
-) -> io::Result<(Option<Vec<u8>>, Option<Vec<u8>>)> {
+/// executable-aware delta from one matching pass ([`Both`]), each `None` when not asked
+/// for or when it does not fit ([`make`]).
+pub fn make_both(old: &[u8], new: &[u8], plain: bool, exec: bool) -> io::Result<Both> {
     if old.len() as u64 > MAX_LEN || new.len() as u64 > MAX_LEN {
         return Ok((None, None));
     }

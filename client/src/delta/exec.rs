@@ -495,7 +495,7 @@ impl<'a> Predictor<'a> {
             }
             // Zero-filled memory: moves with the end of its segment's file bytes.
             let n = self.new.segments.get(i)?;
-            return Some((a - (s.vaddr + s.filesz)).checked_add(n.vaddr + n.filesz)?);
+            return (a - (s.vaddr + s.filesz)).checked_add(n.vaddr + n.filesz);
         }
         None
     }

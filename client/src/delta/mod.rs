@@ -306,6 +306,11 @@ pub fn apply_file(
 ) -> Result<u64, DeltaError> {
     let io_err = DeltaError::Write;
     out.set_len(0).map_err(io_err)?;
+    // The result is written, and the delta and base read, from their start whatever the
+    // files' offsets were (a scratch file used before is at the end of what it holds).
+    for f in [out, delta, base] {
+        io::Seek::seek(&mut &*f, io::SeekFrom::Start(0)).map_err(io_err)?;
+    }
     let writer = || io::BufWriter::with_capacity(64 * 1024, out);
     let delta_len = delta.metadata().map_err(io_err)?.len();
     match (format, mode) {
@@ -431,9 +436,9 @@ fn apply_patch_mapped(
             "the delta produced {n} bytes, its frame says {len}"
         )));
     }
-    if let Some(m) = m {
-        m.flush().map_err(DeltaError::Write)?;
-    }
+    // No msync: the pages are the file's page cache, and whoever needs them durable
+    // syncs the file (an fsync covers pages written through a mapping).
+    drop(m);
     Ok(len)
 }
 

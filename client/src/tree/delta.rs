@@ -142,6 +142,10 @@ impl<R: Read> Read for CountRead<R> {
     }
 }
 
+/// One changed file's payload: its index, the bytes, the base's SHA-256 and the file
+/// delta's format (`None`: sent whole), and whether the base had another path.
+type Built<'a> = (usize, Vec<u8>, Option<(&'a str, &'static str)>, bool);
+
 /// Builds the tree delta from the container `old` to the container `new` into `out`.
 /// Each changed file gets the smallest of its file delta ([`crate::delta::make_best`],
 /// against the file at the same path, else a removed file with the same [`stem`]) and
@@ -194,12 +198,28 @@ pub fn make(
         };
         jobs.push((i, &bytes[..], base, renamed));
     }
+    // A file sent whole is its frame in the new container when that is compressed
+    // already (zstd at the container's level), else compressed here.
+    let mut newf = File::open(new).map_err(|e| TreeError::Io(new.to_path_buf(), e))?;
+    let mut wholes: Vec<Option<Vec<u8>>> = Vec::with_capacity(jobs.len());
+    for &(i, ..) in &jobs {
+        let frame = new_files[i].1;
+        let mut raw = vec![0u8; frame.length as usize];
+        newf.seek(SeekFrom::Start(frame.offset))
+            .and_then(|_| newf.read_exact(&mut raw))
+            .map_err(|e| TreeError::Io(new.to_path_buf(), e))?;
+        wholes.push((raw.first() == Some(&super::ZSTD)).then(|| raw.split_off(9)));
+    }
     // The payloads are built on every core (the result does not depend on the order).
-    let built: Vec<io::Result<(usize, Vec<u8>, Option<(&str, &'static str)>, bool)>> = {
+    let built: Vec<io::Result<Built<'_>>> = {
         use rayon::prelude::*;
         jobs.par_iter()
-            .map(|&(i, bytes, base, renamed)| {
-                let whole = zstd::bulk::compress(bytes, 19)?;
+            .zip(wholes)
+            .map(|(&(i, bytes, base, renamed), whole)| {
+                let whole = match whole {
+                    Some(w) => w,
+                    None => zstd::bulk::compress(bytes, 19)?,
+                };
                 if let Some((base_sha, base)) = base {
                     let best = crate::delta::make_best(base, bytes, opts)?;
                     if best.bytes.len() < whole.len() {
@@ -456,14 +476,17 @@ pub fn apply(
         .map_err(oerr)?;
     out.write_all(&mbytes).map_err(oerr)?;
     let mut done = Applied::default();
+    // Two scratch files, emptied for each file: its payload, and a file delta's result.
+    let scratch = || tempfile::tempfile_in(tmp).map_err(|e| TreeError::Io(tmp.to_path_buf(), e));
+    let (mut p, mut res) = (scratch()?, scratch()?);
     for (e, op) in m.files().zip(&header.ops) {
         let (size, sha) = e.file();
         let start = out.stream_position().map_err(oerr)?;
         // The payload is read whatever happens, so the next one starts where it should.
         let payload = match op.length {
             Some(n) => {
-                let mut p =
-                    tempfile::tempfile_in(tmp).map_err(|e| TreeError::Io(tmp.to_path_buf(), e))?;
+                p.set_len(0).map_err(oerr)?;
+                p.seek(SeekFrom::Start(0)).map_err(oerr)?;
                 let k = io::copy(&mut (&mut r).take(n), &mut p).map_err(oerr)?;
                 if k != n {
                     return Err(TreeError::Container(format!(
@@ -471,16 +494,16 @@ pub fn apply(
                         e.path
                     )));
                 }
-                Some(p)
+                Some(&mut p)
             }
             None => None,
         };
         let built = match op.how {
             How::Copy => copy_installed(base, paths_of.get(sha), e, out),
             How::Add => {
-                let mut p = payload.expect("checked");
+                let p = payload.expect("checked");
                 p.seek(SeekFrom::Start(0)).map_err(oerr)?;
-                let dec = zstd::stream::read::Decoder::new(BufReader::new(p)).map_err(|err| {
+                let dec = zstd::stream::read::Decoder::new(BufReader::new(&*p)).map_err(|err| {
                     TreeError::Mismatch {
                         path: e.path.clone(),
                         reason: err.to_string(),
@@ -496,14 +519,12 @@ pub fn apply(
                         reason: format!("no installed file has the base's SHA-256 {want_base}"),
                     }),
                     Some((bf, blen)) => {
-                        let res = tempfile::tempfile_in(tmp)
-                            .map_err(|e| TreeError::Io(tmp.to_path_buf(), e))?;
                         let p = payload.expect("checked");
                         crate::delta::apply_file(
                             op.format.as_deref().unwrap_or(""),
                             &bf,
                             blen,
-                            &p,
+                            p,
                             size,
                             mode,
                             &res,
@@ -512,9 +533,8 @@ pub fn apply(
                             path: e.path.clone(),
                             reason: format!("its file delta: {err}"),
                         })?;
-                        let mut res = res;
                         res.seek(SeekFrom::Start(0)).map_err(oerr)?;
-                        put_stored(e, BufReader::new(res), out)
+                        put_stored(e, BufReader::new(&res), out)
                     }
                 }
             }

@@ -41,7 +41,7 @@ pub const TREE_DIR: &str = "tree";
 /// Frame encoding: the file's bytes as they are.
 pub(crate) const STORED: u8 = 0;
 /// Frame encoding: one zstd frame of the file's bytes.
-const ZSTD: u8 = 1;
+pub(crate) const ZSTD: u8 = 1;
 
 /// What a manifest entry is.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -471,92 +471,172 @@ pub struct FrameAt {
     pub length: u64,
 }
 
+/// Files up to this size are compressed in memory, several at once (one per core).
+const IN_MEMORY_UP_TO: u64 = 16 << 20;
+/// Source bytes compressed together in one parallel batch (bounds the memory held).
+const BATCH_BYTES: u64 = 64 << 20;
+
 /// Writes a container: [`MAGIC`], the manifest, then one frame per file in manifest order,
 /// zstd at `level` when that is smaller, else stored. Each source is hashed again as it is
-/// written and must still be what the manifest says. Returns where each frame is.
+/// written and must still be what the manifest says. Files up to 16 MiB are compressed
+/// on every core, in batches of at most 64 MiB of source; larger ones are streamed.
+/// Returns where each frame is.
 pub fn write_container(
     scanned: &Scanned,
     level: Option<i32>,
     out: &mut File,
 ) -> Result<Vec<FrameAt>, TreeError> {
+    use rayon::prelude::*;
     let mbytes = scanned.manifest.to_bytes();
     let out_path = PathBuf::from("the container");
     let w = |r: io::Result<()>| r.map_err(io_at(&out_path));
     w(out.write_all(MAGIC))?;
     w(out.write_all(&(mbytes.len() as u64).to_le_bytes()))?;
     w(out.write_all(&mbytes))?;
-    let mut frames = Vec::new();
-    for (e, src) in scanned.manifest.entries.iter().zip(&scanned.sources) {
-        if e.kind != Kind::File {
+    let files: Vec<(&Entry, &PathBuf)> = scanned
+        .manifest
+        .entries
+        .iter()
+        .zip(&scanned.sources)
+        .filter(|(e, _)| e.kind == Kind::File)
+        .collect();
+    let mut frames = Vec::with_capacity(files.len());
+    let mut i = 0;
+    while i < files.len() {
+        let in_memory = |k: usize| level.is_some() && files[k].0.file().0 <= IN_MEMORY_UP_TO;
+        if !in_memory(i) {
+            let (e, src) = files[i];
+            frames.push(stream_frame(e, src, level, out)?);
+            i += 1;
             continue;
         }
-        let (size, sha) = e.file();
-        let start = out.stream_position().map_err(io_at(&out_path))?;
-        let changed = || TreeError::Mismatch {
-            path: e.path.clone(),
-            reason: format!("{} changed while it was packed", src.display()),
-        };
-        let put = |enc: u8, out: &mut File| -> Result<(), TreeError> {
-            w(out.write_all(&[enc]))?;
-            w(out.write_all(&0u64.to_le_bytes()))?;
-            let f = File::open(src).map_err(io_at(src))?;
-            let mut hr = HashRead::new(f.take(size + 1));
-            let body_start = start + 9;
-            if enc == ZSTD {
-                let mut enc = zstd::stream::write::Encoder::new(
-                    BufWriter::new(&mut *out),
-                    level.unwrap_or(19),
-                )
-                .map_err(io_at(&out_path))?;
-                let _ = enc.include_checksum(false);
-                // The size is known: zstd sizes its tables to it (for a small file, a
-                // fraction of what an unknown size allocates and clears).
-                enc.set_pledged_src_size(Some(size))
-                    .map_err(io_at(&out_path))?;
-                let done = match io::copy(&mut hr, &mut enc).map_err(io_at(src)) {
-                    Ok(_) => enc
-                        .finish()
-                        .and_then(|mut bw| bw.flush())
-                        .map_err(io_at(&out_path)),
-                    Err(e) => Err(e),
-                };
-                if done.is_err() && hr.count() != size {
-                    // More or fewer bytes than pledged: the file changed.
-                    return Err(changed());
-                }
-                done?;
-            } else {
-                let mut bw = BufWriter::new(&mut *out);
-                io::copy(&mut hr, &mut bw).map_err(io_at(src))?;
-                w(bw.flush())?;
+        let mut j = i;
+        let mut batch = 0u64;
+        while j < files.len() && in_memory(j) {
+            let size = files[j].0.file().0;
+            if j > i && batch + size > BATCH_BYTES {
+                break;
             }
-            let (got, n) = hr.finish();
-            if n != size || got != sha {
-                return Err(changed());
-            }
-            let end = out.stream_position().map_err(io_at(&out_path))?;
-            out.seek(SeekFrom::Start(start + 1))
-                .map_err(io_at(&out_path))?;
-            w(out.write_all(&(end - body_start).to_le_bytes()))?;
-            out.seek(SeekFrom::Start(end)).map_err(io_at(&out_path))?;
-            Ok(())
-        };
-        put(if level.is_some() { ZSTD } else { STORED }, out)?;
-        let end = out.stream_position().map_err(io_at(&out_path))?;
-        if level.is_some() && end - start - 9 >= size {
-            // Compression did not help: store the bytes instead.
-            out.set_len(start).map_err(io_at(&out_path))?;
-            out.seek(SeekFrom::Start(start)).map_err(io_at(&out_path))?;
-            put(STORED, out)?;
+            batch += size;
+            j += 1;
         }
-        let end = out.stream_position().map_err(io_at(&out_path))?;
-        frames.push(FrameAt {
-            offset: start,
-            length: end - start,
-        });
+        let level = level.unwrap_or(19);
+        let bodies: Vec<Result<(u8, Vec<u8>), TreeError>> = files[i..j]
+            .par_iter()
+            .map(|(e, src)| compress_frame(e, src, level))
+            .collect();
+        for body in bodies {
+            let (enc, body) = body?;
+            let start = out.stream_position().map_err(io_at(&out_path))?;
+            w(out.write_all(&[enc]))?;
+            w(out.write_all(&(body.len() as u64).to_le_bytes()))?;
+            w(out.write_all(&body))?;
+            frames.push(FrameAt {
+                offset: start,
+                length: 9 + body.len() as u64,
+            });
+        }
+        i = j;
     }
     w(out.flush())?;
     Ok(frames)
+}
+
+/// The error for a source that is no longer what it was when it was scanned.
+fn changed_while_packed(e: &Entry, src: &Path) -> TreeError {
+    TreeError::Mismatch {
+        path: e.path.clone(),
+        reason: format!("{} changed while it was packed", src.display()),
+    }
+}
+
+/// One file's frame body, compressed in memory: zstd at `level` when that is smaller,
+/// else the bytes stored.
+fn compress_frame(e: &Entry, src: &Path, level: i32) -> Result<(u8, Vec<u8>), TreeError> {
+    let (size, sha) = e.file();
+    let f = File::open(src).map_err(io_at(src))?;
+    let mut data = Vec::with_capacity(size as usize);
+    f.take(size + 1)
+        .read_to_end(&mut data)
+        .map_err(io_at(src))?;
+    if data.len() as u64 != size || sha256_hex(&data) != sha {
+        return Err(changed_while_packed(e, src));
+    }
+    let z = zstd::bulk::compress(&data, level).map_err(io_at(src))?;
+    Ok(if (z.len() as u64) < size {
+        (ZSTD, z)
+    } else {
+        (STORED, data)
+    })
+}
+
+/// Streams one file's frame to `out` at its end: zstd at `level` when that is smaller,
+/// else stored (and always stored without a level).
+fn stream_frame(
+    e: &Entry,
+    src: &Path,
+    level: Option<i32>,
+    out: &mut File,
+) -> Result<FrameAt, TreeError> {
+    let out_path = PathBuf::from("the container");
+    let w = |r: io::Result<()>| r.map_err(io_at(&out_path));
+    let (size, sha) = e.file();
+    let start = out.stream_position().map_err(io_at(&out_path))?;
+    let put = |enc: u8, out: &mut File| -> Result<(), TreeError> {
+        w(out.write_all(&[enc]))?;
+        w(out.write_all(&0u64.to_le_bytes()))?;
+        let f = File::open(src).map_err(io_at(src))?;
+        let mut hr = HashRead::new(f.take(size + 1));
+        let body_start = start + 9;
+        if enc == ZSTD {
+            let mut enc =
+                zstd::stream::write::Encoder::new(BufWriter::new(&mut *out), level.unwrap_or(19))
+                    .map_err(io_at(&out_path))?;
+            let _ = enc.include_checksum(false);
+            // The size is known: zstd sizes its tables to it.
+            enc.set_pledged_src_size(Some(size))
+                .map_err(io_at(&out_path))?;
+            let done = match io::copy(&mut hr, &mut enc).map_err(io_at(src)) {
+                Ok(_) => enc
+                    .finish()
+                    .and_then(|mut bw| bw.flush())
+                    .map_err(io_at(&out_path)),
+                Err(e) => Err(e),
+            };
+            if done.is_err() && hr.count() != size {
+                // More or fewer bytes than pledged: the file changed.
+                return Err(changed_while_packed(e, src));
+            }
+            done?;
+        } else {
+            let mut bw = BufWriter::new(&mut *out);
+            io::copy(&mut hr, &mut bw).map_err(io_at(src))?;
+            w(bw.flush())?;
+        }
+        let (got, n) = hr.finish();
+        if n != size || got != sha {
+            return Err(changed_while_packed(e, src));
+        }
+        let end = out.stream_position().map_err(io_at(&out_path))?;
+        out.seek(SeekFrom::Start(start + 1))
+            .map_err(io_at(&out_path))?;
+        w(out.write_all(&(end - body_start).to_le_bytes()))?;
+        out.seek(SeekFrom::Start(end)).map_err(io_at(&out_path))?;
+        Ok(())
+    };
+    put(if level.is_some() { ZSTD } else { STORED }, out)?;
+    let end = out.stream_position().map_err(io_at(&out_path))?;
+    if level.is_some() && end - start - 9 >= size {
+        // Compression did not help: store the bytes instead.
+        out.set_len(start).map_err(io_at(&out_path))?;
+        out.seek(SeekFrom::Start(start)).map_err(io_at(&out_path))?;
+        put(STORED, out)?;
+    }
+    let end = out.stream_position().map_err(io_at(&out_path))?;
+    Ok(FrameAt {
+        offset: start,
+        length: end - start,
+    })
 }
 
 /// A reader that hashes what passes through it.
@@ -732,6 +812,9 @@ fn expect_end(r: &mut impl Read) -> Result<(), TreeError> {
     }
 }
 
+/// Files [`unpack`] writes before it syncs them (and holds open meanwhile).
+const SYNC_BATCH: usize = 128;
+
 /// Unpacks the container at `path` into `dest` (which must not exist): every file is
 /// checked against the manifest, whose SHA-256 must be `want`, and every file and
 /// directory is made durable. On error `dest` is removed. Returns the manifest's bytes.
@@ -740,6 +823,15 @@ pub fn unpack(path: &Path, want: &str, dest: &Path) -> Result<Vec<u8>, TreeError
     let (bytes, m) = read_manifest(&mut r, Some(want))?;
     fs::create_dir(dest).map_err(io_at(dest))?;
     let done = (|| {
+        // Files are synced in batches after they are written, not one by one as each is
+        // closed: a sync between two creations makes the next one wait for the journal.
+        let mut unsynced: Vec<(File, PathBuf)> = Vec::new();
+        let sync = |files: &mut Vec<(File, PathBuf)>| -> Result<(), TreeError> {
+            for (f, p) in files.drain(..) {
+                f.sync_all().map_err(io_at(&p))?;
+            }
+            Ok(())
+        };
         let mut it = m.entries.iter();
         for e in it.by_ref() {
             let p = dest.join(&e.path);
@@ -753,10 +845,14 @@ pub fn unpack(path: &Path, want: &str, dest: &Path) -> Result<Vec<u8>, TreeError
                     read_frame(&mut r, e, &mut bw)?;
                     bw.flush().map_err(io_at(&p))?;
                     drop(bw);
-                    f.sync_all().map_err(io_at(&p))?;
+                    unsynced.push((f, p));
+                    if unsynced.len() >= SYNC_BATCH {
+                        sync(&mut unsynced)?;
+                    }
                 }
             }
         }
+        sync(&mut unsynced)?;
         expect_end(&mut r)?;
         finish_dirs(dest, &m)
     })();

@@ -81,6 +81,88 @@ fn a_tree_packs_and_unpacks_to_the_same_files_modes_and_links() {
 }
 
 #[test]
+fn files_compressed_in_parallel_batches_and_streamed_ones_keep_manifest_order_and_frames() {
+    let t = tempfile::tempdir().unwrap();
+    let src = t.path().join("src");
+    fs::create_dir_all(&src).unwrap();
+    // Batches of small files, one file above the in-memory limit (streamed) between them,
+    // and incompressible ones (stored).
+    for i in 0..40 {
+        fs::write(
+            src.join(format!("a{i:02}")),
+            pseudo(3_000 + i * 997, i as u32),
+        )
+        .unwrap();
+    }
+    let big = pseudo(IN_MEMORY_UP_TO as usize + 4096, 77);
+    fs::write(src.join("b-big"), &big).unwrap();
+    // SHA-256 in counter mode: incompressible.
+    let noise: Vec<u8> = (0..700u32)
+        .flat_map(|i| {
+            ring::digest::digest(&ring::digest::SHA256, &i.to_le_bytes())
+                .as_ref()
+                .to_vec()
+        })
+        .collect();
+    fs::write(src.join("c-noise"), &noise).unwrap();
+    for i in 0..5 {
+        fs::write(src.join(format!("d{i}")), pseudo(1_000, 100 + i)).unwrap();
+    }
+    let c = t.path().join("c.ptree");
+    let (sha, frames) = pack(&src, &c);
+    let m = verify_container(&c, &sha).unwrap();
+    assert_eq!(frames.len(), m.totals().0 as usize);
+    // Each frame is where it is said to be: read alone from its offset, it decodes to the
+    // file.
+    let bytes = fs::read(&c).unwrap();
+    for (e, f) in m.files().zip(&frames) {
+        let frame = &bytes[f.offset as usize..(f.offset + f.length) as usize];
+        let mut out = Vec::new();
+        read_frame(&mut &frame[..], e, &mut out).unwrap();
+        assert_eq!(out, fs::read(src.join(&e.path)).unwrap(), "{}", e.path);
+    }
+    // The noise could not be compressed: stored.
+    let (e, f) = m
+        .files()
+        .zip(&frames)
+        .find(|(e, _)| e.path == "c-noise")
+        .unwrap();
+    assert_eq!(bytes[f.offset as usize], STORED, "{}", e.path);
+    let dest = t.path().join("out");
+    unpack(&c, &sha, &dest).unwrap();
+    same_tree(&src, &dest);
+}
+
+#[test]
+fn a_file_that_changes_after_the_scan_is_refused_by_name_compressed_streamed_or_stored() {
+    let t = tempfile::tempdir().unwrap();
+    for (name, len, level) in [
+        ("small", 5_000, Some(3)),
+        ("big", IN_MEMORY_UP_TO as usize + 1, Some(3)),
+        ("plain", 5_000, None),
+    ] {
+        for grow in [false, true] {
+            let src = t.path().join(format!("{name}-{grow}"));
+            fs::create_dir_all(&src).unwrap();
+            fs::write(src.join("f"), pseudo(len, 5)).unwrap();
+            let s = scan(&src).unwrap();
+            let mut edited = pseudo(len, 6);
+            if grow {
+                edited.push(b'!');
+            }
+            fs::write(src.join("f"), &edited).unwrap();
+            let mut out = tempfile::tempfile().unwrap();
+            let err = write_container(&s, level, &mut out).unwrap_err();
+            assert!(
+                matches!(&err, TreeError::Mismatch { path, reason }
+                    if path == "f" && reason.contains("changed while it was packed")),
+                "{name} {grow}: {err}"
+            );
+        }
+    }
+}
+
+#[test]
 fn a_container_whose_manifest_is_not_the_signed_one_is_refused() {
     let t = tempfile::tempdir().unwrap();
     let src = t.path().join("src");
@@ -295,31 +377,38 @@ fn a_tree_delta_rebuilds_the_new_tree_with_renames_adds_and_removals() {
     fs::write(&dp, &d).unwrap();
     let installed = t.path().join("installed");
     let mbytes = install(&c1, &installed);
-    let out_p = t.path().join("rebuilt.ptree");
-    let mut out = File::options()
-        .create(true)
-        .truncate(true)
-        .read(true)
-        .write(true)
-        .open(&out_p)
-        .unwrap();
-    let done = delta::apply(
-        &dp,
-        &Base {
-            root: &installed,
-            manifest: &mbytes,
-        },
-        &sha2,
-        ApplyMode::Mmap,
-        t.path(),
-        None,
-        &mut out,
-    )
-    .unwrap();
-    assert!(done.fetched.is_empty());
-    let again = t.path().join("again");
-    unpack(&out_p, &sha2, &again).unwrap();
-    same_tree(&t.path().join("v2"), &again);
+    // Both modes: the file deltas share scratch files, each result written from its start.
+    for (i, mode) in [ApplyMode::Mmap, ApplyMode::Streaming]
+        .into_iter()
+        .enumerate()
+    {
+        let out_p = t.path().join(format!("rebuilt-{i}.ptree"));
+        let mut out = File::options()
+            .create(true)
+            .truncate(true)
+            .read(true)
+            .write(true)
+            .open(&out_p)
+            .unwrap();
+        let done = delta::apply(
+            &dp,
+            &Base {
+                root: &installed,
+                manifest: &mbytes,
+            },
+            &sha2,
+            mode,
+            t.path(),
+            None,
+            &mut out,
+        )
+        .unwrap_or_else(|e| panic!("{mode:?}: {e}"));
+        assert!(done.fetched.is_empty());
+        assert_eq!(done.deltas, 2);
+        let again = t.path().join(format!("again-{i}"));
+        unpack(&out_p, &sha2, &again).unwrap();
+        same_tree(&t.path().join("v2"), &again);
+    }
 }
 
 #[test]
