@@ -860,7 +860,14 @@ fn delta_apply(base: &Path, delta: &Path, out: &Path, streaming: bool) -> Result
         .metadata()
         .map_err(|e| fail(format!("{}: {e}", base.display())))?
         .len();
-    let o = std::fs::File::create(out).map_err(|e| fail(format!("{}: {e}", out.display())))?;
+    // Read and write: the mapped mode writes the result through a shared map of it.
+    let o = std::fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .create(true)
+        .truncate(true)
+        .open(out)
+        .map_err(|e| fail(format!("{}: {e}", out.display())))?;
     let mode = if streaming {
         delta::ApplyMode::Streaming
     } else {

@@ -6,7 +6,8 @@
 //! `ref_offset`, chosen by the builder where the chunk's blocks are found in the base (file
 //! system images mostly keep data in place, or move it by whole blocks). Applying reads one
 //! window and decodes one chunk at a time, so memory is one window plus one chunk plus the
-//! decoder's state, whatever the size of the image ([`apply_memory`]).
+//! decoder's state, whatever the size of the image ([`apply_memory`]); with the files
+//! mapped ([`apply_mapped`]), the decoder's state alone.
 //!
 //! ```text
 //! "PTRLCHK1"  u32 chunk_size  u64 result_length  u32 chunks     (little-endian)
@@ -33,7 +34,7 @@ pub const MAX_REF_LENGTH: u32 = 2 * MAX_CHUNK_SIZE;
 /// The window of the builder's rolling hash.
 const ANCHOR_WINDOW: usize = 64;
 
-/// The buffers applying a delta with `chunk_size` chunks holds at most: the base window
+/// The buffers [`apply`] (streaming) holds at most for `chunk_size` chunks: the base window
 /// (refused above two chunks), the frame (refused above a chunk and an eighth) and the
 /// chunk decoded in one call (so zstd keeps no window of its own): about 16 MiB for
 /// [`CHUNK_SIZE`], at most about 64 MiB for any delta a device accepts.
@@ -182,6 +183,108 @@ fn u64_of(r: &mut impl Read, what: &str) -> Result<u64, DeltaError> {
     Ok(u64::from_le_bytes(b))
 }
 
+/// A chunked delta's header, checked against the result's limit.
+struct Head {
+    chunk_size: u32,
+    result_len: u64,
+    chunks: u32,
+}
+
+fn read_head(delta: &mut impl Read, max_len: u64) -> Result<Head, DeltaError> {
+    let mut magic = [0u8; 8];
+    read_exact(delta, &mut magic, "the header")?;
+    if &magic != MAGIC {
+        return Err(decode("not a chunked delta (wrong magic)"));
+    }
+    let chunk_size = u32_of(delta, "the header")?;
+    let result_len = u64_of(delta, "the header")?;
+    let chunks = u32_of(delta, "the header")?;
+    if chunk_size == 0 || chunk_size > MAX_CHUNK_SIZE {
+        return Err(decode(format!("chunk size {chunk_size} is out of range")));
+    }
+    if result_len > max_len {
+        return Err(DeltaError::TooLong { max_len });
+    }
+    if u64::from(chunks) != result_len.div_ceil(u64::from(chunk_size)) {
+        return Err(decode(format!(
+            "{chunks} chunks do not make {result_len} bytes of {chunk_size}-byte chunks"
+        )));
+    }
+    Ok(Head {
+        chunk_size,
+        result_len,
+        chunks,
+    })
+}
+
+/// One chunk's header, checked against the base and the format's limits.
+struct ChunkHead {
+    ref_offset: u64,
+    ref_len: usize,
+    frame_len: usize,
+    /// The chunk's length in the result.
+    want: usize,
+}
+
+fn read_chunk_head(
+    delta: &mut impl Read,
+    i: u32,
+    head: &Head,
+    base_len: u64,
+    done: u64,
+) -> Result<ChunkHead, DeltaError> {
+    let chunk_size = head.chunk_size;
+    let ref_offset = u64_of(delta, "a chunk header")?;
+    let ref_len = u32_of(delta, "a chunk header")?;
+    let frame_len = u32_of(delta, "a chunk header")?;
+    if ref_len > MAX_REF_LENGTH.min(2 * chunk_size)
+        || ref_offset.saturating_add(u64::from(ref_len)) > base_len
+    {
+        return Err(decode(format!(
+            "chunk {i}: base window {ref_offset}+{ref_len} is outside the {base_len}-byte base or too large"
+        )));
+    }
+    if frame_len > chunk_size + chunk_size / 8 + 1024 {
+        return Err(decode(format!(
+            "chunk {i}: a {frame_len}-byte frame is too large"
+        )));
+    }
+    Ok(ChunkHead {
+        ref_offset,
+        ref_len: ref_len as usize,
+        frame_len: frame_len as usize,
+        want: (head.result_len - done).min(u64::from(chunk_size)) as usize,
+    })
+}
+
+/// Decodes chunk `i` from `frame` with `window` as reference prefix into all of `dst`,
+/// in one call (so zstd keeps no window of its own).
+fn decode_chunk(i: u32, window: &[u8], frame: &[u8], dst: &mut [u8]) -> Result<(), DeltaError> {
+    let want = dst.len();
+    let wlog = super::window_log_for((window.len() + want) as u64)
+        .ok_or_else(|| decode("window too large"))?;
+    let mut dctx = zstd_safe::DCtx::create();
+    dctx.set_parameter(DParameter::WindowLogMax(wlog))
+        .map_err(|c| decode(zstd_safe::get_error_name(c)))?;
+    dctx.ref_prefix(window)
+        .map_err(|c| decode(zstd_safe::get_error_name(c)))?;
+    let n = dctx
+        .decompress(dst, frame)
+        .map_err(|c| decode(format!("chunk {i}: {}", zstd_safe::get_error_name(c))))?;
+    if n != want {
+        return Err(decode(format!("chunk {i}: {n} bytes, not {want}")));
+    }
+    Ok(())
+}
+
+fn expect_end(delta: &mut impl Read) -> Result<(), DeltaError> {
+    let mut rest = [0u8; 1];
+    if delta.read(&mut rest).map_err(|e| decode(e.to_string()))? != 0 {
+        return Err(decode("bytes follow the last chunk"));
+    }
+    Ok(())
+}
+
 /// Applies a chunked `delta` to the first `base_len` bytes of `base` (read window by
 /// window), writing the result to `out`; returns its length. At most `max_len` bytes are
 /// written; chunks, windows and frames larger than the format's limits are refused, as is
@@ -194,73 +297,65 @@ pub fn apply(
     max_len: u64,
     mut out: impl Write,
 ) -> Result<u64, DeltaError> {
-    let mut magic = [0u8; 8];
-    read_exact(&mut delta, &mut magic, "the header")?;
-    if &magic != MAGIC {
-        return Err(decode("not a chunked delta (wrong magic)"));
-    }
-    let chunk_size = u32_of(&mut delta, "the header")?;
-    let result_len = u64_of(&mut delta, "the header")?;
-    let chunks = u32_of(&mut delta, "the header")?;
-    if chunk_size == 0 || chunk_size > MAX_CHUNK_SIZE {
-        return Err(decode(format!("chunk size {chunk_size} is out of range")));
-    }
-    if result_len > max_len {
-        return Err(DeltaError::TooLong { max_len });
-    }
-    if u64::from(chunks) != result_len.div_ceil(u64::from(chunk_size)) {
-        return Err(decode(format!(
-            "{chunks} chunks do not make {result_len} bytes of {chunk_size}-byte chunks"
-        )));
-    }
+    let head = read_head(&mut delta, max_len)?;
     let mut window = Vec::new();
     let mut frame = Vec::new();
-    let mut chunk = vec![0u8; chunk_size as usize];
+    let mut chunk = vec![0u8; head.chunk_size as usize];
     let mut total = 0u64;
-    for i in 0..chunks {
-        let ref_offset = u64_of(&mut delta, "a chunk header")?;
-        let ref_len = u32_of(&mut delta, "a chunk header")?;
-        let frame_len = u32_of(&mut delta, "a chunk header")?;
-        if ref_len > MAX_REF_LENGTH.min(2 * chunk_size)
-            || ref_offset.saturating_add(u64::from(ref_len)) > base_len
-        {
-            return Err(decode(format!(
-                "chunk {i}: base window {ref_offset}+{ref_len} is outside the {base_len}-byte base or too large"
-            )));
-        }
-        if frame_len > chunk_size + chunk_size / 8 + 1024 {
-            return Err(decode(format!(
-                "chunk {i}: a {frame_len}-byte frame is too large"
-            )));
-        }
-        let want = (result_len - total).min(u64::from(chunk_size)) as usize;
-        window.resize(ref_len as usize, 0);
-        base.seek(SeekFrom::Start(ref_offset))
+    for i in 0..head.chunks {
+        let c = read_chunk_head(&mut delta, i, &head, base_len, total)?;
+        window.resize(c.ref_len, 0);
+        base.seek(SeekFrom::Start(c.ref_offset))
             .and_then(|_| base.read_exact(&mut window))
-            .map_err(|e| decode(format!("reading the base at {ref_offset}: {e}")))?;
-        frame.resize(frame_len as usize, 0);
+            .map_err(|e| decode(format!("reading the base at {}: {e}", c.ref_offset)))?;
+        frame.resize(c.frame_len, 0);
         read_exact(&mut delta, &mut frame, "a chunk")?;
-        let wlog = super::window_log_for(u64::from(ref_len) + want as u64)
-            .ok_or_else(|| decode("window too large"))?;
-        let mut dctx = zstd_safe::DCtx::create();
-        dctx.set_parameter(DParameter::WindowLogMax(wlog))
-            .map_err(|c| decode(zstd_safe::get_error_name(c)))?;
-        dctx.ref_prefix(&window[..])
-            .map_err(|c| decode(zstd_safe::get_error_name(c)))?;
-        let n = dctx
-            .decompress(&mut chunk[..want], &frame)
-            .map_err(|c| decode(format!("chunk {i}: {}", zstd_safe::get_error_name(c))))?;
-        if n != want {
-            return Err(decode(format!("chunk {i}: {n} bytes, not {want}")));
-        }
-        out.write_all(&chunk[..n]).map_err(DeltaError::Write)?;
-        total += n as u64;
+        decode_chunk(i, &window, &frame, &mut chunk[..c.want])?;
+        out.write_all(&chunk[..c.want]).map_err(DeltaError::Write)?;
+        total += c.want as u64;
     }
-    let mut rest = [0u8; 1];
-    if delta.read(&mut rest).map_err(|e| decode(e.to_string()))? != 0 {
-        return Err(decode("bytes follow the last chunk"));
-    }
+    expect_end(&mut delta)?;
     out.flush().map_err(DeltaError::Write)?;
+    Ok(total)
+}
+
+/// [`apply`] with the base and the delta mapped and the result written through a map of
+/// `out` (sized to the result first): each chunk is decoded straight from the mapped
+/// delta, against its window of the mapped base, into its place in the output, so no
+/// buffer is held but the decoder's state. The same checks as [`apply`].
+pub fn apply_mapped(
+    base: &[u8],
+    delta: &[u8],
+    max_len: u64,
+    out: &std::fs::File,
+) -> Result<u64, DeltaError> {
+    let mut r = delta;
+    let head = read_head(&mut r, max_len)?;
+    let mut m = super::map::write(out, head.result_len).map_err(DeltaError::Write)?;
+    let mut total = 0u64;
+    for i in 0..head.chunks {
+        let c = read_chunk_head(&mut r, i, &head, base.len() as u64, total)?;
+        if r.len() < c.frame_len {
+            return Err(decode(format!(
+                "reading a chunk: chunk {i} needs {} bytes, the delta ends after {}",
+                c.frame_len,
+                r.len()
+            )));
+        }
+        let (frame, rest) = r.split_at(c.frame_len);
+        r = rest;
+        let window = &base[c.ref_offset as usize..c.ref_offset as usize + c.ref_len];
+        let at = total as usize;
+        let dst = match m.as_deref_mut() {
+            Some(all) => &mut all[at..at + c.want],
+            None => &mut [][..],
+        };
+        decode_chunk(i, window, frame, dst)?;
+        total += c.want as u64;
+    }
+    expect_end(&mut r)?;
+    // No msync: whoever needs the result durable syncs the file.
+    drop(m);
     Ok(total)
 }
 
@@ -312,17 +407,42 @@ mod tests {
     }
 
     #[test]
+    fn a_chunked_delta_applied_through_maps_rebuilds_the_same_bytes() {
+        let (old, new) = images();
+        let d = make_with(&old, &new, 512 * 1024, |n, f| (0..n).map(f).collect()).unwrap();
+        let out = tempfile::tempfile().unwrap();
+        // A longer file before: the result replaces it whole.
+        std::fs::File::set_len(&out, 9 * 1024 * 1024).unwrap();
+        let n = apply_mapped(&old, &d, new.len() as u64, &out).unwrap();
+        assert_eq!(n, new.len() as u64);
+        let mut got = Vec::new();
+        let mut f = &out;
+        f.seek(SeekFrom::Start(0)).unwrap();
+        f.read_to_end(&mut got).unwrap();
+        assert!(got == new, "rebuilt bytes differ");
+    }
+
+    #[test]
     fn a_chunked_delta_refuses_a_short_base_a_cap_truncation_and_trailing_bytes() {
         let (old, new) = images();
         let d = make_with(&old, &new, 512 * 1024, |n, f| (0..n).map(f).collect()).unwrap();
+        // Streamed, and mapped: the same refusals.
         let apply_to = |base: &[u8], delta: &[u8], max: u64| {
-            apply(
+            let out = tempfile::tempfile().unwrap();
+            let mapped = apply_mapped(base, delta, max, &out);
+            let streamed = apply(
                 Cursor::new(base),
                 base.len() as u64,
                 delta,
                 max,
                 &mut Vec::new(),
-            )
+            );
+            assert_eq!(
+                mapped.as_ref().map_err(|e| std::mem::discriminant(e)),
+                streamed.as_ref().map_err(|e| std::mem::discriminant(e)),
+                "mapped {mapped:?}, streamed {streamed:?}"
+            );
+            streamed
         };
         assert!(apply_to(&old[..1_000_000], &d, new.len() as u64).is_err());
         assert!(matches!(

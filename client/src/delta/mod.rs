@@ -336,7 +336,12 @@ pub fn apply_file(
             io::Read::read_to_end(&mut io::Read::take(base, base_len), &mut b).map_err(io_err)?;
             apply(&b, io::BufReader::new(delta), max_len, writer())
         }
-        (chunked::FORMAT, _) => {
+        (chunked::FORMAT, ApplyMode::Mmap) => {
+            let b = map::Map::read(base, base_len).map_err(io_err)?;
+            let d = map::Map::read(delta, delta_len).map_err(io_err)?;
+            chunked::apply_mapped(b.bytes(), d.bytes(), max_len, out)
+        }
+        (chunked::FORMAT, ApplyMode::Streaming) => {
             let b = io::BufReader::new(base);
             chunked::apply(b, base_len, io::BufReader::new(delta), max_len, writer())
         }
