@@ -332,6 +332,8 @@ pub fn apply_mapped(
     let mut r = delta;
     let head = read_head(&mut r, max_len)?;
     let mut m = super::map::write(out, head.result_len).map_err(DeltaError::Write)?;
+    // An empty result has no map, and no chunks.
+    let result: &mut [u8] = m.as_deref_mut().unwrap_or_default();
     let mut total = 0u64;
     for i in 0..head.chunks {
         let c = read_chunk_head(&mut r, i, &head, base.len() as u64, total)?;
@@ -346,11 +348,7 @@ pub fn apply_mapped(
         r = rest;
         let window = &base[c.ref_offset as usize..c.ref_offset as usize + c.ref_len];
         let at = total as usize;
-        let dst = match m.as_deref_mut() {
-            Some(all) => &mut all[at..at + c.want],
-            None => &mut [][..],
-        };
-        decode_chunk(i, window, frame, dst)?;
+        decode_chunk(i, window, frame, &mut result[at..at + c.want])?;
         total += c.want as u64;
     }
     expect_end(&mut r)?;

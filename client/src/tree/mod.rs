@@ -520,7 +520,7 @@ pub fn write_container(
             batch += size;
             j += 1;
         }
-        let level = level.unwrap_or(19);
+        let level = level.expect("only files with a level are compressed in memory");
         let bodies: Vec<Result<(u8, Vec<u8>), TreeError>> = files[i..j]
             .par_iter()
             .map(|(e, src)| compress_frame(e, src, level))

@@ -37,15 +37,20 @@ fn pseudo(n: usize, seed: u32) -> Vec<u8> {
         .collect()
 }
 
-fn pack(dir: &Path, out: &Path) -> (String, Vec<FrameAt>) {
-    let s = scan(dir).unwrap();
-    let mut f = File::options()
+/// Creates (or empties) `p` for reading and writing.
+fn open_rw(p: &Path) -> File {
+    File::options()
         .create(true)
         .truncate(true)
         .read(true)
         .write(true)
-        .open(out)
-        .unwrap();
+        .open(p)
+        .unwrap()
+}
+
+fn pack(dir: &Path, out: &Path) -> (String, Vec<FrameAt>) {
+    let s = scan(dir).unwrap();
+    let mut f = open_rw(out);
     let frames = write_container(&s, Some(3), &mut f).unwrap();
     (sha256_hex(&s.manifest.to_bytes()), frames)
 }
@@ -383,13 +388,7 @@ fn a_tree_delta_rebuilds_the_new_tree_with_renames_adds_and_removals() {
         .enumerate()
     {
         let out_p = t.path().join(format!("rebuilt-{i}.ptree"));
-        let mut out = File::options()
-            .create(true)
-            .truncate(true)
-            .read(true)
-            .write(true)
-            .open(&out_p)
-            .unwrap();
+        let mut out = open_rw(&out_p);
         let done = delta::apply(
             &dp,
             &Base {
@@ -431,13 +430,7 @@ fn an_edited_installed_file_alone_is_read_from_the_full_tree() {
         Ok(full[f.offset as usize..(f.offset + f.length) as usize].to_vec())
     };
     let out_p = t.path().join("rebuilt.ptree");
-    let mut out = File::options()
-        .create(true)
-        .truncate(true)
-        .read(true)
-        .write(true)
-        .open(&out_p)
-        .unwrap();
+    let mut out = open_rw(&out_p);
     let done = delta::apply(
         &dp,
         &Base {
@@ -500,13 +493,7 @@ fn a_hostile_tree_delta_is_refused() {
     let installed = t.path().join("installed");
     let mbytes = install(&c1, &installed);
     let out_p = t.path().join("rebuilt.ptree");
-    let mut out = File::options()
-        .create(true)
-        .truncate(true)
-        .read(true)
-        .write(true)
-        .open(&out_p)
-        .unwrap();
+    let mut out = open_rw(&out_p);
     let dp = t.path().join("d.bin");
     let mut run = |bytes: &[u8], base: &[u8], want: &str| {
         fs::write(&dp, bytes).unwrap();
