@@ -4,17 +4,26 @@
 //!
 //! ```text
 //! 0   "PTRLBSD1"
-//! 8   u8 version (1)  u8 flags (bit 0: exec)  u8 arch  u8 segments  u32 zero
+//! 8   u8 version (1, or 2 for exec)  u8 flags (bit 0: exec)  u8 arch  u8 segments
+//! 12  u8 old coded  u8 new coded  u8 old self-relative  u8 zero   (version 2; else zero)
 //! 16  u64 result_length   24 u64 entries
 //! 32  u64 ctrl_length     40 u64 diff_length   48 u64 extra_length   56 u64 zero
 //! 64  segments × (u64 offset, u64 vaddr, u64 filesz, u64 memsz, u64 flags)   (exec only)
+//!     old coded, new coded, old self-relative ranges × (u64 start, u64 end)
 //!     ctrl frame: entries × (u32 mix, u32 copy, i32 seek)   (little-endian, zstd)
 //!     diff frame  (zstd)     extra frame  (zstd)
 //! ```
 //!
 //! Entry `i` says: add the next `mix` diff bytes to the old bytes at the current old
 //! position (predicted, for `exec`), write them; write the next `copy` extra bytes; move the
-//! old position by `mix + seek`. Applying streams: the old bytes are read where the entries
+//! old position by `mix + seek`. For `exec`, the version names the prediction rules
+//! ([`Rules`]); the builder writes [`BUILD_RULES`], a device applies either. Version 2
+//! also names word tables ([`WordTables`]): in a *coded* range each 32-bit word stands
+//! for its difference from the word before it (the first for itself), on both sides —
+//! the matcher and the diff see the old file's coded ranges coded, the diff and extra
+//! streams carry the new file's coded ranges coded, and the device undoes that as it
+//! writes. Sorted address tables then match across versions although every address in
+//! them moved. Applying streams: the old bytes are read where the entries
 //! say (from a memory map or with positioned reads), the diff and extra frames are decoded
 //! with a window of at most 2^[`WINDOW_LOG`] bytes each, and the output is written in
 //! order; the entries (at most [`MAX_ENTRIES`]) are the only thing held whole
@@ -24,7 +33,10 @@ use std::io::{self, BufRead, BufReader, Read, Write};
 
 use zstd::zstd_safe::{self, CParameter};
 
-use super::exec::{Arch, Layout, Predictor, ReadAt, Region, Segment, LOOKAHEAD, MAX_SEGMENTS};
+use super::exec::{
+    Arch, Layout, Predictor, ReadAt, Region, Rules, Segment, WordTables, LOOKAHEAD, MAX_SEGMENTS,
+    MAX_WORD_TABLES,
+};
 use super::DeltaError;
 
 /// The `format` of a plain bsdiff delta.
@@ -38,6 +50,8 @@ pub const WINDOW_LOG: u32 = 20;
 /// The zstd level of the three streams: the highest, since the diff stream is mostly
 /// zeros and compresses fast at any level.
 pub const LEVEL: i32 = 22;
+/// The prediction rules executable-aware deltas are built with.
+pub const BUILD_RULES: Rules = Rules::V2;
 /// The most entries a device accepts (they are held while applying).
 pub const MAX_ENTRIES: u64 = 65_536;
 /// The largest old or new file these formats take (positions are 32-bit).
@@ -53,6 +67,7 @@ const CHUNK: usize = 64 * 1024;
 /// (about 6 MiB at the limits, far less for most deltas).
 pub fn apply_memory() -> u64 {
     MAX_ENTRIES * 2 * std::mem::size_of::<Region>() as u64
+        + Layout::max_held()
         + 2 * ((1u64 << WINDOW_LOG) + 2 * 128 * 1024)
         + 4 * CHUNK as u64
 }
@@ -73,6 +88,17 @@ pub type Both = (Option<Vec<u8>>, Option<Vec<u8>>);
 /// executable-aware delta from one matching pass ([`Both`]), each `None` when not asked
 /// for or when it does not fit ([`make`]).
 pub fn make_both(old: &[u8], new: &[u8], plain: bool, exec: bool) -> io::Result<Both> {
+    make_both_by(old, new, plain, exec, BUILD_RULES)
+}
+
+/// [`make_both`], with the executable-aware delta built by `rules`.
+pub fn make_both_by(
+    old: &[u8],
+    new: &[u8],
+    plain: bool,
+    exec: bool,
+    rules: Rules,
+) -> io::Result<Both> {
     if old.len() as u64 > MAX_LEN || new.len() as u64 > MAX_LEN {
         return Ok((None, None));
     }
@@ -85,6 +111,24 @@ pub fn make_both(old: &[u8], new: &[u8], plain: bool, exec: bool) -> io::Result<
     if !plain && layouts.is_none() {
         return Ok((None, None));
     }
+    let tables = match (&layouts, rules) {
+        (Some((o, n)), Rules::V2) => {
+            let (to, tn) = (o.word_tables(old), n.word_tables(new));
+            (to, tn.coded)
+        }
+        _ => (WordTables::default(), Vec::new()),
+    };
+    let (old_t, new_t);
+    let (old_m, new_m): (&[u8], &[u8]) = if tables.0.coded.is_empty() && tables.1.is_empty() {
+        (old, new)
+    } else {
+        let mut o = old.to_vec();
+        code_words(old, &tables.0.coded, 0, &mut o, &mut Vec::new())?;
+        let mut n = new.to_vec();
+        code_words(new, &tables.1, 0, &mut n, &mut Vec::new())?;
+        (old_t, new_t) = (o, n);
+        (&old_t, &new_t)
+    };
     // bsdiff's matching (suffix array of the old bytes, then its scan of the new bytes)
     // yields a series of matches that tile the new bytes: `add_length` bytes added to the
     // old bytes at `add_old_start`, then literal bytes up to `copy_end`.
@@ -100,7 +144,7 @@ pub fn make_both(old: &[u8], new: &[u8], plain: bool, exec: bool) -> io::Result<
             });
         }
     } else {
-        let too_many = bidiff::diff(old, new, &bidiff::DiffParams::default(), |m| {
+        let too_many = bidiff::diff(old_m, new_m, &bidiff::DiffParams::default(), |m| {
             matches.push(m);
             if matches.len() as u64 > MAX_ENTRIES {
                 Err(())
@@ -115,7 +159,7 @@ pub fn make_both(old: &[u8], new: &[u8], plain: bool, exec: bool) -> io::Result<
     let bad = || io::Error::other("the matcher produced matches that do not tile the new bytes");
     let mut entries: Vec<(u32, u32, i32)> = Vec::with_capacity(matches.len());
     let mut regions = Vec::with_capacity(matches.len());
-    let mut extra = Vec::new();
+    let mut copies = Vec::with_capacity(matches.len());
     let (mut old_pos, mut new_pos) = (0usize, 0usize);
     for (i, m) in matches.iter().enumerate() {
         let copy_start = m.add_new_start + m.add_length;
@@ -136,7 +180,7 @@ pub fn make_both(old: &[u8], new: &[u8], plain: bool, exec: bool) -> io::Result<
             new_pos: m.add_new_start as u64,
             len: m.add_length as u64,
         });
-        extra.extend_from_slice(&new[copy_start..m.copy_end]);
+        copies.push(copy_start..m.copy_end);
         entries.push((
             u32::try_from(m.add_length).map_err(|_| bad())?,
             u32::try_from(m.copy_end - copy_start).map_err(|_| bad())?,
@@ -155,13 +199,32 @@ pub fn make_both(old: &[u8], new: &[u8], plain: bool, exec: bool) -> io::Result<
         ctrl.extend_from_slice(&c.to_le_bytes());
         ctrl.extend_from_slice(&s.to_le_bytes());
     }
-    let (ctrl, extra) = (compress(&ctrl)?, compress(&extra)?);
+    let ctrl = compress(&ctrl)?;
     let build = |layouts: Option<&(Layout, Layout)>| -> io::Result<Vec<u8>> {
-        let predictor = layouts.map(|(o, n)| Predictor::new(o, n, regions.clone()));
+        // The plain delta is taken between the raw files; the executable-aware one
+        // against the prediction, with the coded ranges coded.
+        let none: &[(u64, u64)] = &[];
+        let (new, coded_old, coded_new, self_rel) = match layouts {
+            Some(_) => (
+                new_m,
+                &tables.0.coded[..],
+                &tables.1[..],
+                &tables.0.self_relative[..],
+            ),
+            None => (new, none, none, none),
+        };
+        let predictor =
+            layouts.map(|(o, n)| Predictor::new(o, n, regions.clone(), rules, self_rel.to_vec()));
+        let extra: Vec<u8> = copies
+            .iter()
+            .flat_map(|c| &new[c.clone()])
+            .copied()
+            .collect();
+        let extra = compress(&extra)?;
         let mut diff = Vec::with_capacity(regions.iter().map(|r| r.len as usize).sum());
         for r in &regions {
             let mut at_new = r.new_pos as usize;
-            effective_old(old, predictor.as_ref(), r, |e| {
+            effective_old(old, predictor.as_ref(), coded_old, r, |e| {
                 diff.extend(
                     new[at_new..at_new + e.len()]
                         .iter()
@@ -176,11 +239,14 @@ pub fn make_both(old: &[u8], new: &[u8], plain: bool, exec: bool) -> io::Result<
         let mut out =
             Vec::with_capacity(HEADER + ctrl.len() + diff.len() + extra.len() + 64 * SEGMENT);
         out.extend_from_slice(MAGIC);
-        let (flags, arch, segs): (u8, u8, &[Segment]) = match layouts {
-            Some((_, n)) => (1, n.arch.code(), &n.segments),
-            None => (0, 0, &[]),
+        let (version, flags, arch, segs): (u8, u8, u8, &[Segment]) = match layouts {
+            Some((_, n)) => (rules.version(), 1, n.arch.code(), &n.segments),
+            None => (1, 0, 0, &[]),
         };
-        out.extend_from_slice(&[1, flags, arch, segs.len() as u8, 0, 0, 0, 0]);
+        let lists = [coded_old, coded_new, self_rel];
+        out.extend_from_slice(&[version, flags, arch, segs.len() as u8]);
+        out.extend(lists.map(|l| l.len() as u8));
+        out.push(0);
         for v in [
             new.len() as u64,
             entries.len() as u64,
@@ -195,6 +261,10 @@ pub fn make_both(old: &[u8], new: &[u8], plain: bool, exec: bool) -> io::Result<
             for v in [s.offset, s.vaddr, s.filesz, s.memsz, u64::from(s.exec)] {
                 out.extend_from_slice(&v.to_le_bytes());
             }
+        }
+        for &(a, b) in lists.iter().flat_map(|l| l.iter()) {
+            out.extend_from_slice(&a.to_le_bytes());
+            out.extend_from_slice(&b.to_le_bytes());
         }
         out.extend_from_slice(&ctrl);
         out.extend_from_slice(&diff);
@@ -235,12 +305,14 @@ fn compress(data: &[u8]) -> io::Result<Vec<u8>> {
 fn effective_old(
     old: &(impl ReadAt + ?Sized),
     predictor: Option<&Predictor<'_>>,
+    coded: &[(u64, u64)],
     r: &Region,
     mut f: impl FnMut(&[u8]) -> io::Result<()>,
 ) -> io::Result<()> {
     let end = r.old_pos + r.len;
     let (mut pos, mut scan) = (r.old_pos, r.old_pos);
     let mut buf = vec![0u8; (CHUNK + LOOKAHEAD).min(r.len as usize)];
+    let mut tmp = Vec::new();
     while pos < end {
         let chunk_end = (pos + CHUNK as u64).min(end);
         let have = (chunk_end + LOOKAHEAD as u64).min(end) - pos;
@@ -254,10 +326,102 @@ fn effective_old(
             }
             None => chunk_end,
         };
-        f(&b[..(done - pos) as usize])?;
+        let b = &mut b[..(done - pos) as usize];
+        code_words(old, coded, pos, b, &mut tmp)?;
+        f(b)?;
         pos = done;
     }
     Ok(())
+}
+
+/// Replaces the bytes of `b` (the bytes of `src` from offset `pos`, or their prediction)
+/// that lie in the coded ranges `coded` (sorted) by the coded words: each raw 32-bit
+/// word of `src` minus the raw word before it in its range (the first word as it is).
+/// `tmp` is scratch space.
+fn code_words(
+    src: &(impl ReadAt + ?Sized),
+    coded: &[(u64, u64)],
+    pos: u64,
+    b: &mut [u8],
+    tmp: &mut Vec<u8>,
+) -> io::Result<()> {
+    let end = pos + b.len() as u64;
+    let first = coded.partition_point(|r| r.1 <= pos);
+    for &(rs, re) in coded[first..].iter().take_while(|r| r.0 < end) {
+        let (lo, hi) = (rs.max(pos), re.min(end));
+        let (k0, k1) = ((lo - rs) / 4, (hi - rs).div_ceil(4));
+        let from = k0.saturating_sub(1);
+        tmp.resize(((k1 - from) * 4) as usize, 0);
+        src.read_exact_at(rs + 4 * from, tmp)?;
+        let word = |k: u64| {
+            let i = ((k - from) * 4) as usize;
+            u32::from_le_bytes(tmp[i..i + 4].try_into().expect("4 bytes"))
+        };
+        for k in k0..k1 {
+            let prev = if k == 0 { 0 } else { word(k - 1) };
+            let c = word(k).wrapping_sub(prev).to_le_bytes();
+            let at = rs + 4 * k;
+            for (j, &byte) in c.iter().enumerate() {
+                let o = at + j as u64;
+                if o >= lo && o < hi {
+                    b[(o - pos) as usize] = byte;
+                }
+            }
+        }
+    }
+    Ok(())
+}
+
+/// A writer that undoes the coding of the coded ranges ([`code_words`]) of what it is
+/// given, in order from offset 0, before passing it on.
+struct Uncode<'a, W> {
+    out: W,
+    coded: &'a [(u64, u64)],
+    pos: u64,
+    word: [u8; 4],
+    have: usize,
+    prev: u32,
+}
+
+impl<W: Write> Write for Uncode<'_, W> {
+    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+        let mut b = buf;
+        while !b.is_empty() {
+            let i = self.coded.partition_point(|r| r.1 <= self.pos);
+            match self.coded.get(i) {
+                Some(&(rs, re)) if rs <= self.pos => {
+                    let n = (re - self.pos).min(b.len() as u64) as usize;
+                    for &x in &b[..n] {
+                        if self.have == 0 && self.pos == rs {
+                            self.prev = 0;
+                        }
+                        self.word[self.have] = x;
+                        self.have += 1;
+                        self.pos += 1;
+                        if self.have == 4 {
+                            let raw = u32::from_le_bytes(self.word).wrapping_add(self.prev);
+                            self.out.write_all(&raw.to_le_bytes())?;
+                            self.prev = raw;
+                            self.have = 0;
+                        }
+                    }
+                    b = &b[n..];
+                }
+                next => {
+                    let lim = next.map_or(u64::MAX, |r| r.0);
+                    let n = (lim - self.pos).min(b.len() as u64) as usize;
+                    self.out.write_all(&b[..n])?;
+                    self.pos += n as u64;
+                    b = &b[n..];
+                }
+            }
+        }
+        Ok(buf.len())
+    }
+
+    fn flush(&mut self) -> io::Result<()> {
+        self.out.flush()
+    }
 }
 
 /// A section of a [`ReadAt`] read in order.
@@ -321,6 +485,12 @@ fn finished<R: ReadAt + ?Sized>(
 /// What the header of a bsdiff-family delta says.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Header {
+    /// The prediction rules its version names (used when `exec`).
+    pub rules: Rules,
+    /// The old file's word tables it names.
+    pub old_tables: WordTables,
+    /// The new file's coded ranges.
+    pub coded_new: Vec<(u64, u64)>,
     /// Whether the diff is taken against the executable-aware prediction.
     pub exec: bool,
     /// The result's length.
@@ -343,12 +513,19 @@ impl Header {
             return Err(DeltaError::Decode("not a bsdiff delta (bad magic)".into()));
         }
         let w = |i: usize| u64::from_le_bytes(h[16 + 8 * i..24 + 8 * i].try_into().unwrap());
-        if h[8] != 1 || h[9] > 1 || h[12..16] != [0; 4] || w(5) != 0 {
+        let rules = Rules::from_version(h[8]);
+        let counts = [h[12], h[13], h[14]].map(usize::from);
+        let lists_ok = match rules {
+            Some(Rules::V2) => h[15] == 0 && counts.iter().all(|&c| c <= MAX_WORD_TABLES),
+            _ => h[12..16] == [0; 4],
+        };
+        if rules.is_none() || !lists_ok || h[9] > 1 || w(5) != 0 {
             return Err(DeltaError::Decode(format!(
-                "bsdiff delta version {} flags {}: this version reads version 1",
+                "bsdiff delta version {} flags {}: this version reads versions 1 and 2",
                 h[8], h[9]
             )));
         }
+        let rules = rules.expect("checked");
         let exec = h[9] == 1;
         let nsegs = h[11] as usize;
         if exec != (nsegs > 0) || nsegs > MAX_SEGMENTS || (exec && Arch::from_code(h[10]).is_none())
@@ -378,7 +555,42 @@ impl Header {
                 exec: v(4) & 1 == 1,
             });
         }
-        let start = (HEADER + nsegs * SEGMENT) as u64;
+        let mut at = (HEADER + nsegs * SEGMENT) as u64;
+        let mut lists: [Vec<(u64, u64)>; 3] = Default::default();
+        for (list, &count) in lists.iter_mut().zip(&counts) {
+            let mut r = [0u8; 16];
+            for _ in 0..count {
+                delta
+                    .read_exact_at(at, &mut r)
+                    .map_err(|_| DeltaError::Decode("truncated word table list".into()))?;
+                at += 16;
+                let a = u64::from_le_bytes(r[..8].try_into().unwrap());
+                let b = u64::from_le_bytes(r[8..].try_into().unwrap());
+                if a >= b || list.last().is_some_and(|l| l.1 > a) {
+                    return Err(DeltaError::Decode(format!(
+                        "word table {a}..{b} is empty, or out of order"
+                    )));
+                }
+                list.push((a, b));
+            }
+        }
+        let [coded_old, coded_new, self_relative] = lists;
+        if coded_old
+            .iter()
+            .chain(&coded_new)
+            .any(|r| (r.1 - r.0) % 4 != 0)
+        {
+            return Err(DeltaError::Decode(
+                "a coded word table is not a whole number of words".into(),
+            ));
+        }
+        if coded_new.last().is_some_and(|r| r.1 > w(0)) {
+            return Err(DeltaError::Decode(format!(
+                "a coded word table ends past the result's {} bytes",
+                w(0)
+            )));
+        }
+        let start = at;
         let total = [w(2), w(3), w(4)]
             .iter()
             .try_fold(start, |a, b| a.checked_add(*b));
@@ -390,6 +602,12 @@ impl Header {
             )));
         }
         Ok(Header {
+            rules,
+            old_tables: WordTables {
+                coded: coded_old,
+                self_relative,
+            },
+            coded_new,
             exec,
             result_length: w(0),
             entries: w(1),
@@ -407,13 +625,28 @@ pub fn apply(
     base: &(impl ReadAt + ?Sized),
     delta: &(impl ReadAt + ?Sized),
     max_len: u64,
-    mut out: impl Write,
+    out: impl Write,
 ) -> Result<u64, DeltaError> {
     let h = Header::read(delta)?;
     if h.result_length > max_len {
         return Err(DeltaError::TooLong { max_len });
     }
-    let mut at = (HEADER + h.segments.len() * SEGMENT) as u64;
+    let lists = h.old_tables.coded.len() + h.coded_new.len() + h.old_tables.self_relative.len();
+    let mut at = (HEADER + h.segments.len() * SEGMENT + lists * 16) as u64;
+    if h.old_tables.coded.last().is_some_and(|r| r.1 > base.len()) {
+        return Err(DeltaError::Decode(format!(
+            "a coded word table ends past the {}-byte base",
+            base.len()
+        )));
+    }
+    let mut out = Uncode {
+        out,
+        coded: &h.coded_new,
+        pos: 0,
+        word: [0; 4],
+        have: 0,
+        prev: 0,
+    };
     // The entries, whole: checked against the base and the result's length.
     let mut ctrl = frame(delta, at, h.sections[0])?;
     at += h.sections[0];
@@ -474,9 +707,10 @@ pub fn apply(
     } else {
         None
     };
-    let predictor = layouts
-        .as_ref()
-        .map(|(o, n)| Predictor::new(o, n, regions.clone()));
+    let predictor = layouts.as_ref().map(|(o, n)| {
+        let rel = h.old_tables.self_relative.clone();
+        Predictor::new(o, n, regions.clone(), h.rules, rel)
+    });
     let mut diff = frame(delta, at, h.sections[1])?;
     at += h.sections[1];
     let mut extra = frame(delta, at, h.sections[2])?;
@@ -485,7 +719,7 @@ pub fn apply(
     let w = |e: io::Error| DeltaError::Write(e);
     for (r, copy) in regions.iter().zip(copies) {
         let mut failed = None;
-        effective_old(base, predictor.as_ref(), r, |e| {
+        effective_old(base, predictor.as_ref(), &h.old_tables.coded, r, |e| {
             let d = &mut d[..e.len()];
             if let Err(x) = diff.read_exact(d) {
                 failed = Some(decode(format!("the diff stream ends early: {x}")));
@@ -610,6 +844,142 @@ mod tests {
             exec.len(),
             plain.len()
         );
+    }
+
+    /// A kernel-like pair: code loading absolute addresses of functions
+    /// (`mov $imm32, %rdi`), data holding 64-bit addresses of them, and an appended
+    /// relocation table listing both; the new version inserts 64 bytes of code.
+    fn kernel_like_pair() -> (Vec<u8>, Vec<u8>) {
+        const CODE_VA: usize = 0x1000 + 64 + 2 * 56;
+        let n = 60_000usize;
+        let r = noise(21, 8000);
+        let funcs: Vec<usize> = (0..80).map(|k| 300 + k * 740 + usize::from(r[k])).collect();
+        let insert = n / 2;
+        let moved = |p: usize| if p >= insert { p + 64 } else { p };
+        let mut loads = Vec::new();
+        let mut at = 100usize;
+        let mut k = 0;
+        while at + 10 < n - 100 {
+            loads.push((at, funcs[usize::from(r[k % 8000]) % funcs.len()]));
+            at += 9 + usize::from(r[(k + 1) % 8000]) % 50;
+            k += 2;
+        }
+        let build = |moved: &dyn Fn(usize) -> usize, extra: Option<Vec<u8>>| {
+            let mut code = noise(22, n);
+            for &(a, _) in &loads {
+                code[a..a + 7].fill(0x90);
+            }
+            if let Some(e) = extra {
+                code.splice(insert..insert, e);
+            }
+            let mut sites32 = Vec::new();
+            for &(a, t) in &loads {
+                let a = moved(a);
+                code[a..a + 3].copy_from_slice(&[0x48, 0xC7, 0xC7]);
+                let v = (CODE_VA + moved(t)) as u32;
+                code[a + 3..a + 7].copy_from_slice(&v.to_le_bytes());
+                sites32.push((CODE_VA + a + 3) as u32);
+            }
+            let data_va = 0x1000 + (64 + 2 * 56 + code.len()) + 0x1000;
+            let mut data = Vec::new();
+            let mut sites64 = Vec::new();
+            for k in 0..512 {
+                sites64.push((data_va + data.len()) as u32);
+                let t = funcs[usize::from(r[4000 + k]) % funcs.len()];
+                data.extend_from_slice(&((CODE_VA + moved(t)) as u64).to_le_bytes());
+            }
+            let mut f = super::super::exec::tests::tiny_elf(&code, &data);
+            for part in [vec![0u32], sites64, vec![0, 0], sites32] {
+                for w in part {
+                    f.extend_from_slice(&w.to_le_bytes());
+                }
+            }
+            f
+        };
+        let old = build(&|p| p, None);
+        let new = build(&moved, Some(noise(23, 64)));
+        (old, new)
+    }
+
+    #[test]
+    fn an_appended_relocation_table_makes_absolute_addresses_and_itself_predicted() {
+        let (old, new) = kernel_like_pair();
+        let (_, v1) = make_both_by(&old, &new, false, true, Rules::V1).unwrap();
+        let (_, v2) = make_both_by(&old, &new, false, true, Rules::V2).unwrap();
+        let (v1, v2) = (v1.unwrap(), v2.unwrap());
+        assert_eq!((v1[8], v2[8]), (1, 2), "each delta names its rules");
+        assert_eq!(apply_vec(&old, &v1, new.len() as u64).unwrap(), new);
+        assert_eq!(apply_vec(&old, &v2, new.len() as u64).unwrap(), new);
+        assert!(
+            v2.len() * 2 < v1.len(),
+            "by the extended rules {} bytes, by the first {} bytes",
+            v2.len(),
+            v1.len()
+        );
+    }
+
+    #[test]
+    fn coded_words_come_back_whatever_the_pieces_they_are_written_in() {
+        let raw = noise(31, 10_000);
+        let coded = [(100u64, 1100u64), (1100, 1500), (4000, 9996)];
+        let mut c = raw.clone();
+        code_words(&raw[..], &coded, 0, &mut c, &mut Vec::new()).unwrap();
+        assert_ne!(c, raw);
+        // Coding a piece gives the same bytes as coding the whole.
+        let mut piece = raw[1050..4100].to_vec();
+        code_words(&raw[..], &coded, 1050, &mut piece, &mut Vec::new()).unwrap();
+        assert_eq!(piece, c[1050..4100]);
+        for step in [1usize, 3, 7, 4096] {
+            let mut out = Vec::new();
+            let mut w = Uncode {
+                out: &mut out,
+                coded: &coded,
+                pos: 0,
+                word: [0; 4],
+                have: 0,
+                prev: 0,
+            };
+            for part in c.chunks(step) {
+                w.write_all(part).unwrap();
+            }
+            assert_eq!(out, raw, "written {step} bytes at a time");
+        }
+    }
+
+    #[test]
+    fn word_tables_outside_the_files_or_out_of_order_are_refused() {
+        let (old, new) = kernel_like_pair();
+        let (_, d) = make_both_by(&old, &new, false, true, Rules::V2).unwrap();
+        let d = d.unwrap();
+        let (n_old, n_new) = (usize::from(d[12]), usize::from(d[13]));
+        assert!(n_old == 1 && n_new == 1, "the relocation tables are coded");
+        let lists = HEADER + usize::from(d[11]) * SEGMENT;
+        let set =
+            |d: &mut Vec<u8>, at: usize, v: u64| d[at..at + 8].copy_from_slice(&v.to_le_bytes());
+        let mut past_result = d.clone();
+        set(&mut past_result, lists + 16 + 8, new.len() as u64 + 4);
+        let e = apply_vec(&old, &past_result, u64::MAX).unwrap_err();
+        assert!(e.to_string().contains("past the result"), "{e}");
+        let mut past_base = d.clone();
+        set(&mut past_base, lists + 8, old.len() as u64 + 4);
+        let e = apply_vec(&old, &past_base, u64::MAX).unwrap_err();
+        assert!(e.to_string().contains("past the"), "{e}");
+        let mut ragged = d.clone();
+        set(
+            &mut ragged,
+            lists,
+            u64::from_le_bytes(d[lists..lists + 8].try_into().unwrap()) + 1,
+        );
+        let e = apply_vec(&old, &ragged, u64::MAX).unwrap_err();
+        assert!(e.to_string().contains("whole number of words"), "{e}");
+        let mut empty = d.clone();
+        set(&mut empty, lists + 8, 0);
+        let e = apply_vec(&old, &empty, u64::MAX).unwrap_err();
+        assert!(e.to_string().contains("out of order"), "{e}");
+        let mut v1 = d.clone();
+        v1[8] = 1;
+        let e = apply_vec(&old, &v1, u64::MAX).unwrap_err();
+        assert!(e.to_string().contains("version 1"), "{e}");
     }
 
     #[test]

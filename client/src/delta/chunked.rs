@@ -436,8 +436,8 @@ mod tests {
                 &mut Vec::new(),
             );
             assert_eq!(
-                mapped.as_ref().map_err(|e| std::mem::discriminant(e)),
-                streamed.as_ref().map_err(|e| std::mem::discriminant(e)),
+                mapped.as_ref().map_err(std::mem::discriminant),
+                streamed.as_ref().map_err(std::mem::discriminant),
                 "mapped {mapped:?}, streamed {streamed:?}"
             );
             streamed

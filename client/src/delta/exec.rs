@@ -19,7 +19,11 @@
 //! `mov`/`lea`/ALU operands, indirect `call`/`jmp` through the GOT) and AArch64 (`b`/`bl`,
 //! `adrp`); the tables `SHT_RELA` (offsets and addends), `SHT_SYMTAB`/`SHT_DYNSYM`
 //! (symbol values) and `.eh_frame_hdr` (its search table); and the words the relocations
-//! say hold addresses (`.data.rel.ro`, `.init_array`, …).
+//! say hold addresses (`.data.rel.ro`, `.init_array`, …). A delta names the rules it was
+//! built with ([`Rules`]); the second adds what an image without relocations needs (a Linux
+//! kernel): code from the executable sections, the sites of an appended kernel relocation
+//! table, self-relative words in the tables the delta names ([`WordTables`]), and address
+//! words in data.
 
 /// The instruction set whose references are predicted.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -91,6 +95,11 @@ impl TableKind {
     }
 }
 
+/// A site's file offset and width.
+fn site(s: u32) -> (u64, u64) {
+    (u64::from(s & !WIDE), if s & WIDE != 0 { 8 } else { 4 })
+}
+
 /// The most pointer locations (from relocations) the predictor keeps.
 const MAX_POINTERS: usize = 131_072;
 
@@ -116,6 +125,93 @@ pub struct Layout {
     tables: Vec<Table>,
     /// File offsets of 8-byte words that relocations say hold an address (sorted).
     pointers: Vec<u64>,
+    /// File ranges of the executable sections (`SHF_EXECINSTR`), sorted and disjoint;
+    /// empty when the file has no section table (then executable segments are the code).
+    code: Vec<(u64, u64)>,
+    /// File ranges of the allocated data sections (what [`Layout::word_tables`] looks at).
+    data: Vec<(u64, u64)>,
+    /// The sites an appended kernel relocation table lists ([`Layout::kernel_sites`]):
+    /// file offsets, bit 31 set for a 64-bit address, clear for a 32-bit sign-extended
+    /// one (sorted, disjoint).
+    sites: Vec<u32>,
+    /// The file range of that appended table, whose words are sign-extended addresses.
+    site_table: Option<(u64, u64)>,
+    /// Whether aligned 8-byte data words whose value falls in a segment mapped above
+    /// 4 GiB are taken as addresses: a file with no relocation table of any kind.
+    high_words: bool,
+}
+
+/// The most data sections read from one file.
+const MAX_DATA_SECTIONS: usize = 256;
+/// The most word tables of each kind a delta names ([`Layout::word_tables`]).
+pub const MAX_WORD_TABLES: usize = 32;
+
+/// The ranges of a file whose 32-bit words the builder asks to be treated specially
+/// ([`Layout::word_tables`]); a delta carries them, so a device never guesses.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct WordTables {
+    /// Ranges coded as the differences of consecutive little-endian 32-bit words
+    /// (sorted, disjoint, lengths a multiple of 4): sorted address tables, whose
+    /// differences stay the same when the code they point into moves.
+    pub coded: Vec<(u64, u64)>,
+    /// Ranges whose aligned 32-bit words are predicted as self-relative pointers into
+    /// code (sorted, disjoint; only in the old file).
+    pub self_relative: Vec<(u64, u64)>,
+}
+
+/// The most sites an appended kernel relocation table may list (4 bytes each are held).
+pub const MAX_SITES: usize = 262_144;
+/// Bit 31 of a site: a 64-bit address (else 32-bit, sign-extended).
+const WIDE: u32 = 1 << 31;
+/// The largest appended relocation table read.
+const MAX_SITE_TABLE: u64 = 4 * (MAX_SITES as u64 + 3);
+
+/// What a byte of the old file is to the extended rules ([`Rules::V2`]).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Kind {
+    /// In an executable section.
+    Code,
+    /// In a table of addresses ([`TableKind`]).
+    Table,
+    /// In a segment's file bytes, neither code nor a table.
+    Data,
+    /// In no segment.
+    Other,
+}
+
+/// Which prediction rules a delta was built with: the version in its header. A device
+/// applies a delta with the rules it names, so older deltas keep applying.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
+pub enum Rules {
+    /// Branches, RIP- and PC-relative operands and the relocation, symbol and
+    /// `.eh_frame_hdr` tables; code is every executable segment.
+    V1,
+    /// [`Rules::V1`], with code taken from the executable sections, plus: the sites an
+    /// appended kernel relocation table lists (and the table's own entries), 32-bit
+    /// self-relative words pointing into code in the ranges the delta names
+    /// ([`WordTables::self_relative`]; exception, export and patch-site tables), and, in
+    /// a file without relocations, 8-byte data words holding an address above 4 GiB.
+    /// (The coded ranges a delta names are undone whatever its rules.)
+    V2,
+}
+
+impl Rules {
+    /// The rules of a header version, if this version knows them.
+    pub fn from_version(v: u8) -> Option<Rules> {
+        match v {
+            1 => Some(Rules::V1),
+            2 => Some(Rules::V2),
+            _ => None,
+        }
+    }
+
+    /// The header version of these rules.
+    pub fn version(self) -> u8 {
+        match self {
+            Rules::V1 => 1,
+            Rules::V2 => 2,
+        }
+    }
 }
 
 fn u16_at(b: &[u8], at: usize) -> Option<u16> {
@@ -248,6 +344,16 @@ impl Layout {
             return None;
         }
         let mut tables = Vec::new();
+        let mut code = Vec::new();
+        let mut data = Vec::new();
+        let mut any_rela = false;
+        // Where the ELF file's own bytes end (an appended table starts there).
+        let mut elf_end = segments
+            .iter()
+            .map(|s| s.offset + s.filesz)
+            .chain([phoff.saturating_add(phnum as u64 * phentsize)])
+            .max()
+            .unwrap_or(0);
         if shoff != 0 && shentsize >= 64 && shnum <= 4096 {
             let mut sh = [0u8; 64];
             for i in 0..shnum as u64 {
@@ -257,14 +363,41 @@ impl Layout {
                 if file.read_exact_at(at, &mut sh).is_err() {
                     break;
                 }
-                let kind = match u32_at(&sh, 4)? {
+                elf_end = elf_end.max(at + shentsize);
+                let (sh_type, sh_flags) = (u32_at(&sh, 4)?, u64_at(&sh, 8)?);
+                let (offset, size, entsize) =
+                    (u64_at(&sh, 24)?, u64_at(&sh, 32)?, u64_at(&sh, 56)?);
+                let in_file = offset.checked_add(size).is_some_and(|e| e <= len);
+                if sh_type != 8 && in_file {
+                    // Not SHT_NOBITS: its bytes are the file's.
+                    elf_end = elf_end.max(offset + size);
+                }
+                // SHT_PROGBITS, SHF_ALLOC | SHF_EXECINSTR.
+                if sh_type == 1 && sh_flags & 6 == 6 && size > 0 && in_file {
+                    code.push((offset, offset + size));
+                }
+                // SHT_PROGBITS, SHF_ALLOC without SHF_EXECINSTR.
+                if sh_type == 1
+                    && sh_flags & 6 == 2
+                    && size >= 16
+                    && in_file
+                    && data.len() < MAX_DATA_SECTIONS
+                {
+                    data.push((offset, offset + size));
+                }
+                let kind = match sh_type {
                     4 => TableKind::Rela,
+                    9 => {
+                        any_rela = true; // SHT_REL
+                        continue;
+                    }
                     2 | 11 => TableKind::Sym,
                     _ => continue,
                 };
-                let (offset, size, entsize) =
-                    (u64_at(&sh, 24)?, u64_at(&sh, 32)?, u64_at(&sh, 56)?);
-                if entsize != 24 || offset.checked_add(size).is_none_or(|e| e > len) {
+                if kind == TableKind::Rela {
+                    any_rela = true;
+                }
+                if entsize != 24 || !in_file {
                     continue;
                 }
                 tables.push(Table { offset, size, kind });
@@ -290,14 +423,104 @@ impl Layout {
                 });
             }
         }
+        code.sort_unstable();
+        // Overlapping sections (not in a well-formed file): merged.
+        let mut merged: Vec<(u64, u64)> = Vec::with_capacity(code.len());
+        for (a, b) in code {
+            match merged.last_mut() {
+                Some(l) if a <= l.1 => l.1 = l.1.max(b),
+                _ => merged.push((a, b)),
+            }
+        }
         let mut layout = Layout {
             arch,
             segments,
             tables,
             pointers: Vec::new(),
+            code: merged,
+            data,
+            sites: Vec::new(),
+            site_table: None,
+            high_words: false,
         };
         layout.pointers = layout.relocated_words(file);
+        if let Some((sites, range)) = layout.kernel_sites(file, elf_end) {
+            layout.sites = sites;
+            layout.site_table = Some(range);
+        }
+        layout.high_words = !any_rela && layout.site_table.is_none();
+
         Some(layout)
+    }
+
+    /// The sites listed by the relocation table the x86-64 Linux build appends to the
+    /// kernel's ELF image (`vmlinux.relocs`, in the image a boot loader decompresses),
+    /// and the table's file range; `None` when the bytes after the ELF file are not
+    /// such a table.
+    ///
+    /// The table is 32-bit little-endian words: `0`, the addresses of 64-bit absolute
+    /// addresses, `0`, the addresses of inverse 32-bit ones (per-CPU), `0`, the
+    /// addresses of 32-bit sign-extended ones. An entry, sign-extended, is an address
+    /// in a segment's file bytes; if more than 1 % are not, the table is ignored. The
+    /// inverse sites are not kept: their words are not addresses.
+    fn kernel_sites(
+        &self,
+        file: &(impl ReadAt + ?Sized),
+        elf_end: u64,
+    ) -> Option<(Vec<u32>, (u64, u64))> {
+        let len = file.len();
+        let n = len.checked_sub(elf_end)?;
+        if self.arch != Arch::X86_64 || n < 12 || n % 4 != 0 || n > MAX_SITE_TABLE {
+            return None;
+        }
+        let mut buf = vec![0u8; n as usize];
+        file.read_exact_at(elf_end, &mut buf).ok()?;
+        let mut part = 0usize; // separators seen
+        let mut missing = 0u64;
+        let mut sites = Vec::new();
+        for w in buf.chunks_exact(4) {
+            let v = u32::from_le_bytes(w.try_into().expect("4 bytes"));
+            if v == 0 {
+                part += 1;
+                if part > 3 {
+                    return None;
+                }
+                continue;
+            }
+            if part == 0 {
+                return None; // the table starts with a separator
+            }
+            let Some(off) = self.offset_of(i64::from(v as i32) as u64) else {
+                // An address no segment's file bytes hold (the per-CPU data at its load
+                // address): a few are expected, many say this is not such a table.
+                missing += 1;
+                continue;
+            };
+            let wide = part == 1;
+            if off + if wide { 8 } else { 4 } > len || off >= u64::from(WIDE) {
+                return None;
+            }
+            if part != 2 {
+                sites.push(off as u32 | if wide { WIDE } else { 0 });
+                if sites.len() > MAX_SITES {
+                    return None;
+                }
+            }
+        }
+        if part != 3 || missing * 100 > n / 4 {
+            return None;
+        }
+        sites.sort_unstable_by_key(|s| s & !WIDE);
+        let mut end = 0u64;
+        sites.retain(|&s| {
+            let (o, w) = site(s);
+            let keep = o >= end && !self.overlaps_table(o, w);
+            if keep {
+                end = o + w;
+            }
+            keep
+        });
+        Some((sites, (elf_end, len)))
     }
 
     /// The file offsets of the words the old file's `RELA` tables relocate as plain
@@ -367,6 +590,11 @@ impl Layout {
             .any(|s| s.exec && off >= s.offset && off - s.offset < s.filesz)
     }
 
+    /// The most bytes a layout holds: its pointer and site lists at their limits.
+    pub fn max_held() -> u64 {
+        (MAX_POINTERS * 8 + MAX_SITES * 4) as u64
+    }
+
     /// A layout with only segments (what the delta carries of the new file).
     pub fn from_segments(arch: Arch, segments: Vec<Segment>) -> Layout {
         Layout {
@@ -374,7 +602,125 @@ impl Layout {
             segments,
             tables: Vec::new(),
             pointers: Vec::new(),
+            code: Vec::new(),
+            data: Vec::new(),
+            sites: Vec::new(),
+            site_table: None,
+            high_words: false,
         }
+    }
+
+    /// What `off` is to the extended rules, and the offset up to which that answer stays
+    /// the same (at least `off + 1`).
+    fn kind_at(&self, off: u64) -> (Kind, u64) {
+        let mut until = u64::MAX;
+        let mut bound = |b: u64| {
+            if b > off {
+                until = until.min(b);
+            }
+        };
+        let mut table = false;
+        for t in &self.tables {
+            bound(t.offset);
+            bound(t.offset + t.size);
+            table |= off >= t.offset && off < t.offset + t.size;
+        }
+        let mut code = false;
+        for &(a, b) in &self.code {
+            bound(a);
+            bound(b);
+            code |= off >= a && off < b;
+        }
+        let mut in_seg = false;
+        for s in &self.segments {
+            bound(s.offset);
+            bound(s.offset + s.filesz);
+            if off >= s.offset && off - s.offset < s.filesz {
+                in_seg = true;
+                code |= s.exec && self.code.is_empty();
+            }
+        }
+        let kind = match (table, code, in_seg) {
+            (true, _, _) => Kind::Table,
+            (_, true, _) => Kind::Code,
+            (_, _, true) => Kind::Data,
+            _ => Kind::Other,
+        };
+        (kind, until.max(off + 1))
+    }
+
+    /// The word tables of `file` (whose layout this is) worth naming in a delta: the
+    /// appended kernel relocation table and the data sections whose aligned words, taken
+    /// as self-relative pointers, nearly all point into code in ascending order (unwind
+    /// tables such as `.orc_unwind_ip`) are coded; the data sections where at least a
+    /// quarter of the words point into code that way (patch-site, exception and export
+    /// tables) are self-relative. At most [`MAX_WORD_TABLES`] of each.
+    pub fn word_tables(&self, file: &[u8]) -> WordTables {
+        let code_va = self.code_vaddrs();
+        let in_code = |a: u64| {
+            let i = code_va.partition_point(|r| r.1 <= a);
+            code_va.get(i).is_some_and(|r| r.0 <= a)
+        };
+        let mut t = WordTables::default();
+        for &(a, b) in &self.data {
+            let Some(va) = self.vaddr_of(a) else {
+                continue;
+            };
+            let skip = (4 - va % 4) % 4;
+            let (a4, n) = (a + skip, (b - a).saturating_sub(skip) / 4);
+            if n < 4 || b as usize > file.len() {
+                continue;
+            }
+            let (mut pointing, mut ascending, mut last) = (0u64, 0u64, None);
+            for k in 0..n {
+                let at = (a4 + 4 * k) as usize;
+                let v = i32::from_le_bytes(file[at..at + 4].try_into().expect("4 bytes"));
+                let target = (va + skip + 4 * k).wrapping_add_signed(i64::from(v));
+                if v != 0 && in_code(target) {
+                    pointing += 1;
+                    if last.is_some_and(|l| target >= l) {
+                        ascending += 1;
+                    }
+                    last = Some(target);
+                }
+            }
+            if n >= 256 && pointing * 10 >= n * 9 && ascending * 10 >= n * 9 {
+                if t.coded.len() < MAX_WORD_TABLES {
+                    t.coded.push((a4, a4 + 4 * n));
+                }
+            } else if pointing * 4 >= n && t.self_relative.len() < MAX_WORD_TABLES {
+                t.self_relative.push((a, b));
+            }
+        }
+        if let Some((a, b)) = self.site_table {
+            if t.coded.len() < MAX_WORD_TABLES {
+                t.coded.push((a, b));
+            }
+        }
+        t.coded.sort_unstable();
+        t.self_relative.sort_unstable();
+        t
+    }
+
+    /// The virtual address ranges of the code (sorted).
+    fn code_vaddrs(&self) -> Vec<(u64, u64)> {
+        let mut out: Vec<(u64, u64)> = if self.code.is_empty() {
+            self.segments
+                .iter()
+                .filter(|s| s.exec)
+                .map(|s| (s.vaddr, s.vaddr + s.filesz))
+                .collect()
+        } else {
+            self.code
+                .iter()
+                .filter_map(|&(a, b)| {
+                    let va = self.vaddr_of(a)?;
+                    Some((va, va + (b - a)))
+                })
+                .collect()
+        };
+        out.sort_unstable();
+        out
     }
 
     /// The virtual address of file offset `off`, if a segment maps it.
@@ -441,6 +787,11 @@ pub struct Predictor<'a> {
     new: &'a Layout,
     /// The regions, sorted by `old_pos`.
     by_old: Vec<Region>,
+    rules: Rules,
+    /// The old file's code, as virtual address ranges (sorted; [`Rules::V2`]).
+    code_va: Vec<(u64, u64)>,
+    /// The old file's ranges of self-relative words ([`WordTables::self_relative`]).
+    self_relative: Vec<(u64, u64)>,
 }
 
 /// The first bytes of the x86-64 instructions whose references are predicted.
@@ -459,16 +810,36 @@ const X86_LEAD: [bool; 256] = {
 pub const LOOKAHEAD: usize = 16;
 
 impl<'a> Predictor<'a> {
-    /// A predictor for the old and new layouts (their architectures must agree) and the
-    /// delta's regions (in any order).
-    pub fn new(old: &'a Layout, new: &'a Layout, mut regions: Vec<Region>) -> Predictor<'a> {
+    /// A predictor for the old and new layouts (their architectures must agree), the
+    /// delta's regions (in any order), the rules the delta names and the old file's
+    /// ranges of self-relative words it names (sorted).
+    pub fn new(
+        old: &'a Layout,
+        new: &'a Layout,
+        mut regions: Vec<Region>,
+        rules: Rules,
+        self_relative: Vec<(u64, u64)>,
+    ) -> Predictor<'a> {
         regions.retain(|r| r.len > 0);
         regions.sort_by_key(|r| (r.old_pos, r.new_pos));
+        let code_va = match rules {
+            Rules::V1 => Vec::new(),
+            Rules::V2 => old.code_vaddrs(),
+        };
         Predictor {
             old,
             new,
             by_old: regions,
+            rules,
+            code_va,
+            self_relative,
         }
+    }
+
+    /// Whether old virtual address `a` is in the old file's code ([`Rules::V2`]).
+    fn is_code_va(&self, a: u64) -> bool {
+        let i = self.code_va.partition_point(|r| r.1 <= a);
+        self.code_va.get(i).is_some_and(|r| r.0 <= a)
     }
 
     /// The new file offset the old file offset `t` moved to, if a region carries it.
@@ -513,6 +884,21 @@ impl<'a> Predictor<'a> {
         start: u64,
         end: u64,
         buf: &mut [u8],
+        scan: u64,
+    ) -> (u64, u64) {
+        match self.rules {
+            Rules::V1 => self.predict_v1(region, start, end, buf, scan),
+            Rules::V2 => self.predict_v2(region, start, end, buf, scan),
+        }
+    }
+
+    /// [`Predictor::predict`] by [`Rules::V1`].
+    fn predict_v1(
+        &self,
+        region: &Region,
+        start: u64,
+        end: u64,
+        buf: &mut [u8],
         mut scan: u64,
     ) -> (u64, u64) {
         let region_end = region.old_pos + region.len;
@@ -545,20 +931,7 @@ impl<'a> Predictor<'a> {
                         scan = start + i as u64;
                         continue;
                     }
-                    let field = match (b(0), b(1), b(2)) {
-                        (Some(0xE8 | 0xE9), _, _) => Some(1),
-                        (Some(0x0F), Some(0x80..=0x8F), _) => Some(2),
-                        (Some(0xFF), Some(0x15 | 0x25), _) => Some(2),
-                        (
-                            Some(0x48 | 0x4C),
-                            Some(
-                                0x8B | 0x8D | 0x89 | 0x3B | 0x39 | 0x03 | 0x2B | 0x33 | 0x85 | 0x63,
-                            ),
-                            Some(m),
-                        ) if m & 0xC7 == 0x05 => Some(3),
-                        _ => None,
-                    };
-                    let Some(k) = field else {
+                    let Some(k) = x86_field(b(0), b(1), b(2)) else {
                         scan += 1;
                         continue;
                     };
@@ -599,7 +972,15 @@ impl<'a> Predictor<'a> {
                 }
             }
         }
-        // Tables of addresses.
+        self.tables(region, start, end, buf, &mut done);
+        self.pointers(region, start, end, buf, &mut done);
+        (done.min(region_end), scan.max(done))
+    }
+
+    /// Predicts the address fields of the old file's tables that start in `[start, end)`.
+    fn tables(&self, region: &Region, start: u64, end: u64, buf: &mut [u8], done: &mut u64) {
+        let blen = buf.len();
+        let fits = |at: u64, n: u64| fits(region, start, blen, at, n);
         for t in &self.old.tables {
             let (lo, hi) = (t.offset.max(start), (t.offset + t.size).min(end));
             if lo >= hi {
@@ -623,7 +1004,7 @@ impl<'a> Predictor<'a> {
                         }
                         if let Some(p) = self.map_vaddr(v) {
                             buf[fi..fi + 8].copy_from_slice(&p.to_le_bytes());
-                            done = done.max(f + 8);
+                            *done = (*done).max(f + 8);
                         }
                     } else if let TableKind::EhHdr { base } = t.kind {
                         let v = i32::from_le_bytes(buf[fi..fi + 4].try_into().expect("4 bytes"));
@@ -634,13 +1015,18 @@ impl<'a> Predictor<'a> {
                         });
                         if let Some(p) = p {
                             buf[fi..fi + 4].copy_from_slice(&p.to_le_bytes());
-                            done = done.max(f + 4);
+                            *done = (*done).max(f + 4);
                         }
                     }
                 }
             }
         }
-        // Words that relocations say hold addresses.
+    }
+
+    /// Predicts the words that relocations say hold addresses, starting in `[start, end)`.
+    fn pointers(&self, region: &Region, start: u64, end: u64, buf: &mut [u8], done: &mut u64) {
+        let blen = buf.len();
+        let fits = |at: u64, n: u64| fits(region, start, blen, at, n);
         let ptrs = &self.old.pointers;
         let from = ptrs.partition_point(|&o| o < start);
         for &f in ptrs[from..].iter().take_while(|&&o| o < end) {
@@ -654,10 +1040,253 @@ impl<'a> Predictor<'a> {
             }
             if let Some(p) = self.map_vaddr(v) {
                 buf[fi..fi + 8].copy_from_slice(&p.to_le_bytes());
-                done = done.max(f + 8);
+                *done = (*done).max(f + 8);
+            }
+        }
+    }
+
+    /// [`Predictor::predict`] by [`Rules::V2`]: the sites an appended relocation table
+    /// lists first, then code (taken from the executable sections, never through a site),
+    /// the tables and relocated words as [`Rules::V1`], then the data words the
+    /// relocations do not cover, and the appended table's own entries.
+    fn predict_v2(
+        &self,
+        region: &Region,
+        start: u64,
+        end: u64,
+        buf: &mut [u8],
+        mut scan: u64,
+    ) -> (u64, u64) {
+        let region_end = region.old_pos + region.len;
+        let blen = buf.len();
+        let fits = |at: u64, n: u64| fits(region, start, blen, at, n);
+        let mut done = end;
+        let sites = &self.old.sites;
+        let first_site = sites.partition_point(|&s| site(s).0 < start);
+        for &s in sites[first_site..].iter().take_while(|&&s| site(s).0 < end) {
+            let (f, w) = site(s);
+            if fits(f, w) && self.absolute(buf, (f - start) as usize, w) {
+                done = done.max(f + w);
+            }
+        }
+        // The first site at or after `at`.
+        // The first site at or after `at` (`at` only grows).
+        let mut si = sites.partition_point(|&s| site(s).0 < scan);
+        let mut next_site = |at: u64| {
+            while sites.get(si).is_some_and(|&s| site(s).0 < at) {
+                si += 1;
+            }
+            sites.get(si).map_or((u64::MAX, 0), |&s| site(s))
+        };
+        // Code.
+        let mut span = (Kind::Other, 0u64);
+        while scan < end {
+            if scan >= span.1 {
+                span = self.old.kind_at(scan);
+            }
+            if span.0 != Kind::Code {
+                scan = span.1.min(end);
+                continue;
+            }
+            let at = (scan - start) as usize;
+            let (ns, w) = next_site(scan);
+            if ns == scan {
+                // A site: predicted above; no reference starts inside it.
+                done = done.max(scan + w);
+                scan += w;
+                continue;
+            }
+            let lim = span.1.min(end).min(ns);
+            match self.old.arch {
+                Arch::X86_64 => {
+                    let mut i = at;
+                    let stop = (lim - start) as usize;
+                    while i < stop && !X86_LEAD[buf[i] as usize] {
+                        i += 1;
+                    }
+                    if i > at {
+                        scan = start + i as u64;
+                        continue;
+                    }
+                    let b = |k: usize| buf.get(at + k).copied();
+                    let Some(k) = x86_field(b(0), b(1), b(2)) else {
+                        scan += 1;
+                        continue;
+                    };
+                    let f = scan + k;
+                    if !fits(f, 4) || f + 4 > span.1 || f + 4 > ns {
+                        scan += 1;
+                        continue;
+                    }
+                    let fi = (f - start) as usize;
+                    let rel = i32::from_le_bytes(buf[fi..fi + 4].try_into().expect("4 bytes"));
+                    if let Some(v) = self.predict_rel32(region, f, rel) {
+                        buf[fi..fi + 4].copy_from_slice(&v.to_le_bytes());
+                        done = done.max(f + 4);
+                        scan = f + 4;
+                    } else {
+                        scan += 1;
+                    }
+                }
+                Arch::Aarch64 => {
+                    let Some(va) = self.old.vaddr_of(scan) else {
+                        scan += 1;
+                        continue;
+                    };
+                    if va % 4 != 0 {
+                        scan += 4 - va % 4;
+                        continue;
+                    }
+                    if !fits(scan, 4) || scan + 4 > span.1 || scan + 4 > ns {
+                        scan += 4;
+                        continue;
+                    }
+                    let insn = u32::from_le_bytes(buf[at..at + 4].try_into().expect("4 bytes"));
+                    if let Some(v) = self.predict_a64(region, scan, va, insn) {
+                        buf[at..at + 4].copy_from_slice(&v.to_le_bytes());
+                    }
+                    done = done.max(scan + 4);
+                    scan += 4;
+                }
+            }
+        }
+        self.tables(region, start, end, buf, &mut done);
+        self.pointers(region, start, end, buf, &mut done);
+        self.data_words(region, start, end, buf, &mut done);
+        if let Some((lo, hi)) = self.old.site_table {
+            let mut f = lo + (start.max(lo) - lo).div_ceil(4) * 4;
+            while f < end.min(hi) {
+                if fits(f, 4) && self.absolute(buf, (f - start) as usize, 4) {
+                    done = done.max(f + 4);
+                }
+                f += 4;
             }
         }
         (done.min(region_end), scan.max(done))
+    }
+
+    /// Replaces the absolute address of width `w` (8, or 4 sign-extended) at `buf[i..]`
+    /// by its new value; whether it did.
+    fn absolute(&self, buf: &mut [u8], i: usize, w: u64) -> bool {
+        if w == 8 {
+            let v = u64::from_le_bytes(buf[i..i + 8].try_into().expect("8 bytes"));
+            match self.map_vaddr(v) {
+                Some(p) if v != 0 => {
+                    buf[i..i + 8].copy_from_slice(&p.to_le_bytes());
+                    true
+                }
+                _ => false,
+            }
+        } else {
+            let v = i32::from_le_bytes(buf[i..i + 4].try_into().expect("4 bytes"));
+            let p = self
+                .map_vaddr(i64::from(v) as u64)
+                .and_then(|p| i32::try_from(p as i64).ok());
+            match p {
+                Some(p) if v != 0 => {
+                    buf[i..i + 4].copy_from_slice(&p.to_le_bytes());
+                    true
+                }
+                _ => false,
+            }
+        }
+    }
+
+    /// Predicts, in the data bytes (neither code nor a table) of `[start, end)` that no
+    /// relocation or site covers, the aligned 32-bit words of the self-relative ranges
+    /// that, added to their own address, point into code, and (for a file without relocations) the aligned 8-byte
+    /// words holding an address in a segment above 4 GiB.
+    fn data_words(&self, region: &Region, start: u64, end: u64, buf: &mut [u8], done: &mut u64) {
+        let blen = buf.len();
+        let fits = |at: u64, n: u64| fits(region, start, blen, at, n);
+        let ptrs = &self.old.pointers;
+        let sites = &self.old.sites;
+        let mut pi = ptrs.partition_point(|&o| o + 8 <= start);
+        let mut si = sites.partition_point(|&s| site(s).0 + site(s).1 <= start);
+        // Whether `[f, f + w)` overlaps a relocated word or a site (`f` only grows).
+        let mut covered = |f: u64, w: u64| {
+            while ptrs.get(pi).is_some_and(|&o| o + 8 <= f) {
+                pi += 1;
+            }
+            while sites.get(si).is_some_and(|&s| site(s).0 + site(s).1 <= f) {
+                si += 1;
+            }
+            ptrs.get(pi).is_some_and(|&o| o < f + w)
+                || sites.get(si).is_some_and(|&s| site(s).0 < f + w)
+        };
+        let rel = &self.self_relative;
+        let in_self_relative = |f: u64| {
+            let i = rel.partition_point(|r| r.1 <= f);
+            rel.get(i).is_some_and(|r| r.0 <= f && f + 4 <= r.1)
+        };
+        let high = |v: u64| {
+            self.old
+                .segments
+                .iter()
+                .any(|s| s.vaddr >= 1 << 32 && v >= s.vaddr && v - s.vaddr < s.memsz)
+        };
+        // Without high words, only the self-relative ranges hold words to predict.
+        let mut at = if self.old.high_words {
+            start
+        } else {
+            match rel.get(rel.partition_point(|r| r.1 <= start)) {
+                Some(r) => r.0.max(start),
+                None => end,
+            }
+        };
+        while at < end {
+            let (kind, until) = self.old.kind_at(at);
+            let mut lim = until.min(end);
+            if !self.old.high_words {
+                // Up to the end of the self-relative range `at` is in, if it is in one.
+                match rel.get(rel.partition_point(|r| r.1 <= at)) {
+                    Some(r) if r.0 <= at => lim = lim.min(r.1),
+                    Some(r) => {
+                        at = r.0.min(end);
+                        continue;
+                    }
+                    None => break,
+                }
+            }
+            if kind != Kind::Data {
+                at = lim;
+                continue;
+            }
+            let Some(va) = self.old.vaddr_of(at) else {
+                at = lim;
+                continue;
+            };
+            let mut f = at + (4 - va % 4) % 4;
+            while f < lim {
+                let fva = va + (f - at);
+                let fi = (f - start) as usize;
+                if self.old.high_words && fva % 8 == 0 && fits(f, 8) && !covered(f, 8) {
+                    let v = u64::from_le_bytes(buf[fi..fi + 8].try_into().expect("8 bytes"));
+                    if high(v) && self.absolute(buf, fi, 8) {
+                        *done = (*done).max(f + 8);
+                        f += 8;
+                        continue;
+                    }
+                }
+                if fits(f, 4) && in_self_relative(f) && !covered(f, 4) {
+                    let v = i32::from_le_bytes(buf[fi..fi + 4].try_into().expect("4 bytes"));
+                    let target = fva.checked_add_signed(i64::from(v));
+                    let p = target
+                        .filter(|&t| v != 0 && self.is_code_va(t))
+                        .and_then(|t| {
+                            let nt = self.map_vaddr(t)?;
+                            let nf = self.new.vaddr_of(region.new_pos + (f - region.old_pos))?;
+                            i32::try_from((nt as i64).wrapping_sub(nf as i64)).ok()
+                        });
+                    if let Some(p) = p {
+                        buf[fi..fi + 4].copy_from_slice(&p.to_le_bytes());
+                        *done = (*done).max(f + 4);
+                    }
+                }
+                f += 4;
+            }
+            at = lim;
+        }
     }
 
     /// The predicted rel32 at old offset `f` (in `region`) whose old value is `rel`.
@@ -700,6 +1329,28 @@ impl<'a> Predictor<'a> {
         }
         None
     }
+}
+
+/// The offset, from an x86-64 instruction's first byte, of the rel32 field of the
+/// instructions whose references are predicted (`b0..b2` are its first bytes).
+fn x86_field(b0: Option<u8>, b1: Option<u8>, b2: Option<u8>) -> Option<u64> {
+    match (b0, b1, b2) {
+        (Some(0xE8 | 0xE9), _, _) => Some(1),
+        (Some(0x0F), Some(0x80..=0x8F), _) => Some(2),
+        (Some(0xFF), Some(0x15 | 0x25), _) => Some(2),
+        (
+            Some(0x48 | 0x4C),
+            Some(0x8B | 0x8D | 0x89 | 0x3B | 0x39 | 0x03 | 0x2B | 0x33 | 0x85 | 0x63),
+            Some(m),
+        ) if m & 0xC7 == 0x05 => Some(3),
+        _ => None,
+    }
+}
+
+/// Whether the `n` bytes at old offset `at` lie in `region` and in the chunk buffer of
+/// `len` bytes that starts at old offset `start`.
+fn fits(region: &Region, start: u64, len: usize, at: u64, n: u64) -> bool {
+    at >= region.old_pos && at + n <= region.old_pos + region.len && at + n <= start + len as u64
 }
 
 #[cfg(test)]
@@ -782,7 +1433,7 @@ pub(crate) mod tests {
                 len: old.len() as u64 - h - 500,
             },
         ];
-        let p = Predictor::new(&lo, &ln, regions.clone());
+        let p = Predictor::new(&lo, &ln, regions.clone(), Rules::V1, Vec::new());
         let r = regions[0];
         let mut buf = old[..(r.len as usize + LOOKAHEAD)].to_vec();
         let (done, _) = p.predict(&r, 0, r.len, &mut buf, 0);
@@ -794,7 +1445,7 @@ pub(crate) mod tests {
             "the predicted rel32 is the new one"
         );
         // Without the moved region the target is unknown: the old bytes stay.
-        let p = Predictor::new(&lo, &ln, vec![regions[0]]);
+        let p = Predictor::new(&lo, &ln, vec![regions[0]], Rules::V1, Vec::new());
         let mut buf = old[..(r.len as usize + LOOKAHEAD)].to_vec();
         p.predict(&r, 0, r.len, &mut buf, 0);
         assert_eq!(&buf[at..at + 4], &old[at..at + 4]);
@@ -824,7 +1475,7 @@ pub(crate) mod tests {
                 len: 0xF00 - 0x40,
             },
         ];
-        let p = Predictor::new(&p_old, &p_old, r.to_vec());
+        let p = Predictor::new(&p_old, &p_old, r.to_vec(), Rules::V1, Vec::new());
         // bl +0x200 from 0x10000 → target moved by 0x40.
         let insn = 0x9400_0000u32 | (0x200 / 4);
         assert_eq!(
