@@ -645,3 +645,64 @@ fn a_bad_deltas_setting_makes_petrel_check_fail_naming_the_key() {
     assert_eq!(c.deltas.mode, ApplyMode::Streaming);
     assert_eq!(c.deltas.max_share, 0.5);
 }
+
+/// A result that does not fit the disk is an error naming the full disk, in both apply
+/// modes and for both zstd formats: the mapped mode allocates the output's blocks before
+/// writing through its map (without that, the first page the disk cannot hold would end
+/// the process with SIGBUS), and `petrel delta-apply` removes what it wrote.
+#[test]
+fn a_result_that_does_not_fit_the_disk_is_an_error_in_both_modes_not_a_crash() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let small = dir.path().join("small");
+    std::fs::create_dir(&small).expect("mkdir");
+    let Some(fs) = petrel_tests::Tmpfs::mount(&small, "1m") else {
+        return;
+    };
+    let free = fs.free();
+    // 1.5 MiB to 2 MiB: small enough for a zstd-patch delta in streaming mode.
+    let old = noise(41, 3 << 19);
+    let mut new = old.clone();
+    new[100_000..100_100].copy_from_slice(&noise(42, 100));
+    new.extend_from_slice(&noise(43, 1 << 19));
+    let base = dir.path().join("old.bin");
+    std::fs::write(&base, &old).expect("write the base");
+    let deltas = [
+        (
+            "zstd-patch",
+            delta::make(&old, &new).expect("zstd-patch delta"),
+        ),
+        (
+            "zstd-chunked",
+            delta::chunked::make(&old, &new).expect("zstd-chunked delta"),
+        ),
+    ];
+    for (format, bytes) in deltas {
+        let d = dir.path().join(format!("{format}.delta"));
+        std::fs::write(&d, &bytes).expect("write the delta");
+        for streaming in [false, true] {
+            let out = small.join("new.bin");
+            let mut cmd = std::process::Command::new(petrel_tests::petrel_bin());
+            cmd.arg("delta-apply")
+                .arg(&base)
+                .arg(&d)
+                .arg("-o")
+                .arg(&out);
+            if streaming {
+                cmd.arg("--streaming");
+            }
+            let o = cmd.output().expect("run petrel delta-apply");
+            let what = format!(
+                "{format}, streaming {streaming}: {}",
+                petrel_tests::describe(&o)
+            );
+            assert_eq!(o.status.code(), Some(1), "an error, not a signal: {what}");
+            let stderr = String::from_utf8_lossy(&o.stderr);
+            assert!(stderr.contains("No space left on device"), "{what}");
+            assert!(!out.exists(), "what was written is removed: {what}");
+            assert!(
+                fs.free() + 64 * 1024 >= free,
+                "the space is given back: {what}"
+            );
+        }
+    }
+}

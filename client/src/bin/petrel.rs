@@ -875,6 +875,9 @@ fn delta_apply(base: &Path, delta: &Path, out: &Path, streaming: bool) -> Result
     };
     let n = delta::apply_file(format, &b, base_len, &d, delta::MAX_APPLY_OUTPUT, mode, &o)
         .map_err(|e| {
+            // What was written is no result: remove it rather than leave it to be mistaken
+            // for one (and give its space back).
+            drop(std::fs::remove_file(out));
             fail(format!(
                 "applying {} ({format}) to {}: {e}",
                 delta.display(),
