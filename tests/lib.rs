@@ -1229,6 +1229,67 @@ http {{
     ))
 }
 
+// ---------------------------------------------------------------------------------------
+// A small file system (a full disk)
+// ---------------------------------------------------------------------------------------
+
+/// A tmpfs mounted on a directory (root only; tests skip without it), unmounted on drop (even on panic).
+pub struct Tmpfs {
+    dir: PathBuf,
+}
+
+impl Tmpfs {
+    /// Mounts a tmpfs of `size` (`1m`, `4m`) on `dir`. `None` (after printing why) when
+    /// it cannot be mounted and this is not root; as root it must work.
+    pub fn mount(dir: &Path, size: &str) -> Option<Tmpfs> {
+        let out = Command::new("mount")
+            .args(["-t", "tmpfs", "-o", &format!("size={size}"), "tmpfs"])
+            .arg(dir)
+            .output();
+        match out {
+            Ok(o) if o.status.success() => Some(Tmpfs {
+                dir: dir.to_path_buf(),
+            }),
+            other => {
+                assert!(
+                    !is_root(),
+                    "running as root, but mounting a tmpfs on {} failed: {other:?}",
+                    dir.display()
+                );
+                eprintln!("skipped: cannot mount tmpfs (not root?): {other:?}");
+                None
+            }
+        }
+    }
+
+    /// Remounts it with a new size.
+    pub fn resize(&self, size: &str) {
+        let out = Command::new("mount")
+            .args(["-o", &format!("remount,size={size}")])
+            .arg(&self.dir)
+            .output()
+            .expect("mount -o remount");
+        assert!(out.status.success(), "remount: {out:?}");
+    }
+
+    /// The bytes free in it.
+    pub fn free(&self) -> u64 {
+        petrel_client::agent::stage::free_space(&self.dir).expect("statvfs")
+    }
+}
+
+impl Drop for Tmpfs {
+    fn drop(&mut self) {
+        let ok = Command::new("umount")
+            .arg(&self.dir)
+            .status()
+            .is_ok_and(|s| s.success());
+        if !ok {
+            let _ = Command::new("umount").arg("-l").arg(&self.dir).status();
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -1292,66 +1353,5 @@ mod tests {
         assert_eq!(err.kind(), io::ErrorKind::TimedOut);
         assert!(err.to_string().contains("started"), "{err}");
         assert!(start.elapsed() < Duration::from_secs(10));
-    }
-}
-
-// ---------------------------------------------------------------------------------------
-// A small file system (a full disk)
-// ---------------------------------------------------------------------------------------
-
-/// A tmpfs mounted on a directory (root only; tests skip without it), unmounted on drop (even on panic).
-pub struct Tmpfs {
-    dir: PathBuf,
-}
-
-impl Tmpfs {
-    /// Mounts a tmpfs of `size` (`1m`, `4m`) on `dir`. `None` (after printing why) when
-    /// it cannot be mounted and this is not root; as root it must work.
-    pub fn mount(dir: &Path, size: &str) -> Option<Tmpfs> {
-        let out = Command::new("mount")
-            .args(["-t", "tmpfs", "-o", &format!("size={size}"), "tmpfs"])
-            .arg(dir)
-            .output();
-        match out {
-            Ok(o) if o.status.success() => Some(Tmpfs {
-                dir: dir.to_path_buf(),
-            }),
-            other => {
-                assert!(
-                    !is_root(),
-                    "running as root, but mounting a tmpfs on {} failed: {other:?}",
-                    dir.display()
-                );
-                eprintln!("skipped: cannot mount tmpfs (not root?): {other:?}");
-                None
-            }
-        }
-    }
-
-    /// Remounts it with a new size.
-    pub fn resize(&self, size: &str) {
-        let out = Command::new("mount")
-            .args(["-o", &format!("remount,size={size}")])
-            .arg(&self.dir)
-            .output()
-            .expect("mount -o remount");
-        assert!(out.status.success(), "remount: {out:?}");
-    }
-
-    /// The bytes free in it.
-    pub fn free(&self) -> u64 {
-        petrel_client::agent::stage::free_space(&self.dir).expect("statvfs")
-    }
-}
-
-impl Drop for Tmpfs {
-    fn drop(&mut self) {
-        let ok = Command::new("umount")
-            .arg(&self.dir)
-            .status()
-            .is_ok_and(|s| s.success());
-        if !ok {
-            let _ = Command::new("umount").arg("-l").arg(&self.dir).status();
-        }
     }
 }

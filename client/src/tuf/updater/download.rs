@@ -730,6 +730,44 @@ impl Updater {
     }
 }
 
+/// The sink of [`Updater::read_target_range`]: keeps `want` bytes from `offset` on, then
+/// stops the transfer with an error.
+struct RangeTake {
+    /// Bytes still to skip (a source that sent the target from byte 0).
+    skip: u64,
+    offset: u64,
+    want: usize,
+    buf: Vec<u8>,
+}
+
+impl Write for RangeTake {
+    fn write(&mut self, data: &[u8]) -> io::Result<usize> {
+        let mut d = data;
+        if self.skip > 0 {
+            let k = (self.skip.min(d.len() as u64)) as usize;
+            self.skip -= k as u64;
+            d = &d[k..];
+        }
+        let room = self.want - self.buf.len();
+        self.buf.extend_from_slice(&d[..d.len().min(room)]);
+        if self.buf.len() == self.want {
+            return Err(io::Error::other("the range is complete"));
+        }
+        Ok(data.len())
+    }
+    fn flush(&mut self) -> io::Result<()> {
+        Ok(())
+    }
+}
+
+impl RangeSink for RangeTake {
+    fn start_at(&mut self, start: u64) -> io::Result<()> {
+        self.skip = self.offset.saturating_sub(start);
+        self.buf.clear();
+        Ok(())
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -1415,43 +1453,5 @@ mod tests {
             );
             assert!(partial_download_path(Path::new("/")).is_none());
         }
-    }
-}
-
-/// The sink of [`Updater::read_target_range`]: keeps `want` bytes from `offset` on, then
-/// stops the transfer with an error.
-struct RangeTake {
-    /// Bytes still to skip (a source that sent the target from byte 0).
-    skip: u64,
-    offset: u64,
-    want: usize,
-    buf: Vec<u8>,
-}
-
-impl Write for RangeTake {
-    fn write(&mut self, data: &[u8]) -> io::Result<usize> {
-        let mut d = data;
-        if self.skip > 0 {
-            let k = (self.skip.min(d.len() as u64)) as usize;
-            self.skip -= k as u64;
-            d = &d[k..];
-        }
-        let room = self.want - self.buf.len();
-        self.buf.extend_from_slice(&d[..d.len().min(room)]);
-        if self.buf.len() == self.want {
-            return Err(io::Error::other("the range is complete"));
-        }
-        Ok(data.len())
-    }
-    fn flush(&mut self) -> io::Result<()> {
-        Ok(())
-    }
-}
-
-impl RangeSink for RangeTake {
-    fn start_at(&mut self, start: u64) -> io::Result<()> {
-        self.skip = self.offset.saturating_sub(start);
-        self.buf.clear();
-        Ok(())
     }
 }
