@@ -41,20 +41,18 @@ impl Map {
     }
 }
 
-/// A writable shared map of `file` (new and empty), first sized to `len` bytes with its
-/// blocks allocated: a full disk is then an error here (`ENOSPC`), not a `SIGBUS` when a
-/// page of the map is first written. Where the file system cannot allocate ahead
-/// (`EOPNOTSUPP`), the file is only sized.
+/// A writable shared map of `file`, first sized to `len` bytes (whatever it held before)
+/// with its blocks allocated: a full disk is then an error here (`ENOSPC`), not a
+/// `SIGBUS` when a page of the map is first written. Where the file system cannot
+/// allocate ahead (`EOPNOTSUPP`), the file is only sized.
 pub fn write(file: &File, len: u64) -> io::Result<Option<memmap2::MmapMut>> {
+    file.set_len(len)?;
     if len == 0 {
-        file.set_len(0)?;
         return Ok(None);
     }
     match rustix::fs::fallocate(file, rustix::fs::FallocateFlags::empty(), 0, len) {
         Ok(()) => {}
-        Err(e) if e == rustix::io::Errno::OPNOTSUPP || e == rustix::io::Errno::NOSYS => {
-            file.set_len(len)?;
-        }
+        Err(e) if e == rustix::io::Errno::OPNOTSUPP || e == rustix::io::Errno::NOSYS => {}
         Err(e) => {
             // Give back what was allocated before the disk filled.
             let _ = file.set_len(0);
