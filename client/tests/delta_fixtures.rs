@@ -265,6 +265,22 @@ fn generate() -> (Vec<Fixture>, Vec<Fixture>) {
         &new,
         "bad segment table",
     ));
+    // Version 2 (word tables) naming a coded range that ends past the result.
+    let mut tables = good_b.clone();
+    tables[8] = 2;
+    tables[13] = 1;
+    let result_len = u64::from_le_bytes(good_b[16..24].try_into().unwrap());
+    let range = [0u64.to_le_bytes(), (result_len + 4).to_le_bytes()].concat();
+    tables.splice(64..64, range);
+    fx.push(file_delta(
+        "bsdiff-word-table-past-result",
+        "A version 2 bsdiff delta naming a coded word table that ends past the result.",
+        delta::bsdiff::FORMAT,
+        &base,
+        tables,
+        &new,
+        "ends past the result",
+    ));
 
     // Tree containers with hostile manifests.
     let sha0 = sha256_hex(b"");
