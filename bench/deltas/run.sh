@@ -247,16 +247,10 @@ run_pair() {
             for step in apply apply-streaming; do
                 [[ "${skip}" == *" ${tool}/${step} "* ]] && continue
                 [[ "${step}" == apply-streaming && "${tool}" != petrel ]] && continue
-                [[ "${step}" == apply-streaming && "${kind}" == dir ]] && continue
                 rm -rf "$o"
                 rc=0
                 case "${tool}/${step}" in
-                    petrel/apply)
-                        if [[ "${kind}" == dir ]]; then
-                            measure "$o" "${petrel_agent}" delta-apply "${old}" "$d" -o "$o" || rc=$?
-                        else
-                            measure "$o" "${petrel_agent}" delta-apply "${old}" "$d" -o "$o" || rc=$?
-                        fi ;;
+                    petrel/apply) measure "$o" "${petrel_agent}" delta-apply "${old}" "$d" -o "$o" || rc=$? ;;
                     petrel/apply-streaming) measure "$o" "${petrel_agent}" delta-apply --streaming "${old}" "$d" -o "$o" || rc=$? ;;
                     bsdiff/apply) measure "$o" bspatch "${old}" "$o" "$d" || rc=$? ;;
                     xdelta3/apply) measure "$o" xdelta3 -d -f -s "${old}" "$d" "$o" || rc=$? ;;
