@@ -111,21 +111,20 @@ pub fn make_both_by(
     if !plain && layouts.is_none() {
         return Ok((None, None));
     }
-    let tables = match (&layouts, rules) {
-        (Some((o, n)), Rules::V2) => {
-            let (to, tn) = (o.word_tables(old), n.word_tables(new));
-            (to, tn.coded)
-        }
+    // The old file's word tables, and the new file's coded ranges (a new file's
+    // self-relative ranges mean nothing: only old bytes are predicted).
+    let (old_tables, coded_new) = match (&layouts, rules) {
+        (Some((o, n)), Rules::V2) => (o.word_tables(old), n.word_tables(new).coded),
         _ => (WordTables::default(), Vec::new()),
     };
     let (old_t, new_t);
-    let (old_m, new_m): (&[u8], &[u8]) = if tables.0.coded.is_empty() && tables.1.is_empty() {
+    let (old_m, new_m): (&[u8], &[u8]) = if old_tables.coded.is_empty() && coded_new.is_empty() {
         (old, new)
     } else {
         let mut o = old.to_vec();
-        code_words(old, &tables.0.coded, 0, &mut o, &mut Vec::new())?;
+        code_words(old, &old_tables.coded, 0, &mut o, &mut Vec::new())?;
         let mut n = new.to_vec();
-        code_words(new, &tables.1, 0, &mut n, &mut Vec::new())?;
+        code_words(new, &coded_new, 0, &mut n, &mut Vec::new())?;
         (old_t, new_t) = (o, n);
         (&old_t, &new_t)
     };
@@ -207,9 +206,9 @@ pub fn make_both_by(
         let (new, coded_old, coded_new, self_rel) = match layouts {
             Some(_) => (
                 new_m,
-                &tables.0.coded[..],
-                &tables.1[..],
-                &tables.0.self_relative[..],
+                &old_tables.coded[..],
+                &coded_new[..],
+                &old_tables.self_relative[..],
             ),
             None => (new, none, none, none),
         };
@@ -381,6 +380,20 @@ struct Uncode<'a, W> {
     word: [u8; 4],
     have: usize,
     prev: u32,
+}
+
+impl<'a, W> Uncode<'a, W> {
+    /// Passes what it is given on to `out`, undoing the coding of the ranges `coded`.
+    fn new(out: W, coded: &'a [(u64, u64)]) -> Self {
+        Uncode {
+            out,
+            coded,
+            pos: 0,
+            word: [0; 4],
+            have: 0,
+            prev: 0,
+        }
+    }
 }
 
 impl<W: Write> Write for Uncode<'_, W> {
@@ -639,14 +652,7 @@ pub fn apply(
             base.len()
         )));
     }
-    let mut out = Uncode {
-        out,
-        coded: &h.coded_new,
-        pos: 0,
-        word: [0; 4],
-        have: 0,
-        prev: 0,
-    };
+    let mut out = Uncode::new(out, &h.coded_new);
     // The entries, whole: checked against the base and the result's length.
     let mut ctrl = frame(delta, at, h.sections[0])?;
     at += h.sections[0];
@@ -795,6 +801,25 @@ mod tests {
 
     /// Code with calls at irregular places to functions scattered over it, as compilers
     /// lay it out: `calls` (position, target) pairs.
+    /// (position, target) of references spread over `n` bytes of code: at irregular gaps
+    /// of `gap` to `gap + spread` bytes, each to one of `targets`, both drawn from `r`.
+    fn references(
+        n: usize,
+        targets: &[usize],
+        r: &[u8],
+        gap: usize,
+        spread: usize,
+    ) -> Vec<(usize, usize)> {
+        let mut out = Vec::new();
+        let (mut at, mut k) = (100usize, 0usize);
+        while at + 10 < n - 100 {
+            out.push((at, targets[usize::from(r[k % r.len()]) % targets.len()]));
+            at += gap + usize::from(r[(k + 1) % r.len()]) % spread;
+            k += 2;
+        }
+        out
+    }
+
     fn code_with_calls(n: usize, calls: &[(usize, usize)]) -> Vec<u8> {
         let mut code = noise(5, n);
         for &(at, target) in calls {
@@ -813,14 +838,7 @@ mod tests {
         let funcs: Vec<usize> = (0..60)
             .map(|k| 200 + k * 990 + usize::from(r[k]) % 100)
             .collect();
-        let mut calls = Vec::new();
-        let mut at = 100usize;
-        let mut k = 0;
-        while at + 10 < n - 100 {
-            calls.push((at, funcs[usize::from(r[k % 4000]) % funcs.len()]));
-            at += 7 + usize::from(r[(k + 1) % 4000]) % 40;
-            k += 2;
-        }
+        let calls = references(n, &funcs, &r, 7, 40);
         let insert = n / 2;
         let old_code = code_with_calls(n, &calls);
         let moved = |p: usize| if p >= insert { p + 64 } else { p };
@@ -856,14 +874,7 @@ mod tests {
         let funcs: Vec<usize> = (0..80).map(|k| 300 + k * 740 + usize::from(r[k])).collect();
         let insert = n / 2;
         let moved = |p: usize| if p >= insert { p + 64 } else { p };
-        let mut loads = Vec::new();
-        let mut at = 100usize;
-        let mut k = 0;
-        while at + 10 < n - 100 {
-            loads.push((at, funcs[usize::from(r[k % 8000]) % funcs.len()]));
-            at += 9 + usize::from(r[(k + 1) % 8000]) % 50;
-            k += 2;
-        }
+        let loads = references(n, &funcs, &r, 9, 50);
         let build = |moved: &dyn Fn(usize) -> usize, extra: Option<Vec<u8>>| {
             let mut code = noise(22, n);
             for &(a, _) in &loads {
@@ -931,14 +942,7 @@ mod tests {
         assert_eq!(piece, c[1050..4100]);
         for step in [1usize, 3, 7, 4096] {
             let mut out = Vec::new();
-            let mut w = Uncode {
-                out: &mut out,
-                coded: &coded,
-                pos: 0,
-                word: [0; 4],
-                have: 0,
-                prev: 0,
-            };
+            let mut w = Uncode::new(&mut out, &coded);
             for part in c.chunks(step) {
                 w.write_all(part).unwrap();
             }

@@ -657,10 +657,7 @@ impl Layout {
     /// tables) are self-relative. At most [`MAX_WORD_TABLES`] of each.
     pub fn word_tables(&self, file: &[u8]) -> WordTables {
         let code_va = self.code_vaddrs();
-        let in_code = |a: u64| {
-            let i = code_va.partition_point(|r| r.1 <= a);
-            code_va.get(i).is_some_and(|r| r.0 <= a)
-        };
+        let in_code = |a: u64| in_ranges(&code_va, a);
         let mut t = WordTables::default();
         for &(a, b) in &self.data {
             let Some(va) = self.vaddr_of(a) else {
@@ -838,8 +835,7 @@ impl<'a> Predictor<'a> {
 
     /// Whether old virtual address `a` is in the old file's code ([`Rules::V2`]).
     fn is_code_va(&self, a: u64) -> bool {
-        let i = self.code_va.partition_point(|r| r.1 <= a);
-        self.code_va.get(i).is_some_and(|r| r.0 <= a)
+        in_ranges(&self.code_va, a)
     }
 
     /// The new file offset the old file offset `t` moved to, if a region carries it.
@@ -886,44 +882,94 @@ impl<'a> Predictor<'a> {
         buf: &mut [u8],
         scan: u64,
     ) -> (u64, u64) {
-        match self.rules {
-            Rules::V1 => self.predict_v1(region, start, end, buf, scan),
-            Rules::V2 => self.predict_v2(region, start, end, buf, scan),
+        let v2 = self.rules == Rules::V2;
+        let blen = buf.len();
+        let fits = |at: u64, n: u64| fits(region, start, blen, at, n);
+        let mut done = end;
+        if v2 {
+            // The sites an appended relocation table lists, first: the code scan then
+            // starts no reference inside one.
+            let sites = &self.old.sites;
+            let first = sites.partition_point(|&s| site(s).0 < start);
+            for &s in sites[first..].iter().take_while(|&&s| site(s).0 < end) {
+                let (f, w) = site(s);
+                if fits(f, w) && self.absolute(buf, (f - start) as usize, w) {
+                    done = done.max(f + w);
+                }
+            }
         }
+        let scan = self.code(region, start, end, buf, scan, &mut done);
+        self.tables(region, start, end, buf, &mut done);
+        self.pointers(region, start, end, buf, &mut done);
+        if v2 {
+            self.data_words(region, start, end, buf, &mut done);
+            if let Some((lo, hi)) = self.old.site_table {
+                let mut f = lo + (start.max(lo) - lo).div_ceil(4) * 4;
+                while f < end.min(hi) {
+                    if fits(f, 4) && self.absolute(buf, (f - start) as usize, 4) {
+                        done = done.max(f + 4);
+                    }
+                    f += 4;
+                }
+            }
+        }
+        (done.min(region_end(region)), scan.max(done))
     }
 
-    /// [`Predictor::predict`] by [`Rules::V1`].
-    fn predict_v1(
+    /// Predicts the references in code from scan position `scan` up to `end` (see
+    /// [`Predictor::predict`]); returns the next scan position. Code is the executable
+    /// segments by [`Rules::V1`]; by [`Rules::V2`] the executable sections, where a field
+    /// never crosses the end of its code span or into a site.
+    fn code(
         &self,
         region: &Region,
         start: u64,
         end: u64,
         buf: &mut [u8],
         mut scan: u64,
-    ) -> (u64, u64) {
-        let region_end = region.old_pos + region.len;
-        let buf_end = start + buf.len() as u64;
-        let mut done = end;
-        let fits =
-            |at: u64, n: u64| at >= region.old_pos && at + n <= region_end && at + n <= buf_end;
-        // Code.
+        done: &mut u64,
+    ) -> u64 {
+        let v2 = self.rules == Rules::V2;
+        let blen = buf.len();
+        let fits = |at: u64, n: u64| fits(region, start, blen, at, n);
+        let sites: &[u32] = if v2 { &self.old.sites } else { &[] };
+        // The first site at or after `at` (`at` only grows).
+        let mut si = sites.partition_point(|&s| site(s).0 < scan);
+        let mut next_site = |at: u64| {
+            while sites.get(si).is_some_and(|&s| site(s).0 < at) {
+                si += 1;
+            }
+            sites.get(si).map_or((u64::MAX, 0), |&s| site(s))
+        };
         let mut span = (false, 0u64);
         while scan < end {
             if scan >= span.1 {
-                span = self.old.code_span(scan);
+                span = if v2 {
+                    let (kind, until) = self.old.kind_at(scan);
+                    (kind == Kind::Code, until)
+                } else {
+                    self.old.code_span(scan)
+                };
             }
             if !span.0 {
                 scan = span.1.min(end);
                 continue;
             }
+            let (ns, w) = next_site(scan);
+            if ns == scan {
+                // A site: predicted before; no reference starts inside it.
+                *done = (*done).max(scan + w);
+                scan += w;
+                continue;
+            }
+            // Where a predicted field must end.
+            let field_end = if v2 { span.1.min(ns) } else { u64::MAX };
             let at = (scan - start) as usize;
-            let b = |k: usize| buf.get(at + k).copied();
             match self.old.arch {
                 Arch::X86_64 => {
                     // Most bytes start no reference: skip them in a tight loop.
-                    let lim = span.1.min(end);
+                    let stop = (span.1.min(end).min(ns) - start) as usize;
                     let mut i = at;
-                    let stop = (lim - start) as usize;
                     while i < stop && !X86_LEAD[buf[i] as usize] {
                         i += 1;
                     }
@@ -931,12 +977,13 @@ impl<'a> Predictor<'a> {
                         scan = start + i as u64;
                         continue;
                     }
+                    let b = |k: usize| buf.get(at + k).copied();
                     let Some(k) = x86_field(b(0), b(1), b(2)) else {
                         scan += 1;
                         continue;
                     };
                     let f = scan + k;
-                    if !fits(f, 4) || self.old.overlaps_table(f, 4) {
+                    if !fits(f, 4) || self.old.overlaps_table(f, 4) || f + 4 > field_end {
                         scan += 1;
                         continue;
                     }
@@ -944,7 +991,7 @@ impl<'a> Predictor<'a> {
                     let rel = i32::from_le_bytes(buf[fi..fi + 4].try_into().expect("4 bytes"));
                     if let Some(v) = self.predict_rel32(region, f, rel) {
                         buf[fi..fi + 4].copy_from_slice(&v.to_le_bytes());
-                        done = done.max(f + 4);
+                        *done = (*done).max(f + 4);
                         scan = f + 4;
                     } else {
                         scan += 1;
@@ -959,7 +1006,7 @@ impl<'a> Predictor<'a> {
                         scan += 4 - va % 4;
                         continue;
                     }
-                    if !fits(scan, 4) || self.old.overlaps_table(scan, 4) {
+                    if !fits(scan, 4) || self.old.overlaps_table(scan, 4) || scan + 4 > field_end {
                         scan += 4;
                         continue;
                     }
@@ -967,14 +1014,12 @@ impl<'a> Predictor<'a> {
                     if let Some(v) = self.predict_a64(region, scan, va, insn) {
                         buf[at..at + 4].copy_from_slice(&v.to_le_bytes());
                     }
-                    done = done.max(scan + 4);
+                    *done = (*done).max(scan + 4);
                     scan += 4;
                 }
             }
         }
-        self.tables(region, start, end, buf, &mut done);
-        self.pointers(region, start, end, buf, &mut done);
-        (done.min(region_end), scan.max(done))
+        scan
     }
 
     /// Predicts the address fields of the old file's tables that start in `[start, end)`.
@@ -1043,126 +1088,6 @@ impl<'a> Predictor<'a> {
                 *done = (*done).max(f + 8);
             }
         }
-    }
-
-    /// [`Predictor::predict`] by [`Rules::V2`]: the sites an appended relocation table
-    /// lists first, then code (taken from the executable sections, never through a site),
-    /// the tables and relocated words as [`Rules::V1`], then the data words the
-    /// relocations do not cover, and the appended table's own entries.
-    fn predict_v2(
-        &self,
-        region: &Region,
-        start: u64,
-        end: u64,
-        buf: &mut [u8],
-        mut scan: u64,
-    ) -> (u64, u64) {
-        let region_end = region.old_pos + region.len;
-        let blen = buf.len();
-        let fits = |at: u64, n: u64| fits(region, start, blen, at, n);
-        let mut done = end;
-        let sites = &self.old.sites;
-        let first_site = sites.partition_point(|&s| site(s).0 < start);
-        for &s in sites[first_site..].iter().take_while(|&&s| site(s).0 < end) {
-            let (f, w) = site(s);
-            if fits(f, w) && self.absolute(buf, (f - start) as usize, w) {
-                done = done.max(f + w);
-            }
-        }
-        // The first site at or after `at`.
-        // The first site at or after `at` (`at` only grows).
-        let mut si = sites.partition_point(|&s| site(s).0 < scan);
-        let mut next_site = |at: u64| {
-            while sites.get(si).is_some_and(|&s| site(s).0 < at) {
-                si += 1;
-            }
-            sites.get(si).map_or((u64::MAX, 0), |&s| site(s))
-        };
-        // Code.
-        let mut span = (Kind::Other, 0u64);
-        while scan < end {
-            if scan >= span.1 {
-                span = self.old.kind_at(scan);
-            }
-            if span.0 != Kind::Code {
-                scan = span.1.min(end);
-                continue;
-            }
-            let at = (scan - start) as usize;
-            let (ns, w) = next_site(scan);
-            if ns == scan {
-                // A site: predicted above; no reference starts inside it.
-                done = done.max(scan + w);
-                scan += w;
-                continue;
-            }
-            let lim = span.1.min(end).min(ns);
-            match self.old.arch {
-                Arch::X86_64 => {
-                    let mut i = at;
-                    let stop = (lim - start) as usize;
-                    while i < stop && !X86_LEAD[buf[i] as usize] {
-                        i += 1;
-                    }
-                    if i > at {
-                        scan = start + i as u64;
-                        continue;
-                    }
-                    let b = |k: usize| buf.get(at + k).copied();
-                    let Some(k) = x86_field(b(0), b(1), b(2)) else {
-                        scan += 1;
-                        continue;
-                    };
-                    let f = scan + k;
-                    if !fits(f, 4) || f + 4 > span.1 || f + 4 > ns {
-                        scan += 1;
-                        continue;
-                    }
-                    let fi = (f - start) as usize;
-                    let rel = i32::from_le_bytes(buf[fi..fi + 4].try_into().expect("4 bytes"));
-                    if let Some(v) = self.predict_rel32(region, f, rel) {
-                        buf[fi..fi + 4].copy_from_slice(&v.to_le_bytes());
-                        done = done.max(f + 4);
-                        scan = f + 4;
-                    } else {
-                        scan += 1;
-                    }
-                }
-                Arch::Aarch64 => {
-                    let Some(va) = self.old.vaddr_of(scan) else {
-                        scan += 1;
-                        continue;
-                    };
-                    if va % 4 != 0 {
-                        scan += 4 - va % 4;
-                        continue;
-                    }
-                    if !fits(scan, 4) || scan + 4 > span.1 || scan + 4 > ns {
-                        scan += 4;
-                        continue;
-                    }
-                    let insn = u32::from_le_bytes(buf[at..at + 4].try_into().expect("4 bytes"));
-                    if let Some(v) = self.predict_a64(region, scan, va, insn) {
-                        buf[at..at + 4].copy_from_slice(&v.to_le_bytes());
-                    }
-                    done = done.max(scan + 4);
-                    scan += 4;
-                }
-            }
-        }
-        self.tables(region, start, end, buf, &mut done);
-        self.pointers(region, start, end, buf, &mut done);
-        self.data_words(region, start, end, buf, &mut done);
-        if let Some((lo, hi)) = self.old.site_table {
-            let mut f = lo + (start.max(lo) - lo).div_ceil(4) * 4;
-            while f < end.min(hi) {
-                if fits(f, 4) && self.absolute(buf, (f - start) as usize, 4) {
-                    done = done.max(f + 4);
-                }
-                f += 4;
-            }
-        }
-        (done.min(region_end), scan.max(done))
     }
 
     /// Replaces the absolute address of width `w` (8, or 4 sign-extended) at `buf[i..]`
@@ -1347,10 +1272,21 @@ fn x86_field(b0: Option<u8>, b1: Option<u8>, b2: Option<u8>) -> Option<u64> {
     }
 }
 
+/// Whether `a` lies in one of `ranges` (sorted, disjoint, end exclusive).
+fn in_ranges(ranges: &[(u64, u64)], a: u64) -> bool {
+    let i = ranges.partition_point(|r| r.1 <= a);
+    ranges.get(i).is_some_and(|r| r.0 <= a)
+}
+
+/// Where `region` ends in the old file.
+fn region_end(region: &Region) -> u64 {
+    region.old_pos + region.len
+}
+
 /// Whether the `n` bytes at old offset `at` lie in `region` and in the chunk buffer of
 /// `len` bytes that starts at old offset `start`.
 fn fits(region: &Region, start: u64, len: usize, at: u64, n: u64) -> bool {
-    at >= region.old_pos && at + n <= region.old_pos + region.len && at + n <= start + len as u64
+    at >= region.old_pos && at + n <= region_end(region) && at + n <= start + len as u64
 }
 
 #[cfg(test)]
