@@ -282,6 +282,28 @@ fn generate() -> (Vec<Fixture>, Vec<Fixture>) {
         "ends past the result",
     ));
 
+    // A packed diff stream with a run of zeros after the bytes its entries take.
+    let w = |d: &[u8], i: usize| {
+        u64::from_le_bytes(d[16 + 8 * i..24 + 8 * i].try_into().unwrap()) as usize
+    };
+    let (ctrl_len, diff_len) = (w(&good_b, 2), w(&good_b, 3));
+    assert_eq!(good_b[9], 2, "the builder packs its streams");
+    let diff_at = 64 + ctrl_len;
+    let mut runs = zstd::stream::decode_all(&good_b[diff_at..diff_at + diff_len]).unwrap();
+    runs.extend([0, 5]);
+    let runs = zstd::bulk::compress(&runs, 3).unwrap();
+    let mut long = header_word(&good_b, 3, runs.len() as u64);
+    long.splice(diff_at..diff_at + diff_len, runs);
+    fx.push(file_delta(
+        "bsdiff-zero-run-past-entries",
+        "A packed bsdiff delta whose diff stream holds a run of zeros past the bytes its entries take.",
+        delta::bsdiff::FORMAT,
+        &base,
+        long,
+        &new,
+        "past its entries",
+    ));
+
     // Tree containers with hostile manifests.
     let sha0 = sha256_hex(b"");
     let dir = |p: &str| json!({"path": p, "type": "dir", "mode": 0o755});

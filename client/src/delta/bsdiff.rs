@@ -4,14 +4,14 @@
 //!
 //! ```text
 //! 0   "PTRLBSD1"
-//! 8   u8 version (1, or 2 for exec)  u8 flags (bit 0: exec)  u8 arch  u8 segments
+//! 8   u8 version (1, or 2 for exec)  u8 flags (bit 0: exec, bit 1: packed)  u8 arch  u8 segments
 //! 12  u8 old coded  u8 new coded  u8 old self-relative  u8 zero   (version 2; else zero)
 //! 16  u64 result_length   24 u64 entries
 //! 32  u64 ctrl_length     40 u64 diff_length   48 u64 extra_length   56 u64 zero
 //! 64  segments × (u64 offset, u64 vaddr, u64 filesz, u64 memsz, u64 flags)   (exec only)
 //!     old coded, new coded, old self-relative ranges × (u64 start, u64 end)
-//!     ctrl frame: entries × (u32 mix, u32 copy, i32 seek)   (little-endian, zstd)
-//!     diff frame  (zstd)     extra frame  (zstd)
+//!     ctrl frame: entries × (u32 mix, u32 copy, i32 seek), or packed: LEB128 columns (zstd)
+//!     diff frame  (zstd; packed: zero runs counted)     extra frame  (zstd)
 //! ```
 //!
 //! Entry `i` says: add the next `mix` diff bytes to the old bytes at the current old
@@ -37,6 +37,7 @@ use super::exec::{
     Arch, Layout, Predictor, ReadAt, Region, Rules, Segment, WordTables, LOOKAHEAD, MAX_SEGMENTS,
     MAX_WORD_TABLES,
 };
+use super::packed;
 use super::DeltaError;
 
 /// The `format` of a plain bsdiff delta.
@@ -57,17 +58,26 @@ pub const MAX_ENTRIES: u64 = 65_536;
 /// The largest old or new file these formats take (positions are 32-bit).
 pub const MAX_LEN: u64 = (1 << 31) - 1;
 const HEADER: usize = 64;
+/// Header flag: the diff is taken against the executable-aware prediction.
+const FLAG_EXEC: u8 = 1;
+/// Header flag: the entries and the diff stream are packed ([`super::packed`]).
+const FLAG_PACKED: u8 = 2;
 const SEGMENT: usize = 40;
 const ENTRY: usize = 12;
 /// How many old bytes are read, predicted and patched at once.
 const CHUNK: usize = 64 * 1024;
+/// The buffer of a packed diff stream's decoder.
+const PACKED_BUFFER: usize = 64 * 1024;
 
 /// The memory applying a delta holds at most besides the output: the entries (with the
 /// predictor's sorted copy), two decoders with their windows, and the chunk buffers
 /// (about 6 MiB at the limits, far less for most deltas).
 pub fn apply_memory() -> u64 {
     MAX_ENTRIES * 2 * std::mem::size_of::<Region>() as u64
+        + MAX_ENTRIES * ENTRY as u64
         + Layout::max_held()
+        + PACKED_BUFFER as u64
+        + 16 * 1024
         + 2 * ((1u64 << WINDOW_LOG) + 2 * 128 * 1024)
         + 4 * CHUNK as u64
 }
@@ -88,16 +98,18 @@ pub type Both = (Option<Vec<u8>>, Option<Vec<u8>>);
 /// executable-aware delta from one matching pass ([`Both`]), each `None` when not asked
 /// for or when it does not fit ([`make`]).
 pub fn make_both(old: &[u8], new: &[u8], plain: bool, exec: bool) -> io::Result<Both> {
-    make_both_by(old, new, plain, exec, BUILD_RULES)
+    make_both_by(old, new, plain, exec, BUILD_RULES, true)
 }
 
-/// [`make_both`], with the executable-aware delta built by `rules`.
+/// [`make_both`], with the executable-aware delta built by `rules`, and the streams
+/// packed ([`super::packed`]) or, as the first devices read them, not.
 pub fn make_both_by(
     old: &[u8],
     new: &[u8],
     plain: bool,
     exec: bool,
     rules: Rules,
+    packed: bool,
 ) -> io::Result<Both> {
     if old.len() as u64 > MAX_LEN || new.len() as u64 > MAX_LEN {
         return Ok((None, None));
@@ -192,12 +204,17 @@ pub fn make_both_by(
     if new_pos != new.len() {
         return Err(bad());
     }
-    let mut ctrl = Vec::with_capacity(entries.len() * ENTRY);
-    for (m, c, s) in &entries {
-        ctrl.extend_from_slice(&m.to_le_bytes());
-        ctrl.extend_from_slice(&c.to_le_bytes());
-        ctrl.extend_from_slice(&s.to_le_bytes());
-    }
+    let ctrl = if packed {
+        packed::pack_entries(&entries)
+    } else {
+        let mut ctrl = Vec::with_capacity(entries.len() * ENTRY);
+        for (m, c, s) in &entries {
+            ctrl.extend_from_slice(&m.to_le_bytes());
+            ctrl.extend_from_slice(&c.to_le_bytes());
+            ctrl.extend_from_slice(&s.to_le_bytes());
+        }
+        ctrl
+    };
     let ctrl = compress(&ctrl)?;
     let build = |layouts: Option<&(Layout, Layout)>| -> io::Result<Vec<u8>> {
         // The plain delta is taken between the raw files; the executable-aware one
@@ -220,28 +237,44 @@ pub fn make_both_by(
             .copied()
             .collect();
         let extra = compress(&extra)?;
-        let mut diff = Vec::with_capacity(regions.iter().map(|r| r.len as usize).sum());
+        let mixed: usize = regions.iter().map(|r| r.len as usize).sum();
+        let (mut diff, mut runs) = if packed {
+            (Vec::new(), packed::ZeroRuns::with_capacity(mixed / 16))
+        } else {
+            (Vec::with_capacity(mixed), packed::ZeroRuns::default())
+        };
+        let mut piece = Vec::with_capacity(CHUNK + LOOKAHEAD);
         for r in &regions {
             let mut at_new = r.new_pos as usize;
             effective_old(old, predictor.as_ref(), coded_old, r, |e| {
-                diff.extend(
+                piece.clear();
+                piece.extend(
                     new[at_new..at_new + e.len()]
                         .iter()
                         .zip(e)
                         .map(|(n, o)| n.wrapping_sub(*o)),
                 );
+                if packed {
+                    runs.extend(&piece);
+                } else {
+                    diff.extend_from_slice(&piece);
+                }
                 at_new += e.len();
                 Ok(())
             })?;
+        }
+        if packed {
+            diff = runs.finish();
         }
         let diff = compress(&diff)?;
         let mut out =
             Vec::with_capacity(HEADER + ctrl.len() + diff.len() + extra.len() + 64 * SEGMENT);
         out.extend_from_slice(MAGIC);
         let (version, flags, arch, segs): (u8, u8, u8, &[Segment]) = match layouts {
-            Some((_, n)) => (rules.version(), 1, n.arch.code(), &n.segments),
+            Some((_, n)) => (rules.version(), FLAG_EXEC, n.arch.code(), &n.segments),
             None => (1, 0, 0, &[]),
         };
+        let flags = flags | if packed { FLAG_PACKED } else { 0 };
         let lists = [coded_old, coded_new, self_rel];
         out.extend_from_slice(&[version, flags, arch, segs.len() as u8]);
         out.extend(lists.map(|l| l.len() as u8));
@@ -495,6 +528,55 @@ fn finished<R: ReadAt + ?Sized>(
     Ok(())
 }
 
+/// The diff stream being read: plain, or packed.
+enum Diff<'a, R: ReadAt + ?Sized> {
+    Plain(zstd::stream::read::Decoder<'static, BufReader<Section<'a, R>>>),
+    Packed(
+        packed::Unpack<BufReader<zstd::stream::read::Decoder<'static, BufReader<Section<'a, R>>>>>,
+    ),
+}
+
+impl<'a, R: ReadAt + ?Sized> Diff<'a, R> {
+    fn new(
+        d: zstd::stream::read::Decoder<'static, BufReader<Section<'a, R>>>,
+        packed: bool,
+    ) -> Self {
+        if packed {
+            Diff::Packed(packed::Unpack::new(BufReader::with_capacity(
+                PACKED_BUFFER,
+                d,
+            )))
+        } else {
+            Diff::Plain(d)
+        }
+    }
+
+    fn read_exact(&mut self, buf: &mut [u8]) -> io::Result<()> {
+        match self {
+            Diff::Plain(d) => d.read_exact(buf),
+            Diff::Packed(d) => d.read_exact(buf),
+        }
+    }
+
+    /// The frame, once every diff byte has been read.
+    fn into_frame(
+        self,
+    ) -> Result<zstd::stream::read::Decoder<'static, BufReader<Section<'a, R>>>, DeltaError> {
+        match self {
+            Diff::Plain(d) => Ok(d),
+            Diff::Packed(d) => {
+                let r = d.into_inner().map_err(decode)?;
+                if !r.buffer().is_empty() {
+                    return Err(DeltaError::Decode(
+                        "the diff stream goes on past its entries".into(),
+                    ));
+                }
+                Ok(r.into_inner())
+            }
+        }
+    }
+}
+
 /// What the header of a bsdiff-family delta says.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Header {
@@ -506,6 +588,8 @@ pub struct Header {
     pub coded_new: Vec<(u64, u64)>,
     /// Whether the diff is taken against the executable-aware prediction.
     pub exec: bool,
+    /// Whether the entries and the diff stream are packed ([`super::packed`]).
+    pub packed: bool,
     /// The result's length.
     pub result_length: u64,
     /// The number of entries.
@@ -532,14 +616,15 @@ impl Header {
             Some(Rules::V2) => h[15] == 0 && counts.iter().all(|&c| c <= MAX_WORD_TABLES),
             _ => h[12..16] == [0; 4],
         };
-        if rules.is_none() || !lists_ok || h[9] > 1 || w(5) != 0 {
+        if rules.is_none() || !lists_ok || h[9] & !(FLAG_EXEC | FLAG_PACKED) != 0 || w(5) != 0 {
             return Err(DeltaError::Decode(format!(
-                "bsdiff delta version {} flags {}: this version reads versions 1 and 2",
+                "bsdiff delta version {} flags {}: this version reads versions 1 and 2, flags exec and packed",
                 h[8], h[9]
             )));
         }
         let rules = rules.expect("checked");
-        let exec = h[9] == 1;
+        let exec = h[9] & FLAG_EXEC != 0;
+        let packed = h[9] & FLAG_PACKED != 0;
         let nsegs = h[11] as usize;
         if exec != (nsegs > 0) || nsegs > MAX_SEGMENTS || (exec && Arch::from_code(h[10]).is_none())
         {
@@ -622,6 +707,7 @@ impl Header {
             },
             coded_new,
             exec,
+            packed,
             result_length: w(0),
             entries: w(1),
             arch: h[10],
@@ -656,21 +742,40 @@ pub fn apply(
     // The entries, whole: checked against the base and the result's length.
     let mut ctrl = frame(delta, at, h.sections[0])?;
     at += h.sections[0];
+    let entries = if h.packed {
+        let mut r = BufReader::with_capacity(16 * 1024, ctrl);
+        let e = packed::unpack_entries(&mut r, h.entries as usize).map_err(decode)?;
+        if !r.buffer().is_empty() {
+            return Err(DeltaError::Decode(
+                "the control stream is longer than its entries say".into(),
+            ));
+        }
+        ctrl = r.into_inner();
+        e
+    } else {
+        let mut e = [0u8; ENTRY];
+        let mut entries = Vec::with_capacity(h.entries as usize);
+        for i in 0..h.entries {
+            ctrl.read_exact(&mut e).map_err(|_| {
+                DeltaError::Decode(format!(
+                    "the control stream ends at entry {i} of {}",
+                    h.entries
+                ))
+            })?;
+            entries.push((
+                u32::from_le_bytes(e[0..4].try_into().unwrap()),
+                u32::from_le_bytes(e[4..8].try_into().unwrap()),
+                i32::from_le_bytes(e[8..12].try_into().unwrap()),
+            ));
+        }
+        entries
+    };
     let base_len = base.len();
     let mut regions = Vec::with_capacity(h.entries as usize);
     let mut copies = Vec::with_capacity(h.entries as usize);
     let (mut old_pos, mut new_pos) = (0i64, 0u64);
-    let mut e = [0u8; ENTRY];
-    for i in 0..h.entries {
-        ctrl.read_exact(&mut e).map_err(|_| {
-            DeltaError::Decode(format!(
-                "the control stream ends at entry {i} of {}",
-                h.entries
-            ))
-        })?;
-        let mix = u64::from(u32::from_le_bytes(e[0..4].try_into().unwrap()));
-        let copy = u64::from(u32::from_le_bytes(e[4..8].try_into().unwrap()));
-        let seek = i64::from(i32::from_le_bytes(e[8..12].try_into().unwrap()));
+    for (i, &(mix, copy, seek)) in entries.iter().enumerate() {
+        let (mix, copy, seek) = (u64::from(mix), u64::from(copy), i64::from(seek));
         let op = u64::try_from(old_pos)
             .ok()
             .filter(|p| p.saturating_add(mix) <= base_len)
@@ -698,6 +803,7 @@ pub fn apply(
             h.result_length
         )));
     }
+    drop(entries);
     finished(ctrl, "control")?;
     let layouts = if h.exec {
         let old = Layout::read(base).ok_or_else(|| {
@@ -717,7 +823,7 @@ pub fn apply(
         let rel = h.old_tables.self_relative.clone();
         Predictor::new(o, n, regions.clone(), h.rules, rel)
     });
-    let mut diff = frame(delta, at, h.sections[1])?;
+    let mut diff = Diff::new(frame(delta, at, h.sections[1])?, h.packed);
     at += h.sections[1];
     let mut extra = frame(delta, at, h.sections[2])?;
     let mut d = vec![0u8; CHUNK + LOOKAHEAD];
@@ -755,7 +861,7 @@ pub fn apply(
         }
         total += r.len + u64::from(copy);
     }
-    finished(diff, "diff")?;
+    finished(diff.into_frame()?, "diff")?;
     finished(extra, "extra")?;
     out.flush().map_err(w)?;
     Ok(total)
@@ -797,6 +903,40 @@ mod tests {
             make(&old, &new, true).unwrap().is_none(),
             "not ELF: no exec delta"
         );
+    }
+
+    #[test]
+    fn packed_and_plain_streams_rebuild_the_same_bytes_and_packed_is_smaller() {
+        // Mostly equal bytes with scattered small edits: a diff stream of zero runs.
+        let old = noise(4, 300_000);
+        let mut new = old.clone();
+        for i in (0..new.len()).step_by(997) {
+            new[i] = new[i].wrapping_add(3);
+        }
+        new.splice(150_000..150_000, noise(5, 2_000));
+        let (Some(p), _) = make_both_by(&old, &new, true, false, BUILD_RULES, true).unwrap() else {
+            panic!("built")
+        };
+        let (Some(u), _) = make_both_by(&old, &new, true, false, BUILD_RULES, false).unwrap()
+        else {
+            panic!("built")
+        };
+        assert!(Header::read(&p[..]).unwrap().packed);
+        assert!(!Header::read(&u[..]).unwrap().packed);
+        assert_eq!(apply_vec(&old, &p, new.len() as u64).unwrap(), new);
+        assert_eq!(apply_vec(&old, &u, new.len() as u64).unwrap(), new);
+        assert!(p.len() < u.len(), "packed {} plain {}", p.len(), u.len());
+        // A flag this version does not know is refused, naming what it reads.
+        let mut f = p.clone();
+        f[9] |= 4;
+        let e = apply_vec(&old, &f, new.len() as u64)
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("flags"), "{e}");
+        // Packed streams cut short or run past their entries are errors.
+        let mut cut = p.clone();
+        cut[9] &= !FLAG_PACKED;
+        assert!(apply_vec(&old, &cut, new.len() as u64).is_err());
     }
 
     /// Code with calls at irregular places to functions scattered over it, as compilers
@@ -915,8 +1055,8 @@ mod tests {
     #[test]
     fn an_appended_relocation_table_makes_absolute_addresses_and_itself_predicted() {
         let (old, new) = kernel_like_pair();
-        let (_, v1) = make_both_by(&old, &new, false, true, Rules::V1).unwrap();
-        let (_, v2) = make_both_by(&old, &new, false, true, Rules::V2).unwrap();
+        let (_, v1) = make_both_by(&old, &new, false, true, Rules::V1, true).unwrap();
+        let (_, v2) = make_both_by(&old, &new, false, true, Rules::V2, true).unwrap();
         let (v1, v2) = (v1.unwrap(), v2.unwrap());
         assert_eq!((v1[8], v2[8]), (1, 2), "each delta names its rules");
         assert_eq!(apply_vec(&old, &v1, new.len() as u64).unwrap(), new);
@@ -953,7 +1093,7 @@ mod tests {
     #[test]
     fn word_tables_outside_the_files_or_out_of_order_are_refused() {
         let (old, new) = kernel_like_pair();
-        let (_, d) = make_both_by(&old, &new, false, true, Rules::V2).unwrap();
+        let (_, d) = make_both_by(&old, &new, false, true, Rules::V2, true).unwrap();
         let d = d.unwrap();
         let (n_old, n_new) = (usize::from(d[12]), usize::from(d[13]));
         assert!(n_old == 1 && n_new == 1, "the relocation tables are coded");

@@ -26,6 +26,7 @@ pub mod bsdiff;
 pub mod chunked;
 pub mod exec;
 mod map;
+mod packed;
 
 /// The `format` of a zstd patch-from delta.
 pub const FORMAT: &str = "zstd-patch";
