@@ -39,6 +39,7 @@ use super::exec::{
 };
 use super::packed;
 use super::DeltaError;
+use petrel_match as matcher;
 
 /// The `format` of a plain bsdiff delta.
 pub const FORMAT: &str = "bsdiff-zstd";
@@ -143,29 +144,24 @@ pub fn make_both_by(
     // bsdiff's matching (suffix array of the old bytes, then its scan of the new bytes)
     // yields a series of matches that tile the new bytes: `add_length` bytes added to the
     // old bytes at `add_old_start`, then literal bytes up to `copy_end`.
-    let mut matches: Vec<bidiff::Match> = Vec::new();
-    if old.is_empty() {
+    let matches = if old.is_empty() {
         // Nothing to match against: the new bytes are all literal.
-        if !new.is_empty() {
-            matches.push(bidiff::Match {
-                add_old_start: 0,
-                add_new_start: 0,
-                add_length: 0,
-                copy_end: new.len(),
-            });
+        let all = matcher::Match {
+            add_old_start: 0,
+            add_new_start: 0,
+            add_length: 0,
+            copy_end: new.len(),
+        };
+        if new.is_empty() {
+            Vec::new()
+        } else {
+            vec![all]
         }
     } else {
-        let too_many = bidiff::diff(old_m, new_m, &bidiff::DiffParams::default(), |m| {
-            matches.push(m);
-            if matches.len() as u64 > MAX_ENTRIES {
-                Err(())
-            } else {
-                Ok(())
-            }
-        });
-        if too_many.is_err() {
-            return Ok((None, None));
-        }
+        matcher::matches(&matcher::Index::new(old_m)?, new_m)
+    };
+    if matches.len() as u64 > MAX_ENTRIES {
+        return Ok((None, None));
     }
     let bad = || io::Error::other("the matcher produced matches that do not tile the new bytes");
     let mut entries: Vec<(u32, u32, i32)> = Vec::with_capacity(matches.len());
@@ -236,7 +232,6 @@ pub fn make_both_by(
             .flat_map(|c| &new[c.clone()])
             .copied()
             .collect();
-        let extra = compress(&extra)?;
         let mixed: usize = regions.iter().map(|r| r.len as usize).sum();
         let (mut diff, mut runs) = if packed {
             (Vec::new(), packed::ZeroRuns::with_capacity(mixed / 16))
@@ -266,7 +261,8 @@ pub fn make_both_by(
         if packed {
             diff = runs.finish();
         }
-        let diff = compress(&diff)?;
+        let (diff, extra) = rayon::join(|| compress(&diff), || compress(&extra));
+        let (diff, extra) = (diff?, extra?);
         let mut out =
             Vec::with_capacity(HEADER + ctrl.len() + diff.len() + extra.len() + 64 * SEGMENT);
         out.extend_from_slice(MAGIC);
@@ -303,12 +299,12 @@ pub fn make_both_by(
         out.extend_from_slice(&extra);
         Ok(out)
     };
-    let p = if plain { Some(build(None)?) } else { None };
-    let e = match &layouts {
-        Some(l) => Some(build(Some(l))?),
-        None => None,
-    };
-    Ok((p, e))
+    // The two deltas side by side (each compresses its streams side by side too).
+    let (p, e) = rayon::join(
+        || plain.then(|| build(None)).transpose(),
+        || layouts.as_ref().map(|l| build(Some(l))).transpose(),
+    );
+    Ok((p?, e?))
 }
 
 fn compress(data: &[u8]) -> io::Result<Vec<u8>> {
