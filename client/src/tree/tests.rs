@@ -411,6 +411,21 @@ fn a_tree_delta_rebuilds_the_new_tree_with_renames_adds_and_removals() {
 }
 
 #[test]
+fn a_file_no_allowed_format_fits_is_sent_whole_not_a_failed_tree_delta() {
+    // Only executable-aware deltas allowed, and no file is ELF: every changed file is
+    // carried whole, and the tree delta still rebuilds the new tree.
+    let t = tempfile::tempdir().unwrap();
+    let (c1, c2, _) = two_versions(t.path());
+    let opts = BuildOptions {
+        formats: vec![crate::delta::bsdiff::EXEC_FORMAT],
+        ..BuildOptions::default()
+    };
+    let mut d = Vec::new();
+    let made = delta::make(&c1, &c2, &opts, &mut d).unwrap();
+    assert_eq!((made.deltas, made.added), (0, 3), "{made:?}");
+}
+
+#[test]
 fn an_edited_installed_file_alone_is_read_from_the_full_tree() {
     let t = tempfile::tempdir().unwrap();
     let (c1, c2, sha2) = two_versions(t.path());
