@@ -60,7 +60,7 @@ pub const MAX_ENTRIES: u64 = 65_536;
 pub const MAX_LEN: u64 = (1 << 31) - 1;
 const HEADER: usize = 64;
 /// Header flag: the diff is taken against the executable-aware prediction.
-const FLAG_EXEC: u8 = 1;
+pub(crate) const FLAG_EXEC: u8 = 1;
 /// Header flag: the entries and the diff stream are packed ([`super::packed`]).
 const FLAG_PACKED: u8 = 2;
 const SEGMENT: usize = 40;
@@ -992,6 +992,9 @@ mod tests {
         let exec = make(&old, &new, true).unwrap().unwrap();
         assert_eq!(apply_vec(&old, &plain, new.len() as u64).unwrap(), new);
         assert_eq!(apply_vec(&old, &exec, new.len() as u64).unwrap(), new);
+        // Tools given the bare file tell the two apart by the header's flags.
+        assert_eq!(super::super::sniff_format(&plain), Some(FORMAT));
+        assert_eq!(super::super::sniff_format(&exec), Some(EXEC_FORMAT));
         assert!(
             exec.len() * 2 < plain.len(),
             "exec {} bytes, plain {} bytes",

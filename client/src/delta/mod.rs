@@ -462,7 +462,7 @@ pub fn sniff_format(delta: &[u8]) -> Option<&'static str> {
     } else if delta.starts_with(chunked::MAGIC) {
         Some(chunked::FORMAT)
     } else if delta.starts_with(bsdiff::MAGIC) {
-        Some(if delta.get(9) == Some(&1) {
+        Some(if delta.get(9).is_some_and(|f| f & bsdiff::FLAG_EXEC != 0) {
             bsdiff::EXEC_FORMAT
         } else {
             bsdiff::FORMAT
