@@ -85,9 +85,9 @@ pub struct DeltaMeta {
 pub const FORMATS: [&str; 4] = [FORMAT, chunked::FORMAT, bsdiff::FORMAT, bsdiff::EXEC_FORMAT];
 
 /// Up to this size (of the larger of old and new), [`make_best`] also builds the bsdiff
-/// candidates. Matching holds both files, a 4-byte suffix array entry per old byte and the
-/// diff bytes, about 6.2 bytes per byte of a pair: a 200 MiB pair is built, with every
-/// other candidate beside it, in about 1.6 GB; larger pairs get the zstd formats only.
+/// candidates. Matching holds both files and a 4-byte suffix array entry per old byte
+/// (the packed diff stream is small): a pair of two 200 MiB images is built in about
+/// 1.2 GiB; larger pairs get the zstd formats only.
 pub const BSDIFF_UP_TO: u64 = 256 * 1024 * 1024;
 /// From this size of the new bytes on, [`make_best`] also builds a chunked candidate.
 pub const CHUNKED_FROM: u64 = 16 * 1024 * 1024;
@@ -462,11 +462,13 @@ pub fn sniff_format(delta: &[u8]) -> Option<&'static str> {
     } else if delta.starts_with(chunked::MAGIC) {
         Some(chunked::FORMAT)
     } else if delta.starts_with(bsdiff::MAGIC) {
-        Some(if delta.get(9).is_some_and(|f| f & bsdiff::FLAG_EXEC != 0) {
-            bsdiff::EXEC_FORMAT
-        } else {
-            bsdiff::FORMAT
-        })
+        Some(
+            if delta.get(9).is_some_and(|f| f & bsdiff::FLAG_EXEC != 0) {
+                bsdiff::EXEC_FORMAT
+            } else {
+                bsdiff::FORMAT
+            },
+        )
     } else {
         None
     }
