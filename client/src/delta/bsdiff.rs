@@ -69,6 +69,8 @@ const ENTRY: usize = 12;
 const CHUNK: usize = 64 * 1024;
 /// The buffer of a packed diff stream's decoder.
 const PACKED_BUFFER: usize = 64 * 1024;
+/// The buffer of a packed control stream's decoder.
+const CTRL_BUFFER: usize = 16 * 1024;
 
 /// The memory applying a delta holds at most besides the output: the entries (with the
 /// predictor's sorted copy), two decoders with their windows, and the chunk buffers
@@ -78,7 +80,7 @@ pub fn apply_memory() -> u64 {
         + MAX_ENTRIES * ENTRY as u64
         + Layout::max_held()
         + PACKED_BUFFER as u64
-        + 16 * 1024
+        + CTRL_BUFFER as u64
         + 2 * ((1u64 << WINDOW_LOG) + 2 * 128 * 1024)
         + 4 * CHUNK as u64
 }
@@ -233,11 +235,7 @@ pub fn make_both_by(
             .copied()
             .collect();
         let mixed: usize = regions.iter().map(|r| r.len as usize).sum();
-        let (mut diff, mut runs) = if packed {
-            (Vec::new(), packed::ZeroRuns::with_capacity(mixed / 16))
-        } else {
-            (Vec::with_capacity(mixed), packed::ZeroRuns::default())
-        };
+        let mut diff = packed::ZeroRuns::new(packed, if packed { mixed / 16 } else { mixed });
         let mut piece = Vec::with_capacity(CHUNK + LOOKAHEAD);
         for r in &regions {
             let mut at_new = r.new_pos as usize;
@@ -249,18 +247,12 @@ pub fn make_both_by(
                         .zip(e)
                         .map(|(n, o)| n.wrapping_sub(*o)),
                 );
-                if packed {
-                    runs.extend(&piece);
-                } else {
-                    diff.extend_from_slice(&piece);
-                }
+                diff.extend(&piece);
                 at_new += e.len();
                 Ok(())
             })?;
         }
-        if packed {
-            diff = runs.finish();
-        }
+        let diff = diff.finish();
         let (diff, extra) = rayon::join(|| compress(&diff), || compress(&extra));
         let (diff, extra) = (diff?, extra?);
         let mut out =
@@ -739,7 +731,7 @@ pub fn apply(
     let mut ctrl = frame(delta, at, h.sections[0])?;
     at += h.sections[0];
     let entries = if h.packed {
-        let mut r = BufReader::with_capacity(16 * 1024, ctrl);
+        let mut r = BufReader::with_capacity(CTRL_BUFFER, ctrl);
         let e = packed::unpack_entries(&mut r, h.entries as usize).map_err(decode)?;
         if !r.buffer().is_empty() {
             return Err(DeltaError::Decode(
@@ -929,10 +921,10 @@ mod tests {
             .unwrap_err()
             .to_string();
         assert!(e.contains("flags"), "{e}");
-        // Packed streams cut short or run past their entries are errors.
-        let mut cut = p.clone();
-        cut[9] &= !FLAG_PACKED;
-        assert!(apply_vec(&old, &cut, new.len() as u64).is_err());
+        // Packed streams read as plain ones do not fit their entries: an error.
+        let mut plain = p.clone();
+        plain[9] &= !FLAG_PACKED;
+        assert!(apply_vec(&old, &plain, new.len() as u64).is_err());
     }
 
     /// Code with calls at irregular places to functions scattered over it, as compilers

@@ -132,36 +132,18 @@ pub fn make_with(
     let chunk = chunk_size as usize;
     let index = index_base(base);
     let n = result.len().div_ceil(chunk);
-    let one = |i: usize| chunk_frame(&index, base, result, chunk, i);
-    assemble(chunk_size, result.len(), map(n, &one))
-}
-
-/// Chunk `i` of `result`: its base window and its frame.
-fn chunk_frame(
-    index: &HashMap<u64, usize>,
-    base: &[u8],
-    result: &[u8],
-    chunk: usize,
-    i: usize,
-) -> io::Result<(u64, u32, Vec<u8>)> {
-    let start = i * chunk;
-    let len = chunk.min(result.len() - start);
-    let (from, rlen) = window_for(index, base.len(), result, start, len, chunk);
-    let frame = compress_chunk(&base[from..from + rlen], &result[start..start + len])?;
-    Ok((from as u64, rlen as u32, frame))
-}
-
-/// The delta of `frames` (one per chunk, in order).
-fn assemble(
-    chunk_size: u32,
-    result_len: usize,
-    frames: Vec<io::Result<(u64, u32, Vec<u8>)>>,
-) -> io::Result<Vec<u8>> {
-    let n = frames.len();
+    let one = |i: usize| -> io::Result<(u64, u32, Vec<u8>)> {
+        let start = i * chunk;
+        let len = chunk.min(result.len() - start);
+        let (from, rlen) = window_for(&index, base.len(), result, start, len, chunk);
+        let frame = compress_chunk(&base[from..from + rlen], &result[start..start + len])?;
+        Ok((from as u64, rlen as u32, frame))
+    };
+    let frames = map(n, &one);
     let mut out = Vec::new();
     out.extend_from_slice(MAGIC);
     out.extend_from_slice(&chunk_size.to_le_bytes());
-    out.extend_from_slice(&(result_len as u64).to_le_bytes());
+    out.extend_from_slice(&(result.len() as u64).to_le_bytes());
     out.extend_from_slice(&u32::try_from(n).map_err(io::Error::other)?.to_le_bytes());
     for f in frames {
         let (from, rlen, frame) = f?;

@@ -108,24 +108,30 @@ fn unzigzag(v: u32) -> i32 {
     ((v >> 1) as i32) ^ -((v & 1) as i32)
 }
 
-/// Packs a diff stream as it is produced: zero runs counted, other bytes as they are.
-#[derive(Default)]
+/// Writes a diff stream as it is produced: packed (zero runs counted, other bytes as they
+/// are) or, for the first form of the format, plain.
 pub struct ZeroRuns {
     out: Vec<u8>,
     run: u64,
+    plain: bool,
 }
 
 impl ZeroRuns {
-    /// An empty stream with room for `capacity` packed bytes.
-    pub fn with_capacity(capacity: usize) -> Self {
+    /// An empty stream, packed or not, with room for `capacity` bytes.
+    pub fn new(packed: bool, capacity: usize) -> Self {
         ZeroRuns {
             out: Vec::with_capacity(capacity),
             run: 0,
+            plain: !packed,
         }
     }
 
     /// Appends diff bytes.
     pub fn extend(&mut self, mut bytes: &[u8]) {
+        if self.plain {
+            self.out.extend_from_slice(bytes);
+            return;
+        }
         while !bytes.is_empty() {
             if self.run > 0 || bytes[0] == 0 {
                 let zeros = bytes.iter().position(|&b| b != 0).unwrap_or(bytes.len());
@@ -150,7 +156,7 @@ impl ZeroRuns {
         }
     }
 
-    /// The packed stream.
+    /// The stream.
     pub fn finish(mut self) -> Vec<u8> {
         self.end_run();
         self.out
@@ -253,7 +259,7 @@ mod tests {
                 let b = if kind == 0 { 0 } else { b.max(1) };
                 diff.extend(std::iter::repeat_n(b, len));
             }
-            let mut z = ZeroRuns::default();
+            let mut z = ZeroRuns::new(true, 0);
             for c in diff.chunks(split) {
                 z.extend(c);
             }
@@ -273,7 +279,7 @@ mod tests {
 
     #[test]
     fn a_long_zero_run_is_a_few_bytes() {
-        let mut z = ZeroRuns::default();
+        let mut z = ZeroRuns::new(true, 0);
         z.extend(&vec![0u8; 1 << 20]);
         z.extend(&[5]);
         assert_eq!(z.finish(), [0, 0xff, 0xff, 0x3f, 5]);
