@@ -104,6 +104,21 @@ pub fn make_both(old: &[u8], new: &[u8], plain: bool, exec: bool) -> io::Result<
     make_both_by(old, new, plain, exec, BUILD_RULES, true)
 }
 
+/// The layouts of two ELF files the executable-aware delta fits: one supported
+/// architecture, at most [`MAX_SEGMENTS`] segments in the new one.
+fn exec_layouts(old: &[u8], new: &[u8]) -> Option<(Layout, Layout)> {
+    match (Layout::read(old), Layout::read(new)) {
+        (Some(o), Some(n)) if o.arch == n.arch && n.segments.len() <= MAX_SEGMENTS => Some((o, n)),
+        _ => None,
+    }
+}
+
+/// Whether [`make_both`] builds an executable-aware delta for the pair (when asked to
+/// and within [`MAX_LEN`]).
+pub fn is_exec_pair(old: &[u8], new: &[u8]) -> bool {
+    old.len() as u64 <= MAX_LEN && new.len() as u64 <= MAX_LEN && exec_layouts(old, new).is_some()
+}
+
 /// [`make_both`], with the executable-aware delta built by `rules`, and the streams
 /// packed ([`super::packed`]) or, as the first devices read them, not.
 pub fn make_both_by(
@@ -117,12 +132,7 @@ pub fn make_both_by(
     if old.len() as u64 > MAX_LEN || new.len() as u64 > MAX_LEN {
         return Ok((None, None));
     }
-    let layouts = match (exec, Layout::read(old), Layout::read(new)) {
-        (true, Some(o), Some(n)) if o.arch == n.arch && n.segments.len() <= MAX_SEGMENTS => {
-            Some((o, n))
-        }
-        _ => None,
-    };
+    let layouts = exec.then(|| exec_layouts(old, new)).flatten();
     if !plain && layouts.is_none() {
         return Ok((None, None));
     }
