@@ -35,6 +35,11 @@ pub fn pieces(len: usize) -> usize {
     len.div_ceil(PIECE).max(1)
 }
 
+/// From this many old bytes on, the suffix array is sorted on every core. Smaller ones
+/// are sorted on one: there the threads' start and their waiting for work cost more than
+/// they save (a tree's small files are matched side by side anyway).
+pub const PARALLEL_SORT_FROM: usize = 4 << 20;
+
 /// The suffix array of the old bytes.
 pub struct Index<'a> {
     old: &'a [u8],
@@ -42,7 +47,8 @@ pub struct Index<'a> {
 }
 
 impl<'a> Index<'a> {
-    /// Sorts the suffixes of `old` (at most `i32::MAX` bytes) on every core.
+    /// Sorts the suffixes of `old` (at most `i32::MAX` bytes), on every core from
+    /// [`PARALLEL_SORT_FROM`] bytes on.
     pub fn new(old: &'a [u8]) -> io::Result<Index<'a>> {
         if old.len() > i32::MAX as usize {
             return Err(io::Error::other(format!(
@@ -52,9 +58,13 @@ impl<'a> Index<'a> {
         }
         let mut sa = vec![0i32; old.len()];
         if !old.is_empty() {
-            let threads = std::thread::available_parallelism()
-                .map_or(1, |t| t.get())
-                .clamp(1, 64) as u16;
+            let threads = if old.len() < PARALLEL_SORT_FROM {
+                1
+            } else {
+                std::thread::available_parallelism()
+                    .map_or(1, |t| t.get())
+                    .clamp(1, 64) as u16
+            };
             libsais::SuffixArrayConstruction::for_text(old)
                 .in_borrowed_buffer(&mut sa)
                 .multi_threaded(libsais::ThreadCount::fixed(threads))
