@@ -114,7 +114,8 @@ Examples:
 
 Two directories are packed as tree artifacts and get a tree delta (petrel-tree: unchanged
 files by hash, changed and renamed files as file deltas, added files compressed); the
-JSON line then counts each kind of file.
+JSON line then counts each kind of file. Two tree containers (`petrel-repo pack-tree`, or
+the .ptree targets `add` makes) get the same tree delta without packing them again.
 
 Builds every format that fits (zstd-patch always; bsdiff-zstd and, for two ELF files of
 one architecture, exec-bsdiff up to 256 MiB; zstd-chunked from 16 MiB), checks that each
@@ -131,6 +132,19 @@ length and every candidate's length. `petrel delta-apply` applies it.")]
         /// Only these formats (repeatable): zstd-patch, zstd-chunked, bsdiff-zstd, exec-bsdiff.
         #[arg(long = "format", value_name = "FORMAT")]
         formats: Vec<String>,
+    },
+    /// Pack a directory into a tree container (what `add` stores for a directory), outside
+    /// any workspace; prints its metadata as one JSON line.
+    #[command(after_help = "\
+Example:
+  petrel-repo pack-tree suite-5.1/ -o suite-5.1.ptree
+  petrel-repo delta-file suite-5.0.ptree suite-5.1.ptree -o suite.delta")]
+    PackTree {
+        /// The directory.
+        dir: PathBuf,
+        /// Where to write the container.
+        #[arg(short, long, value_name = "FILE")]
+        out: PathBuf,
     },
     /// Delegate target paths (or hashed bins) to a new role with its own keys.
     #[command(
@@ -754,6 +768,30 @@ Examples:
     },
 }
 
+/// The JSON line `delta-file` prints for a tree delta `d` to the container `n`.
+fn tree_delta_line(
+    d: &[u8],
+    n: &[u8],
+    meta: Option<&petrel_client::tree::TreeMeta>,
+    made: &petrel_client::tree::delta::Made,
+) -> serde_json::Value {
+    let mut line = serde_json::json!({
+        "engine": petrel_client::tree::delta::FORMAT,
+        "length": d.len(),
+        "new_length": n.len(),
+        "copied": made.copied,
+        "deltas": made.deltas,
+        "renamed": made.renamed,
+        "added": made.added,
+        "removed": made.removed,
+    });
+    if let Some(m) = meta {
+        line["new_tree_size"] = m.size.into();
+        line["files"] = m.files.into();
+    }
+    line
+}
+
 fn main() -> ExitCode {
     let cli = Cli::parse();
     let level = match cli.verbose {
@@ -1095,24 +1133,25 @@ fn run(cli: Cli) -> Result<()> {
                         ))
                     })?;
                 std::fs::write(out, &d).map_err(|e| petrel_repo::error::Error::io(out, e))?;
-                println!(
-                    "{}",
-                    serde_json::json!({
-                        "engine": petrel_client::tree::delta::FORMAT,
-                        "length": d.len(),
-                        "new_length": n.len(),
-                        "new_tree_size": nmeta.size,
-                        "files": nmeta.files,
-                        "copied": made.copied,
-                        "deltas": made.deltas,
-                        "renamed": made.renamed,
-                        "added": made.added,
-                        "removed": made.removed,
-                    })
-                );
+                println!("{}", tree_delta_line(&d, &n, Some(&nmeta), &made));
                 return Ok(());
             }
             let (o, n) = (read(old)?, read(new)?);
+            if petrel_repo::trees::is_tree(&o) && petrel_repo::trees::is_tree(&n) {
+                // Two tree containers (as `add` packs them): the tree delta between them,
+                // as `publish` builds it.
+                let (d, made) =
+                    petrel_repo::trees::make_tree_delta(&o, &n, &opts).map_err(|e| {
+                        petrel_repo::error::Error::Usage(format!(
+                            "{} -> {}: {e}",
+                            old.display(),
+                            new.display()
+                        ))
+                    })?;
+                std::fs::write(out, &d).map_err(|e| petrel_repo::error::Error::io(out, e))?;
+                println!("{}", tree_delta_line(&d, &n, None, &made));
+                return Ok(());
+            }
             let best = delta::make_best(&o, &n, &opts).map_err(|e| {
                 petrel_repo::error::Error::Usage(format!(
                     "{} -> {}: {e}",
@@ -1133,6 +1172,23 @@ fn run(cli: Cli) -> Result<()> {
                     "length": best.bytes.len(),
                     "new_length": n.len(),
                     "candidates": candidates,
+                })
+            );
+            Ok(())
+        }
+        Command::PackTree { dir, out } => {
+            let mut f =
+                std::fs::File::create(out).map_err(|e| petrel_repo::error::Error::io(out, e))?;
+            let meta = petrel_repo::trees::pack_dir(dir, &mut f)?;
+            f.sync_all()
+                .map_err(|e| petrel_repo::error::Error::io(out, e))?;
+            println!(
+                "{}",
+                serde_json::json!({
+                    "length": f.metadata().map_err(|e| petrel_repo::error::Error::io(out, e))?.len(),
+                    "files": meta.files,
+                    "tree_size": meta.size,
+                    "manifest_sha256": meta.manifest_sha256,
                 })
             );
             Ok(())

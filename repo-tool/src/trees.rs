@@ -121,7 +121,7 @@ pub fn is_tree(bytes: &[u8]) -> bool {
 }
 
 /// The tree delta from the container `old` to `new` (both in memory), verified by applying
-/// it to `old` unpacked.
+/// it to `old` unpacked (which is unpacked while the delta is built).
 pub fn make_tree_delta(
     old: &[u8],
     new: &[u8],
@@ -132,13 +132,22 @@ pub fn make_tree_delta(
     std::fs::write(&po, old)?;
     std::fs::write(&pn, new)?;
     let to_io = |e: tree::TreeError| std::io::Error::other(e.to_string());
-    let mut d = Vec::new();
-    let made = tree::delta::make(&po, &pn, opts, &mut d).map_err(to_io)?;
-    // Checked as a device would: rebuilt from the unpacked old tree, against the new manifest.
     let (old_manifest, _) = tree::read_manifest(&mut &old[..], None).map_err(to_io)?;
     let (new_manifest, _) = tree::read_manifest(&mut &new[..], None).map_err(to_io)?;
     let root = t.path().join("installed");
-    tree::unpack(&po, &tree::sha256_hex(&old_manifest), &root).map_err(to_io)?;
+    // Unpacking the base is mostly waiting for the disk; the delta is built meanwhile.
+    let want = tree::sha256_hex(&old_manifest);
+    let (made, unpacked) = std::thread::scope(|s| {
+        // A scratch copy, checked and removed: nothing is synced.
+        let unpacking = s.spawn(|| tree::unpack_with(&po, &want, &root, tree::Durable::No));
+        let mut d = Vec::new();
+        let made = tree::delta::make(&po, &pn, opts, &mut d).map(|m| (d, m));
+        let unpacked = unpacking.join().expect("unpacking does not panic");
+        (made, unpacked)
+    });
+    let (d, made) = made.map_err(to_io)?;
+    unpacked.map_err(to_io)?;
+    // Checked as a device would: rebuilt from the unpacked old tree, against the new manifest.
     let dp = t.path().join("delta");
     std::fs::write(&dp, &d)?;
     let mut out = tempfile::tempfile_in(t.path())?;

@@ -199,3 +199,81 @@ fn several_bases_each_get_their_own_delta_in_the_chosen_role() {
         );
     }
 }
+
+/// `pack-tree` writes the container `add` stores for a directory, and `delta-file` of two
+/// such containers is the tree delta `delta-file` builds from the two directories, byte
+/// for byte (the base's own frames are not part of a tree delta); a container and a plain
+/// file get a plain file delta.
+#[test]
+fn two_packed_trees_get_the_same_tree_delta_as_their_directories() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let (old, new) = (dir.path().join("old"), dir.path().join("new"));
+    for d in [&old, &new] {
+        std::fs::create_dir_all(d.join("lib")).expect("mkdir");
+        std::fs::write(d.join("README"), b"the same in both\n").expect("write");
+        std::os::unix::fs::symlink("README", d.join("lib/LINK")).expect("symlink");
+    }
+    let lib = noise(11, 300_000);
+    std::fs::write(old.join("lib/libfoo.so.1.2"), &lib).expect("write");
+    std::fs::write(new.join("lib/libfoo.so.1.3"), edited(&lib)).expect("write");
+    std::fs::write(old.join("gone.txt"), b"removed\n").expect("write");
+    std::fs::write(new.join("added.bin"), noise(12, 5000)).expect("write");
+    let arg = |p: &std::path::Path| p.to_str().expect("utf-8").to_string();
+    let run_ok = |args: &[String]| -> serde_json::Value {
+        let mut c = petrel();
+        c.args(args);
+        let out = expect_ok(c);
+        serde_json::from_str(out.lines().last().expect("a JSON line")).expect("JSON")
+    };
+    let (po, pn) = (dir.path().join("old.ptree"), dir.path().join("new.ptree"));
+    let packed = run_ok(&["pack-tree".into(), arg(&old), "-o".into(), arg(&po)]);
+    assert_eq!(packed["files"], 3, "{packed}");
+    assert_eq!(packed["length"], std::fs::metadata(&po).expect("po").len());
+    run_ok(&["pack-tree".into(), arg(&new), "-o".into(), arg(&pn)]);
+    assert!(petrel_repo::trees::is_tree(
+        &std::fs::read(&pn).expect("pn")
+    ));
+    let (dd, dc) = (
+        dir.path().join("dirs.delta"),
+        dir.path().join("packed.delta"),
+    );
+    let from_dirs = run_ok(&[
+        "delta-file".into(),
+        arg(&old),
+        arg(&new),
+        "-o".into(),
+        arg(&dd),
+    ]);
+    let from_packed = run_ok(&[
+        "delta-file".into(),
+        arg(&po),
+        arg(&pn),
+        "-o".into(),
+        arg(&dc),
+    ]);
+    for line in [&from_dirs, &from_packed] {
+        assert_eq!(line["engine"], "petrel-tree", "{line}");
+        assert_eq!(line["renamed"], 1, "libfoo.so.1.2 -> 1.3: {line}");
+        assert_eq!(line["added"], 1, "{line}");
+        assert_eq!(
+            line["removed"], 2,
+            "gone.txt and the old libfoo path: {line}"
+        );
+    }
+    assert_eq!(
+        std::fs::read(&dd).expect("dd"),
+        std::fs::read(&dc).expect("dc"),
+        "the same tree delta from the directories and from their containers"
+    );
+    // One container and one plain file: no tree delta.
+    let plain = dir.path().join("plain.bin");
+    std::fs::write(&plain, noise(13, 4000)).expect("write");
+    let line = run_ok(&[
+        "delta-file".into(),
+        arg(&po),
+        arg(&plain),
+        "-o".into(),
+        arg(&dir.path().join("x.delta")),
+    ]);
+    assert_ne!(line["engine"], "petrel-tree", "{line}");
+}

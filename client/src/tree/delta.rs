@@ -156,8 +156,8 @@ pub fn make(
     opts: &BuildOptions,
     out: &mut impl Write,
 ) -> Result<Made, TreeError> {
-    let (old_bytes, old_m, old_files) = read_all(old)?;
-    let (new_bytes, new_m, new_files) = read_all(new)?;
+    let (o, n) = rayon::join(|| read_all(old), || read_all(new));
+    let ((old_bytes, old_m, old_files), (new_bytes, new_m, new_files)) = (o?, n?);
     let mut by_sha: BTreeMap<&str, &[u8]> = BTreeMap::new();
     let mut by_path: BTreeMap<&str, (&str, &[u8])> = BTreeMap::new();
     for (e, (b, _)) in old_m.files().zip(&old_files) {
@@ -291,8 +291,11 @@ pub fn make(
     };
     // The header and the manifest are JSON naming every path: compressed, they cost a
     // fifth as much (for a tree of a few thousand files, hundreds of kilobytes).
-    let hz = zstd::bulk::compress(&hbytes, 19).map_err(io_err)?;
-    let mz = zstd::bulk::compress(&new_bytes, 19).map_err(io_err)?;
+    let (hz, mz) = rayon::join(
+        || zstd::bulk::compress(&hbytes, 19),
+        || zstd::bulk::compress(&new_bytes, 19),
+    );
+    let (hz, mz) = (hz.map_err(io_err)?, mz.map_err(io_err)?);
     put(DELTA_MAGIC)?;
     put(&(hz.len() as u64).to_le_bytes())?;
     put(&hz)?;

@@ -819,6 +819,26 @@ const SYNC_BATCH: usize = 128;
 /// checked against the manifest, whose SHA-256 must be `want`, and every file and
 /// directory is made durable. On error `dest` is removed. Returns the manifest's bytes.
 pub fn unpack(path: &Path, want: &str, dest: &Path) -> Result<Vec<u8>, TreeError> {
+    unpack_with(path, want, dest, Durable::Yes)
+}
+
+/// Whether [`unpack_with`] makes what it writes durable.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Durable {
+    /// Every file and directory is synced (an install).
+    Yes,
+    /// Nothing is synced: a scratch copy that is checked and removed (the repo tool
+    /// verifying a tree delta it built).
+    No,
+}
+
+/// [`unpack`], syncing what it writes or not.
+pub fn unpack_with(
+    path: &Path,
+    want: &str,
+    dest: &Path,
+    durable: Durable,
+) -> Result<Vec<u8>, TreeError> {
     let mut r = BufReader::new(File::open(path).map_err(io_at(path))?);
     let (bytes, m) = read_manifest(&mut r, Some(want))?;
     fs::create_dir(dest).map_err(io_at(dest))?;
@@ -828,7 +848,9 @@ pub fn unpack(path: &Path, want: &str, dest: &Path) -> Result<Vec<u8>, TreeError
         let mut unsynced: Vec<(File, PathBuf)> = Vec::new();
         let sync = |files: &mut Vec<(File, PathBuf)>| -> Result<(), TreeError> {
             for (f, p) in files.drain(..) {
-                f.sync_all().map_err(io_at(&p))?;
+                if durable == Durable::Yes {
+                    f.sync_all().map_err(io_at(&p))?;
+                }
             }
             Ok(())
         };
@@ -854,7 +876,7 @@ pub fn unpack(path: &Path, want: &str, dest: &Path) -> Result<Vec<u8>, TreeError
         }
         sync(&mut unsynced)?;
         expect_end(&mut r)?;
-        finish_dirs(dest, &m)
+        finish_dirs(dest, &m, durable)
     })();
     if done.is_err() {
         let _ = fs::remove_dir_all(dest);
@@ -878,18 +900,22 @@ pub(crate) fn create_file(p: &Path, mode: u32) -> Result<File, TreeError> {
 
 /// Gives directories their modes (deepest first, so a read-only directory is filled
 /// before it becomes read-only) and makes each durable.
-pub(crate) fn finish_dirs(dest: &Path, m: &TreeManifest) -> Result<(), TreeError> {
+pub(crate) fn finish_dirs(
+    dest: &Path,
+    m: &TreeManifest,
+    durable: Durable,
+) -> Result<(), TreeError> {
+    let sync = |p: &Path| match durable {
+        Durable::Yes => File::open(p).and_then(|d| d.sync_all()).map_err(io_at(p)),
+        Durable::No => Ok(()),
+    };
     for e in m.entries.iter().rev().filter(|e| e.kind == Kind::Dir) {
         let p = dest.join(&e.path);
-        File::open(&p)
-            .and_then(|d| d.sync_all())
-            .map_err(io_at(&p))?;
+        sync(&p)?;
         fs::set_permissions(&p, fs::Permissions::from_mode(e.mode.unwrap_or(0o755)))
             .map_err(io_at(&p))?;
     }
-    File::open(dest)
-        .and_then(|d| d.sync_all())
-        .map_err(io_at(dest))
+    sync(dest)
 }
 
 #[cfg(test)]
