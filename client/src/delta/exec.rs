@@ -590,9 +590,10 @@ impl Layout {
             .any(|s| s.exec && off >= s.offset && off - s.offset < s.filesz)
     }
 
-    /// The most bytes a layout holds: its pointer and site lists at their limits.
+    /// The most bytes a layout holds: its pointer and site lists at their limits (and
+    /// the page index of the predictor built on it).
     pub fn max_held() -> u64 {
-        (MAX_POINTERS * 8 + MAX_SITES * 4) as u64
+        (MAX_POINTERS * 8 + MAX_SITES * 4) as u64 + ((1u64 << PAGES_LOG) + 2) * 4
     }
 
     /// A layout with only segments (what the delta carries of the new file).
@@ -784,6 +785,11 @@ pub struct Predictor<'a> {
     new: &'a Layout,
     /// The regions, sorted by `old_pos`.
     by_old: Vec<Region>,
+    /// `pages[p]`: how many regions of `by_old` start before old offset `p << shift`
+    /// (where a search for an offset starts and ends).
+    pages: Vec<u32>,
+    /// log2 of the old bytes one entry of `pages` covers.
+    shift: u32,
     rules: Rules,
     /// The old file's code, as virtual address ranges (sorted; [`Rules::V2`]).
     code_va: Vec<(u64, u64)>,
@@ -803,6 +809,9 @@ const X86_LEAD: [bool; 256] = {
     t
 };
 
+/// log2 of the most entries of a predictor's page index (4 bytes each, plus two).
+const PAGES_LOG: u32 = 16;
+
 /// Bytes past a chunk's end a caller must supply for the scan ([`Predictor::predict`]).
 pub const LOOKAHEAD: usize = 16;
 
@@ -819,6 +828,20 @@ impl<'a> Predictor<'a> {
     ) -> Predictor<'a> {
         regions.retain(|r| r.len > 0);
         regions.sort_by_key(|r| (r.old_pos, r.new_pos));
+        let max = regions.last().map_or(0, |r| r.old_pos);
+        let shift = (u64::BITS - max.leading_zeros())
+            .saturating_sub(PAGES_LOG)
+            .max(16);
+        let mut pages = Vec::with_capacity(((max >> shift) + 2) as usize);
+        let mut i = 0;
+        for p in 0..=max >> shift {
+            while regions.get(i).is_some_and(|r| r.old_pos < p << shift) {
+                i += 1;
+            }
+            pages.push(i as u32);
+        }
+        // Past `max`: every region.
+        pages.push(regions.len() as u32);
         let code_va = match rules {
             Rules::V1 => Vec::new(),
             Rules::V2 => old.code_vaddrs(),
@@ -827,6 +850,8 @@ impl<'a> Predictor<'a> {
             old,
             new,
             by_old: regions,
+            pages,
+            shift,
             rules,
             code_va,
             self_relative,
@@ -840,7 +865,15 @@ impl<'a> Predictor<'a> {
 
     /// The new file offset the old file offset `t` moved to, if a region carries it.
     fn map_offset(&self, t: u64) -> Option<u64> {
-        let i = self.by_old.partition_point(|r| r.old_pos <= t);
+        let p = (t >> self.shift) as usize;
+        let i = match (self.pages.get(p), self.pages.get(p + 1)) {
+            (Some(&lo), Some(&hi)) => {
+                let (lo, hi) = (lo as usize, hi as usize);
+                lo + self.by_old[lo..hi].partition_point(|r| r.old_pos <= t)
+            }
+            // Past the last region's start.
+            _ => self.by_old.len(),
+        };
         // The nearest regions starting at or before `t`; the first containing it wins.
         for r in self.by_old[..i].iter().rev().take(4) {
             if t - r.old_pos < r.len {
@@ -969,10 +1002,10 @@ impl<'a> Predictor<'a> {
                 Arch::X86_64 => {
                     // Most bytes start no reference: skip them in a tight loop.
                     let stop = (span.1.min(end).min(ns) - start) as usize;
-                    let mut i = at;
-                    while i < stop && !X86_LEAD[buf[i] as usize] {
-                        i += 1;
-                    }
+                    let i = buf[at..stop.min(blen)]
+                        .iter()
+                        .position(|&b| X86_LEAD[b as usize])
+                        .map_or(stop, |k| at + k);
                     if i > at {
                         scan = start + i as u64;
                         continue;
@@ -983,7 +1016,10 @@ impl<'a> Predictor<'a> {
                         continue;
                     };
                     let f = scan + k;
-                    if !fits(f, 4) || self.old.overlaps_table(f, 4) || f + 4 > field_end {
+                    // By the extended rules a field within the code span overlaps no
+                    // table (the span ends before the next one), so only the first
+                    // rules look.
+                    if !fits(f, 4) || f + 4 > field_end || (!v2 && self.old.overlaps_table(f, 4)) {
                         scan += 1;
                         continue;
                     }
@@ -1006,7 +1042,10 @@ impl<'a> Predictor<'a> {
                         scan += 4 - va % 4;
                         continue;
                     }
-                    if !fits(scan, 4) || self.old.overlaps_table(scan, 4) || scan + 4 > field_end {
+                    if !fits(scan, 4)
+                        || scan + 4 > field_end
+                        || (!v2 && self.old.overlaps_table(scan, 4))
+                    {
                         scan += 4;
                         continue;
                     }
@@ -1418,5 +1457,48 @@ pub(crate) mod tests {
             p.predict_a64(&r[0], 0, 0x10000, insn),
             Some(0x9400_0000 | (0x240 / 4))
         );
+    }
+
+    proptest::proptest! {
+        /// The page index finds the region carrying an old offset exactly as a search of
+        /// every region does, whatever the regions' spread (up to 2^64) and overlaps.
+        #[test]
+        fn the_page_index_maps_offsets_as_a_full_search_does(
+            starts in proptest::collection::vec((0u64..40, 0u64..3, 1u64..5000), 0..200),
+            probes in proptest::collection::vec((0u64..64, 0u64..70_000), 1..64),
+        ) {
+            let layout = Layout::from_segments(Arch::X86_64, Vec::new());
+            // Offsets spread over every scale: 2^e plus a little.
+            let regions: Vec<Region> = starts
+                .iter()
+                .enumerate()
+                .map(|(k, &(e, m, len))| Region {
+                    old_pos: (1u64 << (e + 24 * m).min(63)).saturating_add(len * k as u64),
+                    new_pos: k as u64 * 7,
+                    len,
+                })
+                .collect();
+            let p = Predictor::new(&layout, &layout, regions.clone(), Rules::V2, Vec::new());
+            let mut sorted = regions;
+            sorted.retain(|r| r.len > 0);
+            sorted.sort_by_key(|r| (r.old_pos, r.new_pos));
+            let naive = |t: u64| {
+                let i = sorted.partition_point(|r| r.old_pos <= t);
+                sorted[..i]
+                    .iter()
+                    .rev()
+                    .take(4)
+                    .find(|r| t - r.old_pos < r.len)
+                    .map(|r| r.new_pos + (t - r.old_pos))
+            };
+            for &(e, d) in &probes {
+                for t in [(1u64 << e).saturating_add(d), (1u64 << e).saturating_sub(d), u64::MAX - d] {
+                    proptest::prop_assert_eq!(p.map_offset(t), naive(t), "offset {}", t);
+                }
+            }
+            for r in &sorted {
+                proptest::prop_assert_eq!(p.map_offset(r.old_pos), naive(r.old_pos));
+            }
+        }
     }
 }
