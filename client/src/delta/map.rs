@@ -1,5 +1,6 @@
-//! Owns the memory maps deltas are applied with: the one place of this crate that uses
-//! `unsafe`, because mapping a file is.
+//! Owns the memory maps deltas are applied with, and the start of a result's writeback:
+//! the one place of this crate that uses `unsafe`, because mapping a file and calling
+//! the kernel directly are.
 //!
 //! Safety: a map is only sound while no one else truncates or rewrites the file. The
 //! agent maps the installed bytes it is about to replace (which only the agent changes,
@@ -62,4 +63,24 @@ pub fn write(file: &File, len: u64) -> io::Result<Option<memmap2::MmapMut>> {
     // SAFETY: see the module documentation; the output file is the agent's own new file.
     let m = unsafe { memmap2::MmapMut::map_mut(file)? };
     Ok(Some(m))
+}
+
+/// Asks the kernel to start writing `len` bytes of `file` from `offset` to the disk,
+/// without waiting for them (Linux: `sync_file_range` with `SYNC_FILE_RANGE_WRITE`;
+/// elsewhere nothing), so that a later sync finds most of the result written already.
+/// Nothing is made durable here and no error is reported: the caller's sync does both.
+pub fn start_writeback(file: &File, offset: u64, len: u64) {
+    #[cfg(target_os = "linux")]
+    {
+        use std::os::fd::AsRawFd;
+        let (Ok(offset), Ok(len)) = (i64::try_from(offset), i64::try_from(len)) else {
+            return;
+        };
+        // SAFETY: a system call on a descriptor `file` keeps open; no memory is passed.
+        let _ = unsafe {
+            libc::sync_file_range(file.as_raw_fd(), offset, len, libc::SYNC_FILE_RANGE_WRITE)
+        };
+    }
+    #[cfg(not(target_os = "linux"))]
+    let _ = (file, offset, len);
 }

@@ -330,7 +330,7 @@ pub fn apply_file(
     for f in [out, delta, base] {
         io::Seek::seek(&mut &*f, io::SeekFrom::Start(0)).map_err(io_err)?;
     }
-    let writer = || io::BufWriter::with_capacity(64 * 1024, out);
+    let writer = || io::BufWriter::with_capacity(64 * 1024, Writeback::new(out));
     let delta_len = delta.metadata().map_err(io_err)?.len();
     match (format, mode) {
         (FORMAT, ApplyMode::Mmap) => {
@@ -391,6 +391,44 @@ pub fn apply_file(
             "{other:?} is not a delta format this version reads ({})",
             FORMATS.join(", ")
         ))),
+    }
+}
+
+/// Bytes of a result written between two starts of its writeback ([`Writeback`]).
+const WRITEBACK_STEP: u64 = 8 * 1024 * 1024;
+
+/// Writes to a file from its start, and every [`WRITEBACK_STEP`] bytes starts the disk
+/// writes of what it just wrote ([`map::start_writeback`]): the sync that makes the
+/// result durable then waits for the last step only, not for the whole file.
+struct Writeback<'a> {
+    file: &'a std::fs::File,
+    written: u64,
+    started: u64,
+}
+
+impl<'a> Writeback<'a> {
+    fn new(file: &'a std::fs::File) -> Self {
+        Writeback {
+            file,
+            written: 0,
+            started: 0,
+        }
+    }
+}
+
+impl Write for Writeback<'_> {
+    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+        let n = (&mut &*self.file).write(buf)?;
+        self.written += n as u64;
+        if self.written - self.started >= WRITEBACK_STEP {
+            map::start_writeback(self.file, self.started, self.written - self.started);
+            self.started = self.written;
+        }
+        Ok(n)
+    }
+
+    fn flush(&mut self) -> io::Result<()> {
+        (&mut &*self.file).flush()
     }
 }
 
