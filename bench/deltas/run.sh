@@ -23,8 +23,14 @@
 #             zstd -q -f -d --long=31 --patch-from=OLD D -o OUT
 #
 # A directory pair (pair.json kind "dir", e.g. pg-tree-dir) is measured with Petrel's
-# tree deltas only (`delta-file` and `delta-apply` of directories), when the build has them; the
-# peers' numbers for it are those of the same trees as a tar (pg-tree).
+# tree deltas only, when the build has them; the peers' numbers for it are those of the
+# same trees as a tar (pg-tree). Both trees are packed once per run as the tree artifacts
+# `petrel-repo add` stores (`pack-tree`; the new tree's packing is timed and recorded as
+# step "pack"), then, as `publish` does, the delta is built between the two containers:
+#
+#   petrel    petrel-repo pack-tree OLDDIR -o old.ptree (and NEWDIR -o new.ptree)
+#             petrel-repo delta-file old.ptree new.ptree -o D
+#             petrel delta-apply [--streaming] OLDDIR D -o OUTDIR
 #
 # Environment: RUNS (3), PAIRS (every pair under bench/work/deltas/pairs, smallest first),
 # TOOLS ("petrel bsdiff xdelta3 zstd"), ZSTD_LEVEL ("--ultra -22"), TIMEOUT (1800 s per
@@ -100,7 +106,7 @@ if wants petrel; then
     fi
     if [[ -n "${petrel_error}" ]]; then
         say "ERROR: Petrel cannot be measured: ${petrel_error}. Its columns are left empty; the peers are measured."
-    elif grep -q 'Two directories' "${work}/delta-file.help" && grep -q 'tree delta' "${work}/delta-apply.help"; then
+    elif grep -q 'Two tree containers' "${work}/delta-file.help" && grep -q 'tree delta' "${work}/delta-apply.help"; then
         petrel_tree=1
     fi
 fi
@@ -174,6 +180,15 @@ same() {
     fi
 }
 
+# pack_trees OLDDIR NEWDIR RUN: the two tree artifacts, scratch/old.ptree and new.ptree
+# (the new tree's packing measured, and recorded as step "pack").
+pack_trees() {
+    "${petrel_repo}" pack-tree "$1" -o "${scratch}/old.ptree" >/dev/null || return $?
+    measure "" "${petrel_repo}" pack-tree "$2" -o "${scratch}/new.ptree" || return $?
+    record "${last}" pair="${name}" tool=petrel record=run step=pack run="$3" \
+        delta_bytes="$(stat -c %s "${scratch}/new.ptree")" cmd="${last_cmd}"
+}
+
 failed_pairs=()
 # run_pair NAME OLD NEW KIND
 run_pair() {
@@ -216,7 +231,8 @@ run_pair() {
             case "${tool}" in
                 petrel)
                     if [[ "${kind}" == dir ]]; then
-                        measure "$d" "${petrel_repo}" delta-file "${old}" "${new}" -o "$d" || rc=$?
+                        pack_trees "${old}" "${new}" "${run}" || rc=$?
+                        ((rc == 0)) && { measure "$d" "${petrel_repo}" delta-file "${scratch}/old.ptree" "${scratch}/new.ptree" -o "$d" || rc=$?; }
                     else
                         measure "$d" "${petrel_repo}" delta-file "${old}" "${new}" -o "$d" || rc=$?
                     fi ;;

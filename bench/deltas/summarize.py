@@ -183,6 +183,17 @@ for n in names:
     sp = f"{bs['wall_s'] / ps['wall_s']:.2f}×" if ps and bs else DASH
     w(f"| {n} | " + " | ".join(cells) + f" | {sp} |")
 
+for n in names:
+    pk, _ = step(n, "petrel", "pack")
+    if pk:
+        ps, _ = step(n, "petrel", "create")
+        bs, _ = step(n, "bsdiff", "create")
+        both = (f"; packing and the delta together: {secs(pk['wall_s'] + ps['wall_s'])}"
+                + (f", {bs['wall_s'] / (pk['wall_s'] + ps['wall_s']):.2f}× bsdiff's time" if bs else "")) if ps else ""
+        w(f"\n{n}: the delta is built between the two tree artifacts, as `publish` does. Packing the "
+          f"new tree into its artifact (`petrel-repo pack-tree`, what `add` stores; the full download) "
+          f"took {secs(pk['wall_s'])}{both}.")
+
 w("\n**Building the delta**: peak memory, total (VmHWM) / anonymous (RssAnon), MiB (medians)\n")
 w("| pair | Petrel | bsdiff | xdelta3 | zstd |")
 w("|---|---:|---:|---:|---:|")
